@@ -1,0 +1,1 @@
+"""meshlib: an in-process service mesh for Python."""

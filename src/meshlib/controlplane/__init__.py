@@ -1,0 +1,1 @@
+"""The config service: policy store, watch API, workload registry (``meshctl serve``)."""

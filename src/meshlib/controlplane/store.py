@@ -1,0 +1,163 @@
+"""Where the config service keeps its state. The embedded default is one SQLite file.
+
+The interface is small on purpose (load everything at start, commit a change set
+atomically) so that an etcd-backed store for several replicas can stand in later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..policy.resources import ResourceKey
+
+__all__ = ["SQLiteStore", "Store", "StoreState", "StoredResource", "StoredWorkload"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    key: ResourceKey
+    manifest: dict[str, Any]
+    version: int  # the global version at which it last changed
+
+
+@dataclass(slots=True)
+class StoredWorkload:
+    """A registry entry: the registration plus what the config service saw of it."""
+
+    registration: dict[str, Any]
+    acked_version: int | None = None
+    nack_version: int | None = None
+    nack_reason: str | None = None
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return str(self.registration["id"])
+
+
+@dataclass(slots=True)
+class StoreState:
+    version: int = 0
+    resources: list[StoredResource] = field(default_factory=list)
+    workloads: list[StoredWorkload] = field(default_factory=list)
+
+
+class Store(Protocol):
+    def load(self) -> StoreState: ...
+
+    def commit(self, version: int, put: Sequence[StoredResource], delete: Sequence[ResourceKey]) -> None:
+        """Write a change set and the new version in one transaction, or nothing at all."""
+
+    def save_workloads(self, version: int, put: Sequence[StoredWorkload], delete: Sequence[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    manifest TEXT NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS workloads (
+    id TEXT PRIMARY KEY, registration TEXT NOT NULL,
+    acked_version INTEGER, nack_version INTEGER, nack_reason TEXT,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL
+);
+"""
+
+
+class SQLiteStore:
+    """One file, ``<data-dir>/meshlib.db``, in WAL mode; survives restarts with the version."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        if fresh:
+            os.chmod(self.path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def load(self) -> StoreState:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            state = StoreState(version=int(row[0]) if row else 0)
+            for kind, namespace, name, manifest, version in self._db.execute(
+                "SELECT kind, namespace, name, manifest, version FROM resources "
+                "ORDER BY version, kind, namespace, name"
+            ):
+                state.resources.append(
+                    StoredResource(ResourceKey(kind, namespace, name), json.loads(manifest), version)
+                )
+            for reg, acked, nack_v, nack_r, first, last in self._db.execute(
+                "SELECT registration, acked_version, nack_version, nack_reason, first_seen, last_seen "
+                "FROM workloads ORDER BY first_seen"
+            ):
+                state.workloads.append(StoredWorkload(json.loads(reg), acked, nack_v, nack_r, first, last))
+            return state
+
+    def commit(self, version: int, put: Sequence[StoredResource], delete: Sequence[ResourceKey]) -> None:
+        with self._lock, self._transaction():
+            for item in put:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO resources (kind, namespace, name, manifest, version) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (*item.key, json.dumps(item.manifest, sort_keys=True), item.version),
+                )
+            for key in delete:
+                self._db.execute("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?", tuple(key))
+            self._set_version(version)
+
+    def save_workloads(self, version: int, put: Sequence[StoredWorkload], delete: Sequence[str]) -> None:
+        with self._lock, self._transaction():
+            for item in put:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO workloads (id, registration, acked_version, nack_version, "
+                    "nack_reason, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        item.id,
+                        json.dumps(item.registration, sort_keys=True),
+                        item.acked_version,
+                        item.nack_version,
+                        item.nack_reason,
+                        item.first_seen,
+                        item.last_seen,
+                    ),
+                )
+            for workload_id in delete:
+                self._db.execute("DELETE FROM workloads WHERE id=?", (workload_id,))
+            self._set_version(version)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _set_version(self, version: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('version', ?)", (str(version),))
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,119 @@
+"""Building blocks shared by every policy model: the model base and Istio's common types."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "FieldPath",
+    "MeshModel",
+    "Percent",
+    "PolicyTargetReference",
+    "PortSelector",
+    "StringMatch",
+    "WorkloadSelector",
+    "iter_checks",
+]
+
+FieldPath = tuple[str | int, ...]
+
+
+class MeshModel(BaseModel):
+    """Frozen, camelCase on the wire, unknown fields rejected — like Istio's CRDs."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        str_strip_whitespace=False,
+    )
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        """Cross-field rules of this message; paths are relative to it. None by default."""
+        return iter(())
+
+
+def iter_checks(model: BaseModel, path: FieldPath = ()) -> Iterator[tuple[FieldPath, str]]:
+    """Run ``_check`` on a model and on every model nested in it, yielding full paths."""
+    if isinstance(model, MeshModel):
+        for sub, message in model._check():
+            yield path + sub, message
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = info.alias or name
+        if isinstance(value, BaseModel):
+            yield from iter_checks(value, (*path, key))
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from iter_checks(item, (*path, key, index))
+        elif isinstance(value, dict):
+            for item_key, item in value.items():
+                if isinstance(item, BaseModel):
+                    yield from iter_checks(item, (*path, key, str(item_key)))
+
+
+class StringMatch(MeshModel):
+    """Istio StringMatch: exactly one of exact, prefix or regex (RE2 syntax)."""
+
+    ONEOF: ClassVar[tuple[str, ...]] = ("exact", "prefix", "regex")
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        chosen = [n for n in self.ONEOF if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"set only one of exact, prefix, regex; got {', '.join(chosen)}")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from None
+        return self
+
+    @property
+    def kind(self) -> str | None:
+        """Which of exact / prefix / regex is set (None for an empty match)."""
+        for name in self.ONEOF:
+            if getattr(self, name) is not None:
+                return name
+        return None
+
+
+class Percent(MeshModel):
+    """Istio Percent: a double between 0 and 100."""
+
+    value: float = Field(default=0.0, ge=0.0, le=100.0)
+
+
+class PortSelector(MeshModel):
+    number: int = Field(ge=0, le=65535)
+
+
+class WorkloadSelector(MeshModel):
+    """Selects workloads by labels; an empty selector selects every workload in scope."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+
+    def matches(self, labels: dict[str, str] | Any) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels.items())
+
+
+class PolicyTargetReference(MeshModel):
+    """Istio's targetRef (Gateway API style); accepted for compatibility."""
+
+    group: str = ""
+    kind: str
+    name: str
+    namespace: str = ""

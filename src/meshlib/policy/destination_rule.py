@@ -1,0 +1,239 @@
+"""DestinationRule (networking.istio.io): what happens to traffic once it is routed to a host."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import Field
+
+from .base import FieldPath, MeshModel, PortSelector, WorkloadSelector
+from .duration import Duration
+
+__all__ = [
+    "ClientTLSSettings",
+    "ConnectionPoolSettings",
+    "ConsistentHashLB",
+    "DestinationRuleSpec",
+    "LoadBalancerSettings",
+    "OutlierDetection",
+    "RetryBudget",
+    "Subset",
+    "TrafficPolicy",
+]
+
+
+class CookieAttribute(MeshModel):
+    name: str = Field(min_length=1)
+    value: str | None = None
+
+
+class HTTPCookie(MeshModel):
+    name: str = Field(min_length=1)
+    path: str | None = None
+    ttl: Duration | None = None
+    attributes: list[CookieAttribute] = Field(default_factory=list)
+
+
+class RingHash(MeshModel):
+    minimum_ring_size: int | None = Field(default=None, ge=0)
+
+
+class MagLev(MeshModel):
+    table_size: int | None = Field(default=None, ge=0)
+
+
+class ConsistentHashLB(MeshModel):
+    """The hash key (one of four) and the algorithm (ring hash or maglev)."""
+
+    http_header_name: str | None = None
+    http_cookie: HTTPCookie | None = None
+    use_source_ip: bool | None = None
+    http_query_parameter_name: str | None = None
+    ring_hash: RingHash | None = None
+    maglev: MagLev | None = None
+    minimum_ring_size: int | None = Field(default=None, ge=0)
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        keys = [
+            n
+            for n in ("http_header_name", "http_cookie", "use_source_ip", "http_query_parameter_name")
+            if getattr(self, n) not in (None, False)
+        ]
+        if len(keys) != 1:
+            yield (), "set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"
+        if self.ring_hash is not None and self.maglev is not None:
+            yield ("maglev",), "set only one of ringHash and maglev"
+
+
+class LocalityLoadBalancerSetting(MeshModel):
+    distribute: list[dict[str, object]] = Field(default_factory=list)
+    failover: list[dict[str, str]] = Field(default_factory=list)
+    failover_priority: list[str] = Field(default_factory=list)
+    enabled: bool | None = None
+
+
+class WarmupConfiguration(MeshModel):
+    duration: Duration
+    minimum_percent: float | None = Field(default=None, ge=0, le=100)
+    aggression: float | None = Field(default=None, ge=1)
+
+
+SimpleLB = Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"]
+
+
+class LoadBalancerSettings(MeshModel):
+    simple: SimpleLB | None = None
+    consistent_hash: ConsistentHashLB | None = None
+    locality_lb_setting: LocalityLoadBalancerSetting | None = None
+    warmup_duration_secs: Duration | None = None
+    warmup: WarmupConfiguration | None = None
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.simple is not None and self.consistent_hash is not None:
+            yield ("consistentHash",), "set only one of simple and consistentHash"
+
+
+class TcpKeepalive(MeshModel):
+    probes: int | None = Field(default=None, ge=0)
+    time: Duration | None = None
+    interval: Duration | None = None
+
+
+class TCPSettings(MeshModel):
+    max_connections: int | None = Field(default=None, ge=0)
+    connect_timeout: Duration | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    max_connection_duration: Duration | None = None
+    idle_timeout: Duration | None = None
+
+
+class HTTPSettings(MeshModel):
+    http1_max_pending_requests: int | None = Field(default=None, ge=0)
+    http2_max_requests: int | None = Field(default=None, ge=0)
+    max_requests_per_connection: int | None = Field(default=None, ge=0)
+    max_retries: int | None = Field(default=None, ge=0)
+    idle_timeout: Duration | None = None
+    h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
+    use_client_protocol: bool | None = None
+    max_concurrent_streams: int | None = Field(default=None, ge=0)
+
+
+class ConnectionPoolSettings(MeshModel):
+    tcp: TCPSettings | None = None
+    http: HTTPSettings | None = None
+
+
+class OutlierDetection(MeshModel):
+    """Envoy outlier detection as Istio exposes it (ejection of failing endpoints)."""
+
+    split_external_local_origin_errors: bool | None = None
+    consecutive_local_origin_failures: int | None = Field(default=None, ge=0)
+    consecutive_gateway_errors: int | None = Field(default=None, ge=0)
+    consecutive_5xx_errors: int | None = Field(default=None, ge=0)
+    consecutive_errors: int | None = Field(default=None, ge=0)  # deprecated by Istio
+    interval: Duration | None = None
+    base_ejection_time: Duration | None = None
+    max_ejection_percent: int | None = Field(default=None, ge=0, le=100)
+    min_health_percent: int | None = Field(default=None, ge=0, le=100)
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        for name in ("interval", "base_ejection_time"):
+            value = getattr(self, name)
+            if value is not None and value < 0.001:
+                yield (type(self).model_fields[name].alias or name,), "must be at least 1ms"
+
+
+class ClientTLSSettings(MeshModel):
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    client_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+    credential_name: str | None = None
+    subject_alt_names: list[str] = Field(default_factory=list)
+    sni: str | None = None
+    insecure_skip_verify: bool | None = None
+    ca_crl: str | None = None
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if (
+            self.mode == "MUTUAL"
+            and self.credential_name is None
+            and (self.client_certificate is None or self.private_key is None)
+        ):
+            yield ("mode",), "MUTUAL needs clientCertificate and privateKey (or credentialName)"
+
+
+class RetryBudget(MeshModel):
+    """Istio's trafficPolicy.retryBudget: retries allowed as a share of active requests."""
+
+    percent: float | None = Field(default=None, ge=0.0, le=100.0)
+    min_retry_concurrency: int | None = Field(default=None, ge=0)
+    budget_interval: Duration | None = None
+
+
+class PortTrafficPolicy(MeshModel):
+    port: PortSelector
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+
+
+class TunnelSettings(MeshModel):
+    protocol: Literal["CONNECT", "POST"] | None = None
+    target_host: str
+    target_port: int = Field(ge=1, le=65535)
+
+
+class ProxyProtocol(MeshModel):
+    version: Literal["V1", "V2"] | None = None
+
+
+class TrafficPolicy(MeshModel):
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+    port_level_settings: list[PortTrafficPolicy] = Field(default_factory=list)
+    tunnel: TunnelSettings | None = None
+    proxy_protocol: ProxyProtocol | None = None
+    retry_budget: RetryBudget | None = None
+
+    def merged_with(self, override: TrafficPolicy | None) -> TrafficPolicy:
+        """Istio's subset rule: each top-level setting the subset sets replaces the parent's."""
+        if override is None:
+            return self
+        changes = {name: getattr(override, name) for name in override.model_fields_set}
+        return self.model_copy(update=changes)
+
+    def for_port(self, port: int | None) -> TrafficPolicy:
+        """The policy with a matching portLevelSettings entry laid over it."""
+        if port is None:
+            return self
+        for entry in self.port_level_settings:
+            if entry.port.number == port:
+                changes = {n: getattr(entry, n) for n in entry.model_fields_set if n != "port"}
+                return self.model_copy(update=changes)
+        return self
+
+
+class Subset(MeshModel):
+    name: str = Field(min_length=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+    traffic_policy: TrafficPolicy | None = None
+
+
+class DestinationRuleSpec(MeshModel):
+    host: str = Field(min_length=1)
+    traffic_policy: TrafficPolicy | None = None
+    subsets: list[Subset] = Field(default_factory=list)
+    export_to: list[str] = Field(default_factory=list)
+    workload_selector: WorkloadSelector | None = None
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        seen: set[str] = set()
+        for index, subset in enumerate(self.subsets):
+            if subset.name in seen:
+                yield ("subsets", index, "name"), f"duplicate subset name {subset.name!r}"
+            seen.add(subset.name)

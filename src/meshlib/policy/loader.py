@@ -1,0 +1,243 @@
+"""Load policy from multi-document YAML (a file, a folder, stdin or a string).
+
+Every error carries the file, the line, the resource and the field path, e.g.
+``canary.yaml:14: VirtualService default/reviews: spec.http[0].route[1].weight:
+weights add up to 90, must be 100``. Loading is all-or-nothing: one bad document
+fails the whole load, so a caller never applies half of what the user wrote.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from ..errors import ConfigError, ConfigIssue
+from .base import FieldPath
+from .resources import Resource, ResourceKey
+from .validate import format_path, parse_resource, resource_label
+
+__all__ = ["MAX_SOURCE_BYTES", "LoadedResource", "load_paths", "load_text"]
+
+MAX_SOURCE_BYTES = 4 * 1024 * 1024
+"""Largest policy file accepted (Kubernetes caps one object at about 1.5 MB)."""
+_MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
+_SUFFIXES = (".yaml", ".yml", ".json")
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedResource:
+    """A validated resource and where it was written."""
+
+    resource: Resource
+    source: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+@dataclass(slots=True)
+class _Document:
+    data: Any
+    line: int
+    positions: dict[FieldPath, int]
+
+    def line_of(self, path: FieldPath) -> int:
+        for end in range(len(path), -1, -1):
+            key = tuple(p if isinstance(p, int) else str(p) for p in path[:end])
+            if key in self.positions:
+                return self.positions[key]
+        return self.line
+
+
+def load_text(text: str, source: str = "<string>", namespace: str = "default") -> list[LoadedResource]:
+    """Parse and validate every document in ``text``; raise ConfigError listing all problems."""
+    loaded, issues = _load_one(text, source, namespace)
+    if issues:
+        raise ConfigError(issues)
+    _check_unique(loaded)
+    return loaded
+
+
+def load_paths(paths: Sequence[str | Path], namespace: str = "default") -> list[LoadedResource]:
+    """Load files, folders (their *.yaml, *.yml, *.json, sorted) and ``-`` for stdin."""
+    loaded: list[LoadedResource] = []
+    issues: list[ConfigIssue] = []
+    for source, text in _read_sources(paths, issues):
+        found, problems = _load_one(text, source, namespace)
+        loaded.extend(found)
+        issues.extend(problems)
+    if issues:
+        raise ConfigError(issues)
+    if not loaded:
+        names = ", ".join(str(p) for p in paths)
+        raise ConfigError(ConfigIssue(f"no resources found in {names}"))
+    _check_unique(loaded)
+    return loaded
+
+
+def _read_sources(paths: Sequence[str | Path], issues: list[ConfigIssue]) -> Iterator[tuple[str, str]]:
+    for item in paths:
+        if str(item) == "-":
+            text = sys.stdin.read(MAX_SOURCE_BYTES + 1)
+            if _too_big("<stdin>", len(text.encode()), issues):
+                continue
+            yield "<stdin>", text
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+            if not files:
+                issues.append(ConfigIssue(f"no {', '.join(_SUFFIXES)} files in folder", source=str(path)))
+        elif path.exists():
+            files = [path]
+        else:
+            issues.append(ConfigIssue("no such file or folder", source=str(path)))
+            continue
+        for file in files:
+            if _too_big(str(file), file.stat().st_size, issues):
+                continue
+            try:
+                yield str(file), file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                issues.append(ConfigIssue(f"cannot read: {exc}", source=str(file)))
+
+
+def _too_big(source: str, size: int, issues: list[ConfigIssue]) -> bool:
+    if size <= MAX_SOURCE_BYTES:
+        return False
+    issues.append(
+        ConfigIssue(
+            f"file is {size / 1048576:.1f} MiB, larger than the {MAX_SOURCE_BYTES // 1048576} MiB limit",
+            source=source,
+        )
+    )
+    return True
+
+
+def _load_one(text: str, source: str, namespace: str) -> tuple[list[LoadedResource], list[ConfigIssue]]:
+    if len(text.encode()) > MAX_SOURCE_BYTES:
+        issues: list[ConfigIssue] = []
+        _too_big(source, len(text.encode()), issues)
+        return [], issues
+    try:
+        documents = list(_documents(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "malformed YAML"
+        column = f" (column {mark.column + 1})" if mark is not None else ""
+        return [], [ConfigIssue(f"invalid YAML: {problem}{column}", source=source, line=line)]
+    except _DuplicateKey as exc:
+        return [], [ConfigIssue(str(exc), source=source, line=exc.line)]
+    except yaml.YAMLError as exc:
+        return [], [ConfigIssue(f"invalid YAML: {exc}", source=source)]
+    if not documents:
+        return [], [ConfigIssue("no resources found (the file is empty)", source=source)]
+    loaded: list[LoadedResource] = []
+    issues = []
+    for document in documents:
+        for data, base in _items(document):
+            resource, problems = parse_resource(data, namespace)
+            label = resource_label(data, namespace)
+            for path, message in problems:
+                full = base + path
+                issues.append(
+                    ConfigIssue(
+                        message,
+                        source=source,
+                        line=document.line_of(full),
+                        resource=label,
+                        path=format_path(path),
+                    )
+                )
+            if resource is not None:
+                loaded.append(LoadedResource(resource, source, document.line_of(base)))
+    return loaded, issues
+
+
+def _items(document: _Document) -> Iterator[tuple[Any, FieldPath]]:
+    """A document, or the items of a Kubernetes ``kind: List``."""
+    data = document.data
+    if isinstance(data, dict) and data.get("kind") == "List" and isinstance(data.get("items"), list):
+        for index, item in enumerate(data["items"]):
+            yield item, ("items", index)
+    else:
+        yield data, ()
+
+
+def _check_unique(loaded: Iterable[LoadedResource]) -> None:
+    first: dict[ResourceKey, LoadedResource] = {}
+    issues: list[ConfigIssue] = []
+    for item in loaded:
+        key = item.resource.key
+        if key in first:
+            issues.append(
+                ConfigIssue(
+                    f"duplicate resource: {key} is also defined at {first[key].where}",
+                    source=item.source,
+                    line=item.line,
+                    resource=str(key),
+                )
+            )
+        else:
+            first[key] = item
+    if issues:
+        raise ConfigError(issues)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _documents(text: str) -> Iterator[_Document]:
+    for node in yaml.compose_all(text, Loader=_Loader):
+        if node is None:
+            continue
+        builder = _Builder()
+        data = builder.build(node, ())
+        if data is None:
+            continue  # an empty document between separators
+        yield _Document(data, node.start_mark.line + 1, builder.positions)
+
+
+class _Builder:
+    """Node tree -> Python data, remembering the line of every key and list item."""
+
+    def __init__(self) -> None:
+        self.positions: dict[FieldPath, int] = {}
+        self._constructor = SafeConstructor()
+        self._count = 0
+
+    def build(self, node: Node, path: FieldPath) -> Any:
+        self._count += 1
+        if self._count > _MAX_NODES:
+            raise yaml.YAMLError(f"document has more than {_MAX_NODES} nodes (alias expansion?)")
+        self.positions.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, MappingNode):
+            self._constructor.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode):
+                    raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: keys must be scalars")
+                key = self._constructor.construct_object(key_node)
+                if key in out:
+                    raise _DuplicateKey(f"duplicate key {key!r} in one mapping", key_node.start_mark.line + 1)
+                child = (*path, str(key))
+                self.positions[child] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, child)
+            return out
+        if isinstance(node, SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self._constructor.construct_object(node)

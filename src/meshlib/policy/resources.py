@@ -1,0 +1,208 @@
+"""The resource envelope (apiVersion, kind, metadata, spec) and the kinds meshlib knows."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+from pydantic import Field, field_validator
+
+from .base import MeshModel
+from .destination_rule import DestinationRuleSpec
+from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec
+from .service_entry import ServiceEntrySpec
+from .virtual_service import VirtualServiceSpec
+
+__all__ = [
+    "KINDS",
+    "AuthorizationPolicy",
+    "DestinationRule",
+    "KindInfo",
+    "ObjectMeta",
+    "PeerAuthentication",
+    "RequestAuthentication",
+    "Resource",
+    "ResourceKey",
+    "ServiceEntry",
+    "VirtualService",
+    "find_kind",
+]
+
+API_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ResourceKey(NamedTuple):
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+class ObjectMeta(MeshModel):
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    # Written by the config service (as the Kubernetes API server does); accepted on
+    # input so that `meshctl get -o yaml` output can be applied again, then replaced.
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    uid: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+            raise ValueError(
+                f"invalid name {value!r}: use lower-case letters, digits, '-' and '.', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns_label(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 63 or not _DNS_LABEL.match(value)):
+            raise ValueError(
+                f"invalid namespace {value!r}: use lower-case letters, digits and '-', at most 63"
+            )
+        return value
+
+
+class Resource(MeshModel):
+    """One policy object. Subclasses fix ``kind``, the API group and the spec type."""
+
+    GROUP: ClassVar[str] = ""
+    KIND: ClassVar[str] = ""
+
+    api_version: str
+    kind: str
+    metadata: ObjectMeta
+    spec: Any
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        group, _, version = value.partition("/")
+        if group != cls.GROUP or version not in API_VERSIONS:
+            allowed = ", ".join(f"{cls.GROUP}/{v}" for v in API_VERSIONS)
+            raise ValueError(f"unsupported apiVersion {value!r} for {cls.KIND}; use {allowed}")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value != cls.KIND:
+            raise ValueError(f"kind {value!r} does not match {cls.KIND}")
+        return value
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def key(self) -> ResourceKey:
+        return ResourceKey(self.kind, self.namespace, self.metadata.name)
+
+    def manifest(self) -> dict[str, Any]:
+        """The resource as YAML/JSON data, with only the fields that were written."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+    def content(self) -> dict[str, Any]:
+        """What decides "unchanged": spec, labels and annotations, not server bookkeeping."""
+        data = self.manifest()
+        meta = data.get("metadata", {})
+        return {
+            "apiGroup": self.GROUP,
+            "spec": data.get("spec", {}),
+            "labels": meta.get("labels", {}),
+            "annotations": meta.get("annotations", {}),
+        }
+
+
+class VirtualService(Resource):
+    GROUP = "networking.istio.io"
+    KIND = "VirtualService"
+    spec: VirtualServiceSpec
+
+
+class DestinationRule(Resource):
+    GROUP = "networking.istio.io"
+    KIND = "DestinationRule"
+    spec: DestinationRuleSpec
+
+
+class ServiceEntry(Resource):
+    GROUP = "networking.istio.io"
+    KIND = "ServiceEntry"
+    spec: ServiceEntrySpec
+
+
+class PeerAuthentication(Resource):
+    GROUP = "security.istio.io"
+    KIND = "PeerAuthentication"
+    spec: PeerAuthenticationSpec = Field(default_factory=PeerAuthenticationSpec)
+
+
+class AuthorizationPolicy(Resource):
+    GROUP = "security.istio.io"
+    KIND = "AuthorizationPolicy"
+    spec: AuthorizationPolicySpec = Field(default_factory=AuthorizationPolicySpec)
+
+
+class RequestAuthentication(Resource):
+    GROUP = "security.istio.io"
+    KIND = "RequestAuthentication"
+    spec: RequestAuthenticationSpec = Field(default_factory=RequestAuthenticationSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class KindInfo:
+    model: type[Resource]
+    plural: str
+    short: tuple[str, ...]
+
+    @property
+    def kind(self) -> str:
+        return self.model.KIND
+
+    @property
+    def group(self) -> str:
+        return self.model.GROUP
+
+    @property
+    def resource_type(self) -> str:
+        """kubectl's ``virtualservice.networking.istio.io`` form."""
+        return f"{self.model.KIND.lower()}.{self.model.GROUP}"
+
+
+KINDS: dict[str, KindInfo] = {
+    info.kind: info
+    for info in (
+        KindInfo(VirtualService, "virtualservices", ("vs",)),
+        KindInfo(DestinationRule, "destinationrules", ("dr",)),
+        KindInfo(ServiceEntry, "serviceentries", ("se",)),
+        KindInfo(PeerAuthentication, "peerauthentications", ("pa",)),
+        KindInfo(AuthorizationPolicy, "authorizationpolicies", ("ap",)),
+        KindInfo(RequestAuthentication, "requestauthentications", ("ra",)),
+    )
+}
+
+
+def find_kind(name: str) -> KindInfo | None:
+    """Look a kind up as users type it: ``VirtualService``, ``virtualservices``, ``vs``."""
+    wanted = name.lower().split(".", 1)[0]
+    for info in KINDS.values():
+        if wanted in (info.kind.lower(), info.plural, *info.short):
+            return info
+    return None

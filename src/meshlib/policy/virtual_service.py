@@ -1,0 +1,334 @@
+"""VirtualService (networking.istio.io): how requests to a host are routed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import Field
+
+from .base import FieldPath, MeshModel, Percent, PortSelector, StringMatch
+from .duration import Duration
+
+__all__ = [
+    "CorsPolicy",
+    "Delegate",
+    "Destination",
+    "HTTPDirectResponse",
+    "HTTPFaultInjection",
+    "HTTPMatchRequest",
+    "HTTPMirrorPolicy",
+    "HTTPRedirect",
+    "HTTPRetry",
+    "HTTPRewrite",
+    "HTTPRoute",
+    "HTTPRouteDestination",
+    "HeaderOperations",
+    "Headers",
+    "L4MatchAttributes",
+    "RouteDestination",
+    "TCPRoute",
+    "TLSMatchAttributes",
+    "TLSRoute",
+    "VirtualServiceSpec",
+]
+
+
+class Destination(MeshModel):
+    host: str = Field(min_length=1)
+    subset: str | None = None
+    port: PortSelector | None = None
+
+
+class HeaderOperations(MeshModel):
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+
+class Headers(MeshModel):
+    request: HeaderOperations | None = None
+    response: HeaderOperations | None = None
+
+
+class HTTPMatchRequest(MeshModel):
+    """Conditions inside one match block are ANDed; blocks of a route are ORed."""
+
+    name: str | None = None
+    uri: StringMatch | None = None
+    scheme: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: dict[str, StringMatch] = Field(default_factory=dict)
+    port: int | None = Field(default=None, ge=0, le=65535)
+    source_labels: dict[str, str] = Field(default_factory=dict)
+    gateways: list[str] = Field(default_factory=list)
+    query_params: dict[str, StringMatch] = Field(default_factory=dict)
+    ignore_uri_case: bool = False
+    without_headers: dict[str, StringMatch] = Field(default_factory=dict)
+    source_namespace: str | None = None
+    stat_prefix: str | None = None
+
+    def is_catch_all(self) -> bool:
+        """True when this block matches every request (e.g. ``uri: {prefix: /}`` alone)."""
+        uri_all = self.uri is None or self.uri.prefix in ("", "/") or self.uri.regex in (".*", "/.*")
+        return uri_all and not any(
+            (
+                self.scheme,
+                self.method,
+                self.authority,
+                self.headers,
+                self.port,
+                self.source_labels,
+                self.gateways,
+                self.query_params,
+                self.without_headers,
+                self.source_namespace,
+            )
+        )
+
+
+class HTTPRouteDestination(MeshModel):
+    destination: Destination
+    weight: int = Field(default=0, ge=0, le=100)
+    headers: Headers | None = None
+
+
+class RouteDestination(MeshModel):
+    destination: Destination
+    weight: int = Field(default=0, ge=0, le=100)
+
+
+class HTTPRedirect(MeshModel):
+    uri: str | None = None
+    authority: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
+    scheme: str | None = None
+    redirect_code: int = Field(default=301, ge=300, le=399)
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.port is not None and self.derive_port is not None:
+            yield ("port",), "set only one of port and derivePort"
+        if not any((self.uri, self.authority, self.scheme, self.port, self.derive_port)):
+            yield (), "set at least one of uri, authority, scheme, port and derivePort"
+        if self.scheme is not None and self.scheme not in ("http", "https"):
+            yield ("scheme",), f"{self.scheme!r} is not http or https"
+
+
+class HTTPBody(MeshModel):
+    string: str | None = None
+    bytes: str | None = None  # base64, as protobuf JSON writes bytes
+
+
+class HTTPDirectResponse(MeshModel):
+    status: int = Field(ge=200, le=599)
+    body: HTTPBody | None = None
+
+
+class RegexRewrite(MeshModel):
+    match: str = Field(min_length=1)
+    rewrite: str
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        try:
+            re.compile(self.match)
+        except re.error as exc:
+            yield ("match",), f"regex {self.match!r} does not compile: {exc}"
+
+
+class HTTPRewrite(MeshModel):
+    uri: str | None = None
+    authority: str | None = None
+    uri_regex_rewrite: RegexRewrite | None = None
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.uri is not None and self.uri_regex_rewrite is not None:
+            yield ("uriRegexRewrite",), "set only one of uri and uriRegexRewrite"
+        if self.uri is None and self.uri_regex_rewrite is None and self.authority is None:
+            yield (), "set at least one of uri, uriRegexRewrite and authority"
+
+
+# The retry conditions Envoy understands (x-envoy-retry-on and x-envoy-retry-grpc-on),
+# which is what Istio passes through; bare status codes are accepted too.
+RETRY_ON_CONDITIONS = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
+
+
+class HTTPRetry(MeshModel):
+    attempts: int = Field(default=0, ge=0)
+    per_try_timeout: Duration | None = None
+    retry_on: str | None = None
+    retry_remote_localities: bool | None = None
+    retry_ignore_previous_hosts: bool | None = None
+    backoff: Duration | None = None
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.per_try_timeout is not None and self.per_try_timeout < 0.001:
+            yield ("perTryTimeout",), "must be at least 1ms"
+        if self.retry_on:
+            for condition in self.retry_on.split(","):
+                item = condition.strip()
+                if item not in RETRY_ON_CONDITIONS and not (item.isdigit() and 100 <= int(item) <= 599):
+                    known = ", ".join(sorted(RETRY_ON_CONDITIONS))
+                    yield ("retryOn",), f"unknown retry condition {item!r}; use status codes or {known}"
+
+
+class FaultDelay(MeshModel):
+    fixed_delay: Duration | None = None
+    exponential_delay: Duration | None = None
+    percentage: Percent | None = None
+    percent: int | None = Field(default=None, ge=0, le=100)
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if (self.fixed_delay is None) == (self.exponential_delay is None):
+            yield (), "set exactly one of fixedDelay and exponentialDelay"
+
+
+class FaultAbort(MeshModel):
+    http_status: int | None = Field(default=None, ge=200, le=599)
+    grpc_status: str | None = None
+    http2_error: str | None = None
+    percentage: Percent | None = None
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        chosen = [n for n in ("http_status", "grpc_status", "http2_error") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            yield (), "set exactly one of httpStatus, grpcStatus and http2Error"
+
+
+class HTTPFaultInjection(MeshModel):
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.delay is None and self.abort is None:
+            yield (), "set delay, abort or both"
+
+
+class HTTPMirrorPolicy(MeshModel):
+    destination: Destination
+    percentage: Percent | None = None
+
+
+class CorsPolicy(MeshModel):
+    allow_origins: list[StringMatch] = Field(default_factory=list)
+    allow_origin: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(default_factory=list)
+    allow_headers: list[str] = Field(default_factory=list)
+    expose_headers: list[str] = Field(default_factory=list)
+    max_age: Duration | None = None
+    allow_credentials: bool | None = None
+    unmatched_preflights: Literal["UNSPECIFIED", "FORWARD", "IGNORE"] | None = None
+
+
+class Delegate(MeshModel):
+    name: str
+    namespace: str | None = None
+
+
+class HTTPRoute(MeshModel):
+    name: str | None = None
+    match: list[HTTPMatchRequest] = Field(default_factory=list)
+    route: list[HTTPRouteDestination] = Field(default_factory=list)
+    redirect: HTTPRedirect | None = None
+    direct_response: HTTPDirectResponse | None = None
+    delegate: Delegate | None = None
+    rewrite: HTTPRewrite | None = None
+    timeout: Duration | None = None
+    retries: HTTPRetry | None = None
+    fault: HTTPFaultInjection | None = None
+    mirror: Destination | None = None
+    mirrors: list[HTTPMirrorPolicy] = Field(default_factory=list)
+    mirror_percentage: Percent | None = None
+    mirror_percent: int | None = Field(default=None, ge=0, le=100)
+    cors_policy: CorsPolicy | None = None
+    headers: Headers | None = None
+
+    def is_catch_all(self) -> bool:
+        return not self.match or any(m.is_catch_all() for m in self.match)
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        actions = [n for n in ("route", "redirect", "direct_response", "delegate") if getattr(self, n)]
+        if not actions:
+            yield (), "a route needs one of route, redirect, directResponse or delegate"
+        elif "route" in actions and len(actions) > 1:
+            yield (), "route cannot be combined with redirect, directResponse or delegate"
+        if self.redirect is not None and self.rewrite is not None:
+            yield ("rewrite",), "rewrite cannot be combined with redirect"
+        if self.mirror is not None and self.mirrors:
+            yield ("mirrors",), "set only one of mirror and mirrors"
+        yield from _check_weights(self.route)
+
+
+def _check_weights(
+    routes: list[HTTPRouteDestination] | list[RouteDestination],
+) -> Iterator[tuple[FieldPath, str]]:
+    """Istio: one destination may omit its weight (it gets 100); several must add up to 100."""
+    if len(routes) < 2:
+        return
+    total = sum(r.weight for r in routes)
+    if total != 100:
+        yield ("route", len(routes) - 1, "weight"), f"weights add up to {total}, must be 100"
+
+
+class TLSMatchAttributes(MeshModel):
+    sni_hosts: list[str] = Field(min_length=1)
+    destination_subnets: list[str] = Field(default_factory=list)
+    port: int | None = None
+    source_labels: dict[str, str] = Field(default_factory=dict)
+    gateways: list[str] = Field(default_factory=list)
+    source_namespace: str | None = None
+
+
+class TLSRoute(MeshModel):
+    match: list[TLSMatchAttributes] = Field(min_length=1)
+    route: list[RouteDestination] = Field(default_factory=list)
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        yield from _check_weights(self.route)
+
+
+class L4MatchAttributes(MeshModel):
+    destination_subnets: list[str] = Field(default_factory=list)
+    port: int | None = None
+    source_subnet: str | None = None
+    source_labels: dict[str, str] = Field(default_factory=dict)
+    gateways: list[str] = Field(default_factory=list)
+    source_namespace: str | None = None
+
+
+class TCPRoute(MeshModel):
+    match: list[L4MatchAttributes] = Field(default_factory=list)
+    route: list[RouteDestination] = Field(default_factory=list)
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        yield from _check_weights(self.route)
+
+
+class VirtualServiceSpec(MeshModel):
+    hosts: list[str] = Field(min_length=1)
+    gateways: list[str] = Field(default_factory=list)
+    http: list[HTTPRoute] = Field(default_factory=list)
+    tls: list[TLSRoute] = Field(default_factory=list)
+    tcp: list[TCPRoute] = Field(default_factory=list)
+    export_to: list[str] = Field(default_factory=list)
