@@ -1,0 +1,118 @@
+"""Running the config service: in the foreground (``meshctl serve``) or in a thread."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from ..core.hosts import CLUSTER_DOMAIN
+from .app import create_app
+from .auth import ensure_admin_token
+from .protocol import DEFAULT_PORT
+from .state import ConfigState
+from .store import SQLiteStore
+
+__all__ = ["ConfigServer", "build_app", "serve_forever"]
+
+log = logging.getLogger("meshlib.controlplane")
+DB_FILE = "meshlib.db"
+
+
+def build_app(data_dir: Path, *, trust_domain: str = CLUSTER_DOMAIN, workload_ttl: float = 90.0,
+              reap_interval: float = 5.0) -> tuple[Starlette, ConfigState, Path, bool]:
+    """The app over the embedded store in ``data_dir``: (app, state, token path, token created)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    token, token_path, created = ensure_admin_token(data_dir)
+    state = ConfigState(SQLiteStore(data_dir / DB_FILE), trust_domain=trust_domain, workload_ttl=workload_ttl)
+    return create_app(state, token, reap_interval=reap_interval), state, token_path, created
+
+
+def serve_forever(data_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                  trust_domain: str = CLUSTER_DOMAIN, workload_ttl: float = 90.0) -> None:
+    app, state, token_path, created = build_app(data_dir, trust_domain=trust_domain,
+                                                workload_ttl=workload_ttl)
+    verb = "created" if created else "in"
+    print(f"meshlib config service on http://{host}:{port} (version {state.version})", flush=True)
+    print(f"data in {data_dir}; admin token {verb} {token_path}", flush=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        state.store.close()
+
+
+class ConfigServer:
+    """The config service on a background thread, for tests, the demo and embedding.
+
+    >>> with ConfigServer(tmp_path) as server:
+    ...     server.url, server.admin_token
+    """
+
+    def __init__(self, data_dir: str | Path, host: str = "127.0.0.1", port: int = 0, *,
+                 trust_domain: str = CLUSTER_DOMAIN, workload_ttl: float = 90.0,
+                 reap_interval: float = 5.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.trust_domain = trust_domain
+        self.workload_ttl = workload_ttl
+        self.reap_interval = reap_interval
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.state: ConfigState | None = None
+        self.token_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        assert self.token_path is not None, "start the server first"
+        return self.token_path.read_text(encoding="utf-8").strip()
+
+    def start(self, timeout: float = 10.0) -> ConfigServer:
+        app, self.state, self.token_path, _ = build_app(
+            self.data_dir,
+            trust_domain=self.trust_domain,
+            workload_ttl=self.workload_ttl,
+            reap_interval=self.reap_interval,
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, backlog=4096)
+        self._server = server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                        name="meshlib-config-service", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"config service did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.state is not None:
+            self.state.store.close()
+        self._server = self._thread = None
+
+    def __enter__(self) -> ConfigServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

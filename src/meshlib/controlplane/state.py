@@ -1,0 +1,314 @@
+"""The config service's state and its rules, free of HTTP: apply, delete, registry, acks.
+
+One global version counts every change that reaches workloads (resources and the
+endpoints of the registry). A change set is validated whole and committed to the
+store in one transaction before memory changes, so an invalid or failed apply
+changes nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ..core.hosts import CLUSTER_DOMAIN
+from ..errors import ConfigError, ConfigIssue
+from ..policy.resources import Resource, ResourceKey
+from ..policy.validate import format_path, parse_resource, resource_label
+from ..registry import WorkloadRegistration
+from .store import Store, StoredResource, StoredWorkload
+
+__all__ = ["ApplyResult", "ConfigState", "WorkloadView"]
+
+log = logging.getLogger("meshlib.controlplane")
+
+Action = Literal["created", "configured", "unchanged"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    key: ResourceKey
+    action: Action
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.key.kind, "namespace": self.key.namespace, "name": self.key.name,
+                "action": self.action}
+
+
+@dataclass(slots=True)
+class _Workload:
+    stored: StoredWorkload
+    registration: WorkloadRegistration
+    watching: int = 0
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadView:
+    """What ``meshctl status`` shows for one workload."""
+
+    registration: WorkloadRegistration
+    identity: str
+    acked_version: int | None
+    nack_version: int | None
+    nack_reason: str | None
+    first_seen: float
+    last_seen: float
+    connected: bool
+    lost: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "registration": self.registration.model_dump(mode="json"),
+            "identity": self.identity,
+            "ackedVersion": self.acked_version,
+            "nackVersion": self.nack_version,
+            "nackReason": self.nack_reason,
+            "firstSeen": self.first_seen,
+            "lastSeen": self.last_seen,
+            "connected": self.connected,
+            "lost": self.lost,
+        }
+
+
+@dataclass
+class ConfigState:
+    store: Store
+    trust_domain: str = CLUSTER_DOMAIN
+    workload_ttl: float = 90.0
+    clock: Callable[[], float] = time.time
+    version: int = field(init=False, default=0)
+    _resources: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
+    _parsed: dict[ResourceKey, Resource] = field(init=False, default_factory=dict)
+    _workloads: dict[str, _Workload] = field(init=False, default_factory=dict)
+    _dirty: set[str] = field(init=False, default_factory=set)
+    _payload: tuple[int, bytes] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        loaded = self.store.load()
+        self.version = loaded.version
+        now = self.clock()
+        for item in loaded.resources:
+            resource, problems = parse_resource(item.manifest, item.key.namespace)
+            if resource is None:
+                # Stored by an older meshlib whose rules were looser: keep it in the store
+                # (nothing is lost), leave it out of snapshots, and say so.
+                detail = "; ".join(f"{format_path(p)}: {m}" for p, m in problems)
+                log.error("stored %s is no longer valid and is not served: %s", item.key, detail)
+                continue
+            self._resources[item.key] = item
+            self._parsed[item.key] = resource
+        for stored in loaded.workloads:
+            registration = WorkloadRegistration.model_validate(stored.registration)
+            # Give every known workload a full TTL to reconnect after a restart.
+            stored.last_seen = max(stored.last_seen, now)
+            self._workloads[stored.id] = _Workload(stored, registration)
+
+    # --- resources --------------------------------------------------------------------
+
+    def resources(self, kind: str | None = None, namespace: str | None = None) -> list[StoredResource]:
+        return [
+            item for key, item in sorted(self._resources.items())
+            if (kind is None or key.kind == kind) and (namespace is None or key.namespace == namespace)
+        ]
+
+    def get(self, key: ResourceKey) -> StoredResource | None:
+        return self._resources.get(key)
+
+    def parsed_resources(self) -> list[Resource]:
+        return list(self._parsed.values())
+
+    def apply(self, manifests: Sequence[object], *, namespace: str = "default",
+              dry_run: bool = False) -> list[ApplyResult]:
+        """Validate every manifest, then store all of them at one new version, or none."""
+        parsed = self._validate(manifests, namespace)
+        results: list[ApplyResult] = []
+        changed: list[tuple[Resource, StoredResource | None]] = []
+        for resource in parsed:
+            old = self._resources.get(resource.key)
+            if old is None:
+                results.append(ApplyResult(resource.key, "created"))
+                changed.append((resource, None))
+            elif self._parsed[resource.key].content() == resource.content():
+                results.append(ApplyResult(resource.key, "unchanged"))
+            else:
+                results.append(ApplyResult(resource.key, "configured"))
+                changed.append((resource, old))
+        if dry_run or not changed:
+            return results
+        version = self.version + 1
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        put = [self._stamped(resource, old, version, stamp) for resource, old in changed]
+        self.store.commit(version, put, ())
+        self.version = version
+        for item, (resource, _) in zip(put, changed, strict=True):
+            self._resources[item.key] = item
+            self._parsed[item.key] = resource
+        self._payload = None
+        return results
+
+    def delete(self, keys: Iterable[ResourceKey]) -> list[ResourceKey]:
+        """Remove the resources that exist; return them. One version for the lot."""
+        present = [key for key in keys if key in self._resources]
+        if not present:
+            return []
+        version = self.version + 1
+        self.store.commit(version, (), present)
+        self.version = version
+        for key in present:
+            del self._resources[key]
+            del self._parsed[key]
+        self._payload = None
+        return present
+
+    def _validate(self, manifests: Sequence[object], namespace: str) -> list[Resource]:
+        issues: list[ConfigIssue] = []
+        parsed: list[Resource] = []
+        first: dict[ResourceKey, int] = {}
+        for index, manifest in enumerate(manifests):
+            label = resource_label(manifest, namespace) or f"resources[{index}]"
+            resource, problems = parse_resource(manifest, namespace)
+            issues.extend(ConfigIssue(m, resource=label, path=format_path(p)) for p, m in problems)
+            if resource is None:
+                continue
+            if resource.key in first:
+                issues.append(ConfigIssue(
+                    f"duplicate resource in one apply (also resources[{first[resource.key]}])",
+                    resource=label,
+                ))
+                continue
+            first[resource.key] = index
+            parsed.append(resource)
+        if issues:
+            raise ConfigError(issues)
+        return parsed
+
+    @staticmethod
+    def _stamped(resource: Resource, old: StoredResource | None, version: int, stamp: str) -> StoredResource:
+        manifest = resource.manifest()
+        meta = manifest.setdefault("metadata", {})
+        old_meta = old.manifest.get("metadata", {}) if old is not None else {}
+        meta["namespace"] = resource.namespace
+        meta["resourceVersion"] = str(version)
+        meta["generation"] = int(old_meta.get("generation", 0)) + 1
+        meta["creationTimestamp"] = old_meta.get("creationTimestamp", stamp)
+        meta.pop("uid", None)
+        return StoredResource(resource.key, manifest, version)
+
+    # --- registry ---------------------------------------------------------------------
+
+    def register(self, registration: WorkloadRegistration) -> bool:
+        """Record a workload; True when what clients see (its endpoints, labels) changed."""
+        now = self.clock()
+        current = self._workloads.get(registration.id)
+        if current is None:
+            stored = StoredWorkload(registration.model_dump(mode="json"), first_seen=now, last_seen=now)
+            self._workloads[registration.id] = _Workload(stored, registration)
+            return self._save_registry([stored], visible=bool(registration.endpoints))
+        visible = current.lost or _visible(current.registration) != _visible(registration)
+        current.registration = registration
+        current.stored.registration = registration.model_dump(mode="json")
+        current.stored.last_seen = now
+        current.lost = False
+        return self._save_registry([current.stored], visible=visible)
+
+    def deregister(self, workload_id: str) -> bool:
+        current = self._workloads.pop(workload_id, None)
+        if current is None:
+            return False
+        self._dirty.discard(workload_id)
+        visible = bool(current.registration.endpoints) and not current.lost
+        if visible:
+            self.version += 1
+            self._payload = None
+        self.store.save_workloads(self.version, (), [workload_id])
+        return visible
+
+    def seen(self, workload_id: str, *, acked: int | None = None,
+             nacked: tuple[int, str] | None = None, watching: int = 0) -> bool:
+        """A workload called in (watch start/end, ack, NACK). True if it came back from lost."""
+        current = self._workloads.get(workload_id)
+        if current is None:
+            return False
+        current.stored.last_seen = self.clock()
+        current.watching += watching
+        if acked is not None:
+            current.stored.acked_version = acked
+            current.stored.nack_version = current.stored.nack_reason = None
+        if nacked is not None:
+            current.stored.nack_version, current.stored.nack_reason = nacked[0], nacked[1][:2000]
+        self._dirty.add(workload_id)
+        if current.lost:
+            current.lost = False
+            return self._bump()
+        return False
+
+    def reap(self) -> bool:
+        """Mark workloads silent for longer than the TTL as lost; True if clients must hear."""
+        now = self.clock()
+        changed = False
+        for item in self._workloads.values():
+            if not item.lost and item.watching <= 0 and now - item.stored.last_seen > self.workload_ttl:
+                item.lost = True
+                log.warning("workload %s (%s.%s) not seen for %.0fs: its endpoints are withdrawn",
+                            item.stored.id, item.registration.service, item.registration.namespace,
+                            now - item.stored.last_seen)
+                changed = changed or bool(item.registration.endpoints)
+        return self._bump() if changed else False
+
+    def flush(self) -> None:
+        """Write acks and last-seen times collected since the last flush."""
+        if not self._dirty:
+            return
+        items = [self._workloads[i].stored for i in self._dirty if i in self._workloads]
+        self._dirty.clear()
+        self.store.save_workloads(self.version, items, ())
+
+    def workloads(self) -> list[WorkloadView]:
+        out = []
+        for item in self._workloads.values():
+            s = item.stored
+            out.append(WorkloadView(item.registration, item.registration.identity(self.trust_domain),
+                                    s.acked_version, s.nack_version, s.nack_reason, s.first_seen,
+                                    s.last_seen, item.watching > 0, item.lost))
+        return out
+
+    def _save_registry(self, items: list[StoredWorkload], *, visible: bool) -> bool:
+        if visible:
+            self.version += 1
+            self._payload = None
+        self.store.save_workloads(self.version, items, ())
+        return visible
+
+    def _bump(self) -> bool:
+        self.version += 1
+        self._payload = None
+        self.store.save_workloads(self.version, (), ())
+        return True
+
+    # --- what workloads receive -------------------------------------------------------
+
+    def payload(self) -> bytes:
+        """The snapshot at the current version as JSON, encoded once per version."""
+        if self._payload is None or self._payload[0] != self.version:
+            body = {
+                "version": self.version,
+                "trustDomain": self.trust_domain,
+                "resources": [item.manifest for _, item in sorted(self._resources.items())],
+                "workloads": [
+                    w.registration.model_dump(mode="json")
+                    for w in self._workloads.values() if not w.lost and w.registration.endpoints
+                ],
+            }
+            self._payload = (self.version, json.dumps(body, separators=(",", ":")).encode())
+        return self._payload[1]
+
+
+def _visible(registration: WorkloadRegistration) -> Mapping[str, Any]:
+    data = registration.model_dump(mode="json")
+    return {k: data[k] for k in ("service", "namespace", "labels", "endpoints")}
