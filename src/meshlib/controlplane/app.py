@@ -53,8 +53,9 @@ class VersionNotifier:
         self._future: asyncio.Future[None] | None = None
         self._pending: asyncio.TimerHandle | None = None
         self._coalesce = coalesce
+        self.closing = False
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float) -> None:  # noqa: ASYNC109 - one shared future, many waiters
         if self._future is None or self._future.done():
             self._future = asyncio.get_running_loop().create_future()
         # asyncio.wait never cancels the shared future when one waiter times out.
@@ -67,6 +68,11 @@ class VersionNotifier:
         future, self._future = self._future, None
         if future is not None and not future.done():
             future.set_result(None)
+
+    def close(self) -> None:
+        """Shutting down: release every waiting watch now instead of at its timeout."""
+        self.closing = True
+        self.notify()
 
     def notify_soon(self) -> None:
         if self._pending is None:
@@ -115,11 +121,16 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
     def admin(handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
             if not check_bearer(request.headers.get("authorization"), admin_token):
-                message = ("missing admin token" if "authorization" not in request.headers
-                           else "wrong admin token")
-                return JSONResponse({"error": message}, status_code=401,
-                                    headers={"www-authenticate": 'Bearer realm="meshlib"'})
+                message = (
+                    "missing admin token" if "authorization" not in request.headers else "wrong admin token"
+                )
+                return JSONResponse(
+                    {"error": message},
+                    status_code=401,
+                    headers={"www-authenticate": 'Bearer realm="meshlib"'},
+                )
             return await handler(request)
+
         return guarded
 
     def errors(handler: Handler) -> Handler:
@@ -130,6 +141,7 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
                 return _error(exc.status, str(exc))
             except ConfigError as exc:
                 return _error(422, "invalid resources", issues=[i.to_json() for i in exc.issues])
+
         return wrapped
 
     def key_of(request: Request) -> ResourceKey:
@@ -147,10 +159,14 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
         results = state.apply(body.resources, namespace=body.namespace, dry_run=body.dry_run)
         if not body.dry_run and any(r.action != "unchanged" for r in results):
             notifier.notify()
-            log.info("applied version %d: %s", state.version,
-                     ", ".join(f"{r.key} {r.action}" for r in results if r.action != "unchanged"))
-        return JSONResponse({"version": state.version, "dryRun": body.dry_run,
-                             "results": [r.to_json() for r in results]})
+            log.info(
+                "applied version %d: %s",
+                state.version,
+                ", ".join(f"{r.key} {r.action}" for r in results if r.action != "unchanged"),
+            )
+        return JSONResponse(
+            {"version": state.version, "dryRun": body.dry_run, "results": [r.to_json() for r in results]}
+        )
 
     async def list_resources(request: Request) -> Response:
         kind = request.query_params.get("kind")
@@ -189,6 +205,8 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
         try:
             deadline = time.monotonic() + body.wait
             while state.version == body.version:
+                if notifier.closing:
+                    return _error(503, "config service is shutting down")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or await request.is_disconnected():
                     return Response(status_code=204)
@@ -247,4 +265,6 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
         Route("/v1/workloads/{id}", errors(put_workload), methods=["PUT"]),
         Route("/v1/workloads/{id}", errors(delete_workload), methods=["DELETE"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.notifier = notifier
+    return app

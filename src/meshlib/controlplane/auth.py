@@ -9,7 +9,7 @@ from pathlib import Path
 
 __all__ = ["ADMIN_TOKEN_FILE", "check_bearer", "ensure_admin_token", "write_secret"]
 
-ADMIN_TOKEN_FILE = "admin.token"
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
 
 
 def write_secret(path: Path, text: str) -> None:

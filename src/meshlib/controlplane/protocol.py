@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from ..core.hosts import CLUSTER_DOMAIN
+from ..core.snapshot import Snapshot, compile_snapshot
+from ..errors import ConfigError, ConfigIssue
 from ..policy.base import MeshModel
+from ..policy.resources import Resource
+from ..policy.validate import format_path, parse_resource, resource_label
 from ..registry import WorkloadRegistration
 
 __all__ = [
@@ -17,6 +22,7 @@ __all__ = [
     "Nack",
     "WatchRequest",
     "WorkloadRegistration",
+    "decode_snapshot",
 ]
 
 DEFAULT_PORT = 15010
@@ -45,3 +51,39 @@ class WatchRequest(MeshModel):
     workload: str | None = None
     ack: int | None = None
     nack: Nack | None = None
+
+
+def decode_snapshot(payload: Any) -> Snapshot:
+    """A snapshot payload (from the watch API or a last-known-good file) compiled for use.
+
+    Raises ConfigError naming each resource this process cannot use: the reason a
+    workload sends back in its NACK.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("version"), int):
+        raise ConfigError("snapshot payload has no integer version")
+    issues: list[ConfigIssue] = []
+    resources: list[Resource] = []
+    for index, manifest in enumerate(payload.get("resources") or []):
+        resource, problems = parse_resource(manifest)
+        label = resource_label(manifest) or f"resources[{index}]"
+        issues.extend(ConfigIssue(m, resource=label, path=format_path(p)) for p, m in problems)
+        if resource is not None:
+            resources.append(resource)
+    workloads: list[WorkloadRegistration] = []
+    for index, data in enumerate(payload.get("workloads") or []):
+        try:
+            workloads.append(WorkloadRegistration.model_validate(data))
+        except ValidationError as exc:
+            issues.append(
+                ConfigIssue(
+                    f"invalid registry entry: {exc.error_count()} error(s)", resource=f"workloads[{index}]"
+                )
+            )
+    if issues:
+        raise ConfigError(issues)
+    return compile_snapshot(
+        payload["version"],
+        resources,
+        workloads,
+        trust_domain=str(payload.get("trustDomain") or CLUSTER_DOMAIN),
+    )

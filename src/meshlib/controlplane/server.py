@@ -13,7 +13,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from ..core.hosts import CLUSTER_DOMAIN
-from .app import create_app
+from .app import VersionNotifier, create_app
 from .auth import ensure_admin_token
 from .protocol import DEFAULT_PORT
 from .state import ConfigState
@@ -25,8 +25,25 @@ log = logging.getLogger("meshlib.controlplane")
 DB_FILE = "meshlib.db"
 
 
-def build_app(data_dir: Path, *, trust_domain: str = CLUSTER_DOMAIN, workload_ttl: float = 90.0,
-              reap_interval: float = 5.0) -> tuple[Starlette, ConfigState, Path, bool]:
+class _Server(uvicorn.Server):
+    """uvicorn, releasing held watch requests first so that shutdown does not wait on them."""
+
+    def __init__(self, config: uvicorn.Config, notifier: VersionNotifier) -> None:
+        super().__init__(config)
+        self._notifier = notifier
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._notifier.close()
+        await super().shutdown(sockets)
+
+
+def build_app(
+    data_dir: Path,
+    *,
+    trust_domain: str = CLUSTER_DOMAIN,
+    workload_ttl: float = 90.0,
+    reap_interval: float = 5.0,
+) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``: (app, state, token path, token created)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
@@ -35,15 +52,23 @@ def build_app(data_dir: Path, *, trust_domain: str = CLUSTER_DOMAIN, workload_tt
     return create_app(state, token, reap_interval=reap_interval), state, token_path, created
 
 
-def serve_forever(data_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-                  trust_domain: str = CLUSTER_DOMAIN, workload_ttl: float = 90.0) -> None:
-    app, state, token_path, created = build_app(data_dir, trust_domain=trust_domain,
-                                                workload_ttl=workload_ttl)
+def serve_forever(
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    trust_domain: str = CLUSTER_DOMAIN,
+    workload_ttl: float = 90.0,
+) -> None:
+    app, state, token_path, created = build_app(
+        data_dir, trust_domain=trust_domain, workload_ttl=workload_ttl
+    )
     verb = "created" if created else "in"
     print(f"meshlib config service on http://{host}:{port} (version {state.version})", flush=True)
     print(f"data in {data_dir}; admin token {verb} {token_path}", flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        _Server(config, app.state.notifier).run()
     finally:
         state.store.close()
 
@@ -55,9 +80,16 @@ class ConfigServer:
     ...     server.url, server.admin_token
     """
 
-    def __init__(self, data_dir: str | Path, host: str = "127.0.0.1", port: int = 0, *,
-                 trust_domain: str = CLUSTER_DOMAIN, workload_ttl: float = 90.0,
-                 reap_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        trust_domain: str = CLUSTER_DOMAIN,
+        workload_ttl: float = 90.0,
+        reap_interval: float = 5.0,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
@@ -90,9 +122,10 @@ class ConfigServer:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, backlog=4096)
-        self._server = server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                        name="meshlib-config-service", daemon=True)
+        self._server = server = _Server(config, app.state.notifier)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="meshlib-config-service", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:
@@ -113,6 +146,7 @@ class ConfigServer:
     def __enter__(self) -> ConfigServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

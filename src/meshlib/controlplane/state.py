@@ -36,8 +36,12 @@ class ApplyResult:
     action: Action
 
     def to_json(self) -> dict[str, str]:
-        return {"kind": self.key.kind, "namespace": self.key.namespace, "name": self.key.name,
-                "action": self.action}
+        return {
+            "kind": self.key.kind,
+            "namespace": self.key.namespace,
+            "name": self.key.name,
+            "action": self.action,
+        }
 
 
 @dataclass(slots=True)
@@ -113,7 +117,8 @@ class ConfigState:
 
     def resources(self, kind: str | None = None, namespace: str | None = None) -> list[StoredResource]:
         return [
-            item for key, item in sorted(self._resources.items())
+            item
+            for key, item in sorted(self._resources.items())
             if (kind is None or key.kind == kind) and (namespace is None or key.namespace == namespace)
         ]
 
@@ -123,8 +128,9 @@ class ConfigState:
     def parsed_resources(self) -> list[Resource]:
         return list(self._parsed.values())
 
-    def apply(self, manifests: Sequence[object], *, namespace: str = "default",
-              dry_run: bool = False) -> list[ApplyResult]:
+    def apply(
+        self, manifests: Sequence[object], *, namespace: str = "default", dry_run: bool = False
+    ) -> list[ApplyResult]:
         """Validate every manifest, then store all of them at one new version, or none."""
         parsed = self._validate(manifests, namespace)
         results: list[ApplyResult] = []
@@ -177,10 +183,12 @@ class ConfigState:
             if resource is None:
                 continue
             if resource.key in first:
-                issues.append(ConfigIssue(
-                    f"duplicate resource in one apply (also resources[{first[resource.key]}])",
-                    resource=label,
-                ))
+                issues.append(
+                    ConfigIssue(
+                        f"duplicate resource in one apply (also resources[{first[resource.key]}])",
+                        resource=label,
+                    )
+                )
                 continue
             first[resource.key] = index
             parsed.append(resource)
@@ -229,8 +237,14 @@ class ConfigState:
         self.store.save_workloads(self.version, (), [workload_id])
         return visible
 
-    def seen(self, workload_id: str, *, acked: int | None = None,
-             nacked: tuple[int, str] | None = None, watching: int = 0) -> bool:
+    def seen(
+        self,
+        workload_id: str,
+        *,
+        acked: int | None = None,
+        nacked: tuple[int, str] | None = None,
+        watching: int = 0,
+    ) -> bool:
         """A workload called in (watch start/end, ack, NACK). True if it came back from lost."""
         current = self._workloads.get(workload_id)
         if current is None:
@@ -255,9 +269,13 @@ class ConfigState:
         for item in self._workloads.values():
             if not item.lost and item.watching <= 0 and now - item.stored.last_seen > self.workload_ttl:
                 item.lost = True
-                log.warning("workload %s (%s.%s) not seen for %.0fs: its endpoints are withdrawn",
-                            item.stored.id, item.registration.service, item.registration.namespace,
-                            now - item.stored.last_seen)
+                log.warning(
+                    "workload %s (%s.%s) not seen for %.0fs: its endpoints are withdrawn",
+                    item.stored.id,
+                    item.registration.service,
+                    item.registration.namespace,
+                    now - item.stored.last_seen,
+                )
                 changed = changed or bool(item.registration.endpoints)
         return self._bump() if changed else False
 
@@ -273,9 +291,19 @@ class ConfigState:
         out = []
         for item in self._workloads.values():
             s = item.stored
-            out.append(WorkloadView(item.registration, item.registration.identity(self.trust_domain),
-                                    s.acked_version, s.nack_version, s.nack_reason, s.first_seen,
-                                    s.last_seen, item.watching > 0, item.lost))
+            out.append(
+                WorkloadView(
+                    item.registration,
+                    item.registration.identity(self.trust_domain),
+                    s.acked_version,
+                    s.nack_version,
+                    s.nack_reason,
+                    s.first_seen,
+                    s.last_seen,
+                    item.watching > 0,
+                    item.lost,
+                )
+            )
         return out
 
     def _save_registry(self, items: list[StoredWorkload], *, visible: bool) -> bool:
@@ -302,7 +330,8 @@ class ConfigState:
                 "resources": [item.manifest for _, item in sorted(self._resources.items())],
                 "workloads": [
                     w.registration.model_dump(mode="json")
-                    for w in self._workloads.values() if not w.lost and w.registration.endpoints
+                    for w in self._workloads.values()
+                    if not w.lost and w.registration.endpoints
                 ],
             }
             self._payload = (self.version, json.dumps(body, separators=(",", ":")).encode())

@@ -41,7 +41,7 @@ class Endpoint:
     host: str
     address: str
     port: int
-    labels: Mapping[str, str] = _EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     protocol: str = "http"
     ready: bool = True
     weight: int = 1

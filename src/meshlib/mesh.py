@@ -1,0 +1,331 @@
+"""``meshlib.Mesh``: one per process; holds the current snapshot and keeps it current."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from ._loop import LoopThread
+from ._version import __version__
+from .controlplane.protocol import decode_snapshot
+from .core.hosts import CLUSTER_DOMAIN
+from .core.snapshot import Snapshot, compile_snapshot
+from .errors import ConfigError, MeshError
+from .last_known_good import load_last_known_good, save_last_known_good
+from .policy.loader import load_paths
+from .registry import AnnouncedEndpoint, WorkloadRegistration
+from .settings import MeshSettings
+from .watcher import Watcher
+
+__all__ = ["Mesh", "SnapshotSource"]
+
+log = logging.getLogger("meshlib")
+
+SnapshotSource = Literal["none", "control-plane", "last-known-good", "static"]
+Listener = Callable[[Snapshot], None]
+
+
+class Mesh:
+    """The process's view of the mesh.
+
+    With a config service (``control_plane``) it registers, watches its snapshot,
+    acknowledges each version and keeps a last-known-good copy in ``data_dir``;
+    when the config service is unreachable at start it runs on that copy. Without
+    one it reads ``config`` (a YAML file or folder) and reloads it when it changes.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        namespace: str = "default",
+        labels: Mapping[str, str] | None = None,
+        control_plane: str | Sequence[str] | None = None,
+        token: str | None = None,
+        config: str | Path | None = None,
+        data_dir: str | Path | None = None,
+        trust_domain: str = CLUSTER_DOMAIN,
+        startup_timeout: float = 5.0,
+        watch_wait: float = 30.0,
+        static_poll_interval: float = 1.0,
+    ) -> None:
+        urls = (control_plane,) if isinstance(control_plane, str) else tuple(control_plane or ())
+        self.settings = MeshSettings(
+            service=service,
+            namespace=namespace,
+            labels=dict(labels or {}),
+            control_plane=tuple(u.rstrip("/") for u in urls),
+            token=token,
+            config=Path(config) if config is not None else None,
+            data_dir=Path(data_dir) if data_dir is not None else None,
+            trust_domain=trust_domain,
+        )
+        self.startup_timeout = startup_timeout
+        self._watch_wait = watch_wait
+        self._static_poll = static_poll_interval
+        self.workload_id = (
+            f"{service}.{namespace}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
+        self._snapshot = Snapshot.empty(trust_domain)
+        self._source: SnapshotSource = "none"
+        self._endpoints: tuple[AnnouncedEndpoint, ...] = ()
+        self._listeners: list[Listener] = []
+        self._changed = threading.Condition()
+        self._loop: LoopThread | None = None
+        self._watcher: Watcher | None = None
+        self._started = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Mesh:
+        """Build from MESH_SERVICE, MESH_NAMESPACE, MESH_LABELS, MESH_CONTROL_PLANE, MESH_TOKEN,
+        MESH_CONFIG, MESH_DATA_DIR and MESH_TRUST_DOMAIN; keyword options win over them."""
+        s = MeshSettings.from_env(environ)
+        values: dict[str, Any] = {
+            "namespace": s.namespace,
+            "labels": s.labels,
+            "control_plane": s.control_plane,
+            "token": s.token,
+            "config": s.config,
+            "data_dir": s.data_dir,
+            "trust_domain": s.trust_domain,
+        }
+        values.update(options)
+        return cls(s.service, **values)
+
+    # --- what the data plane reads ------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current snapshot; take it once per request and use that one throughout."""
+        return self._snapshot
+
+    @property
+    def version(self) -> int:
+        return self._snapshot.version
+
+    @property
+    def source(self) -> SnapshotSource:
+        return self._source
+
+    @property
+    def service(self) -> str:
+        return self.settings.service
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.settings.labels
+
+    @property
+    def identity(self) -> str:
+        return self.registration().identity(self.settings.trust_domain)
+
+    @property
+    def ready(self) -> bool:
+        """True once the process has policy to apply (from anywhere but nowhere)."""
+        return self._source != "none"
+
+    def health(self) -> dict[str, Any]:
+        """Readiness details for health endpoints and ``meshctl status``."""
+        watcher = self._watcher
+        return {
+            "ready": self.ready,
+            "version": self.version,
+            "source": self._source,
+            "controlPlane": watcher.url if watcher else None,
+            "connected": watcher.connected if watcher else None,
+            "lastError": watcher.last_error if watcher else None,
+        }
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(snapshot)`` after every swap (on the mesh's background thread)."""
+        self._listeners.append(listener)
+
+    def wait_for_version(self, version: int, timeout: float = 5.0) -> bool:
+        """Block until the snapshot version is at least ``version``; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._snapshot.version >= version, timeout)
+
+    # --- registry -----------------------------------------------------------------------
+
+    def registration(self) -> WorkloadRegistration:
+        return WorkloadRegistration(
+            id=self.workload_id,
+            service=self.settings.service,
+            namespace=self.settings.namespace,
+            labels=dict(self.settings.labels),
+            endpoints=list(self._endpoints),
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            meshlib_version=__version__,
+        )
+
+    def announce(self, endpoints: Iterable[AnnouncedEndpoint], timeout: float = 5.0) -> None:
+        """Publish where this workload serves (and whether it is ready) in the registry."""
+        self._endpoints = tuple(endpoints)
+        watcher, loop = self._watcher, self._loop
+        if watcher is None or loop is None:
+            return  # static mode: nothing to tell; or not started: sent on start
+        watcher.registration_changed()
+        future = loop.submit(watcher.round_register())
+        try:
+            future.result(timeout)
+        except Exception as exc:  # retried by the watch loop on reconnection
+            log.warning("could not publish endpoints now (%s); will retry on reconnect", exc)
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def start(self) -> Mesh:
+        if self._started:
+            return self
+        self._started = True
+        s = self.settings
+        if s.control_plane:
+            self._start_watching()
+        elif s.config is not None:
+            self._load_static(s.config)  # bad policy at start is the user's to fix: raise
+            self._loop = LoopThread(f"meshlib-{s.service}")
+            self._loop.submit(self._poll_static(s.config))
+        else:
+            self._install(self._snapshot, "static")
+        return self
+
+    def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        loop, watcher = self._loop, self._watcher
+        if loop is not None:
+            if watcher is not None:
+                with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError, MeshError):
+                    loop.submit(self._shutdown_watcher(watcher)).result(5.0)
+            loop.stop()
+        self._loop = self._watcher = None
+
+    def __enter__(self) -> Mesh:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Mesh:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.close)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _start_watching(self) -> None:
+        s = self.settings
+        self._loop = loop = LoopThread(f"meshlib-{s.service}")
+        self._watcher = watcher = Watcher(
+            s.control_plane, self.registration, self._received, token=s.token, wait=self._watch_wait
+        )
+        first = loop.submit(watcher.round())
+        try:
+            first.result(self.startup_timeout)
+        except Exception as exc:
+            first.cancel()
+            reason = "timed out" if isinstance(exc, concurrent.futures.TimeoutError) else str(exc)
+            watcher.last_error = f"{watcher.url}: {reason}"
+            self._fallback(f"config service {watcher.url} unavailable at start: {reason}")
+        loop.submit(watcher.run())
+
+    def _fallback(self, why: str) -> None:
+        s = self.settings
+        data_dir = s.resolved_data_dir
+        payload = load_last_known_good(data_dir)
+        if payload is not None:
+            try:
+                self._install(decode_snapshot(payload), "last-known-good")
+            except ConfigError as exc:
+                log.error("%s; last-known-good copy in %s is unusable: %s", why, data_dir, exc)
+            else:
+                log.warning(
+                    "%s; running on last-known-good config version %d from %s", why, self.version, data_dir
+                )
+                return
+        if s.config is not None:
+            self._load_static(s.config)
+            log.warning("%s; running on %s until it is reachable", why, s.config)
+            return
+        log.error(
+            "%s; no last-known-good config in %s: no policy is applied until it is reachable", why, data_dir
+        )
+
+    def _received(self, snapshot: Snapshot, payload: dict[str, Any]) -> None:
+        self._install(snapshot, "control-plane")
+        try:
+            save_last_known_good(
+                self.settings.resolved_data_dir, payload, self._watcher.url if self._watcher else ""
+            )
+        except OSError as exc:
+            log.warning("could not save last-known-good config: %s", exc)
+
+    def _install(self, snapshot: Snapshot, source: SnapshotSource) -> None:
+        with self._changed:
+            self._snapshot = snapshot
+            self._source = source
+            self._changed.notify_all()
+        for listener in self._listeners:
+            try:
+                listener(snapshot)
+            except Exception:
+                log.exception("snapshot listener %r failed", listener)
+
+    def _load_static(self, path: Path) -> None:
+        loaded = load_paths([path], namespace=self.settings.namespace)
+        version = self._snapshot.version + 1
+        self._install(
+            compile_snapshot(
+                version, [item.resource for item in loaded], trust_domain=self.settings.trust_domain
+            ),
+            "static",
+        )
+
+    async def _poll_static(self, path: Path) -> None:
+        seen = _fingerprint(path)
+        while True:
+            await asyncio.sleep(self._static_poll)
+            current = _fingerprint(path)
+            if current == seen:
+                continue
+            seen = current
+            try:
+                self._load_static(path)
+                log.info("reloaded %s: config version %d", path, self.version)
+            except ConfigError as exc:
+                log.error("kept the current config; %s is invalid:\n%s", path, exc)
+
+    async def _shutdown_watcher(self, watcher: Watcher) -> None:
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        await watcher.deregister()
+        await watcher.aclose()
+
+
+def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+    try:
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    except OSError:
+        return ()

@@ -1,0 +1,157 @@
+"""Keeps a workload's snapshot current: registers, long-polls the config service, ACKs/NACKs.
+
+Runs as one asyncio task on the Mesh's background loop. A failed round is retried
+with fully jittered exponential backoff (tenacity) and moves to the next config
+service URL; the data plane keeps its current snapshot meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import tenacity
+
+from .controlplane.protocol import MAX_WATCH_WAIT, WorkloadRegistration, decode_snapshot
+from .core.snapshot import Snapshot
+from .errors import ConfigError, ControlPlaneError, UnauthorizedError
+
+__all__ = ["Watcher"]
+
+log = logging.getLogger("meshlib")
+
+
+class Watcher:
+    """One long-poll round at a time; ``on_snapshot`` gets each new snapshot and its payload."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        registration: Callable[[], WorkloadRegistration],
+        on_snapshot: Callable[[Snapshot, dict[str, Any]], None],
+        *,
+        token: str | None = None,
+        wait: float = 30.0,
+        backoff_base: float = 0.25,
+        backoff_max: float = 15.0,
+    ) -> None:
+        self.urls = list(urls)
+        self._registration = registration
+        self._on_snapshot = on_snapshot
+        self._wait = min(wait, MAX_WATCH_WAIT)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(5.0, read=self._wait + 10.0))
+        self._index = 0
+        self.version = -1
+        self.connected = False
+        self.last_error: str | None = None
+        self._registered = False
+        self._ack: int | None = None
+        self._nack: tuple[int, str] | None = None
+        self._failures = 0
+        self._retrying = tenacity.AsyncRetrying(
+            wait=tenacity.wait_random_exponential(multiplier=backoff_base, max=backoff_max),
+            retry=tenacity.retry_if_exception_type((httpx.HTTPError, ControlPlaneError)),
+            before_sleep=self._failed,
+            reraise=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return self.urls[self._index]
+
+    def registration_changed(self) -> None:
+        """Send the registration again before the next watch round."""
+        self._registered = False
+
+    async def run(self) -> None:
+        """Watch until cancelled."""
+        while True:
+            await self._retrying(self.round)
+
+    async def round(self) -> None:
+        """Register if needed, then one long poll; apply what it brings."""
+        if not self._registered:
+            await self._register()
+        body: dict[str, Any] = {
+            "version": self.version,
+            "wait": self._wait,
+            "workload": self._registration().id,
+        }
+        if self._ack is not None:
+            body["ack"] = self._ack
+        if self._nack is not None:
+            body["nack"] = {"version": self._nack[0], "reason": self._nack[1]}
+        response = await self._client.post(f"{self.url}/v1/watch", json=body)
+        self._check(response)
+        self._ack = self._nack = None
+        self._recovered()
+        if response.status_code == 204:
+            return
+        payload = response.json()
+        version = payload.get("version") if isinstance(payload, dict) else None
+        try:
+            snapshot = decode_snapshot(payload)
+        except ConfigError as exc:
+            # Keep serving the current snapshot; tell the config service why not this one.
+            log.error("rejected config version %s from %s: %s", version, self.url, exc)
+            self.version = version if isinstance(version, int) else self.version
+            self._nack = (self.version, str(exc))
+            return
+        self.version = snapshot.version
+        self._on_snapshot(snapshot, payload)
+        self._ack = snapshot.version
+
+    async def round_register(self) -> None:
+        """Send the registration now (endpoints changed)."""
+        await self._register()
+
+    async def deregister(self) -> None:
+        workload = self._registration().id
+        try:
+            await self._client.delete(f"{self.url}/v1/workloads/{workload}", timeout=2.0)
+        except httpx.HTTPError as exc:
+            log.debug("could not deregister %s: %s", workload, exc)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _register(self) -> None:
+        registration = self._registration()
+        response = await self._client.put(
+            f"{self.url}/v1/workloads/{registration.id}", content=registration.model_dump_json()
+        )
+        self._check(response)
+        self._registered = True
+
+    def _check(self, response: httpx.Response) -> None:
+        if response.status_code in (200, 204):
+            return
+        try:
+            detail = response.json().get("error", response.text)
+        except ValueError:
+            detail = response.text[:200]
+        error = UnauthorizedError if response.status_code in (401, 403) else ControlPlaneError
+        raise error(
+            f"{response.request.url}: {response.status_code} {detail}", status_code=response.status_code
+        )
+
+    def _failed(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        self.connected = False
+        self._registered = False  # the config service may have lost us (restart, failover)
+        self.last_error = f"{self.url}: {error}"
+        self._failures += 1
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.log(level, "config service %s unreachable (%s); retrying in %.2fs", self.url, error, delay)
+        self._index = (self._index + 1) % len(self.urls)
+
+    def _recovered(self) -> None:
+        if self._failures:
+            log.info("config service %s reachable again after %d failed attempt(s)", self.url, self._failures)
+        self._failures = 0
+        self.connected = True
+        self.last_error = None
