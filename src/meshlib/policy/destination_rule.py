@@ -130,7 +130,7 @@ class OutlierDetection(MeshModel):
     split_external_local_origin_errors: bool | None = None
     consecutive_local_origin_failures: int | None = Field(default=None, ge=0)
     consecutive_gateway_errors: int | None = Field(default=None, ge=0)
-    consecutive_5xx_errors: int | None = Field(default=None, ge=0)
+    consecutive_5xx_errors: int | None = Field(default=None, ge=0, alias="consecutive5xxErrors")
     consecutive_errors: int | None = Field(default=None, ge=0)  # deprecated by Istio
     interval: Duration | None = None
     base_ejection_time: Duration | None = None

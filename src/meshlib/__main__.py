@@ -1,0 +1,7 @@
+"""``python -m meshlib`` is ``meshctl``."""
+
+import sys
+
+from .cli.main import main
+
+sys.exit(main())

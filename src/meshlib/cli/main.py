@@ -1,0 +1,327 @@
+"""meshctl: serve, apply, get, delete, validate, analyze, status, demo.
+
+Talks to the config service at ``--server`` (``$MESHCTL_SERVER``, default
+http://127.0.0.1:15010). Writes use the admin token from ``--token-file``,
+``$MESHCTL_TOKEN`` or the default server data dir's ``admin.token``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..controlplane.client import ControlPlaneClient
+from ..controlplane.protocol import DEFAULT_PORT
+from ..core.analyze import analyze
+from ..core.hosts import CLUSTER_DOMAIN
+from ..errors import ConfigError, MeshError
+from ..paths import default_server_dir
+from ..policy.loader import load_paths
+from ..policy.resources import KINDS, KindInfo, Resource, ResourceKey, find_kind
+from ..policy.validate import parse_resource
+from ..registry import WorkloadRegistration
+from .output import age, dump, table
+
+__all__ = ["main"]
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if os.environ.get("MESHCTL_TOKEN"):
+        return os.environ["MESHCTL_TOKEN"].strip()
+    path = Path(args.token_file) if args.token_file else default_server_dir() / "admin.token"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        if args.token_file:
+            raise MeshError(f"cannot read token file {path}") from None
+        return None
+
+
+def _client(args: argparse.Namespace) -> ControlPlaneClient:
+    return ControlPlaneClient(args.server, _token(args))
+
+
+def _kind(name: str) -> KindInfo:
+    info = find_kind(name)
+    if info is None:
+        known = ", ".join(f"{i.kind} ({'/'.join(i.short)})" for i in KINDS.values())
+        raise MeshError(f"unknown kind {name!r}; known: {known}")
+    return info
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..controlplane.server import serve_forever
+
+    serve_forever(Path(args.data_dir), args.host, args.port, trust_domain=args.trust_domain,
+                  workload_ttl=args.workload_ttl)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    loaded = load_paths(args.filename, namespace=args.namespace)  # file:line errors before any I/O
+    with _client(args) as client:
+        result = client.apply([item.resource.manifest() for item in loaded], namespace=args.namespace,
+                              dry_run=args.dry_run)
+    suffix = " (dry run)" if args.dry_run else ""
+    for item in result["results"]:
+        info = KINDS[item["kind"]]
+        ns = "" if item["namespace"] == args.namespace else f" -n {item['namespace']}"
+        print(f"{info.resource_type}/{item['name']}{ns} {item['action']}{suffix}")
+    return 0
+
+
+def _columns(info: KindInfo, res: Resource) -> list[str]:
+    spec: Any = res.spec
+    if info.kind == "VirtualService":
+        return [",".join(spec.hosts), ",".join(spec.gateways) or "mesh"]
+    if info.kind == "DestinationRule":
+        return [spec.host, ",".join(s.name for s in spec.subsets) or "-"]
+    if info.kind == "ServiceEntry":
+        return [",".join(spec.hosts), spec.location or "-", spec.resolution or "NONE"]
+    if info.kind == "PeerAuthentication":
+        return [spec.mtls.mode if spec.mtls else "UNSET"]
+    if info.kind == "AuthorizationPolicy":
+        return [spec.action]
+    return [",".join(r.issuer for r in spec.jwt_rules) or "-"]
+
+
+_HEADERS = {
+    "VirtualService": ["HOSTS", "GATEWAYS"],
+    "DestinationRule": ["HOST", "SUBSETS"],
+    "ServiceEntry": ["HOSTS", "LOCATION", "RESOLUTION"],
+    "PeerAuthentication": ["MODE"],
+    "AuthorizationPolicy": ["ACTION"],
+    "RequestAuthentication": ["ISSUERS"],
+}
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    kinds = list(KINDS.values()) if args.kind.lower() == "all" else [_kind(args.kind)]
+    namespace = None if args.all_namespaces else args.namespace
+    with _client(args) as client:
+        if args.name:
+            info = kinds[0]
+            manifests = [client.get(ResourceKey(info.kind, args.namespace, n)) for n in args.name]
+        else:
+            manifests = []
+            for info in kinds:
+                manifests.extend(client.list(info.kind, namespace)["items"])
+    if args.output in ("yaml", "json"):
+        single = bool(args.name) and len(manifests) == 1
+        data: Any = manifests[0] if single else manifests
+        if args.output == "json" and not single:
+            data = {"apiVersion": "v1", "kind": "List", "items": manifests}
+        print(dump(data, args.output))
+        return 0
+    if not manifests:
+        where = "any namespace" if namespace is None else f"namespace {namespace}"
+        print(f"No resources found in {where}.", file=sys.stderr)
+        return 0
+    for info in kinds:
+        rows = []
+        for manifest in manifests:
+            if manifest.get("kind") != info.kind:
+                continue
+            res, _ = parse_resource(manifest)
+            if res is None:
+                continue
+            meta = manifest.get("metadata", {})
+            rows.append([*([res.namespace] if namespace is None else []), res.name,
+                         *_columns(info, res), age(meta.get("creationTimestamp"))])
+        if rows:
+            headers = [*(["NAMESPACE"] if namespace is None else []), "NAME", *_HEADERS[info.kind], "AGE"]
+            if len(kinds) > 1:
+                print(f"# {info.resource_type}")
+            print(table(headers, rows))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    keys: list[ResourceKey] = []
+    if args.filename:
+        keys = [item.resource.key for item in load_paths(args.filename, namespace=args.namespace)]
+    elif args.kind and args.name:
+        info = _kind(args.kind)
+        keys = [ResourceKey(info.kind, args.namespace, name) for name in args.name]
+    else:
+        raise MeshError("say what to delete: KIND NAME [NAME...] or -f FILE")
+    failed = 0
+    with _client(args) as client:
+        for key in keys:
+            info = KINDS[key.kind]
+            try:
+                client.delete(key)
+            except MeshError as exc:
+                if getattr(exc, "status_code", None) == 404 and args.ignore_not_found:
+                    continue
+                print(f"error: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f'{info.resource_type} "{key.name}" deleted')
+    return 1 if failed else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded = load_paths(args.filename, namespace=args.namespace)
+    for item in loaded:
+        print(f"{item.where}: {item.resource.key} valid")
+    print(f"{len(loaded)} resource(s) valid")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    workloads: list[WorkloadRegistration] | None = None
+    if args.filename:
+        resources = [item.resource for item in load_paths(args.filename, namespace=args.namespace)]
+    else:
+        with _client(args) as client:
+            manifests = client.list()["items"]
+            workloads = [WorkloadRegistration.model_validate(w["registration"])
+                         for w in client.workloads()["items"] if not w["lost"]]
+        resources = [r for r in (parse_resource(m)[0] for m in manifests) if r is not None]
+    findings = analyze(resources, workloads)
+    for finding in findings:
+        print(finding)
+    if not findings:
+        scope = "files" if args.filename else args.server
+        print(f"No problems found in {len(resources)} resource(s) ({scope}).")
+    return 1 if any(f.level == "Error" for f in findings) else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        data = client.workloads()
+    items = data["items"]
+    if args.output in ("yaml", "json"):
+        print(dump(data, args.output))
+        return 0
+    if not items:
+        print("No workloads registered.", file=sys.stderr)
+        return 0
+    rows = []
+    for item in sorted(items, key=lambda i: (i["registration"]["namespace"], i["registration"]["service"])):
+        reg = item["registration"]
+        endpoints = ",".join(f"{e['address']}:{e['port']}" + ("" if e["ready"] else "(not ready)")
+                             for e in reg["endpoints"]) or "-"
+        if item["nackVersion"] is not None:
+            sync = f"NACK v{item['nackVersion']}: {item['nackReason'][:60]}"
+        elif item["ackedVersion"] == data["version"]:
+            sync = f"SYNCED v{item['ackedVersion']}"
+        elif item["ackedVersion"] is None:
+            sync = "NOT ACKED"
+        else:
+            sync = f"STALE v{item['ackedVersion']}"
+        state = "LOST" if item["lost"] else "CONNECTED" if item["connected"] else "IDLE"
+        rows.append([reg["service"], reg["namespace"], reg["id"], item["identity"], endpoints, sync,
+                     state, age(item["lastSeen"])])
+    print(table(["SERVICE", "NAMESPACE", "WORKLOAD", "IDENTITY", "ENDPOINTS", "CONFIG", "STATE", "LAST SEEN"],
+                rows))
+    print(f"\nconfig service version {data['version']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshctl", description="Control meshlib's config service.")
+    parser.add_argument("--version", action="version", version=f"meshctl {__version__}")
+    parser.add_argument("--server", default=os.environ.get("MESHCTL_SERVER", f"http://127.0.0.1:{DEFAULT_PORT}"),
+                        help="config service URL (env MESHCTL_SERVER)")
+    parser.add_argument("--token-file", help="admin token file (env MESHCTL_TOKEN holds the token itself)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def files(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument("-f", "--filename", action="append", required=required,
+                       help="YAML file, folder or - for stdin (repeatable)")
+
+    def namespace(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+
+    p = add("serve", cmd_serve, "run the config service (store, watch API, registry)")
+    p.add_argument("--data-dir", default=str(default_server_dir()), help="where state and the admin token live")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--trust-domain", default=CLUSTER_DOMAIN)
+    p.add_argument("--workload-ttl", type=float, default=90.0,
+                   help="seconds without contact before a workload's endpoints are withdrawn")
+
+    p = add("apply", cmd_apply, "validate resources and store them; prints what changed")
+    files(p, True)
+    namespace(p)
+    p.add_argument("--dry-run", action="store_true", help="validate on the server, store nothing")
+
+    p = add("get", cmd_get, "list resources of a kind, or show some by name")
+    p.add_argument("kind", help="kind: VirtualService/vs, DestinationRule/dr, ServiceEntry/se, "
+                                "PeerAuthentication/pa, AuthorizationPolicy/ap, RequestAuthentication/ra, all")
+    p.add_argument("name", nargs="*")
+    namespace(p)
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+
+    p = add("delete", cmd_delete, "remove resources by kind and name, or those in files")
+    p.add_argument("kind", nargs="?")
+    p.add_argument("name", nargs="*")
+    files(p, False)
+    namespace(p)
+    p.add_argument("--ignore-not-found", action="store_true")
+
+    p = add("validate", cmd_validate, "check files offline; non-zero exit with file:line errors")
+    files(p, True)
+    namespace(p)
+
+    p = add("analyze", cmd_analyze, "find cross-resource problems (on the server, or in files with -f)")
+    files(p, False)
+    namespace(p)
+
+    p = add("status", cmd_status, "every workload: identity, endpoints, acknowledged config, last seen")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+
+    p = add("demo", cmd_demo, "run the demonstration on an embedded config service")
+    p.add_argument("--keep", action="store_true", help="keep the demo's data folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return 1
+    except MeshError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
