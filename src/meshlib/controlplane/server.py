@@ -52,23 +52,27 @@ def build_app(
     return create_app(state, token, reap_interval=reap_interval), state, token_path, created
 
 
-def serve_forever(
-    data_dir: Path,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    *,
-    trust_domain: str = CLUSTER_DOMAIN,
-    workload_ttl: float = 90.0,
-) -> None:
-    app, state, token_path, created = build_app(
-        data_dir, trust_domain=trust_domain, workload_ttl=workload_ttl
-    )
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def serve_forever(data_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                  trust_domain: str = CLUSTER_DOMAIN, workload_ttl: float = 90.0) -> None:
+    """``meshctl serve``: run until SIGINT/SIGTERM, then release watches and exit cleanly."""
+    app, state, token_path, created = build_app(data_dir, trust_domain=trust_domain,
+                                                workload_ttl=workload_ttl)
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
     verb = "created" if created else "in"
-    print(f"meshlib config service on http://{host}:{port} (version {state.version})", flush=True)
+    print(f"meshlib config service on http://{host}:{bound} (version {state.version})", flush=True)
     print(f"data in {data_dir}; admin token {verb} {token_path}", flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, backlog=4096)
     try:
-        _Server(config, app.state.notifier).run()
+        _Server(config, app.state.notifier).run(sockets=[sock])
     finally:
         state.store.close()
 
@@ -117,9 +121,7 @@ class ConfigServer:
             workload_ttl=self.workload_ttl,
             reap_interval=self.reap_interval,
         )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, backlog=4096)
         self._server = server = _Server(config, app.state.notifier)

@@ -1,0 +1,848 @@
+"""Watch fan-out benchmark: how fast does one config change reach N watching workloads?
+
+Method
+------
+* The config service runs in its own process (``serve_forever`` in a ``python -c``
+  subprocess, on a free port of 127.0.0.1, over a fresh temporary data dir), so its
+  RSS and CPU can be read with psutil and the simulated workloads do not share its GIL.
+* N simulated workloads run as asyncio tasks spread over a few client processes
+  (multiprocessing, ``spawn``). Each one registers (``PUT /v1/workloads/{id}``, no
+  endpoints unless ``--endpoints``), then loops on ``POST /v1/watch`` exactly like
+  ``meshlib.watcher.Watcher``: it sends the version it has, and the ACK of the version
+  it received in the previous round. On a new version it timestamps the receipt
+  (``time.monotonic()``, the system-wide CLOCK_MONOTONIC on Linux, comparable across
+  processes of one host), parses it and, unless ``--no-decode``, compiles it with
+  ``meshlib.controlplane.protocol.decode_snapshot`` as a real workload would.
+* Each round, the driver changes one VirtualService through ``POST /v1/apply`` (t0 is
+  taken just before the request is sent), then polls ``GET /v1/workloads`` until every
+  workload's ``ackedVersion`` is the new version. Reported per round:
+  - apply -> receive: client receipt time - t0, for every workload;
+  - apply -> decoded: the same, after JSON parsing and snapshot compilation;
+  - apply -> last ACK (server): the latest ``lastSeen`` the service recorded with the
+    ACKs (its wall clock vs. the driver's wall clock at t0, same host);
+  - apply -> all ACKed (observed): when the poller first saw every ACK, which adds up
+    to one poll interval plus one ``GET /v1/workloads``.
+* The service's RSS is read idle (no workloads), connected (N watches held), at its
+  peak during the rounds, and after the last fan-out; its CPU time per round too.
+* Every run is bounded (``--time-limit`` per N, ``--rounds``, ``--round-timeout``);
+  everything talks to 127.0.0.1 only; the processes started here, and only those, are
+  stopped by pid when the run ends, whether it succeeded or not.
+
+The results are written into the "## Watch fan-out (config service)" section of
+``benchmarks/RESULTS.md``; other sections of that file are left as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import resource
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import psutil
+
+HOST = "127.0.0.1"
+SECTION = "## Watch fan-out (config service)"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+MiB = 1024 * 1024
+CLIENT_KINDS = ("httpx", "httpx-shared", "raw")
+
+SERVER_CODE = """
+import resource, sys
+from pathlib import Path
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = 65536 if hard == resource.RLIM_INFINITY else hard
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+from meshlib.controlplane.server import serve_forever
+serve_forever(Path(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]))
+"""
+
+
+# --- options ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    workloads: list[int]
+    rounds: int
+    clients: list[str]
+    client_procs: int  # 0: automatic
+    decode: bool
+    endpoints: bool
+    wait: float
+    pause: float
+    poll_interval: float
+    round_timeout: float
+    time_limit: float
+    results: Path | None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--workloads", default="100,1000", help="comma-separated N values (default 100,1000)")
+    p.add_argument("--rounds", type=int, default=5, help="config changes per N (default 5)")
+    p.add_argument(
+        "--client",
+        default="httpx",
+        help="comma-separated client kinds to compare. httpx: one AsyncClient per workload, like "
+        "Watcher; httpx-shared: one pooled AsyncClient per client process; raw: hand-written "
+        "HTTP/1.1 over asyncio streams (default httpx)",
+    )
+    p.add_argument("--client-procs", type=int, default=0, help="client processes (default: automatic)")
+    p.add_argument(
+        "--decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile each snapshot with decode_snapshot, as workloads do (default on)",
+    )
+    p.add_argument(
+        "--endpoints",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="register each workload with one endpoint, so every snapshot lists all N (default off)",
+    )
+    p.add_argument("--wait", type=float, default=30.0, help="long-poll wait sent by workloads (s)")
+    p.add_argument("--pause", type=float, default=0.0, help="pause between the last ACK and next apply (s)")
+    p.add_argument("--poll-interval", type=float, default=0.02, help="GET /v1/workloads poll interval (s)")
+    p.add_argument("--round-timeout", type=float, default=30.0, help="give up on a round after this (s)")
+    p.add_argument("--time-limit", type=float, default=120.0, help="hard limit for one N (s)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to update")
+    p.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
+    a = p.parse_args(argv)
+    counts = [int(x) for x in a.workloads.split(",") if x.strip()]
+    if not counts or min(counts) < 1 or a.rounds < 1:
+        p.error("--workloads needs positive counts and --rounds at least 1")
+    clients = [c.strip() for c in a.client.split(",") if c.strip()]
+    if not clients or not set(clients) <= set(CLIENT_KINDS):
+        p.error(f"--client takes a comma-separated subset of {', '.join(CLIENT_KINDS)}")
+    return Options(
+        workloads=counts,
+        rounds=a.rounds,
+        clients=clients,
+        client_procs=a.client_procs,
+        decode=a.decode,
+        endpoints=a.endpoints,
+        wait=a.wait,
+        pause=a.pause,
+        poll_interval=a.poll_interval,
+        round_timeout=a.round_timeout,
+        time_limit=a.time_limit,
+        results=None if a.no_write else a.results,
+    )
+
+
+def client_procs_for(n: int, opts: Options) -> int:
+    """One process per 500 workloads, at most one per core (the service needs one too)."""
+    if opts.client_procs > 0:
+        return min(opts.client_procs, n)
+    return max(1, min(os.cpu_count() or 1, math.ceil(n / 500)))
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def check(self, what: str) -> None:
+        if self.left() <= 0:
+            raise TimeoutError(f"time limit reached while {what}")
+
+
+# --- the config service process -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+
+
+class ServiceProcess:
+    """``serve_forever`` in a subprocess over ``data_dir``; stopped by its pid only."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.log_path = data_dir.parent / "service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, deadline: Deadline) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", SERVER_CODE, str(self.data_dir), HOST, str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        while not self._healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"config service exited ({self.proc.returncode}): {self.log_tail()}")
+            deadline.check("starting the config service")
+            time.sleep(0.05)
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v1/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text(encoding="utf-8").strip()
+
+    def ps(self) -> psutil.Process:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid)
+
+    def log_tail(self, chars: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+# --- simulated workloads (client processes) -----------------------------------------------
+
+
+class Transport(Protocol):
+    async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxTransport:
+    def __init__(self, client: httpx.AsyncClient, owned: bool) -> None:
+        self._client = client
+        self._owned = owned
+
+    async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        headers = {"content-type": "application/json"}
+        response = await self._client.request(method, path, content=body, headers=headers)
+        return response.status_code, response.content
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._client.aclose()
+
+
+class RawTransport:
+    """Minimal HTTP/1.1 keep-alive client: one connection, Content-Length bodies only."""
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self._port = port
+        self._timeout = timeout
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        try:
+            return await asyncio.wait_for(self._exchange(method, path, body), self._timeout)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _exchange(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(HOST, self._port)
+        reader, writer = self._streams
+        head = (
+            f"{method} {path} HTTP/1.1\r\nhost: {HOST}:{self._port}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        status = int((await reader.readuntil(b"\r\n")).split()[1])
+        length = 0
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+            elif name.strip().lower() == b"transfer-encoding":
+                raise RuntimeError("chunked responses are not supported by the raw client")
+        return status, await reader.readexactly(length) if length else b""
+
+    async def aclose(self) -> None:
+        streams, self._streams = self._streams, None
+        if streams is not None:
+            streams[1].close()
+
+
+@dataclass
+class ClientPlan:
+    index: int
+    url: str
+    port: int
+    ids: list[str]
+    client: str
+    decode: bool
+    endpoints: bool
+    wait: float
+
+
+Receipt = tuple[str, int, float, float]  # workload id, version, received, decoded (monotonic)
+
+
+def registration(workload_id: str, plan: ClientPlan) -> bytes:
+    endpoints = (
+        [{"address": HOST, "port": 20000 + int(workload_id.rsplit("-", 1)[1])}] if plan.endpoints else []
+    )
+    body = {
+        "id": workload_id,
+        "service": f"bench-svc-{int(workload_id.rsplit('-', 1)[1]) % 20}",
+        "namespace": "default",
+        "labels": {"version": "v1"},
+        "endpoints": endpoints,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "meshlib_version": "bench",
+    }
+    return json.dumps(body).encode()
+
+
+def decode(data: bytes, compile_it: bool) -> int:
+    payload = json.loads(data)
+    if compile_it:
+        from meshlib.controlplane.protocol import decode_snapshot
+
+        decode_snapshot(payload)
+    return int(payload["version"])
+
+
+RETRYABLE = (OSError, httpx.HTTPError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError)
+
+
+async def run_workload(
+    workload_id: str, transport: Transport, plan: ClientPlan, receipts: list[Receipt], errors: list[str]
+) -> None:
+    """Register, then watch forever like Watcher.round: send version, wait and last ACK."""
+    while True:
+        try:
+            status, data = await transport.request(
+                "PUT", f"/v1/workloads/{workload_id}", registration(workload_id, plan)
+            )
+        except RETRYABLE as exc:
+            status, data = 0, repr(exc).encode()
+        if status == 200:
+            break
+        errors.append(f"register {status}: {data[:200]!r}")
+        await asyncio.sleep(0.2)
+    version, ack = -1, None
+    while True:
+        body: dict[str, Any] = {"version": version, "wait": plan.wait, "workload": workload_id}
+        if ack is not None:
+            body["ack"] = ack
+        try:
+            status, data = await transport.request("POST", "/v1/watch", json.dumps(body).encode())
+        except RETRYABLE as exc:
+            status, data = 0, repr(exc).encode()
+        received = time.monotonic()
+        if status == 204:
+            ack = None
+            continue
+        if status != 200:
+            errors.append(f"watch {status}: {data[:200]!r}")
+            await asyncio.sleep(0.2)
+            continue
+        version = ack = decode(data, plan.decode)
+        receipts.append((workload_id, version, received, time.monotonic()))
+
+
+def make_transports(plan: ClientPlan) -> list[Transport]:
+    timeout = httpx.Timeout(10.0, read=plan.wait + 10.0)
+    if plan.client == "raw":
+        return [RawTransport(plan.port, plan.wait + 10.0) for _ in plan.ids]
+    if plan.client == "httpx-shared":
+        size = len(plan.ids) + 8
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        shared = httpx.AsyncClient(base_url=plan.url, timeout=timeout, limits=limits)
+        return [HttpxTransport(shared, owned=i == 0) for i in range(len(plan.ids))]
+    return [
+        HttpxTransport(httpx.AsyncClient(base_url=plan.url, timeout=timeout), owned=True) for _ in plan.ids
+    ]
+
+
+async def client_main_async(plan: ClientPlan, stop: MpEvent) -> tuple[list[Receipt], list[str]]:
+    receipts: list[Receipt] = []
+    errors: list[str] = []
+    transports = make_transports(plan)
+    tasks = [
+        asyncio.create_task(run_workload(wid, t, plan, receipts, errors))
+        for wid, t in zip(plan.ids, transports, strict=True)
+    ]
+    try:
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+            failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+            if failed:
+                errors.append(f"workload task crashed: {failed[0].exception()!r}")
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True)
+    return receipts, errors
+
+
+def client_main(plan: ClientPlan, stop: MpEvent, results: mp.Queue[Any]) -> None:
+    """Entry point of one client process: its workloads until ``stop``, then its receipts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops us through ``stop``
+    raise_fd_limit()
+    try:
+        receipts, errors = asyncio.run(client_main_async(plan, stop))
+    except BaseException as exc:
+        receipts, errors = [], [f"client process {plan.index} failed: {exc!r}"]
+    results.put((plan.index, receipts, errors))
+
+
+class ClientProcesses:
+    """The client processes of one run; stopped through an Event, then by pid if need be."""
+
+    def __init__(self, service: ServiceProcess, n: int, procs: int, client: str, opts: Options) -> None:
+        self._ctx = mp.get_context("spawn")
+        self.stop_event = self._ctx.Event()
+        self.results: mp.Queue[Any] = self._ctx.Queue()
+        ids = [f"bench-{i:05d}" for i in range(n)]
+        self.plans = [
+            ClientPlan(
+                i, service.url, service.port, ids[i::procs], client, opts.decode, opts.endpoints, opts.wait
+            )
+            for i in range(procs)
+        ]
+        self.processes: list[BaseProcess] = []
+
+    def start(self) -> None:
+        for plan in self.plans:
+            proc = self._ctx.Process(
+                target=client_main,
+                args=(plan, self.stop_event, self.results),
+                name=f"fanout-client-{plan.index}",
+            )
+            proc.start()
+            self.processes.append(proc)
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for proc in self.processes:
+            with contextlib.suppress(psutil.Error, ValueError):
+                times = psutil.Process(proc.pid).cpu_times()
+                total += times.user + times.system
+        return total
+
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self.processes)
+
+    def collect(self, timeout: float) -> tuple[list[Receipt], list[str]]:
+        """Ask the clients to stop and gather what they recorded."""
+        self.stop_event.set()
+        receipts: list[Receipt] = []
+        errors: list[str] = []
+        end = time.monotonic() + timeout
+        for _ in self.processes:
+            try:
+                _, got, errs = self.results.get(timeout=max(0.1, end - time.monotonic()))
+            except queue.Empty:
+                errors.append("a client process sent no results")
+                break
+            receipts.extend(got)
+            errors.extend(errs)
+        return receipts, errors
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for proc in self.processes:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+
+def virtual_service(round_no: int) -> dict[str, Any]:
+    """The resource changed every round: a route timeout and a request header."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "bench-reviews", "namespace": "default"},
+        "spec": {
+            "hosts": ["reviews"],
+            "http": [
+                {
+                    "timeout": f"{round_no + 1}s",
+                    "headers": {"request": {"set": {"x-bench-round": str(round_no)}}},
+                    "route": [{"destination": {"host": "reviews"}}],
+                }
+            ],
+        },
+    }
+
+
+@dataclass
+class RoundResult:
+    version: int
+    t0: float  # monotonic, just before POST /v1/apply
+    apply_seconds: float
+    last_ack_server: float  # from the service's lastSeen of the ACKs
+    all_acked_observed: float
+    server_cpu: float
+    client_cpu: float
+    polls: int
+    poll_seconds: list[float]
+
+
+@dataclass
+class RunResult:
+    n: int
+    client: str
+    procs: int
+    rounds: list[RoundResult] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    rss: dict[str, int] = field(default_factory=dict)
+    payload_bytes: int = 0
+    setup_seconds: float = 0.0
+    failure: str | None = None
+
+
+class Driver:
+    def __init__(self, service: ServiceProcess, n: int) -> None:
+        self.service = service
+        self.n = n
+        self.http = httpx.Client(base_url=service.url, timeout=10.0)
+        self.admin = {"authorization": f"Bearer {service.token}"}
+        self.peak_rss = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    def rss(self) -> int:
+        value = int(self.service.ps().memory_info().rss)
+        self.peak_rss = max(self.peak_rss, value)
+        return value
+
+    def apply(self, round_no: int) -> int:
+        body = {"resources": [virtual_service(round_no)], "namespace": "default"}
+        response = self.http.post("/v1/apply", json=body, headers=self.admin)
+        response.raise_for_status()
+        return int(response.json()["version"])
+
+    def wait_acked(
+        self, version: int | None, deadline: Deadline, interval: float
+    ) -> tuple[list[dict[str, Any]], list[float]]:
+        """Poll the registry until all N workloads ACKed ``version`` (None: the service's
+        current version, for setup); return the last listing and the time of each poll."""
+        durations: list[float] = []
+        while True:
+            started = time.monotonic()
+            response = self.http.get("/v1/workloads")
+            durations.append(time.monotonic() - started)
+            response.raise_for_status()
+            listing = response.json()
+            items: list[dict[str, Any]] = listing["items"]
+            target = listing["version"] if version is None else version
+            self.rss()
+            acked = sum(1 for i in items if i["ackedVersion"] == target)
+            if len(items) >= self.n and acked >= self.n:
+                return items, durations
+            deadline.check(f"waiting for ACKs of version {target} ({acked}/{self.n} so far)")
+            time.sleep(interval)
+
+    def snapshot_size(self) -> int:
+        return len(self.http.get("/v1/snapshot").content)
+
+
+def run_round(
+    driver: Driver, clients: ClientProcesses, round_no: int, opts: Options, limit: Deadline
+) -> RoundResult:
+    deadline = Deadline(min(opts.round_timeout, limit.left()))
+    server_cpu, client_cpu = cpu_seconds(driver.service.ps()), clients.cpu_seconds()
+    t0_wall, t0 = time.time(), time.monotonic()
+    version = driver.apply(round_no)
+    applied = time.monotonic()
+    items, polls = driver.wait_acked(version, deadline, opts.poll_interval)
+    observed = time.monotonic()
+    last_ack = max(float(i["lastSeen"]) for i in items)
+    return RoundResult(
+        version=version,
+        t0=t0,
+        apply_seconds=applied - t0,
+        last_ack_server=last_ack - t0_wall,
+        all_acked_observed=observed - t0,
+        server_cpu=cpu_seconds(driver.service.ps()) - server_cpu,
+        client_cpu=clients.cpu_seconds() - client_cpu,
+        polls=len(polls),
+        poll_seconds=polls,
+    )
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def run_one(n: int, client: str, opts: Options) -> RunResult:
+    """One N: a fresh service and data dir, N workloads, ``opts.rounds`` changes."""
+    limit = Deadline(opts.time_limit)
+    result = RunResult(n=n, client=client, procs=client_procs_for(n, opts))
+    with tempfile.TemporaryDirectory(prefix="meshlib-fanout-") as tmp:
+        service = ServiceProcess(Path(tmp) / "data")
+        clients: ClientProcesses | None = None
+        driver: Driver | None = None
+        try:
+            service.start(limit)
+            driver = Driver(service, n)
+            driver.apply(0)
+            result.rss["idle"] = driver.rss()
+            clients = ClientProcesses(service, n, result.procs, client, opts)
+            started = time.monotonic()
+            clients.start()
+            driver.wait_acked(None, limit, 0.1)
+            result.setup_seconds = time.monotonic() - started
+            result.payload_bytes = driver.snapshot_size()
+            time.sleep(0.5)
+            result.rss["connected"] = driver.rss()
+            driver.peak_rss = 0
+            for round_no in range(1, opts.rounds + 1):
+                if not clients.alive():
+                    raise RuntimeError("a client process died")
+                result.rounds.append(run_round(driver, clients, round_no, opts, limit))
+                time.sleep(opts.pause)
+            result.rss["peak"] = driver.peak_rss
+            result.rss["after"] = driver.rss()
+        except (TimeoutError, RuntimeError, httpx.HTTPError, psutil.Error) as exc:
+            result.failure = f"{type(exc).__name__}: {exc}"
+            print(f"N={n}: {result.failure}\n{service.log_tail()}", file=sys.stderr)
+        finally:
+            if clients is not None:
+                receipts, errors = clients.collect(timeout=15)
+                result.receipts, result.errors = receipts, errors
+                clients.stop()
+            if driver is not None:
+                driver.close()
+            service.stop()
+    return result
+
+
+# --- statistics and the report ------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def latencies(run: RunResult, column: int) -> list[float]:
+    """Receipt time (column 2) or decoded time (column 3) minus that round's t0, all rounds."""
+    t0 = {r.version: r.t0 for r in run.rounds}
+    return [rec[column] - t0[rec[1]] for rec in run.receipts if rec[1] in t0]
+
+
+def ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 1000:.0f}" if value >= 0.1 else f"{value * 1000:.1f}"
+
+
+def spread(values: Sequence[float]) -> str:
+    """p50 / p99 / max in milliseconds."""
+    return " / ".join(ms(percentile(values, p)) for p in (50, 99, 100))
+
+
+def mid_max(values: Sequence[float]) -> str:
+    """median / max in milliseconds."""
+    if not values:
+        return "n/a"
+    return f"{ms(statistics.median(values))} / {ms(max(values))}"
+
+
+def mib(run: RunResult, key: str) -> str:
+    return f"{run.rss[key] / MiB:.1f}" if key in run.rss else "n/a"
+
+
+def latency_row(run: RunResult) -> str:
+    rounds = f"{len(run.rounds)}" + (" (failed)" if run.failure else "")
+    expected = run.n * len(run.rounds)
+    received = len(latencies(run, 2))
+    cells = [
+        str(run.n),
+        run.client,
+        str(run.procs),
+        rounds,
+        spread(latencies(run, 2)),
+        spread(latencies(run, 3)),
+        mid_max([r.last_ack_server for r in run.rounds]),
+        mid_max([r.all_acked_observed for r in run.rounds]),
+        f"{received}/{expected}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def resource_row(run: RunResult) -> str:
+    polls = [p for r in run.rounds for p in r.poll_seconds]
+    per_round = len(run.rounds) or 1
+    cells = [
+        str(run.n),
+        run.client,
+        mib(run, "idle"),
+        mib(run, "connected"),
+        mib(run, "peak"),
+        mib(run, "after"),
+        f"{sum(r.server_cpu for r in run.rounds) / per_round * 1000:.0f}",
+        f"{sum(r.client_cpu for r in run.rounds) / per_round * 1000:.0f}",
+        ms(statistics.mean(polls)) if polls else "n/a",
+        mid_max([r.apply_seconds for r in run.rounds]),
+        f"{run.payload_bytes:,}",
+        f"{run.setup_seconds:.1f}",
+        str(len(run.errors)),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def render(runs: Sequence[RunResult], opts: Options, command: str) -> str:
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}  ",
+        f"Date: {when}  ",
+        f"Settings: {opts.rounds} rounds per N, decode_snapshot {'on' if opts.decode else 'off'}, "
+        f"workload endpoints {'on' if opts.endpoints else 'off'}, watch wait {opts.wait:g} s, "
+        f"registry poll every {opts.poll_interval * 1000:g} ms, pause between rounds {opts.pause:g} s.",
+        "",
+        "Each round applies one changed VirtualService; t0 is taken just before `POST /v1/apply`. "
+        "Receive = the workload has read the whole watch response; decoded = it has also parsed and "
+        "compiled it. Last ACK (server) = the latest `lastSeen` the service recorded with the ACKs of "
+        "the new version; all ACKed (poller) = first `GET /v1/workloads` showing every ACK. "
+        "Latencies in ms: receive and decoded pool every workload of every round (p50 / p99 / max); "
+        "the ACK columns are median / max over rounds.",
+        "",
+        "| N | client | client procs | rounds | apply→receive p50 / p99 / max | "
+        "apply→decoded p50 / p99 / max | apply→last ACK (server) | apply→all ACKed (poller) | receipts |",
+        "|---:|---|---:|---:|---|---|---|---|---:|",
+        *(latency_row(r) for r in runs),
+        "",
+        "Config service process: RSS in MiB idle (no workloads), connected (N watches held), peak "
+        "during the rounds and after the last fan-out; CPU ms used per round by the service and by "
+        "all client processes together; mean time of one `GET /v1/workloads`; `POST /v1/apply` "
+        "round trip (median / max, ms); snapshot size; seconds for N workloads to register and ACK "
+        "the first snapshot; client-side errors.",
+        "",
+        "| N | client | RSS idle | RSS connected | RSS peak | RSS after | service CPU ms/round | "
+        "clients CPU ms/round | GET /v1/workloads ms | apply ms | snapshot bytes | setup s | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        *(resource_row(r) for r in runs),
+    ]
+    failures = [f"- N={r.n} {r.client}: {r.failure}" for r in runs if r.failure]
+    errors = [
+        f"- N={r.n} {r.client}: {len(r.errors)} errors, first: `{r.errors[0]}`" for r in runs if r.errors
+    ]
+    if failures or errors:
+        lines += ["", "Problems:", *failures, *errors]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with our section replaced (or appended); other sections untouched."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        head = text if text.strip() else "# Benchmark results\n"
+        return head.rstrip("\n") + "\n\n" + section
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = "".join(lines[end:])
+    return "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+
+
+def write_results(path: Path, section: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.write_text(replace_section(text, section), encoding="utf-8")
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def command_line() -> str:
+    argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    with contextlib.suppress(ValueError):
+        argv[0] = os.path.relpath(argv[0])
+    return shlex.join(argv)
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # run the finally blocks that stop our processes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    command = command_line()
+    runs: list[RunResult] = []
+    for client in opts.clients:
+        for n in opts.workloads:
+            print(f"N={n} client={client}: running", flush=True)
+            run = run_one(n, client, opts)
+            runs.append(run)
+            print(latency_row(run), flush=True)
+    section = render(runs, opts, command)
+    print("\n" + section)
+    if opts.results is not None:
+        write_results(opts.results, section)
+        print(f"wrote {opts.results}")
+    return 1 if any(r.failure for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

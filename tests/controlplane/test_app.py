@@ -1,0 +1,180 @@
+"""The /v1 API over real HTTP on 127.0.0.1: auth, validation, watch, restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshlib.controlplane.client import ControlPlaneClient
+from meshlib.controlplane.protocol import MAX_BODY_BYTES
+from meshlib.controlplane.server import ConfigServer
+from meshlib.errors import ConfigError, UnauthorizedError
+from tests.conftest import destination_rule, virtual_service
+
+
+def test_writes_without_token_are_refused_and_change_nothing(server: ConfigServer) -> None:
+    with httpx.Client(base_url=server.url) as http:
+        missing = http.post("/v1/apply", json={"resources": [virtual_service()]})
+        wrong = http.post("/v1/apply", json={"resources": [virtual_service()]},
+                          headers={"authorization": "Bearer not-the-token"})
+        delete = http.delete("/v1/resources/vs/default/reviews")
+        assert (missing.status_code, missing.json()["error"]) == (401, "missing admin token")
+        assert (wrong.status_code, wrong.json()["error"]) == (401, "wrong admin token")
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        assert delete.status_code == 401
+        assert http.get("/v1/resources").json() == {"version": 0, "items": []}
+
+
+def test_client_reports_a_wrong_token_clearly(server: ConfigServer) -> None:
+    with ControlPlaneClient(server.url, "wrong") as client, pytest.raises(UnauthorizedError, match="wrong admin token"):
+        client.apply([virtual_service()])
+
+
+def test_admin_token_file_is_private(server: ConfigServer) -> None:
+    assert server.token_path is not None
+    assert stat.S_IMODE(server.token_path.stat().st_mode) == 0o600
+    assert len(server.admin_token) >= 32
+
+
+def test_invalid_apply_returns_issues_and_changes_nothing(admin: ControlPlaneClient) -> None:
+    admin.apply([destination_rule()])
+    with pytest.raises(ConfigError) as caught:
+        admin.apply([virtual_service(), virtual_service(v1=10, v2=10, host="ratings", name="ratings")])
+    (issue,) = caught.value.issues
+    assert issue.resource == "VirtualService default/ratings"
+    assert issue.path == "spec.http[0].route[1].weight"
+    assert issue.message == "weights add up to 20, must be 100"
+    listed = admin.list()
+    assert listed["version"] == 1
+    assert [i["kind"] for i in listed["items"]] == ["DestinationRule"]
+
+
+def test_bad_request_bodies(server: ConfigServer) -> None:
+    headers = {"authorization": f"Bearer {server.admin_token}", "content-type": "application/json"}
+    with httpx.Client(base_url=server.url, headers=headers) as http:
+        not_json = http.post("/v1/apply", content=b"{nope")
+        assert not_json.status_code == 400
+        assert "not valid JSON" in not_json.json()["error"]
+        wrong_shape = http.post("/v1/apply", json={"resources": "x"})
+        assert wrong_shape.status_code == 400
+        too_big = http.post("/v1/apply", content=b" " * (MAX_BODY_BYTES + 1))
+        assert too_big.status_code == 413
+        assert http.get("/v1/resources/nosuchkind/default/x").status_code == 404
+        assert http.get("/v1/healthz").json()["version"] == 0
+
+
+def test_get_and_delete_by_kind_alias(admin: ControlPlaneClient, server: ConfigServer) -> None:
+    admin.apply([virtual_service()])
+    with httpx.Client(base_url=server.url) as http:
+        assert http.get("/v1/resources/vs/default/reviews").json()["spec"]["hosts"] == ["reviews"]
+        assert http.get("/v1/resources?kind=virtualservices").json()["items"][0]["metadata"]["name"] == "reviews"
+    assert admin.delete(admin_key())["version"] == 2
+    with pytest.raises(Exception, match="not found"):
+        admin.delete(admin_key())
+
+
+def admin_key():  # type: ignore[no-untyped-def]
+    from meshlib.policy.resources import ResourceKey
+
+    return ResourceKey("VirtualService", "default", "reviews")
+
+
+def test_watch_answers_at_once_when_behind_and_204_when_nothing_changes(server: ConfigServer) -> None:
+    with httpx.Client(base_url=server.url) as http:
+        first = http.post("/v1/watch", json={"version": -1, "wait": 5})
+        assert first.status_code == 200
+        assert first.json()["version"] == 0
+        started = time.monotonic()
+        idle = http.post("/v1/watch", json={"version": 0, "wait": 0.3})
+        assert idle.status_code == 204
+        assert 0.25 <= time.monotonic() - started < 2.0
+
+
+def test_watch_wakes_within_a_second_of_an_apply(server: ConfigServer, admin: ControlPlaneClient) -> None:
+    results: list[tuple[float, int]] = []
+
+    def watch() -> None:
+        with httpx.Client(base_url=server.url, timeout=15) as http:
+            response = http.post("/v1/watch", json={"version": 0, "wait": 10})
+            results.append((time.monotonic(), response.json()["version"]))
+
+    waiters = [threading.Thread(target=watch) for _ in range(20)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.3)
+    applied = time.monotonic()
+    admin.apply([virtual_service()])
+    for t in waiters:
+        t.join(15)
+    assert len(results) == 20
+    assert all(version == 1 for _, version in results)
+    assert max(at for at, _ in results) - applied < 1.0
+
+
+def test_restarted_service_keeps_every_resource_and_the_version(tmp_path: Path) -> None:
+    data = tmp_path / "cp"
+    with ConfigServer(data) as first, ControlPlaneClient(first.url, first.admin_token) as client:
+        client.apply([virtual_service(), destination_rule()])
+        client.apply([virtual_service(v1=10, v2=90)])
+        before = client.list()
+        token = first.admin_token
+    with ConfigServer(data) as second, ControlPlaneClient(second.url, second.admin_token) as client:
+        assert second.admin_token == token, "the admin token is created once"
+        assert client.list() == before
+        assert client.health()["version"] == 2
+        assert client.apply([virtual_service(v1=20, v2=80)])["version"] == 3
+
+
+def test_serve_prints_the_token_path_never_the_token(tmp_path: Path) -> None:
+    data = tmp_path / "served"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshlib", "serve", "--data-dir", str(data), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]
+        url = lines[0].split()[4]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # SIGTERM is handled once uvicorn runs
+            try:
+                httpx.get(f"{url}/v1/healthz").raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=15)[0]
+    token = (data / "admin.token").read_text().strip()
+    output = "".join(lines) + rest
+    assert f"admin token created {data / 'admin.token'}" in output
+    assert token not in output
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why.
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_workloads_endpoint_shows_ack_and_nack(server: ConfigServer) -> None:
+    registration = {"id": "w-1", "service": "reviews", "labels": {"version": "v1"},
+                    "endpoints": [{"address": "127.0.0.1", "port": 9080}]}
+    with httpx.Client(base_url=server.url) as http:
+        put = http.put("/v1/workloads/w-1", content=json.dumps(registration))
+        assert put.json()["identity"] == "spiffe://cluster.local/ns/default/sa/reviews"
+        assert http.put("/v1/workloads/other", json=registration).status_code == 400
+        http.post("/v1/watch", json={"version": 1, "wait": 0, "workload": "w-1", "ack": 1})
+        (item,) = http.get("/v1/workloads").json()["items"]
+        assert (item["ackedVersion"], item["nackVersion"]) == (1, None)
+        http.post("/v1/watch", json={"version": 1, "wait": 0, "workload": "w-1",
+                                     "nack": {"version": 2, "reason": "bad thing"}})
+        (item,) = http.get("/v1/workloads").json()["items"]
+        assert (item["nackVersion"], item["nackReason"]) == (2, "bad thing")
+        assert http.delete("/v1/workloads/w-1").json()["version"] == 2
+        assert http.get("/v1/workloads").json()["items"] == []

@@ -1,0 +1,173 @@
+"""ConfigState: the config service's rules without HTTP, on a real SQLite store and a fake clock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshlib.controlplane.state import ConfigState
+from meshlib.controlplane.store import SQLiteStore
+from meshlib.errors import ConfigError
+from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
+from tests.conftest import destination_rule, virtual_service
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def state(tmp_path: Path, clock: Clock) -> ConfigState:
+    return ConfigState(SQLiteStore(tmp_path / "db"), workload_ttl=30.0, clock=clock)
+
+
+def reopen(state: ConfigState, tmp_path: Path) -> ConfigState:
+    state.store.close()
+    return ConfigState(SQLiteStore(tmp_path / "db"))
+
+
+def actions(results: list[Any]) -> list[tuple[str, str]]:
+    return [(r.key.name, r.action) for r in results]
+
+
+def test_apply_reports_created_configured_unchanged(state: ConfigState) -> None:
+    assert actions(state.apply([virtual_service(), destination_rule()])) == [
+        ("reviews", "created"), ("reviews", "created")]
+    assert state.version == 1
+    assert actions(state.apply([virtual_service(v1=50, v2=50), destination_rule()])) == [
+        ("reviews", "configured"), ("reviews", "unchanged")]
+    assert state.version == 2
+    assert actions(state.apply([virtual_service(v1=50, v2=50)])) == [("reviews", "unchanged")]
+    assert state.version == 2, "an apply that changes nothing does not bump the version"
+
+
+def test_stored_manifest_carries_server_bookkeeping(state: ConfigState) -> None:
+    state.apply([virtual_service()])
+    state.apply([virtual_service(v1=10, v2=90)])
+    meta = state.resources("VirtualService")[0].manifest["metadata"]
+    assert meta["resourceVersion"] == "2"
+    assert meta["generation"] == 2
+    assert meta["namespace"] == "default"
+    assert meta["creationTimestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        ({**virtual_service(), "spec": {"hosts": ["r"], "http": [{"route": [], "bogus": 1}]}}, "unknown field"),
+        (virtual_service(v1=50, v2=40), "weights add up to 90, must be 100"),
+        ({**virtual_service(), "apiVersion": "networking.istio.io/v2"}, "unsupported apiVersion"),
+        ([virtual_service()], "must be a mapping"),
+    ],
+)
+def test_invalid_apply_changes_nothing(state: ConfigState, tmp_path: Path, bad: Any, fragment: str) -> None:
+    state.apply([virtual_service(), destination_rule()])
+    before = (state.version, [r.manifest for r in state.resources()])
+    with pytest.raises(ConfigError) as caught:
+        state.apply([destination_rule("ratings"), bad])
+    assert fragment in str(caught.value)
+    assert (state.version, [r.manifest for r in state.resources()]) == before
+    reopened = reopen(state, tmp_path)
+    assert (reopened.version, [r.manifest for r in reopened.resources()]) == before
+
+
+def test_duplicate_names_in_one_apply_are_refused(state: ConfigState) -> None:
+    with pytest.raises(ConfigError, match=r"duplicate resource in one apply \(also resources\[0\]\)"):
+        state.apply([virtual_service(), virtual_service(v1=10, v2=90)])
+    assert state.version == 0
+    assert state.resources() == []
+
+
+def test_dry_run_validates_and_stores_nothing(state: ConfigState) -> None:
+    assert actions(state.apply([virtual_service()], dry_run=True)) == [("reviews", "created")]
+    assert state.version == 0
+    assert state.resources() == []
+
+
+def test_delete_bumps_version_once_and_persists(state: ConfigState, tmp_path: Path) -> None:
+    state.apply([virtual_service(), destination_rule()])
+    keys = [r.key for r in state.resources()]
+    assert state.delete([*keys, keys[0]._replace(name="missing")]) == keys
+    assert state.version == 2
+    assert state.delete(keys) == []
+    assert state.version == 2
+    assert reopen(state, tmp_path).resources() == []
+
+
+def registration(workload: str = "w1", *, port: int | None = 8080, ready: bool = True) -> WorkloadRegistration:
+    endpoints = [AnnouncedEndpoint(address="127.0.0.1", port=port, ready=ready)] if port else []
+    return WorkloadRegistration(id=workload, service="reviews", labels={"version": "v1"}, endpoints=endpoints)
+
+
+def test_registration_bumps_version_only_when_clients_would_see_a_change(state: ConfigState) -> None:
+    assert state.register(registration()) is True
+    assert state.version == 1
+    assert state.register(registration()) is False, "a repeated registration is a heartbeat"
+    assert state.register(registration(ready=False)) is True
+    assert state.version == 2
+    assert state.register(registration("w2", port=None)) is False, "no endpoints, nothing to route to"
+    assert state.version == 2
+
+
+def test_payload_lists_resources_and_registered_endpoints(state: ConfigState) -> None:
+    state.apply([virtual_service()])
+    state.register(registration())
+    payload = json.loads(state.payload())
+    assert payload["version"] == 2
+    assert [r["kind"] for r in payload["resources"]] == ["VirtualService"]
+    assert [w["id"] for w in payload["workloads"]] == ["w1"]
+    assert state.payload() is state.payload(), "encoded once per version"
+
+
+def test_silent_workload_is_withdrawn_and_comes_back(state: ConfigState, clock: Clock) -> None:
+    state.register(registration())
+    clock.now += 29
+    assert state.reap() is False
+    clock.now += 2
+    assert state.reap() is True
+    assert json.loads(state.payload())["workloads"] == []
+    assert [w.lost for w in state.workloads()] == [True]
+    assert state.seen("w1") is True, "calling in again restores its endpoints"
+    assert [w["id"] for w in json.loads(state.payload())["workloads"]] == ["w1"]
+
+
+def test_a_workload_holding_a_watch_is_never_lost(state: ConfigState, clock: Clock) -> None:
+    state.register(registration())
+    state.seen("w1", watching=1)
+    clock.now += 300
+    assert state.reap() is False
+    state.seen("w1", watching=-1)
+    clock.now += 31
+    assert state.reap() is True
+
+
+def test_ack_and_nack_are_recorded_and_survive_restart(state: ConfigState, tmp_path: Path) -> None:
+    state.register(registration())
+    state.seen("w1", acked=1)
+    assert state.workloads()[0].acked_version == 1
+    state.seen("w1", nacked=(2, "VirtualService default/x: spec.foo: unknown field"))
+    view = state.workloads()[0]
+    assert (view.nack_version, view.nack_reason) == (2, "VirtualService default/x: spec.foo: unknown field")
+    state.flush()
+    reopened = reopen(state, tmp_path).workloads()[0]
+    assert (reopened.acked_version, reopened.nack_version) == (1, 2)
+
+
+def test_deregistration_withdraws_endpoints(state: ConfigState) -> None:
+    state.register(registration())
+    assert state.deregister("w1") is True
+    assert state.version == 2
+    assert state.workloads() == []
+    assert state.deregister("w1") is False
