@@ -204,11 +204,17 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
                 notifier.notify_soon()
         try:
             deadline = time.monotonic() + body.wait
-            while state.version == body.version:
+            while True:
+                # No await between the version check and notifier.wait(): a change landing
+                # in between would otherwise be missed until the next wake-up.
+                if await request.is_disconnected():
+                    return Response(status_code=204)
+                if state.version != body.version:
+                    break
                 if notifier.closing:
                     return _error(503, "config service is shutting down")
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or await request.is_disconnected():
+                if remaining <= 0:
                     return Response(status_code=204)
                 await notifier.wait(min(remaining, 5.0))
             return Response(state.payload(), media_type="application/json")
