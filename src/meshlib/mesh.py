@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import contextlib
 import logging
 import os
@@ -323,9 +324,10 @@ class Mesh:
         await watcher.aclose()
 
 
-def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+def _fingerprint(path: Path) -> tuple[tuple[str, str], ...]:
+    """Content digests: an edit within one mtime tick that keeps the size is still seen."""
     try:
         files = sorted(path.iterdir()) if path.is_dir() else [path]
-        return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        return tuple((str(f), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files if f.is_file())
     except OSError:
         return ()

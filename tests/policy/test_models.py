@@ -61,7 +61,9 @@ def test_virtual_service_header_rule(samples: dict[ResourceKey, Resource]) -> No
     assert first.name == "jason-sees-v2"
     user = first.match[0].headers["end-user"]
     assert (user.kind, user.exact) == ("exact", "jason")
-    assert [(r.destination.host, r.destination.subset, r.weight) for r in first.route] == [("reviews", "v2", 0)]
+    assert [(r.destination.host, r.destination.subset, r.weight) for r in first.route] == [
+        ("reviews", "v2", 0)
+    ]
     assert not first.is_catch_all()
 
 
@@ -135,7 +137,10 @@ def test_service_entry_static_endpoints(samples: dict[ResourceKey, Resource]) ->
     se = sample(samples, ServiceEntry, "payments-vms")
     assert se.spec.hosts == ["payments.internal.example.com"]
     assert (se.spec.location, se.spec.resolution) == ("MESH_INTERNAL", "STATIC")
-    assert [(p.number, p.name, p.protocol) for p in se.spec.ports] == [(8080, "http", "HTTP"), (9090, "grpc", "GRPC")]
+    assert [(p.number, p.name, p.protocol) for p in se.spec.ports] == [
+        (8080, "http", "HTTP"),
+        (9090, "grpc", "GRPC"),
+    ]
     first, second = se.spec.endpoints
     assert (first.address, first.labels, first.ports, first.weight) == (
         "10.0.12.4",
@@ -168,7 +173,10 @@ def test_peer_authentication_port_level(samples: dict[ResourceKey, Resource]) ->
     pa = sample(samples, PeerAuthentication, "ratings-ports")
     assert pa.spec.selector.match_labels == {"app": "ratings"}
     assert pa.spec.mtls.mode == "UNSET"
-    assert {port: m.mode for port, m in pa.spec.port_level_mtls.items()} == {9090: "PERMISSIVE", 8081: "DISABLE"}
+    assert {port: m.mode for port, m in pa.spec.port_level_mtls.items()} == {
+        9090: "PERMISSIVE",
+        8081: "DISABLE",
+    }
 
 
 def test_authorization_policy_allow_rule(samples: dict[ResourceKey, Resource]) -> None:
@@ -271,7 +279,9 @@ def test_namespace_defaults_to_the_load_namespace() -> None:
     resource, _ = parse_resource(_minimal("DestinationRule", "networking.istio.io/v1"), "prod")
     assert resource.namespace == "prod"
     assert resource.key == ResourceKey("DestinationRule", "prod", "x")
-    written, _ = parse_resource(_minimal("DestinationRule", "networking.istio.io/v1", namespace="team-a"), "prod")
+    written, _ = parse_resource(
+        _minimal("DestinationRule", "networking.istio.io/v1", namespace="team-a"), "prod"
+    )
     assert written.namespace == "team-a"
 
 
@@ -301,7 +311,11 @@ def test_manifest_writes_durations_in_istio_form(samples: dict[ResourceKey, Reso
     assert dr["subsets"][2]["trafficPolicy"]["outlierDetection"]["baseEjectionTime"] == "90s"
     canary = sample(samples, VirtualService, "reviews").manifest()["spec"]["http"][1]
     assert canary["timeout"] == "2s"
-    assert canary["retries"] == {"attempts": 3, "perTryTimeout": "500ms", "retryOn": "5xx,connect-failure,refused-stream"}
+    assert canary["retries"] == {
+        "attempts": 3,
+        "perTryTimeout": "500ms",
+        "retryOn": "5xx,connect-failure,refused-stream",
+    }
     delay = sample(samples, VirtualService, "ratings").manifest()["spec"]["http"][0]["fault"]["delay"]
     assert delay["fixedDelay"] == "7s"
 
