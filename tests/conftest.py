@@ -12,8 +12,14 @@ from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
 
 
-def virtual_service(name: str = "reviews", *, v1: int = 80, v2: int = 20, namespace: str | None = None,
-                    host: str | None = None) -> dict[str, Any]:
+def virtual_service(
+    name: str = "reviews",
+    *,
+    v1: int = 80,
+    v2: int = 20,
+    namespace: str | None = None,
+    host: str | None = None,
+) -> dict[str, Any]:
     """A canary VirtualService manifest splitting ``host`` between subsets v1 and v2."""
     metadata: dict[str, Any] = {"name": name}
     if namespace:
@@ -25,10 +31,14 @@ def virtual_service(name: str = "reviews", *, v1: int = 80, v2: int = 20, namesp
         "metadata": metadata,
         "spec": {
             "hosts": [target],
-            "http": [{"route": [
-                {"destination": {"host": target, "subset": "v1"}, "weight": v1},
-                {"destination": {"host": target, "subset": "v2"}, "weight": v2},
-            ]}],
+            "http": [
+                {
+                    "route": [
+                        {"destination": {"host": target, "subset": "v1"}, "weight": v1},
+                        {"destination": {"host": target, "subset": "v2"}, "weight": v2},
+                    ]
+                }
+            ],
         },
     }
 
@@ -40,7 +50,10 @@ def destination_rule(name: str = "reviews", host: str | None = None) -> dict[str
         "metadata": {"name": name},
         "spec": {
             "host": host or name,
-            "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {"name": "v2", "labels": {"version": "v2"}},
+            ],
         },
     }
 

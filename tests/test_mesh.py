@@ -94,18 +94,26 @@ def test_mesh_reconnects_after_the_service_restarts(tmp_path: Path) -> None:
     with Mesh("frontend", control_plane=first.url, data_dir=tmp_path / "wl") as mesh:
         first.stop()
         time.sleep(0.3)
-        with ConfigServer(data, port=port) as second, ControlPlaneClient(second.url, second.admin_token) as admin:
+        with (
+            ConfigServer(data, port=port) as second,
+            ControlPlaneClient(second.url, second.admin_token) as admin,
+        ):
             version = admin.apply([virtual_service()])["version"]
             assert mesh.wait_for_version(version, timeout=10.0), mesh.health()
             assert mesh.health()["connected"] is True
-            assert wait_until(lambda: [w["registration"]["id"] for w in admin.workloads()["items"]]
-                              == [mesh.workload_id])
+            assert wait_until(
+                lambda: [w["registration"]["id"] for w in admin.workloads()["items"]] == [mesh.workload_id]
+            )
 
 
-def test_failover_to_the_next_config_service(server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path) -> None:
+def test_failover_to_the_next_config_service(
+    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path
+) -> None:
     admin.apply([virtual_service()])
     dead = "http://127.0.0.1:9"
-    with Mesh("frontend", control_plane=[dead, server.url], data_dir=tmp_path / "wl", startup_timeout=1.0) as mesh:
+    with Mesh(
+        "frontend", control_plane=[dead, server.url], data_dir=tmp_path / "wl", startup_timeout=1.0
+    ) as mesh:
         assert mesh.wait_for_version(1, timeout=10.0), mesh.health()
         assert mesh.health()["controlPlane"] == server.url
 
@@ -114,13 +122,20 @@ def test_announced_endpoints_reach_other_workloads(
     server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path
 ) -> None:
     admin.apply([destination_rule()])
-    with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "a") as client, \
-         Mesh("reviews", labels={"version": "v2"}, control_plane=server.url, data_dir=tmp_path / "b") as backend:
+    with (
+        Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "a") as client,
+        Mesh(
+            "reviews", labels={"version": "v2"}, control_plane=server.url, data_dir=tmp_path / "b"
+        ) as backend,
+    ):
         backend.announce([AnnouncedEndpoint(address="127.0.0.1", port=9080)])
         assert wait_until(lambda: len(client.snapshot.endpoints(REVIEWS)) == 1)
         (endpoint,) = client.snapshot.endpoints(REVIEWS, "v2")
         assert (endpoint.address, endpoint.port, endpoint.identity) == (
-            "127.0.0.1", 9080, "spiffe://cluster.local/ns/default/sa/reviews")
+            "127.0.0.1",
+            9080,
+            "spiffe://cluster.local/ns/default/sa/reviews",
+        )
         assert client.snapshot.endpoints(REVIEWS, "v1") == ()
     assert wait_until(lambda: admin.workloads()["items"] == [])
 
@@ -167,11 +182,17 @@ def test_static_mode_refuses_invalid_policy_at_start(tmp_path: Path) -> None:
 
 
 def test_from_env_reads_every_mesh_variable(tmp_path: Path) -> None:
-    mesh = Mesh.from_env({
-        "MESH_SERVICE": "orders", "MESH_NAMESPACE": "shop", "MESH_LABELS": "version=v2, zone=a",
-        "MESH_CONTROL_PLANE": "http://10.0.0.1:15010, http://10.0.0.2:15010/", "MESH_TOKEN": "t0ken",
-        "MESH_DATA_DIR": str(tmp_path), "MESH_TRUST_DOMAIN": "example.org",
-    })
+    mesh = Mesh.from_env(
+        {
+            "MESH_SERVICE": "orders",
+            "MESH_NAMESPACE": "shop",
+            "MESH_LABELS": "version=v2, zone=a",
+            "MESH_CONTROL_PLANE": "http://10.0.0.1:15010, http://10.0.0.2:15010/",
+            "MESH_TOKEN": "t0ken",
+            "MESH_DATA_DIR": str(tmp_path),
+            "MESH_TRUST_DOMAIN": "example.org",
+        }
+    )
     s = mesh.settings
     assert (s.service, s.namespace, dict(s.labels)) == ("orders", "shop", {"version": "v2", "zone": "a"})
     assert s.control_plane == ("http://10.0.0.1:15010", "http://10.0.0.2:15010")

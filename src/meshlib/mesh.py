@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -85,6 +85,7 @@ class Mesh:
         self._loop: LoopThread | None = None
         self._watcher: Watcher | None = None
         self._started = False
+        self._static_seen: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Mesh:
@@ -293,6 +294,7 @@ class Mesh:
                 log.exception("snapshot listener %r failed", listener)
 
     def _load_static(self, path: Path) -> None:
+        self._static_seen = _fingerprint(path)  # before reading: an edit meanwhile is seen next poll
         loaded = load_paths([path], namespace=self.settings.namespace)
         version = self._snapshot.version + 1
         self._install(
@@ -303,13 +305,12 @@ class Mesh:
         )
 
     async def _poll_static(self, path: Path) -> None:
-        seen = _fingerprint(path)
         while True:
             await asyncio.sleep(self._static_poll)
             current = _fingerprint(path)
-            if current == seen:
+            if current == self._static_seen:
                 continue
-            seen = current
+            self._static_seen = current
             try:
                 self._load_static(path)
                 log.info("reloaded %s: config version %d", path, self.version)

@@ -24,8 +24,11 @@ from tests.conftest import destination_rule, virtual_service
 def test_writes_without_token_are_refused_and_change_nothing(server: ConfigServer) -> None:
     with httpx.Client(base_url=server.url) as http:
         missing = http.post("/v1/apply", json={"resources": [virtual_service()]})
-        wrong = http.post("/v1/apply", json={"resources": [virtual_service()]},
-                          headers={"authorization": "Bearer not-the-token"})
+        wrong = http.post(
+            "/v1/apply",
+            json={"resources": [virtual_service()]},
+            headers={"authorization": "Bearer not-the-token"},
+        )
         delete = http.delete("/v1/resources/vs/default/reviews")
         assert (missing.status_code, missing.json()["error"]) == (401, "missing admin token")
         assert (wrong.status_code, wrong.json()["error"]) == (401, "wrong admin token")
@@ -35,7 +38,10 @@ def test_writes_without_token_are_refused_and_change_nothing(server: ConfigServe
 
 
 def test_client_reports_a_wrong_token_clearly(server: ConfigServer) -> None:
-    with ControlPlaneClient(server.url, "wrong") as client, pytest.raises(UnauthorizedError, match="wrong admin token"):
+    with (
+        ControlPlaneClient(server.url, "wrong") as client,
+        pytest.raises(UnauthorizedError, match="wrong admin token"),
+    ):
         client.apply([virtual_service()])
 
 
@@ -76,7 +82,9 @@ def test_get_and_delete_by_kind_alias(admin: ControlPlaneClient, server: ConfigS
     admin.apply([virtual_service()])
     with httpx.Client(base_url=server.url) as http:
         assert http.get("/v1/resources/vs/default/reviews").json()["spec"]["hosts"] == ["reviews"]
-        assert http.get("/v1/resources?kind=virtualservices").json()["items"][0]["metadata"]["name"] == "reviews"
+        assert (
+            http.get("/v1/resources?kind=virtualservices").json()["items"][0]["metadata"]["name"] == "reviews"
+        )
     assert admin.delete(admin_key())["version"] == 2
     with pytest.raises(Exception, match="not found"):
         admin.delete(admin_key())
@@ -138,7 +146,9 @@ def test_serve_prints_the_token_path_never_the_token(tmp_path: Path) -> None:
     data = tmp_path / "served"
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshlib", "serve", "--data-dir", str(data), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -163,8 +173,12 @@ def test_serve_prints_the_token_path_never_the_token(tmp_path: Path) -> None:
 
 
 def test_workloads_endpoint_shows_ack_and_nack(server: ConfigServer) -> None:
-    registration = {"id": "w-1", "service": "reviews", "labels": {"version": "v1"},
-                    "endpoints": [{"address": "127.0.0.1", "port": 9080}]}
+    registration = {
+        "id": "w-1",
+        "service": "reviews",
+        "labels": {"version": "v1"},
+        "endpoints": [{"address": "127.0.0.1", "port": 9080}],
+    }
     with httpx.Client(base_url=server.url) as http:
         put = http.put("/v1/workloads/w-1", content=json.dumps(registration))
         assert put.json()["identity"] == "spiffe://cluster.local/ns/default/sa/reviews"
@@ -172,8 +186,10 @@ def test_workloads_endpoint_shows_ack_and_nack(server: ConfigServer) -> None:
         http.post("/v1/watch", json={"version": 1, "wait": 0, "workload": "w-1", "ack": 1})
         (item,) = http.get("/v1/workloads").json()["items"]
         assert (item["ackedVersion"], item["nackVersion"]) == (1, None)
-        http.post("/v1/watch", json={"version": 1, "wait": 0, "workload": "w-1",
-                                     "nack": {"version": 2, "reason": "bad thing"}})
+        http.post(
+            "/v1/watch",
+            json={"version": 1, "wait": 0, "workload": "w-1", "nack": {"version": 2, "reason": "bad thing"}},
+        )
         (item,) = http.get("/v1/workloads").json()["items"]
         assert (item["nackVersion"], item["nackReason"]) == (2, "bad thing")
         assert http.delete("/v1/workloads/w-1").json()["version"] == 2

@@ -44,10 +44,14 @@ def actions(results: list[Any]) -> list[tuple[str, str]]:
 
 def test_apply_reports_created_configured_unchanged(state: ConfigState) -> None:
     assert actions(state.apply([virtual_service(), destination_rule()])) == [
-        ("reviews", "created"), ("reviews", "created")]
+        ("reviews", "created"),
+        ("reviews", "created"),
+    ]
     assert state.version == 1
     assert actions(state.apply([virtual_service(v1=50, v2=50), destination_rule()])) == [
-        ("reviews", "configured"), ("reviews", "unchanged")]
+        ("reviews", "configured"),
+        ("reviews", "unchanged"),
+    ]
     assert state.version == 2
     assert actions(state.apply([virtual_service(v1=50, v2=50)])) == [("reviews", "unchanged")]
     assert state.version == 2, "an apply that changes nothing does not bump the version"
@@ -66,7 +70,10 @@ def test_stored_manifest_carries_server_bookkeeping(state: ConfigState) -> None:
 @pytest.mark.parametrize(
     ("bad", "fragment"),
     [
-        ({**virtual_service(), "spec": {"hosts": ["r"], "http": [{"route": [], "bogus": 1}]}}, "unknown field"),
+        (
+            {**virtual_service(), "spec": {"hosts": ["r"], "http": [{"route": [], "bogus": 1}]}},
+            "unknown field",
+        ),
         (virtual_service(v1=50, v2=40), "weights add up to 90, must be 100"),
         ({**virtual_service(), "apiVersion": "networking.istio.io/v2"}, "unsupported apiVersion"),
         ([virtual_service()], "must be a mapping"),
@@ -106,7 +113,9 @@ def test_delete_bumps_version_once_and_persists(state: ConfigState, tmp_path: Pa
     assert reopen(state, tmp_path).resources() == []
 
 
-def registration(workload: str = "w1", *, port: int | None = 8080, ready: bool = True) -> WorkloadRegistration:
+def registration(
+    workload: str = "w1", *, port: int | None = 8080, ready: bool = True
+) -> WorkloadRegistration:
     endpoints = [AnnouncedEndpoint(address="127.0.0.1", port=port, ready=ready)] if port else []
     return WorkloadRegistration(id=workload, service="reviews", labels={"version": "v1"}, endpoints=endpoints)
 

@@ -16,13 +16,16 @@ KEY = ResourceKey("VirtualService", "default", "reviews")
 def test_reopened_store_has_every_resource_and_the_version(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "meshlib.db")
     store.commit(7, [StoredResource(KEY, {"spec": {"hosts": ["reviews"]}}, 7)], ())
-    store.save_workloads(8, [StoredWorkload({"id": "w1", "service": "a"}, acked_version=7, first_seen=1.0,
-                                            last_seen=2.0)], ())
+    store.save_workloads(
+        8, [StoredWorkload({"id": "w1", "service": "a"}, acked_version=7, first_seen=1.0, last_seen=2.0)], ()
+    )
     store.close()
 
     state = SQLiteStore(tmp_path / "meshlib.db").load()
     assert state.version == 8
-    assert [(r.key, r.manifest, r.version) for r in state.resources] == [(KEY, {"spec": {"hosts": ["reviews"]}}, 7)]
+    assert [(r.key, r.manifest, r.version) for r in state.resources] == [
+        (KEY, {"spec": {"hosts": ["reviews"]}}, 7)
+    ]
     assert [(w.id, w.acked_version) for w in state.workloads] == [("w1", 7)]
 
 

@@ -188,10 +188,11 @@ def test_oldest_virtual_service_wins_a_host(newest_first: bool) -> None:
     assert snap.virtual_service(REVIEWS) is old
 
 
-def test_without_timestamps_the_first_written_wins() -> None:
-    first, second = vs("first", "reviews"), vs("second", "reviews")
-    assert compile_snapshot(1, [first, second]).virtual_service(REVIEWS) is first
-    assert compile_snapshot(1, [second, first]).virtual_service(REVIEWS) is second
+def test_without_timestamps_the_name_decides_as_in_istio() -> None:
+    # Istio orders conflicting resources by creation time, then name, then namespace.
+    alpha, beta = vs("alpha", "reviews"), vs("beta", "reviews")
+    assert compile_snapshot(1, [alpha, beta]).virtual_service(REVIEWS) is alpha
+    assert compile_snapshot(1, [beta, alpha]).virtual_service(REVIEWS) is alpha
 
 
 def test_oldest_destination_rule_wins_a_host() -> None:
@@ -595,7 +596,7 @@ def test_authorization_policies_grouped_by_action() -> None:
     ]
     security = compile_snapshot(1, policies).security_for("default", {"app": "reviews", "version": "v2"})
     assert [p.name for p in security.allow] == ["allow-ns"]
-    assert [p.name for p in security.deny] == ["deny-reviews", "deny-mesh-reviews"]
+    assert [p.name for p in security.deny] == ["deny-mesh-reviews", "deny-reviews"]  # by name
     assert [p.name for p in security.audit] == ["audit-mesh"]
     assert [p.name for p in security.custom] == ["custom"]
     other = compile_snapshot(1, policies).security_for("prod", {"app": "ratings"})
@@ -626,7 +627,7 @@ def test_request_authentication_by_selector(bookinfo: Snapshot) -> None:
     def names(namespace: str, labels: dict[str, str]) -> list[str]:
         return [r.name for r in snap.security_for(namespace, labels).request_authentication]
 
-    assert names("default", {"app": "productpage"}) == ["productpage-jwt", "mesh"]
+    assert names("default", {"app": "productpage"}) == ["mesh", "productpage-jwt"]  # by name
     assert names("default", {"app": "reviews"}) == ["mesh"]
     assert names("prod", {"app": "productpage"}) == ["mesh", "ns"]
 

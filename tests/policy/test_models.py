@@ -56,7 +56,7 @@ def test_every_sample_file_loads(samples: dict[ResourceKey, Resource]) -> None:
 
 def test_virtual_service_header_rule(samples: dict[ResourceKey, Resource]) -> None:
     vs = sample(samples, VirtualService, "reviews")
-    assert vs.spec.hosts == ["reviews"]
+    assert vs.spec.hosts == ("reviews",)
     first = vs.spec.http[0]
     assert first.name == "jason-sees-v2"
     user = first.match[0].headers["end-user"]
@@ -80,7 +80,7 @@ def test_virtual_service_weighted_split_timeout_and_retries(samples: dict[Resour
 
 def test_virtual_service_fault_injection(samples: dict[ResourceKey, Resource]) -> None:
     vs = sample(samples, VirtualService, "ratings")
-    assert vs.spec.hosts == ["ratings.default.svc.cluster.local"]
+    assert vs.spec.hosts == ("ratings.default.svc.cluster.local",)
     fault = vs.spec.http[0].fault
     assert fault.delay.fixed_delay == 7.0
     assert fault.delay.exponential_delay is None
@@ -135,7 +135,7 @@ def test_destination_rule_subsets(samples: dict[ResourceKey, Resource]) -> None:
 
 def test_service_entry_static_endpoints(samples: dict[ResourceKey, Resource]) -> None:
     se = sample(samples, ServiceEntry, "payments-vms")
-    assert se.spec.hosts == ["payments.internal.example.com"]
+    assert se.spec.hosts == ("payments.internal.example.com",)
     assert (se.spec.location, se.spec.resolution) == ("MESH_INTERNAL", "STATIC")
     assert [(p.number, p.name, p.protocol) for p in se.spec.ports] == [
         (8080, "http", "HTTP"),
@@ -154,7 +154,7 @@ def test_service_entry_static_endpoints(samples: dict[ResourceKey, Resource]) ->
 
 def test_service_entry_dns(samples: dict[ResourceKey, Resource]) -> None:
     se = sample(samples, ServiceEntry, "httpbin-external")
-    assert (se.spec.location, se.spec.resolution, se.spec.endpoints) == ("MESH_EXTERNAL", "DNS", [])
+    assert (se.spec.location, se.spec.resolution, se.spec.endpoints) == ("MESH_EXTERNAL", "DNS", ())
     assert [(p.number, p.name) for p in se.spec.ports] == [(443, "https")]
 
 
@@ -184,9 +184,9 @@ def test_authorization_policy_allow_rule(samples: dict[ResourceKey, Resource]) -
     assert ap.spec.action == "ALLOW"
     assert ap.spec.selector.match_labels == {"app": "reviews"}
     [rule] = ap.spec.rules
-    assert rule.from_[0].source.principals == ["cluster.local/ns/default/sa/productpage"]
-    assert rule.to[0].operation.methods == ["GET", "HEAD"]
-    assert rule.to[0].operation.paths == ["/reviews/*"]
+    assert rule.from_[0].source.principals == ("cluster.local/ns/default/sa/productpage",)
+    assert rule.to[0].operation.methods == ("GET", "HEAD")
+    assert rule.to[0].operation.paths == ("/reviews/*",)
     assert [(c.key, c.values, c.not_values) for c in rule.when] == [
         ("request.auth.claims[iss]", ["https://accounts.example.com"], [])
     ]
@@ -197,9 +197,9 @@ def test_authorization_policy_deny_rule(samples: dict[ResourceKey, Resource]) ->
     assert ap.spec.action == "DENY"
     assert ap.spec.selector is None
     [rule] = ap.spec.rules
-    assert rule.from_[0].source.not_namespaces == ["default", "istio-system"]
-    assert rule.to[0].operation.methods == ["POST", "PUT", "PATCH", "DELETE"]
-    assert rule.when == []
+    assert rule.from_[0].source.not_namespaces == ("default", "istio-system")
+    assert rule.to[0].operation.methods == ("POST", "PUT", "PATCH", "DELETE")
+    assert rule.when == ()
 
 
 def test_authorization_policy_action_defaults_to_allow() -> None:
@@ -207,7 +207,7 @@ def test_authorization_policy_action_defaults_to_allow() -> None:
     ap, problems = parse_resource(data)
     assert problems == []
     assert ap.spec.action == "ALLOW"
-    assert ap.spec.rules == []
+    assert ap.spec.rules == ()
 
 
 def test_request_authentication_jwt_rules(samples: dict[ResourceKey, Resource]) -> None:
@@ -217,7 +217,7 @@ def test_request_authentication_jwt_rules(samples: dict[ResourceKey, Resource]) 
     assert rule.issuer == "https://accounts.example.com"
     assert rule.jwks_uri == "https://accounts.example.com/.well-known/jwks.json"
     assert rule.jwks is None
-    assert rule.audiences == ["bookinfo"]
+    assert rule.audiences == ("bookinfo",)
     assert [(h.name, h.prefix) for h in rule.from_headers] == [("Authorization", "Bearer "), ("x-jwt", None)]
     assert rule.forward_original_token is True
     assert [(c.header, c.claim) for c in rule.output_claim_to_headers] == [("x-user-id", "sub")]
@@ -341,7 +341,7 @@ def test_from_accepts_the_yaml_key() -> None:
     data["spec"] = {"rules": [{"from": [{"source": {"namespaces": ["prod"]}}]}]}
     ap, problems = parse_resource(data)
     assert problems == []
-    assert ap.spec.rules[0].from_[0].source.namespaces == ["prod"]
+    assert ap.spec.rules[0].from_[0].source.namespaces == ("prod",)
 
 
 def test_models_are_frozen(samples: dict[ResourceKey, Resource]) -> None:

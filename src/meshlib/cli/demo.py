@@ -90,33 +90,43 @@ def run_demo(keep: bool = False) -> int:
         for item in result["results"]:
             print(f"   {item['kind']} {item['namespace']}/{item['name']} {item['action']}")
 
-        mesh = Mesh("productpage", labels={"version": "v1"}, control_plane=server.url,
-                    data_dir=work / "productpage")
+        mesh = Mesh(
+            "productpage", labels={"version": "v1"}, control_plane=server.url, data_dir=work / "productpage"
+        )
         with mesh:
             print(f"\n2. workload productpage connected; it applied config version {mesh.version}:")
             print(_show_routes(mesh.snapshot))
 
             started = time.perf_counter()
-            version = client.apply([item.resource.manifest()
-                                    for item in load_text(_policy(50, 50), "canary.yaml")])["version"]
+            version = client.apply(
+                [item.resource.manifest() for item in load_text(_policy(50, 50), "canary.yaml")]
+            )["version"]
             mesh.wait_for_version(version, timeout=5)
             elapsed = (time.perf_counter() - started) * 1000
-            print(f"\n3. canary shifted to 50/50: the workload had version {mesh.version} "
-                  f"{elapsed:.0f} ms after apply returned:")
+            print(
+                f"\n3. canary shifted to 50/50: the workload had version {mesh.version} "
+                f"{elapsed:.0f} ms after apply returned:"
+            )
             print(_show_routes(mesh.snapshot))
             time.sleep(0.2)  # let the acknowledgement land before showing status
             status = client.workloads()
-            rows = [[w["registration"]["service"], w["identity"], f"v{w['ackedVersion']}"]
-                    for w in status["items"]]
+            rows = [
+                [w["registration"]["service"], w["identity"], f"v{w['ackedVersion']}"]
+                for w in status["items"]
+            ]
             print("\n4. the config service's registry (meshctl status):")
-            print("\n".join("  " + line for line in
-                            table(["SERVICE", "IDENTITY", "ACKNOWLEDGED"], rows).splitlines()))
+            print(
+                "\n".join(
+                    "  " + line for line in table(["SERVICE", "IDENTITY", "ACKNOWLEDGED"], rows).splitlines()
+                )
+            )
         client.close()
         server.stop()
 
         print("\n5. config service stopped; productpage restarts:")
-        with Mesh("productpage", control_plane=server.url, data_dir=work / "productpage",
-                  startup_timeout=1.0) as restarted:
+        with Mesh(
+            "productpage", control_plane=server.url, data_dir=work / "productpage", startup_timeout=1.0
+        ) as restarted:
             print(f"   it runs on its {restarted.source} copy, config version {restarted.version}")
         print("\nNext: meshctl serve, then meshctl apply -f examples/policy/ — see README.md.")
         return 0

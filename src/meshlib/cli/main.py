@@ -63,16 +63,22 @@ def _kind(name: str) -> KindInfo:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..controlplane.server import serve_forever
 
-    serve_forever(Path(args.data_dir), args.host, args.port, trust_domain=args.trust_domain,
-                  workload_ttl=args.workload_ttl)
+    serve_forever(
+        Path(args.data_dir),
+        args.host,
+        args.port,
+        trust_domain=args.trust_domain,
+        workload_ttl=args.workload_ttl,
+    )
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     loaded = load_paths(args.filename, namespace=args.namespace)  # file:line errors before any I/O
     with _client(args) as client:
-        result = client.apply([item.resource.manifest() for item in loaded], namespace=args.namespace,
-                              dry_run=args.dry_run)
+        result = client.apply(
+            [item.resource.manifest() for item in loaded], namespace=args.namespace, dry_run=args.dry_run
+        )
     suffix = " (dry run)" if args.dry_run else ""
     for item in result["results"]:
         info = KINDS[item["kind"]]
@@ -137,8 +143,14 @@ def cmd_get(args: argparse.Namespace) -> int:
             if res is None:
                 continue
             meta = manifest.get("metadata", {})
-            rows.append([*([res.namespace] if namespace is None else []), res.name,
-                         *_columns(info, res), age(meta.get("creationTimestamp"))])
+            rows.append(
+                [
+                    *([res.namespace] if namespace is None else []),
+                    res.name,
+                    *_columns(info, res),
+                    age(meta.get("creationTimestamp")),
+                ]
+            )
         if rows:
             headers = [*(["NAMESPACE"] if namespace is None else []), "NAME", *_HEADERS[info.kind], "AGE"]
             if len(kinds) > 1:
@@ -187,8 +199,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         with _client(args) as client:
             manifests = client.list()["items"]
-            workloads = [WorkloadRegistration.model_validate(w["registration"])
-                         for w in client.workloads()["items"] if not w["lost"]]
+            workloads = [
+                WorkloadRegistration.model_validate(w["registration"])
+                for w in client.workloads()["items"]
+                if not w["lost"]
+            ]
         resources = [r for r in (parse_resource(m)[0] for m in manifests) if r is not None]
     findings = analyze(resources, workloads)
     for finding in findings:
@@ -212,8 +227,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = []
     for item in sorted(items, key=lambda i: (i["registration"]["namespace"], i["registration"]["service"])):
         reg = item["registration"]
-        endpoints = ",".join(f"{e['address']}:{e['port']}" + ("" if e["ready"] else "(not ready)")
-                             for e in reg["endpoints"]) or "-"
+        endpoints = (
+            ",".join(
+                f"{e['address']}:{e['port']}" + ("" if e["ready"] else "(not ready)")
+                for e in reg["endpoints"]
+            )
+            or "-"
+        )
         if item["nackVersion"] is not None:
             sync = f"NACK v{item['nackVersion']}: {item['nackReason'][:60]}"
         elif item["ackedVersion"] == data["version"]:
@@ -223,10 +243,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             sync = f"STALE v{item['ackedVersion']}"
         state = "LOST" if item["lost"] else "CONNECTED" if item["connected"] else "IDLE"
-        rows.append([reg["service"], reg["namespace"], reg["id"], item["identity"], endpoints, sync,
-                     state, age(item["lastSeen"])])
-    print(table(["SERVICE", "NAMESPACE", "WORKLOAD", "IDENTITY", "ENDPOINTS", "CONFIG", "STATE", "LAST SEEN"],
-                rows))
+        rows.append(
+            [
+                reg["service"],
+                reg["namespace"],
+                reg["id"],
+                item["identity"],
+                endpoints,
+                sync,
+                state,
+                age(item["lastSeen"]),
+            ]
+        )
+    print(
+        table(
+            ["SERVICE", "NAMESPACE", "WORKLOAD", "IDENTITY", "ENDPOINTS", "CONFIG", "STATE", "LAST SEEN"],
+            rows,
+        )
+    )
     print(f"\nconfig service version {data['version']}")
     return 0
 
@@ -243,8 +277,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshctl", description="Control meshlib's config service.")
     parser.add_argument("--version", action="version", version=f"meshctl {__version__}")
-    parser.add_argument("--server", default=os.environ.get("MESHCTL_SERVER", f"http://127.0.0.1:{DEFAULT_PORT}"),
-                        help="config service URL (env MESHCTL_SERVER)")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("MESHCTL_SERVER", f"http://127.0.0.1:{DEFAULT_PORT}"),
+        help="config service URL (env MESHCTL_SERVER)",
+    )
     parser.add_argument("--token-file", help="admin token file (env MESHCTL_TOKEN holds the token itself)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -255,19 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def files(p: argparse.ArgumentParser, required: bool) -> None:
-        p.add_argument("-f", "--filename", action="append", required=required,
-                       help="YAML file, folder or - for stdin (repeatable)")
+        p.add_argument(
+            "-f",
+            "--filename",
+            action="append",
+            required=required,
+            help="YAML file, folder or - for stdin (repeatable)",
+        )
 
     def namespace(p: argparse.ArgumentParser) -> None:
         p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
 
     p = add("serve", cmd_serve, "run the config service (store, watch API, registry)")
-    p.add_argument("--data-dir", default=str(default_server_dir()), help="where state and the admin token live")
+    p.add_argument(
+        "--data-dir", default=str(default_server_dir()), help="where state and the admin token live"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--trust-domain", default=CLUSTER_DOMAIN)
-    p.add_argument("--workload-ttl", type=float, default=90.0,
-                   help="seconds without contact before a workload's endpoints are withdrawn")
+    p.add_argument(
+        "--workload-ttl",
+        type=float,
+        default=90.0,
+        help="seconds without contact before a workload's endpoints are withdrawn",
+    )
 
     p = add("apply", cmd_apply, "validate resources and store them; prints what changed")
     files(p, True)
@@ -275,8 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate on the server, store nothing")
 
     p = add("get", cmd_get, "list resources of a kind, or show some by name")
-    p.add_argument("kind", help="kind: VirtualService/vs, DestinationRule/dr, ServiceEntry/se, "
-                                "PeerAuthentication/pa, AuthorizationPolicy/ap, RequestAuthentication/ra, all")
+    p.add_argument(
+        "kind",
+        help="kind: VirtualService/vs, DestinationRule/dr, ServiceEntry/se, "
+        "PeerAuthentication/pa, AuthorizationPolicy/ap, RequestAuthentication/ra, all",
+    )
     p.add_argument("name", nargs="*")
     namespace(p)
     p.add_argument("-A", "--all-namespaces", action="store_true")
@@ -307,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         result: int = args.func(args)
         return result

@@ -44,14 +44,17 @@ class ControlPlaneClient:
             raise UnauthorizedError(f"{self.url} refused the request: {message}", status_code=401)
         if response.status_code == 422 and isinstance(body, dict) and body.get("issues"):
             raise ConfigError(ConfigIssue(**issue) for issue in body["issues"])
-        raise ControlPlaneError(f"{self.url}: {response.status_code} {message}", status_code=response.status_code)
+        raise ControlPlaneError(
+            f"{self.url}: {response.status_code} {message}", status_code=response.status_code
+        )
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/healthz")
         return result
 
-    def apply(self, manifests: Sequence[dict[str, Any]], *, namespace: str = "default",
-              dry_run: bool = False) -> dict[str, Any]:
+    def apply(
+        self, manifests: Sequence[dict[str, Any]], *, namespace: str = "default", dry_run: bool = False
+    ) -> dict[str, Any]:
         body = {"resources": list(manifests), "namespace": namespace, "dryRun": dry_run}
         result: dict[str, Any] = self._call("POST", "/v1/apply", json=body)
         return result

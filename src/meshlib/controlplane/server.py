@@ -60,11 +60,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_forever(data_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-                  trust_domain: str = CLUSTER_DOMAIN, workload_ttl: float = 90.0) -> None:
+def serve_forever(
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    trust_domain: str = CLUSTER_DOMAIN,
+    workload_ttl: float = 90.0,
+) -> None:
     """``meshctl serve``: run until SIGINT/SIGTERM, then release watches and exit cleanly."""
-    app, state, token_path, created = build_app(data_dir, trust_domain=trust_domain,
-                                                workload_ttl=workload_ttl)
+    app, state, token_path, created = build_app(
+        data_dir, trust_domain=trust_domain, workload_ttl=workload_ttl
+    )
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
     verb = "created" if created else "in"

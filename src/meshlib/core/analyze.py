@@ -52,7 +52,9 @@ class Finding:
         return f"{self.level} [{self.code}] ({self.resource}){where} {self.message}"
 
 
-def analyze(resources: Sequence[Resource], workloads: Sequence[WorkloadRegistration] | None = None) -> list[Finding]:
+def analyze(
+    resources: Sequence[Resource], workloads: Sequence[WorkloadRegistration] | None = None
+) -> list[Finding]:
     """Findings, errors first. Without ``workloads`` the registry checks are skipped."""
     snap = compile_snapshot(0, resources, workloads or ())
     findings = [
@@ -92,17 +94,29 @@ def _destinations(snap: Snapshot, resources: Sequence[Resource], registry: bool)
             host = normalize_host(dest.host, vs.namespace)
             where = format_path(path)
             if dest.subset is not None and snap.subset(host, dest.subset) is None:
-                yield Finding("MESH0101", str(vs.key), where,
-                              f"subset {dest.subset!r} of host {host} is not defined in any DestinationRule")
+                yield Finding(
+                    "MESH0101",
+                    str(vs.key),
+                    where,
+                    f"subset {dest.subset!r} of host {host} is not defined in any DestinationRule",
+                )
             if host in reported:
                 continue
             reported.add(host)
             if snap.destination_rule(host) is None and dest.subset is None:
-                yield Finding("MESH0102", str(vs.key), where,
-                              f"host {host} has no DestinationRule (default load balancing, no limits)")
+                yield Finding(
+                    "MESH0102",
+                    str(vs.key),
+                    where,
+                    f"host {host} has no DestinationRule (default load balancing, no limits)",
+                )
             if registry and not snap.endpoints(host):
-                yield Finding("MESH0103", str(vs.key), where,
-                              f"host {host} has no workloads in the registry and no ServiceEntry endpoints")
+                yield Finding(
+                    "MESH0103",
+                    str(vs.key),
+                    where,
+                    f"host {host} has no workloads in the registry and no ServiceEntry endpoints",
+                )
 
 
 def _shadowed(resources: Sequence[Resource]) -> Iterator[Finding]:
@@ -112,8 +126,12 @@ def _shadowed(resources: Sequence[Resource]) -> Iterator[Finding]:
         for i, route in enumerate(vs.spec.http[:-1]):
             if route.is_catch_all():
                 for j in range(i + 1, len(vs.spec.http)):
-                    yield Finding("MESH0104", str(vs.key), f"spec.http[{j}]",
-                                  f"route is never used: spec.http[{i}] before it matches every request")
+                    yield Finding(
+                        "MESH0104",
+                        str(vs.key),
+                        f"spec.http[{j}]",
+                        f"route is never used: spec.http[{i}] before it matches every request",
+                    )
                 break
 
 
@@ -123,13 +141,21 @@ def _conflicts(snap: Snapshot, resources: Sequence[Resource]) -> Iterator[Findin
             for k, host in enumerate(res.spec.hosts):
                 winner = snap.virtual_service(normalize_host(host, res.namespace))
                 if winner is not None and winner.key != res.key and "*" not in host:
-                    yield Finding("MESH0106", str(res.key), f"spec.hosts[{k}]",
-                                  f"host {host} is also routed by {winner.key}, which is older and wins")
+                    yield Finding(
+                        "MESH0106",
+                        str(res.key),
+                        f"spec.hosts[{k}]",
+                        f"host {host} is also routed by {winner.key}, which is older and wins",
+                    )
         elif isinstance(res, DestinationRule):
             winner_dr = snap.destination_rule(normalize_host(res.spec.host, res.namespace))
             if winner_dr is not None and winner_dr.key != res.key:
-                yield Finding("MESH0107", str(res.key), "spec.host",
-                              f"host {res.spec.host} also has {winner_dr.key}, which is older and wins")
+                yield Finding(
+                    "MESH0107",
+                    str(res.key),
+                    "spec.host",
+                    f"host {res.spec.host} also has {winner_dr.key}, which is older and wins",
+                )
 
 
 def _deny_without_mtls(snap: Snapshot, resources: Sequence[Resource]) -> Iterator[Finding]:
@@ -144,9 +170,13 @@ def _deny_without_mtls(snap: Snapshot, resources: Sequence[Resource]) -> Iterato
                 labels = policy.spec.selector.match_labels if policy.spec.selector else {}
                 mode = snap.security_for(policy.namespace, labels).mtls_mode
                 if mode != "STRICT":
-                    yield Finding("MESH0105", str(policy.key), f"spec.rules[{i}].from[{j}].source",
-                                  f"mTLS is {mode} here: plaintext requests carry no principal or namespace "
-                                  "and are not matched by this DENY; set PeerAuthentication STRICT")
+                    yield Finding(
+                        "MESH0105",
+                        str(policy.key),
+                        f"spec.rules[{i}].from[{j}].source",
+                        f"mTLS is {mode} here: plaintext requests carry no principal or namespace "
+                        "and are not matched by this DENY; set PeerAuthentication STRICT",
+                    )
 
 
 def _empty_subsets(snap: Snapshot, resources: Sequence[Resource]) -> Iterator[Finding]:
@@ -159,5 +189,9 @@ def _empty_subsets(snap: Snapshot, resources: Sequence[Resource]) -> Iterator[Fi
         for i, subset in enumerate(rule.spec.subsets):
             if not snap.endpoints(host, subset.name):
                 labels = ",".join(f"{k}={v}" for k, v in subset.labels.items())
-                yield Finding("MESH0108", str(rule.key), f"spec.subsets[{i}]",
-                              f"subset {subset.name!r} ({labels}) selects none of the endpoints of {host}")
+                yield Finding(
+                    "MESH0108",
+                    str(rule.key),
+                    f"spec.subsets[{i}]",
+                    f"subset {subset.name!r} ({labels}) selects none of the endpoints of {host}",
+                )

@@ -17,12 +17,12 @@ CLUSTER_DOMAIN = "cluster.local"
 
 
 def _clean(host: str) -> str:
-    name = host.strip().lower().rstrip(".")
+    name = host.strip().lower()
     if name.startswith("["):  # [v6]:port
         return name.split("]", 1)[0] + "]"
     if name.count(":") == 1:
         name = name.split(":", 1)[0]
-    return name
+    return name.rstrip(".")
 
 
 @lru_cache(maxsize=4096)

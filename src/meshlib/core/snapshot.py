@@ -128,11 +128,8 @@ class Snapshot:
         if rule is None:
             return None
         policy = rule.spec.traffic_policy or TrafficPolicy()
-        if subset is not None:
-            chosen = self._subsets.get((fqdn, subset))
-            if chosen is not None:
-                policy = policy.merged_with(chosen.traffic_policy)
-        return policy.for_port(port)
+        chosen = self._subsets.get((fqdn, subset)) if subset is not None else None
+        return policy.merged_with(chosen.traffic_policy if chosen is not None else None, port)
 
     def endpoints(self, fqdn: str, subset: str | None = None) -> tuple[Endpoint, ...]:
         """Endpoints of a host, narrowed to a subset's labels when one is named."""
@@ -212,10 +209,8 @@ def _selects(policy: PeerAuthentication) -> bool:
 
 
 def _age_order(resources: Iterable[Resource]) -> list[Resource]:
-    """Oldest first (creation time, then input order): Istio's tie-break for conflicts."""
-    indexed = list(enumerate(resources))
-    indexed.sort(key=lambda pair: (pair[1].metadata.creation_timestamp or "", pair[0]))
-    return [r for _, r in indexed]
+    """Oldest first, then by name and namespace: Istio's order for resolving conflicts."""
+    return sorted(resources, key=lambda r: (r.metadata.creation_timestamp or "", r.name, r.namespace))
 
 
 def compile_snapshot(

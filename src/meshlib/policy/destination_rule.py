@@ -32,7 +32,7 @@ class HTTPCookie(MeshModel):
     name: str = Field(min_length=1)
     path: str | None = None
     ttl: Duration | None = None
-    attributes: list[CookieAttribute] = Field(default_factory=list)
+    attributes: tuple[CookieAttribute, ...] = ()
 
 
 class RingHash(MeshModel):
@@ -67,9 +67,9 @@ class ConsistentHashLB(MeshModel):
 
 
 class LocalityLoadBalancerSetting(MeshModel):
-    distribute: list[dict[str, object]] = Field(default_factory=list)
-    failover: list[dict[str, str]] = Field(default_factory=list)
-    failover_priority: list[str] = Field(default_factory=list)
+    distribute: tuple[dict[str, object], ...] = ()
+    failover: tuple[dict[str, str], ...] = ()
+    failover_priority: tuple[str, ...] = ()
     enabled: bool | None = None
 
 
@@ -150,7 +150,7 @@ class ClientTLSSettings(MeshModel):
     private_key: str | None = None
     ca_certificates: str | None = None
     credential_name: str | None = None
-    subject_alt_names: list[str] = Field(default_factory=list)
+    subject_alt_names: tuple[str, ...] = ()
     sni: str | None = None
     insecure_skip_verify: bool | None = None
     ca_crl: str | None = None
@@ -195,27 +195,35 @@ class TrafficPolicy(MeshModel):
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ClientTLSSettings | None = None
-    port_level_settings: list[PortTrafficPolicy] = Field(default_factory=list)
+    port_level_settings: tuple[PortTrafficPolicy, ...] = ()
     tunnel: TunnelSettings | None = None
     proxy_protocol: ProxyProtocol | None = None
     retry_budget: RetryBudget | None = None
 
-    def merged_with(self, override: TrafficPolicy | None) -> TrafficPolicy:
-        """Istio's subset rule: each top-level setting the subset sets replaces the parent's."""
-        if override is None:
-            return self
-        changes = {name: getattr(override, name) for name in override.model_fields_set}
-        return self.model_copy(update=changes)
-
     def for_port(self, port: int | None) -> TrafficPolicy:
-        """The policy with a matching portLevelSettings entry laid over it."""
+        """The policy for one port. Istio: a matching portLevelSettings entry replaces the four
+        per-port settings outright; what it leaves out gets defaults, not the rule-level value."""
         if port is None:
             return self
         for entry in self.port_level_settings:
             if entry.port.number == port:
-                changes = {n: getattr(entry, n) for n in entry.model_fields_set if n != "port"}
-                return self.model_copy(update=changes)
+                return self.model_copy(update={name: getattr(entry, name) for name in _PER_PORT})
         return self
+
+    def merged_with(self, subset: TrafficPolicy | None, port: int | None = None) -> TrafficPolicy:
+        """Istio's subset rule: resolve both sides for the port, then each setting the subset
+        has replaces the rule's."""
+        base = self.for_port(port)
+        if subset is None:
+            return base
+        override = subset.for_port(port)
+        names = (*_PER_PORT, "tunnel", "proxy_protocol", "retry_budget")
+        return base.model_copy(
+            update={n: getattr(override, n) for n in names if getattr(override, n) is not None}
+        )
+
+
+_PER_PORT = ("load_balancer", "connection_pool", "outlier_detection", "tls")
 
 
 class Subset(MeshModel):
@@ -227,8 +235,8 @@ class Subset(MeshModel):
 class DestinationRuleSpec(MeshModel):
     host: str = Field(min_length=1)
     traffic_policy: TrafficPolicy | None = None
-    subsets: list[Subset] = Field(default_factory=list)
-    export_to: list[str] = Field(default_factory=list)
+    subsets: tuple[Subset, ...] = ()
+    export_to: tuple[str, ...] = ()
     workload_selector: WorkloadSelector | None = None
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:

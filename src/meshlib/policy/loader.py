@@ -28,6 +28,7 @@ __all__ = ["MAX_SOURCE_BYTES", "LoadedResource", "load_paths", "load_text"]
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 """Largest policy file accepted (Kubernetes caps one object at about 1.5 MB)."""
 _MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
+_MAX_DEPTH = 64  # far deeper than any Istio resource; bounds recursion
 _SUFFIXES = (".yaml", ".yml", ".json")
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -52,19 +53,24 @@ class _Document:
     positions: dict[FieldPath, int]
 
     def line_of(self, path: FieldPath) -> int:
-        for end in range(len(path), -1, -1):
-            key = tuple(p if isinstance(p, int) else str(p) for p in path[:end])
-            if key in self.positions:
-                return self.positions[key]
-        return self.line
+        """The line of the deepest part of ``path`` the document has (map keys may be ints)."""
+        found: FieldPath = ()
+        for part in path:
+            for candidate in (part, str(part)):
+                if (*found, candidate) in self.positions:
+                    found = (*found, candidate)
+                    break
+            else:
+                break
+        return self.positions.get(found, self.line)
 
 
 def load_text(text: str, source: str = "<string>", namespace: str = "default") -> list[LoadedResource]:
     """Parse and validate every document in ``text``; raise ConfigError listing all problems."""
     loaded, issues = _load_one(text, source, namespace)
+    issues.extend(_duplicates(loaded))
     if issues:
         raise ConfigError(issues)
-    _check_unique(loaded)
     return loaded
 
 
@@ -76,12 +82,12 @@ def load_paths(paths: Sequence[str | Path], namespace: str = "default") -> list[
         found, problems = _load_one(text, source, namespace)
         loaded.extend(found)
         issues.extend(problems)
+    issues.extend(_duplicates(loaded))
     if issues:
         raise ConfigError(issues)
     if not loaded:
         names = ", ".join(str(p) for p in paths)
         raise ConfigError(ConfigIssue(f"no resources found in {names}"))
-    _check_unique(loaded)
     return loaded
 
 
@@ -137,8 +143,10 @@ def _load_one(text: str, source: str, namespace: str) -> tuple[list[LoadedResour
         problem = exc.problem or exc.context or "malformed YAML"
         column = f" (column {mark.column + 1})" if mark is not None else ""
         return [], [ConfigIssue(f"invalid YAML: {problem}{column}", source=source, line=line)]
-    except _DuplicateKey as exc:
+    except _Hostile as exc:
         return [], [ConfigIssue(str(exc), source=source, line=exc.line)]
+    except RecursionError:
+        return [], [ConfigIssue("YAML nests too deeply to read", source=source)]
     except yaml.YAMLError as exc:
         return [], [ConfigIssue(f"invalid YAML: {exc}", source=source)]
     if not documents:
@@ -175,7 +183,7 @@ def _items(document: _Document) -> Iterator[tuple[Any, FieldPath]]:
         yield data, ()
 
 
-def _check_unique(loaded: Iterable[LoadedResource]) -> None:
+def _duplicates(loaded: Iterable[LoadedResource]) -> list[ConfigIssue]:
     first: dict[ResourceKey, LoadedResource] = {}
     issues: list[ConfigIssue] = []
     for item in loaded:
@@ -191,11 +199,12 @@ def _check_unique(loaded: Iterable[LoadedResource]) -> None:
             )
         else:
             first[key] = item
-    if issues:
-        raise ConfigError(issues)
+    return issues
 
 
-class _DuplicateKey(Exception):
+class _Hostile(Exception):
+    """Input PyYAML accepts but meshlib refuses: duplicate keys, runaway nesting."""
+
     def __init__(self, message: str, line: int) -> None:
         super().__init__(message)
         self.line = line
@@ -224,16 +233,25 @@ class _Builder:
         self._count += 1
         if self._count > _MAX_NODES:
             raise yaml.YAMLError(f"document has more than {_MAX_NODES} nodes (alias expansion?)")
+        if len(path) > _MAX_DEPTH:
+            raise _Hostile(
+                f"nesting deeper than {_MAX_DEPTH} levels (a recursive alias?)", node.start_mark.line + 1
+            )
         self.positions.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, MappingNode):
-            self._constructor.flatten_mapping(node)
+            explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
+            self._constructor.flatten_mapping(node)  # merged pairs first, then the explicit ones
+            merged = len(node.value) - explicit
             out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
+            written: set[Any] = set()
+            for index, (key_node, value_node) in enumerate(node.value):
                 if not isinstance(key_node, ScalarNode):
-                    raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: keys must be scalars")
+                    raise _Hostile("mapping keys must be scalars", key_node.start_mark.line + 1)
                 key = self._constructor.construct_object(key_node)
-                if key in out:
-                    raise _DuplicateKey(f"duplicate key {key!r} in one mapping", key_node.start_mark.line + 1)
+                if index >= merged:  # keys written here may override merged ones, not each other
+                    if key in written:
+                        raise _Hostile(f"duplicate key {key!r} in one mapping", key_node.start_mark.line + 1)
+                    written.add(key)
                 child = (*path, str(key))
                 self.positions[child] = key_node.start_mark.line + 1
                 out[key] = self.build(value_node, child)

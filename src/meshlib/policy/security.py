@@ -44,18 +44,18 @@ class PeerAuthenticationSpec(MeshModel):
 
 
 class Source(MeshModel):
-    principals: list[str] = Field(default_factory=list)
-    not_principals: list[str] = Field(default_factory=list)
-    request_principals: list[str] = Field(default_factory=list)
-    not_request_principals: list[str] = Field(default_factory=list)
-    namespaces: list[str] = Field(default_factory=list)
-    not_namespaces: list[str] = Field(default_factory=list)
-    service_accounts: list[str] = Field(default_factory=list)
-    not_service_accounts: list[str] = Field(default_factory=list)
-    ip_blocks: list[str] = Field(default_factory=list)
-    not_ip_blocks: list[str] = Field(default_factory=list)
-    remote_ip_blocks: list[str] = Field(default_factory=list)
-    not_remote_ip_blocks: list[str] = Field(default_factory=list)
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()
+    not_service_accounts: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         if (self.service_accounts or self.not_service_accounts) and (
@@ -65,14 +65,14 @@ class Source(MeshModel):
 
 
 class Operation(MeshModel):
-    hosts: list[str] = Field(default_factory=list)
-    not_hosts: list[str] = Field(default_factory=list)
-    ports: list[str] = Field(default_factory=list)
-    not_ports: list[str] = Field(default_factory=list)
-    methods: list[str] = Field(default_factory=list)
-    not_methods: list[str] = Field(default_factory=list)
-    paths: list[str] = Field(default_factory=list)
-    not_paths: list[str] = Field(default_factory=list)
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+    not_ports: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
 
 
 class RuleFrom(MeshModel):
@@ -85,8 +85,8 @@ class RuleTo(MeshModel):
 
 class Condition(MeshModel):
     key: str = Field(min_length=1)
-    values: list[str] = Field(default_factory=list)
-    not_values: list[str] = Field(default_factory=list)
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         if not self.values and not self.not_values:
@@ -94,9 +94,9 @@ class Condition(MeshModel):
 
 
 class Rule(MeshModel):
-    from_: list[RuleFrom] = Field(default_factory=list, alias="from")
-    to: list[RuleTo] = Field(default_factory=list)
-    when: list[Condition] = Field(default_factory=list)
+    from_: tuple[RuleFrom, ...] = Field(default=(), alias="from")
+    to: tuple[RuleTo, ...] = ()
+    when: tuple[Condition, ...] = ()
 
 
 class ExtensionProvider(MeshModel):
@@ -106,8 +106,8 @@ class ExtensionProvider(MeshModel):
 class AuthorizationPolicySpec(MeshModel):
     selector: WorkloadSelector | None = None
     target_ref: PolicyTargetReference | None = None
-    target_refs: list[PolicyTargetReference] = Field(default_factory=list)
-    rules: list[Rule] = Field(default_factory=list)
+    target_refs: tuple[PolicyTargetReference, ...] = ()
+    rules: tuple[Rule, ...] = ()
     action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     provider: ExtensionProvider | None = None
 
@@ -131,17 +131,17 @@ class ClaimToHeader(MeshModel):
 
 class JWTRule(MeshModel):
     issuer: str = Field(min_length=1)
-    audiences: list[str] = Field(default_factory=list)
+    audiences: tuple[str, ...] = ()
     jwks_uri: str | None = None
     jwks: str | None = None
-    from_headers: list[JWTHeader] = Field(default_factory=list)
-    from_params: list[str] = Field(default_factory=list)
-    from_cookies: list[str] = Field(default_factory=list)
+    from_headers: tuple[JWTHeader, ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
     output_payload_to_header: str | None = None
     forward_original_token: bool | None = None
-    output_claim_to_headers: list[ClaimToHeader] = Field(default_factory=list)
+    output_claim_to_headers: tuple[ClaimToHeader, ...] = ()
     timeout: Duration | None = None
-    space_delimited_claims: list[str] = Field(default_factory=list)
+    space_delimited_claims: tuple[str, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         if self.jwks is not None and self.jwks_uri is not None:
@@ -153,8 +153,8 @@ class JWTRule(MeshModel):
 class RequestAuthenticationSpec(MeshModel):
     selector: WorkloadSelector | None = None
     target_ref: PolicyTargetReference | None = None
-    target_refs: list[PolicyTargetReference] = Field(default_factory=list)
-    jwt_rules: list[JWTRule] = Field(default_factory=list)
+    target_refs: tuple[PolicyTargetReference, ...] = ()
+    jwt_rules: tuple[JWTRule, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         yield from _one_target(self.selector, self.target_ref, self.target_refs)
@@ -168,7 +168,7 @@ class RequestAuthenticationSpec(MeshModel):
 def _one_target(
     selector: WorkloadSelector | None,
     target_ref: PolicyTargetReference | None,
-    target_refs: list[PolicyTargetReference],
+    target_refs: tuple[PolicyTargetReference, ...],
 ) -> Iterator[tuple[FieldPath, str]]:
     if sum((selector is not None, target_ref is not None, bool(target_refs))) > 1:
         yield ("targetRefs",), "set at most one of selector, targetRef and targetRefs"

@@ -38,15 +38,15 @@ class EntryWorkloadSelector(MeshModel):
 
 
 class ServiceEntrySpec(MeshModel):
-    hosts: list[str] = Field(min_length=1)
-    addresses: list[str] = Field(default_factory=list)
-    ports: list[ServicePort] = Field(default_factory=list)
+    hosts: tuple[str, ...] = Field(min_length=1)
+    addresses: tuple[str, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
     location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] | None = None
     resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] | None = None
-    endpoints: list[WorkloadEntry] = Field(default_factory=list)
+    endpoints: tuple[WorkloadEntry, ...] = ()
     workload_selector: EntryWorkloadSelector | None = None
-    export_to: list[str] = Field(default_factory=list)
-    subject_alt_names: list[str] = Field(default_factory=list)
+    export_to: tuple[str, ...] = ()
+    subject_alt_names: tuple[str, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         if self.endpoints and self.workload_selector is not None:

@@ -88,7 +88,7 @@ def _problem(model: type[BaseModel], err: Any) -> Problem:
         return loc, f"{_show(value)} is not one of {ctx.get('expected', '')}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return loc, f"must be a mapping; got {_describe(value)}"
-    if kind == "list_type":
+    if kind in ("list_type", "tuple_type"):
         return loc, f"must be a list; got {_describe(value)}"
     if kind in ("string_type",):
         return loc, f"must be a string; got {_describe(value)}"
@@ -111,21 +111,33 @@ def _suggest(model: type[BaseModel], parent: FieldPath, name: str) -> str:
     """' (did you mean "weight"?)' for a misspelt field, found by walking the model types."""
     current: Any = model
     for part in parent:
-        if isinstance(part, int):
+        origin = getattr(current, "__origin__", None)
+        if isinstance(part, int) or origin in (dict, list, tuple):
+            # A list index or a map key: step into the element type.
+            args = [a for a in getattr(current, "__args__", ()) if a is not Ellipsis]
+            current = _container_or_model(args[-1]) if args else current
             continue
         fields = getattr(current, "model_fields", None)
-        if fields is None:
-            return ""
-        match = next((f for n, f in fields.items() if (f.alias or n) == part), None)
+        match = next((f for n, f in (fields or {}).items() if (f.alias or n) == part), None)
         if match is None:
             return ""
-        current = _model_in(match.annotation)
+        current = _container_or_model(match.annotation)
         if current is None:
             return ""
     fields = getattr(current, "model_fields", {})
     names = [f.alias or n for n, f in fields.items()]
     close = difflib.get_close_matches(name, names, n=1)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _container_or_model(annotation: Any) -> Any:
+    """The dict/list/tuple type or model a (possibly optional) field annotation holds."""
+    if getattr(annotation, "__origin__", None) in (dict, list, tuple):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if getattr(arg, "__origin__", None) in (dict, list, tuple):
+            return arg
+    return _model_in(annotation)
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

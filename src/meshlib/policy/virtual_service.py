@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 from pydantic import Field
@@ -44,7 +44,7 @@ class Destination(MeshModel):
 class HeaderOperations(MeshModel):
     set: dict[str, str] = Field(default_factory=dict)
     add: dict[str, str] = Field(default_factory=dict)
-    remove: list[str] = Field(default_factory=list)
+    remove: tuple[str, ...] = ()
 
 
 class Headers(MeshModel):
@@ -63,7 +63,7 @@ class HTTPMatchRequest(MeshModel):
     headers: dict[str, StringMatch] = Field(default_factory=dict)
     port: int | None = Field(default=None, ge=0, le=65535)
     source_labels: dict[str, str] = Field(default_factory=dict)
-    gateways: list[str] = Field(default_factory=list)
+    gateways: tuple[str, ...] = ()
     query_params: dict[str, StringMatch] = Field(default_factory=dict)
     ignore_uri_case: bool = False
     without_headers: dict[str, StringMatch] = Field(default_factory=dict)
@@ -231,11 +231,11 @@ class HTTPMirrorPolicy(MeshModel):
 
 
 class CorsPolicy(MeshModel):
-    allow_origins: list[StringMatch] = Field(default_factory=list)
-    allow_origin: list[str] = Field(default_factory=list)
-    allow_methods: list[str] = Field(default_factory=list)
-    allow_headers: list[str] = Field(default_factory=list)
-    expose_headers: list[str] = Field(default_factory=list)
+    allow_origins: tuple[StringMatch, ...] = ()
+    allow_origin: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
     max_age: Duration | None = None
     allow_credentials: bool | None = None
     unmatched_preflights: Literal["UNSPECIFIED", "FORWARD", "IGNORE"] | None = None
@@ -248,8 +248,8 @@ class Delegate(MeshModel):
 
 class HTTPRoute(MeshModel):
     name: str | None = None
-    match: list[HTTPMatchRequest] = Field(default_factory=list)
-    route: list[HTTPRouteDestination] = Field(default_factory=list)
+    match: tuple[HTTPMatchRequest, ...] = ()
+    route: tuple[HTTPRouteDestination, ...] = ()
     redirect: HTTPRedirect | None = None
     direct_response: HTTPDirectResponse | None = None
     delegate: Delegate | None = None
@@ -258,7 +258,7 @@ class HTTPRoute(MeshModel):
     retries: HTTPRetry | None = None
     fault: HTTPFaultInjection | None = None
     mirror: Destination | None = None
-    mirrors: list[HTTPMirrorPolicy] = Field(default_factory=list)
+    mirrors: tuple[HTTPMirrorPolicy, ...] = ()
     mirror_percentage: Percent | None = None
     mirror_percent: int | None = Field(default=None, ge=0, le=100)
     cors_policy: CorsPolicy | None = None
@@ -281,7 +281,7 @@ class HTTPRoute(MeshModel):
 
 
 def _check_weights(
-    routes: list[HTTPRouteDestination] | list[RouteDestination],
+    routes: Sequence[HTTPRouteDestination | RouteDestination],
 ) -> Iterator[tuple[FieldPath, str]]:
     """Istio: one destination may omit its weight (it gets 100); several must add up to 100."""
     if len(routes) < 2:
@@ -292,43 +292,43 @@ def _check_weights(
 
 
 class TLSMatchAttributes(MeshModel):
-    sni_hosts: list[str] = Field(min_length=1)
-    destination_subnets: list[str] = Field(default_factory=list)
+    sni_hosts: tuple[str, ...] = Field(min_length=1)
+    destination_subnets: tuple[str, ...] = ()
     port: int | None = None
     source_labels: dict[str, str] = Field(default_factory=dict)
-    gateways: list[str] = Field(default_factory=list)
+    gateways: tuple[str, ...] = ()
     source_namespace: str | None = None
 
 
 class TLSRoute(MeshModel):
-    match: list[TLSMatchAttributes] = Field(min_length=1)
-    route: list[RouteDestination] = Field(default_factory=list)
+    match: tuple[TLSMatchAttributes, ...] = Field(min_length=1)
+    route: tuple[RouteDestination, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         yield from _check_weights(self.route)
 
 
 class L4MatchAttributes(MeshModel):
-    destination_subnets: list[str] = Field(default_factory=list)
+    destination_subnets: tuple[str, ...] = ()
     port: int | None = None
     source_subnet: str | None = None
     source_labels: dict[str, str] = Field(default_factory=dict)
-    gateways: list[str] = Field(default_factory=list)
+    gateways: tuple[str, ...] = ()
     source_namespace: str | None = None
 
 
 class TCPRoute(MeshModel):
-    match: list[L4MatchAttributes] = Field(default_factory=list)
-    route: list[RouteDestination] = Field(default_factory=list)
+    match: tuple[L4MatchAttributes, ...] = ()
+    route: tuple[RouteDestination, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         yield from _check_weights(self.route)
 
 
 class VirtualServiceSpec(MeshModel):
-    hosts: list[str] = Field(min_length=1)
-    gateways: list[str] = Field(default_factory=list)
-    http: list[HTTPRoute] = Field(default_factory=list)
-    tls: list[TLSRoute] = Field(default_factory=list)
-    tcp: list[TCPRoute] = Field(default_factory=list)
-    export_to: list[str] = Field(default_factory=list)
+    hosts: tuple[str, ...] = Field(min_length=1)
+    gateways: tuple[str, ...] = ()
+    http: tuple[HTTPRoute, ...] = ()
+    tls: tuple[TLSRoute, ...] = ()
+    tcp: tuple[TCPRoute, ...] = ()
+    export_to: tuple[str, ...] = ()

@@ -1,0 +1,271 @@
+"""meshctl against a real config service, run in-process (main(argv)) and as `python -m meshlib`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshlib.cli.main import main
+from meshlib.controlplane.server import ConfigServer
+from meshlib.registry import AnnouncedEndpoint
+from tests.conftest import destination_rule, virtual_service
+
+CANARY = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+
+
+@pytest.fixture
+def ctl(server: ConfigServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run meshctl with the test server and its admin token; returns (exit code, stdout, stderr)."""
+    monkeypatch.setenv("MESHCTL_TOKEN", server.admin_token)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["--server", server.url, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_apply_prints_created_then_unchanged_then_configured(ctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    canary = write(tmp_path, "canary.yaml", CANARY)
+    assert ctl("apply", "-f", canary)[1].splitlines() == [
+        "virtualservice.networking.istio.io/reviews created",
+        "destinationrule.networking.istio.io/reviews created",
+    ]
+    assert ctl("apply", "-f", canary)[1].splitlines() == [
+        "virtualservice.networking.istio.io/reviews unchanged",
+        "destinationrule.networking.istio.io/reviews unchanged",
+    ]
+    changed = write(
+        tmp_path, "fifty.yaml", CANARY.replace("weight: 80", "weight: 50").replace("weight: 20", "weight: 50")
+    )
+    assert (
+        ctl("apply", "-f", changed)[1].splitlines()[0]
+        == "virtualservice.networking.istio.io/reviews configured"
+    )
+    assert ctl("apply", "--dry-run", "-f", canary)[1].splitlines()[0].endswith("configured (dry run)")
+
+
+def test_apply_of_invalid_file_names_file_line_and_stores_nothing(ctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = write(tmp_path, "canary.yaml", CANARY.replace("weight: 20", "weight: 10"))
+    code, out, err = ctl("apply", "-f", bad)
+    assert code == 1
+    assert out == ""
+    assert err.strip() == (
+        f"error: {bad}:12: VirtualService default/reviews: spec.http[0].route[1].weight: "
+        "weights add up to 90, must be 100"
+    )
+    assert ctl("get", "vs")[2] == "No resources found in namespace default.\n"
+
+
+def test_apply_from_stdin_and_a_folder(ctl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    (folder / "dr.yaml").write_text(yaml.safe_dump(destination_rule("ratings")))
+    (folder / "notes.txt").write_text("not policy")
+    assert ctl("apply", "-f", str(folder))[1] == "destinationrule.networking.istio.io/ratings created\n"
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(yaml.safe_dump(virtual_service())))
+    assert ctl("apply", "-f", "-")[1] == "virtualservice.networking.istio.io/reviews created\n"
+
+
+def test_get_table_yaml_json_and_by_name(ctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ctl("apply", "-f", write(tmp_path, "canary.yaml", CANARY))
+    code, out, _ = ctl("get", "virtualservices")
+    header, row = out.splitlines()
+    assert header.split() == ["NAME", "HOSTS", "GATEWAYS", "AGE"]
+    assert row.split()[:3] == ["reviews", "reviews", "mesh"]
+    dumped = yaml.safe_load(ctl("get", "vs", "reviews", "-o", "yaml")[1])
+    assert dumped["spec"]["http"][0]["route"][0]["weight"] == 80
+    assert dumped["metadata"]["resourceVersion"] == "1"
+    listed = json.loads(ctl("get", "dr", "-o", "json")[1])
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["reviews"]
+    assert "NAMESPACE" in ctl("get", "all", "-A")[1]
+    code, _, err = ctl("get", "gateways")
+    assert code == 1
+    assert "unknown kind 'gateways'" in err
+
+
+def test_reapplying_get_output_is_unchanged(ctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ctl("apply", "-f", write(tmp_path, "canary.yaml", CANARY))
+    exported = write(tmp_path, "export.yaml", ctl("get", "vs", "reviews", "-o", "yaml")[1])
+    assert ctl("apply", "-f", exported)[1] == "virtualservice.networking.istio.io/reviews unchanged\n"
+
+
+def test_delete_by_name_and_by_file(ctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    canary = write(tmp_path, "canary.yaml", CANARY)
+    ctl("apply", "-f", canary)
+    assert ctl("delete", "vs", "reviews")[1] == 'virtualservice.networking.istio.io "reviews" deleted\n'
+    code, _, err = ctl("delete", "vs", "reviews")
+    assert code == 1
+    assert "not found" in err
+    assert ctl("delete", "vs", "reviews", "--ignore-not-found")[0] == 0
+    assert ctl("delete", "-f", canary, "--ignore-not-found")[1] == (
+        'destinationrule.networking.istio.io "reviews" deleted\n'
+    )
+
+
+def test_writes_with_a_wrong_token_are_refused(
+    server: ConfigServer, tmp_path: Path, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MESHCTL_TOKEN", "wrong")
+    assert main(["--server", server.url, "apply", "-f", write(tmp_path, "c.yaml", CANARY)]) == 1
+    assert "refused the request: wrong admin token" in capsys.readouterr().err
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--server", "http://127.0.0.1:9", "get", "vs"]) == 1
+    assert "cannot reach the config service at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_validate_is_offline_and_exits_non_zero_on_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    good = write(tmp_path, "good.yaml", CANARY)
+    assert main(["--server", "http://127.0.0.1:9", "validate", "-f", good]) == 0
+    assert capsys.readouterr().out.endswith("2 resource(s) valid\n")
+    bad = write(
+        tmp_path, "bad.yaml", CANARY.replace("  hosts: [reviews]", "  hosts: [reviews]\n  hostz: [x]")
+    )
+    assert main(["validate", "-f", bad]) == 1
+    assert (
+        f"{bad}:7: VirtualService default/reviews: spec.hostz: unknown field 'hostz'"
+        in capsys.readouterr().err
+    )
+
+
+ANALYZE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v3}
+  - match: [{uri: {prefix: /api}}]
+    route:
+    - destination: {host: reviews, subset: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-legacy}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/legacy/sa/batch]}}]
+"""
+
+
+def test_analyze_files_offline(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["analyze", "-f", write(tmp_path, "mesh.yaml", ANALYZE)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "Error [MESH0101] (VirtualService default/reviews) spec.http[0].route[0].destination:"
+    )
+    assert "subset 'v3'" in lines[0]
+    assert any(
+        line.startswith("Warning [MESH0104] (VirtualService default/reviews) spec.http[1]:") for line in lines
+    )
+    assert any(
+        line.startswith("Warning [MESH0105] (AuthorizationPolicy default/deny-legacy)")
+        and "PERMISSIVE" in line
+        for line in lines
+    )
+
+
+def test_analyze_on_the_server_uses_the_registry(ctl, server: ConfigServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ctl("apply", "-f", write(tmp_path, "canary.yaml", CANARY))
+    code, out, _ = ctl("analyze")
+    assert code == 0
+    assert "Warning [MESH0103]" in out
+    assert "no workloads" in out
+    from meshlib import Mesh
+
+    with Mesh(
+        "reviews", labels={"version": "v1"}, control_plane=server.url, data_dir=tmp_path / "wl"
+    ) as mesh:
+        mesh.announce([AnnouncedEndpoint(address="127.0.0.1", port=9080)])
+        code, out, _ = ctl("analyze")
+        assert "MESH0103" not in out
+        assert "Warning [MESH0108] (DestinationRule default/reviews) spec.subsets[1]:" in out
+
+
+def test_status_shows_identity_endpoints_and_sync(ctl, server: ConfigServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from meshlib import Mesh
+
+    ctl("apply", "-f", write(tmp_path, "canary.yaml", CANARY))
+    with Mesh("reviews", control_plane=server.url, data_dir=tmp_path / "wl") as mesh:
+        mesh.announce([AnnouncedEndpoint(address="127.0.0.1", port=9080)])
+        import time
+
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "SYNCED" not in ctl("status")[1]:
+            time.sleep(0.05)
+        out = ctl("status")[1]
+        header, row = out.splitlines()[:2]
+        assert header.split()[:5] == ["SERVICE", "NAMESPACE", "WORKLOAD", "IDENTITY", "ENDPOINTS"]
+        assert row.split()[:5] == [
+            "reviews",
+            "default",
+            mesh.workload_id,
+            "spiffe://cluster.local/ns/default/sa/reviews",
+            "127.0.0.1:9080",
+        ]
+        assert "SYNCED v2" in row
+        assert json.loads(ctl("status", "-o", "json")[1])["items"][0]["ackedVersion"] == 2
+
+
+def test_python_dash_m_meshlib_is_meshctl() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "meshlib", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("serve", "apply", "get", "delete", "validate", "analyze", "status", "demo"):
+        assert command in result.stdout
+
+
+def test_demo_runs_end_to_end() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "meshlib", "demo"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "canary shifted to 50/50" in result.stdout
+    assert "last-known-good copy, config version 2" in result.stdout
