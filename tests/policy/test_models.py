@@ -188,7 +188,7 @@ def test_authorization_policy_allow_rule(samples: dict[ResourceKey, Resource]) -
     assert rule.to[0].operation.methods == ("GET", "HEAD")
     assert rule.to[0].operation.paths == ("/reviews/*",)
     assert [(c.key, c.values, c.not_values) for c in rule.when] == [
-        ("request.auth.claims[iss]", ["https://accounts.example.com"], [])
+        ("request.auth.claims[iss]", ("https://accounts.example.com",), ())
     ]
 
 
