@@ -1,0 +1,33 @@
+"""The public surface is what __all__ says; this pins it so changes are deliberate."""
+
+import meshlib
+
+EXPECTED = [
+    "AnnouncedEndpoint",
+    "ConfigError",
+    "ConfigIssue",
+    "ControlPlaneError",
+    "Endpoint",
+    "LoadedResource",
+    "Mesh",
+    "MeshError",
+    "MeshSettings",
+    "Resource",
+    "Snapshot",
+    "UnauthorizedError",
+    "WorkloadRegistration",
+    "WorkloadSecurity",
+    "__version__",
+    "compile_snapshot",
+    "load_paths",
+    "load_text",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(meshlib.__all__) == sorted(EXPECTED)
+
+
+def test_every_name_in_all_exists() -> None:
+    for name in meshlib.__all__:
+        assert getattr(meshlib, name) is not None, name
