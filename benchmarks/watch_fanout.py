@@ -15,15 +15,24 @@ Method
   ``meshlib.controlplane.protocol.decode_snapshot`` as a real workload would.
 * Each round, the driver changes one VirtualService through ``POST /v1/apply`` (t0 is
   taken just before the request is sent), then polls ``GET /v1/workloads`` until every
-  workload's ``ackedVersion`` is the new version. Reported per round:
+  workload's ``ackedVersion`` is the new version. That listing costs the service about
+  45 ms of event-loop time at N=1000, so by default the driver starts polling only once
+  every client process has reported (over a multiprocessing queue) that all its
+  workloads received the version; ``--eager-poll`` polls from t0 instead, to show how
+  much a busy ``meshctl status`` slows a fan-out down. Reported per round:
   - apply -> receive: client receipt time - t0, for every workload;
   - apply -> decoded: the same, after JSON parsing and snapshot compilation;
   - apply -> last ACK (server): the latest ``lastSeen`` the service recorded with the
     ACKs (its wall clock vs. the driver's wall clock at t0, same host);
-  - apply -> all ACKed (observed): when the poller first saw every ACK, which adds up
-    to one poll interval plus one ``GET /v1/workloads``.
+  - apply -> all ACKed (poller): when the poller first saw every ACK (an upper bound:
+    it adds up to one poll interval plus one ``GET /v1/workloads``).
 * The service's RSS is read idle (no workloads), connected (N watches held), at its
   peak during the rounds, and after the last fan-out; its CPU time per round too.
+* ``--nodelay forced`` runs the same service with TCP_NODELAY set on every accepted
+  socket (a patch of asyncio's ``_set_nodelay`` inside the service process only), to
+  measure what Nagle's algorithm costs: uvicorn serves sockets bound with ``proto=0``,
+  which asyncio leaves without TCP_NODELAY, and Starlette writes a response's headers
+  and body in two sends, so the body waits for the client's delayed ACK.
 * Every run is bounded (``--time-limit`` per N, ``--rounds``, ``--round-timeout``);
   everything talks to 127.0.0.1 only; the processes started here, and only those, are
   stopped by pid when the run ends, whether it succeeded or not.
@@ -38,6 +47,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -53,6 +63,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,6 +81,13 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MiB = 1024 * 1024
 CLIENT_KINDS = ("httpx", "httpx-shared", "raw")
 
+NODELAY_PATCH = """
+import asyncio.base_events, socket
+def _nodelay(sock):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+asyncio.base_events._set_nodelay = _nodelay
+"""
 SERVER_CODE = """
 import resource, sys
 from pathlib import Path
@@ -89,12 +107,14 @@ class Options:
     workloads: list[int]
     rounds: int
     clients: list[str]
+    nodelay: list[str]
     client_procs: int  # 0: automatic
     decode: bool
     endpoints: bool
     wait: float
     pause: float
     poll_interval: float
+    eager_poll: bool
     round_timeout: float
     time_limit: float
     results: Path | None
@@ -110,6 +130,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="comma-separated client kinds to compare. httpx: one AsyncClient per workload, like "
         "Watcher; httpx-shared: one pooled AsyncClient per client process; raw: hand-written "
         "HTTP/1.1 over asyncio streams (default httpx)",
+    )
+    p.add_argument(
+        "--nodelay",
+        default="as-is",
+        help="comma-separated: as-is (the service unchanged) and/or forced (TCP_NODELAY forced on "
+        "the service's accepted sockets, to measure Nagle's cost) (default as-is)",
     )
     p.add_argument("--client-procs", type=int, default=0, help="client processes (default: automatic)")
     p.add_argument(
@@ -127,6 +153,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--wait", type=float, default=30.0, help="long-poll wait sent by workloads (s)")
     p.add_argument("--pause", type=float, default=0.0, help="pause between the last ACK and next apply (s)")
     p.add_argument("--poll-interval", type=float, default=0.02, help="GET /v1/workloads poll interval (s)")
+    p.add_argument(
+        "--eager-poll",
+        action="store_true",
+        help="poll GET /v1/workloads from t0 on, instead of after the clients report receipt",
+    )
     p.add_argument("--round-timeout", type=float, default=30.0, help="give up on a round after this (s)")
     p.add_argument("--time-limit", type=float, default=120.0, help="hard limit for one N (s)")
     p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to update")
@@ -138,16 +169,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     clients = [c.strip() for c in a.client.split(",") if c.strip()]
     if not clients or not set(clients) <= set(CLIENT_KINDS):
         p.error(f"--client takes a comma-separated subset of {', '.join(CLIENT_KINDS)}")
+    nodelay = [c.strip() for c in a.nodelay.split(",") if c.strip()]
+    if not nodelay or not set(nodelay) <= {"as-is", "forced"}:
+        p.error("--nodelay takes as-is, forced or both")
     return Options(
         workloads=counts,
         rounds=a.rounds,
         clients=clients,
+        nodelay=nodelay,
         client_procs=a.client_procs,
         decode=a.decode,
         endpoints=a.endpoints,
         wait=a.wait,
         pause=a.pause,
         poll_interval=a.poll_interval,
+        eager_poll=a.eager_poll,
         round_timeout=a.round_timeout,
         time_limit=a.time_limit,
         results=None if a.no_write else a.results,
@@ -191,8 +227,9 @@ def raise_fd_limit() -> None:
 class ServiceProcess:
     """``serve_forever`` in a subprocess over ``data_dir``; stopped by its pid only."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, force_nodelay: bool = False) -> None:
         self.data_dir = data_dir
+        self.code = (NODELAY_PATCH if force_nodelay else "") + SERVER_CODE
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = data_dir.parent / "service.log"
@@ -201,7 +238,7 @@ class ServiceProcess:
     def start(self, deadline: Deadline) -> None:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", SERVER_CODE, str(self.data_dir), HOST, str(self.port)],
+                [sys.executable, "-c", self.code, str(self.data_dir), HOST, str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -320,6 +357,27 @@ class ClientPlan:
 Receipt = tuple[str, int, float, float]  # workload id, version, received, decoded (monotonic)
 
 
+class Recorder:
+    """What one client process saw; tells the driver when all its workloads have a version."""
+
+    def __init__(self, plan: ClientPlan, progress: mp.Queue[Any]) -> None:
+        self.index = plan.index
+        self.expected = len(plan.ids)
+        self.progress = progress
+        self.receipts: list[Receipt] = []
+        self.errors: list[str] = []
+        self._counts: dict[int, int] = {}
+
+    def received(self, workload_id: str, version: int, received: float, decoded: float) -> None:
+        self.receipts.append((workload_id, version, received, decoded))
+        count = self._counts[version] = self._counts.get(version, 0) + 1
+        if count == self.expected:
+            self.progress.put((self.index, version))
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+
+
 def registration(workload_id: str, plan: ClientPlan) -> bytes:
     endpoints = (
         [{"address": HOST, "port": 20000 + int(workload_id.rsplit("-", 1)[1])}] if plan.endpoints else []
@@ -349,10 +407,7 @@ def decode(data: bytes, compile_it: bool) -> int:
 RETRYABLE = (OSError, httpx.HTTPError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError)
 
 
-async def run_workload(
-    workload_id: str, transport: Transport, plan: ClientPlan, receipts: list[Receipt], errors: list[str]
-) -> None:
-    """Register, then watch forever like Watcher.round: send version, wait and last ACK."""
+async def register(workload_id: str, transport: Transport, plan: ClientPlan, recorder: Recorder) -> None:
     while True:
         try:
             status, data = await transport.request(
@@ -361,9 +416,14 @@ async def run_workload(
         except RETRYABLE as exc:
             status, data = 0, repr(exc).encode()
         if status == 200:
-            break
-        errors.append(f"register {status}: {data[:200]!r}")
+            return
+        recorder.error(f"register {status}: {data[:200]!r}")
         await asyncio.sleep(0.2)
+
+
+async def run_workload(workload_id: str, transport: Transport, plan: ClientPlan, recorder: Recorder) -> None:
+    """Register, then watch forever like Watcher.round: send version, wait and last ACK."""
+    await register(workload_id, transport, plan, recorder)
     version, ack = -1, None
     while True:
         body: dict[str, Any] = {"version": version, "wait": plan.wait, "workload": workload_id}
@@ -378,11 +438,11 @@ async def run_workload(
             ack = None
             continue
         if status != 200:
-            errors.append(f"watch {status}: {data[:200]!r}")
+            recorder.error(f"watch {status}: {data[:200]!r}")
             await asyncio.sleep(0.2)
             continue
         version = ack = decode(data, plan.decode)
-        receipts.append((workload_id, version, received, time.monotonic()))
+        recorder.received(workload_id, version, received, time.monotonic())
 
 
 def make_transports(plan: ClientPlan) -> list[Transport]:
@@ -403,12 +463,10 @@ def make_transports(plan: ClientPlan) -> list[Transport]:
     ]
 
 
-async def client_main_async(plan: ClientPlan, stop: MpEvent) -> tuple[list[Receipt], list[str]]:
-    receipts: list[Receipt] = []
-    errors: list[str] = []
+async def client_main_async(plan: ClientPlan, stop: MpEvent, recorder: Recorder) -> None:
     transports = make_transports(plan)
     tasks = [
-        asyncio.create_task(run_workload(wid, t, plan, receipts, errors))
+        asyncio.create_task(run_workload(wid, t, plan, recorder))
         for wid, t in zip(plan.ids, transports, strict=True)
     ]
     try:
@@ -416,25 +474,25 @@ async def client_main_async(plan: ClientPlan, stop: MpEvent) -> tuple[list[Recei
             await asyncio.sleep(0.1)
             failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
             if failed:
-                errors.append(f"workload task crashed: {failed[0].exception()!r}")
+                recorder.error(f"workload task crashed: {failed[0].exception()!r}")
                 break
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True)
-    return receipts, errors
 
 
-def client_main(plan: ClientPlan, stop: MpEvent, results: mp.Queue[Any]) -> None:
+def client_main(plan: ClientPlan, stop: MpEvent, progress: mp.Queue[Any], results: mp.Queue[Any]) -> None:
     """Entry point of one client process: its workloads until ``stop``, then its receipts."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops us through ``stop``
     raise_fd_limit()
+    recorder = Recorder(plan, progress)
     try:
-        receipts, errors = asyncio.run(client_main_async(plan, stop))
+        asyncio.run(client_main_async(plan, stop, recorder))
     except BaseException as exc:
-        receipts, errors = [], [f"client process {plan.index} failed: {exc!r}"]
-    results.put((plan.index, receipts, errors))
+        recorder.error(f"client process {plan.index} failed: {exc!r}")
+    results.put((plan.index, recorder.receipts, recorder.errors))
 
 
 class ClientProcesses:
@@ -444,6 +502,7 @@ class ClientProcesses:
         self._ctx = mp.get_context("spawn")
         self.stop_event = self._ctx.Event()
         self.results: mp.Queue[Any] = self._ctx.Queue()
+        self.progress: mp.Queue[Any] = self._ctx.Queue()
         ids = [f"bench-{i:05d}" for i in range(n)]
         self.plans = [
             ClientPlan(
@@ -457,7 +516,7 @@ class ClientProcesses:
         for plan in self.plans:
             proc = self._ctx.Process(
                 target=client_main,
-                args=(plan, self.stop_event, self.results),
+                args=(plan, self.stop_event, self.progress, self.results),
                 name=f"fanout-client-{plan.index}",
             )
             proc.start()
@@ -473,6 +532,20 @@ class ClientProcesses:
 
     def alive(self) -> bool:
         return all(p.is_alive() for p in self.processes)
+
+    def wait_received(self, version: int, deadline: Deadline) -> None:
+        """Until every client process reported that all its workloads received ``version``."""
+        pending = {plan.index for plan in self.plans}
+        while pending:
+            try:
+                index, got = self.progress.get(timeout=max(0.01, min(1.0, deadline.left())))
+            except queue.Empty:
+                if not self.alive():
+                    raise RuntimeError("a client process died") from None
+                deadline.check(f"waiting for workloads to receive version {version}")
+                continue
+            if got == version:
+                pending.discard(index)
 
     def collect(self, timeout: float) -> tuple[list[Receipt], list[str]]:
         """Ask the clients to stop and gather what they recorded."""
@@ -537,10 +610,19 @@ class RoundResult:
     poll_seconds: list[float]
 
 
-@dataclass
-class RunResult:
+@dataclass(frozen=True)
+class Case:
     n: int
     client: str
+    nodelay: str
+
+    def __str__(self) -> str:
+        return f"N={self.n} client={self.client} nodelay={self.nodelay}"
+
+
+@dataclass
+class RunResult:
+    case: Case
     procs: int
     rounds: list[RoundResult] = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
@@ -557,15 +639,15 @@ class Driver:
         self.n = n
         self.http = httpx.Client(base_url=service.url, timeout=10.0)
         self.admin = {"authorization": f"Bearer {service.token}"}
-        self.peak_rss = 0
 
-    def close(self) -> None:
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.http.close()
 
     def rss(self) -> int:
-        value = int(self.service.ps().memory_info().rss)
-        self.peak_rss = max(self.peak_rss, value)
-        return value
+        return int(self.service.ps().memory_info().rss)
 
     def apply(self, round_no: int) -> int:
         body = {"resources": [virtual_service(round_no)], "namespace": "default"}
@@ -587,7 +669,6 @@ class Driver:
             listing = response.json()
             items: list[dict[str, Any]] = listing["items"]
             target = listing["version"] if version is None else version
-            self.rss()
             acked = sum(1 for i in items if i["ackedVersion"] == target)
             if len(items) >= self.n and acked >= self.n:
                 return items, durations
@@ -601,11 +682,14 @@ class Driver:
 def run_round(
     driver: Driver, clients: ClientProcesses, round_no: int, opts: Options, limit: Deadline
 ) -> RoundResult:
+    """Apply one change; wait for every receipt and ACK; time it all from t0."""
     deadline = Deadline(min(opts.round_timeout, limit.left()))
     server_cpu, client_cpu = cpu_seconds(driver.service.ps()), clients.cpu_seconds()
     t0_wall, t0 = time.time(), time.monotonic()
     version = driver.apply(round_no)
     applied = time.monotonic()
+    if not opts.eager_poll:
+        clients.wait_received(version, deadline)
     items, polls = driver.wait_acked(version, deadline, opts.poll_interval)
     observed = time.monotonic()
     last_ack = max(float(i["lastSeen"]) for i in items)
@@ -627,46 +711,73 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def run_one(n: int, client: str, opts: Options) -> RunResult:
-    """One N: a fresh service and data dir, N workloads, ``opts.rounds`` changes."""
+class RssSampler:
+    """Samples a process's RSS every few milliseconds on a thread; keeps the peak."""
+
+    def __init__(self, proc: psutil.Process, interval: float = 0.01) -> None:
+        self._proc = proc
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.peak = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, int(self._proc.memory_info().rss))
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def measure(result: RunResult, service: ServiceProcess, clients: ClientProcesses, opts: Options) -> None:
+    """Setup (idle RSS, N workloads connected), then the rounds; fills ``result`` as it goes."""
     limit = Deadline(opts.time_limit)
-    result = RunResult(n=n, client=client, procs=client_procs_for(n, opts))
-    with tempfile.TemporaryDirectory(prefix="meshlib-fanout-") as tmp:
-        service = ServiceProcess(Path(tmp) / "data")
-        clients: ClientProcesses | None = None
-        driver: Driver | None = None
-        try:
-            service.start(limit)
-            driver = Driver(service, n)
-            driver.apply(0)
-            result.rss["idle"] = driver.rss()
-            clients = ClientProcesses(service, n, result.procs, client, opts)
-            started = time.monotonic()
-            clients.start()
-            driver.wait_acked(None, limit, 0.1)
-            result.setup_seconds = time.monotonic() - started
-            result.payload_bytes = driver.snapshot_size()
-            time.sleep(0.5)
-            result.rss["connected"] = driver.rss()
-            driver.peak_rss = 0
+    service.start(limit)
+    with Driver(service, result.case.n) as driver:
+        driver.apply(0)
+        result.rss["idle"] = driver.rss()
+        started = time.monotonic()
+        clients.start()
+        driver.wait_acked(None, limit, 0.1)
+        result.setup_seconds = time.monotonic() - started
+        result.payload_bytes = driver.snapshot_size()
+        time.sleep(0.5)
+        result.rss["connected"] = driver.rss()
+        with RssSampler(service.ps()) as sampler:
             for round_no in range(1, opts.rounds + 1):
                 if not clients.alive():
                     raise RuntimeError("a client process died")
                 result.rounds.append(run_round(driver, clients, round_no, opts, limit))
                 time.sleep(opts.pause)
-            result.rss["peak"] = driver.peak_rss
-            result.rss["after"] = driver.rss()
+        result.rss["peak"] = sampler.peak
+        result.rss["after"] = driver.rss()
+
+
+def run_case(case: Case, opts: Options) -> RunResult:
+    """One case: a fresh service and data dir, N workloads, ``opts.rounds`` changes."""
+    result = RunResult(case=case, procs=client_procs_for(case.n, opts))
+    with tempfile.TemporaryDirectory(prefix="meshlib-fanout-") as tmp:
+        service = ServiceProcess(Path(tmp) / "data", force_nodelay=case.nodelay == "forced")
+        clients = ClientProcesses(service, case.n, result.procs, case.client, opts)
+        try:
+            measure(result, service, clients, opts)
         except (TimeoutError, RuntimeError, httpx.HTTPError, psutil.Error) as exc:
             result.failure = f"{type(exc).__name__}: {exc}"
-            print(f"N={n}: {result.failure}\n{service.log_tail()}", file=sys.stderr)
+            print(f"{case}: {result.failure}\n{service.log_tail()}", file=sys.stderr)
         finally:
-            if clients is not None:
-                receipts, errors = clients.collect(timeout=15)
-                result.receipts, result.errors = receipts, errors
+            try:
+                if clients.processes:
+                    result.receipts, result.errors = clients.collect(timeout=15)
+            finally:
                 clients.stop()
-            if driver is not None:
-                driver.close()
-            service.stop()
+                service.stop()
     return result
 
 
@@ -688,7 +799,9 @@ def latencies(run: RunResult, column: int) -> list[float]:
 
 
 def ms(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value * 1000:.0f}" if value >= 0.1 else f"{value * 1000:.1f}"
+    if math.isnan(value):
+        return "n/a"
+    return f"{value * 1000:.0f}" if value >= 0.1 else f"{value * 1000:.1f}"
 
 
 def spread(values: Sequence[float]) -> str:
@@ -707,20 +820,22 @@ def mib(run: RunResult, key: str) -> str:
     return f"{run.rss[key] / MiB:.1f}" if key in run.rss else "n/a"
 
 
+def case_cells(run: RunResult) -> list[str]:
+    return [str(run.case.n), run.case.client, run.case.nodelay]
+
+
 def latency_row(run: RunResult) -> str:
     rounds = f"{len(run.rounds)}" + (" (failed)" if run.failure else "")
-    expected = run.n * len(run.rounds)
     received = len(latencies(run, 2))
     cells = [
-        str(run.n),
-        run.client,
+        *case_cells(run),
         str(run.procs),
         rounds,
         spread(latencies(run, 2)),
         spread(latencies(run, 3)),
         mid_max([r.last_ack_server for r in run.rounds]),
         mid_max([r.all_acked_observed for r in run.rounds]),
-        f"{received}/{expected}",
+        f"{received}/{run.case.n * len(run.rounds)}",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -729,8 +844,7 @@ def resource_row(run: RunResult) -> str:
     polls = [p for r in run.rounds for p in r.poll_seconds]
     per_round = len(run.rounds) or 1
     cells = [
-        str(run.n),
-        run.client,
+        *case_cells(run),
         mib(run, "idle"),
         mib(run, "connected"),
         mib(run, "peak"),
@@ -754,46 +868,71 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def code_under_test() -> str:
+    """Where meshlib is imported from, and the repository's commit (dirty or not)."""
+    spec = importlib.util.find_spec("meshlib")
+    where = Path(spec.origin).parent if spec is not None and spec.origin else None
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "src"], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"meshlib from {where}"
+    local = where is not None and where.is_relative_to(repo)
+    state = " with uncommitted changes in src/" if dirty and local else ""
+    shown = where.relative_to(repo) if local and where is not None else where
+    return f"meshlib from `{shown}`; repository at commit {commit}{state}"
+
+
 def render(runs: Sequence[RunResult], opts: Options, command: str) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    polling = "from t0 (--eager-poll)" if opts.eager_poll else "once the clients report every receipt"
     lines = [
         SECTION,
         "",
         f"Command: `{command}`  ",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}  ",
-        f"Date: {when}  ",
-        f"Settings: {opts.rounds} rounds per N, decode_snapshot {'on' if opts.decode else 'off'}, "
+        f"Date: {when}; {code_under_test()}  ",
+        f"Settings: {opts.rounds} rounds per case, decode_snapshot {'on' if opts.decode else 'off'}, "
         f"workload endpoints {'on' if opts.endpoints else 'off'}, watch wait {opts.wait:g} s, "
-        f"registry poll every {opts.poll_interval * 1000:g} ms, pause between rounds {opts.pause:g} s.",
+        f"`GET /v1/workloads` polled every {opts.poll_interval * 1000:g} ms {polling}, "
+        f"pause between rounds {opts.pause:g} s.",
         "",
         "Each round applies one changed VirtualService; t0 is taken just before `POST /v1/apply`. "
         "Receive = the workload has read the whole watch response; decoded = it has also parsed and "
         "compiled it. Last ACK (server) = the latest `lastSeen` the service recorded with the ACKs of "
-        "the new version; all ACKed (poller) = first `GET /v1/workloads` showing every ACK. "
-        "Latencies in ms: receive and decoded pool every workload of every round (p50 / p99 / max); "
-        "the ACK columns are median / max over rounds.",
+        "the new version; all ACKed (poller) = the first `GET /v1/workloads` showing every ACK. "
+        "Receive and decoded pool every workload of every round (p50 / p99 / max, ms); the ACK "
+        "columns are median / max over rounds (ms). client: `raw` = minimal asyncio HTTP/1.1 client, "
+        "`httpx` = one `httpx.AsyncClient` per workload as `Watcher` does. nodelay: `as-is` = the "
+        "service unchanged; `forced` = TCP_NODELAY forced on its accepted sockets.",
         "",
-        "| N | client | client procs | rounds | apply→receive p50 / p99 / max | "
+        "| N | client | nodelay | client procs | rounds | apply→receive p50 / p99 / max | "
         "apply→decoded p50 / p99 / max | apply→last ACK (server) | apply→all ACKed (poller) | receipts |",
-        "|---:|---|---:|---:|---|---|---|---|---:|",
+        "|---:|---|---|---:|---:|---|---|---|---|---:|",
         *(latency_row(r) for r in runs),
         "",
         "Config service process: RSS in MiB idle (no workloads), connected (N watches held), peak "
-        "during the rounds and after the last fan-out; CPU ms used per round by the service and by "
-        "all client processes together; mean time of one `GET /v1/workloads`; `POST /v1/apply` "
-        "round trip (median / max, ms); snapshot size; seconds for N workloads to register and ACK "
-        "the first snapshot; client-side errors.",
+        "during the rounds (sampled every 10 ms) and after the last fan-out; CPU ms per round used by "
+        "the service and by all client processes together; mean time of one `GET /v1/workloads`; "
+        "`POST /v1/apply` round trip (median / max, ms); snapshot size; seconds for N workloads to "
+        "start, register and ACK the first snapshot; client-side errors.",
         "",
-        "| N | client | RSS idle | RSS connected | RSS peak | RSS after | service CPU ms/round | "
+        "| N | client | nodelay | RSS idle | RSS connected | RSS peak | RSS after | service CPU ms/round | "
         "clients CPU ms/round | GET /v1/workloads ms | apply ms | snapshot bytes | setup s | errors |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
         *(resource_row(r) for r in runs),
     ]
-    failures = [f"- N={r.n} {r.client}: {r.failure}" for r in runs if r.failure]
-    errors = [
-        f"- N={r.n} {r.client}: {len(r.errors)} errors, first: `{r.errors[0]}`" for r in runs if r.errors
-    ]
+    failures = [f"- {r.case}: {r.failure}" for r in runs if r.failure]
+    errors = [f"- {r.case}: {len(r.errors)} errors, first: `{r.errors[0]}`" for r in runs if r.errors]
     if failures or errors:
         lines += ["", "Problems:", *failures, *errors]
     return "\n".join(lines) + "\n"
@@ -830,17 +969,19 @@ def on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # run the finally blocks that stop our processes
 
 
+def cases(opts: Options) -> list[Case]:
+    return [Case(n, c, d) for c in opts.clients for d in opts.nodelay for n in opts.workloads]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     signal.signal(signal.SIGTERM, on_sigterm)
     command = command_line()
     runs: list[RunResult] = []
-    for client in opts.clients:
-        for n in opts.workloads:
-            print(f"N={n} client={client}: running", flush=True)
-            run = run_one(n, client, opts)
-            runs.append(run)
-            print(latency_row(run), flush=True)
+    for case in cases(opts):
+        print(f"{case}: running", flush=True)
+        runs.append(run_case(case, opts))
+        print(latency_row(runs[-1]), flush=True)
     section = render(runs, opts, command)
     print("\n" + section)
     if opts.results is not None:

@@ -41,12 +41,18 @@ class Endpoint:
     host: str
     address: str
     port: int
-    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False)
     protocol: str = "http"
     ready: bool = True
     weight: int = 1
     source: str = ""  # workload id, or "ServiceEntry ns/name"
     identity: str | None = None  # SPIFFE ID of a mesh workload; None for external endpoints
+    service_port: int | None = None  # the ServiceEntry port this endpoint serves, if any
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What outlier detection and load counts follow across snapshots."""
+        return (self.address, self.port)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(self.labels.get(k) == v for k, v in labels.items())
@@ -293,6 +299,7 @@ def _entry_endpoints(entry: ServiceEntry, fqdn: str) -> list[Endpoint]:
                 port=p.target_port or p.number,
                 protocol=_protocol(p.protocol),
                 source=f"ServiceEntry {entry.namespace}/{entry.name}",
+                service_port=p.number,
             )
             for p in spec.ports
         ]
@@ -309,6 +316,7 @@ def _entry_endpoints(entry: ServiceEntry, fqdn: str) -> list[Endpoint]:
                     protocol=_protocol(port.protocol),
                     weight=item.weight or 1,
                     source=f"ServiceEntry {entry.namespace}/{entry.name}",
+                    service_port=port.number,
                 )
             )
     return out

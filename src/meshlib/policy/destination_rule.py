@@ -36,11 +36,16 @@ class HTTPCookie(MeshModel):
 
 
 class RingHash(MeshModel):
-    minimum_ring_size: int | None = Field(default=None, ge=0)
+    minimum_ring_size: int | None = Field(default=None, ge=0, le=8_388_608)  # Envoy's maximum ring
 
 
 class MagLev(MeshModel):
-    table_size: int | None = Field(default=None, ge=0)
+    table_size: int | None = Field(default=None, ge=0, le=5_000_011)  # Envoy's limit
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        size = self.table_size
+        if size and (size < 2 or any(size % d == 0 for d in range(2, int(size**0.5) + 1))):
+            yield ("tableSize",), f"{size} is not a prime number (Maglev needs one, e.g. 65537)"
 
 
 class ConsistentHashLB(MeshModel):

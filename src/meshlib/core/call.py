@@ -1,0 +1,41 @@
+"""The protocol-neutral view of one request, as the router and policies see it.
+
+Adapters (httpx, ASGI, WSGI, gRPC) fill it in; the core never touches a socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+__all__ = ["Call"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One request. ``header`` looks a header up by lower-case name (None when absent)."""
+
+    method: str
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+    query: str
+    header: Callable[[str], str | None]
+    authority: str = ""
+    protocol: str = "http"  # or "grpc"
+    _query_params: Mapping[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def query_params(self) -> Mapping[str, str]:
+        """Query parameters (first value wins), parsed only when a route asks for them."""
+        if self._query_params is None:
+            params: dict[str, str] = {}
+            for key, value in parse_qsl(self.query, keep_blank_values=True):
+                params.setdefault(key, value)
+            self._query_params = params
+        return self._query_params
+
+    def has_query_param(self, name: str) -> bool:
+        return name in self.query_params

@@ -1,0 +1,247 @@
+"""The default client stack: what happens to every outbound request, in order.
+
+Read top to bottom, outermost first; each line says why a filter sits where it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..policy.destination_rule import ConsistentHashLB
+from .balancer import hash_key_for
+from .call import Call
+from .exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
+from .flags import DI, FI, NR, UF, UH, UO, URX, UT
+from .outlier import Outcome as Health
+from .outlier import outcome_for_status
+from .retry_policy import Failure
+from .stack import Flow, Next, Stack
+
+__all__ = ["default_client_stack"]
+
+ClientFlow = Flow[Reply]
+ClientNext = Next[Exchange, Reply]
+
+
+def route(ex: Exchange, next: ClientNext) -> ClientFlow:
+    """VirtualService: the first matching route, then a weighted target; or a redirect."""
+    host_routes = ex.plane.routes.get(ex.fqdn)
+    chosen = ex.plane.default_route(ex.fqdn) if host_routes is None else host_routes.match(ex.call)
+    if chosen is None:
+        ex.flags.append(NR)
+        return Reply(
+            error=NR,
+            message=f"no route of the VirtualService for {ex.fqdn} matches {ex.call.method} {ex.call.path}",
+        )
+    ex.route = chosen
+    if chosen.redirect is not None:
+        return Reply(synthetic=_redirect(ex.call, chosen.redirect))
+    if chosen.direct_response is not None:
+        body = chosen.direct_response.body
+        text = (body.string or "").encode() if body is not None else b""
+        return Reply(synthetic=Synthetic(chosen.direct_response.status, body=text))
+    ex.target = chosen.pick(ex.rng)
+    return (yield from next(ex))
+
+
+def fault(ex: Exchange, next: ClientNext) -> ClientFlow:
+    """Fault injection: before mirroring and retries, as Envoy's fault filter sits before the router."""
+    spec = ex.route.fault if ex.route is not None else None
+    if spec is not None:
+        if spec.delay is not None and ex.rng.random() < spec.delay_fraction:
+            ex.flags.append(DI)
+            yield Sleep(spec.delay)
+        if (
+            spec.abort_status is not None or spec.abort_grpc is not None
+        ) and ex.rng.random() < spec.abort_fraction:
+            ex.flags.append(FI)
+            return Reply(
+                synthetic=Synthetic(
+                    spec.abort_status or 200, body=b"fault filter abort", grpc_status=spec.abort_grpc
+                )
+            )
+    return (yield from next(ex))
+
+
+def mirror(ex: Exchange, next: ClientNext) -> ClientFlow:
+    """Mirroring: fire-and-forget copies; the adapter never waits for them."""
+    if ex.route is not None:
+        for target, share in ex.route.mirrors:
+            if share >= 1.0 or ex.rng.random() < share:
+                state = ex.clusters.get(ex.plane.cluster(target, ex.call.port))
+                endpoint = state.pick(None) if state.cluster.endpoints else None
+                if endpoint is not None or not state.cluster.known:
+                    yield Mirror(endpoint, target)
+    return (yield from next(ex))
+
+
+def timeout(ex: Exchange, next: ClientNext) -> ClientFlow:
+    """The route timeout, bounded by the inbound deadline; it covers every retry."""
+    limit = ex.route.timeout if ex.route is not None else None
+    if limit:
+        candidate = ex.started + limit
+        if ex.deadline is None or candidate < ex.deadline:
+            ex.deadline = candidate
+    if ex.deadline is not None and ex.clock() >= ex.deadline:
+        ex.flags.append(UT)
+        return Reply(error=UT, message=f"deadline for {ex.fqdn} passed before the request was sent")
+    return (yield from next(ex))
+
+
+def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
+    """Retries: inside the timeout (which bounds them all), outside the upstream filter, so
+    each attempt picks its endpoint afresh and is admitted by the pool limits on its own."""
+    assert ex.route is not None
+    assert ex.target is not None
+    policy = ex.route.retry
+    state = ex.state = ex.clusters.get(ex.plane.cluster(ex.target, ex.call.port))
+    budget = state.budget
+    if budget is not None:
+        budget.deposit()
+    retries = 0
+    while True:
+        reply = yield from next(ex)
+        outcome = reply.outcome
+        if outcome is None:
+            return reply  # UH, UO: local decisions, not retried (as Envoy)
+        if outcome.failure is not None:
+            retriable = policy.retriable_failure(outcome.failure)
+        elif outcome.grpc_status is not None and outcome.grpc_status != "OK":
+            retriable = policy.retriable_grpc(outcome.grpc_status)
+        else:
+            retriable = outcome.status is not None and policy.retriable_status(outcome.status)
+        if not retriable:
+            return reply
+        if ex.deadline is not None and ex.clock() >= ex.deadline:
+            if outcome.failure is Failure.TIMEOUT:
+                ex.flags.append(UT)
+                return Reply(error=UT, message=f"{ex.fqdn} did not answer within the route timeout")
+            return reply
+        if not policy.may_resend(ex.call.method, outcome.failure, ex.idempotency_key):
+            return reply
+        if retries >= policy.attempts:
+            if policy.attempts:
+                ex.flags.append(URX)
+            return reply
+        if (budget is not None and not budget.try_withdraw()) or not state.admit_retry():
+            ex.flags.append(URX)
+            return reply
+        try:
+            retries += 1
+            pause = policy.backoff(retries, ex.rng)
+            if ex.deadline is not None:
+                pause = min(pause, max(0.0, ex.deadline - ex.clock()))
+            if pause > 0:
+                yield Sleep(pause)
+        finally:
+            state.release_retry()
+
+
+def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
+    """One attempt: pick a healthy endpoint, take a pool slot, send, and feed outlier detection."""
+    state = ex.state
+    assert state is not None
+    assert ex.target is not None
+    cluster = state.cluster
+    endpoint = None
+    if cluster.endpoints:
+        lb = cluster.policy.load_balancer
+        hash_key = _hash_key(ex, lb.consistent_hash) if lb is not None and lb.consistent_hash else None
+        endpoint = state.pick(hash_key, ex.tried if hash_key is None else ())
+        if endpoint is None:
+            ex.flags.append(UH)
+            return Reply(error=UH, message=f"no healthy endpoint for {_name(cluster.host, cluster.subset)}")
+    elif cluster.known:
+        ex.flags.append(UH)
+        return Reply(error=UH, message=f"no endpoints for {_name(cluster.host, cluster.subset)}")
+    if not state.admit(endpoint):
+        ex.flags.append(UO)
+        return Reply(error=UO, message=f"connection pool of {_name(cluster.host, cluster.subset)} is full")
+    ex.attempts += 1
+    ex.endpoint = endpoint
+    if endpoint is not None:
+        ex.tried.append(endpoint)
+    per_try = ex.route.retry.per_try_timeout if ex.route is not None else None
+    limit = per_try
+    if ex.deadline is not None:
+        remaining = max(0.0, ex.deadline - ex.clock())
+        limit = remaining if limit is None else min(limit, remaining)
+    try:
+        outcome: Outcome = yield Send(endpoint, ex.target, limit)
+    finally:
+        state.release(endpoint)
+    if outcome.failure is not None:
+        if outcome.failure is Failure.CONNECT:
+            ex.flags.append(UF)
+        state.record(endpoint, Health.LOCAL_ORIGIN_FAILURE)
+    elif outcome.status is not None:
+        state.record(endpoint, outcome_for_status(outcome.status))
+    return Reply(outcome=outcome)
+
+
+class _Headers(Mapping[str, str]):
+    """The call's headers as the Mapping hash_key_for reads (lookups only)."""
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def __getitem__(self, name: str) -> str:
+        value = self._call.header(name.lower())
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def get(self, name: str, default: object = None) -> Any:
+        value = self._call.header(name.lower())
+        return default if value is None else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _hash_key(ex: Exchange, settings: ConsistentHashLB) -> bytes | None:
+    call = ex.call
+    cookies: dict[str, str] = {}
+    if settings.http_cookie is not None:
+        for part in (call.header("cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            cookies.setdefault(name, value)
+    query = call.query_params if settings.http_query_parameter_name is not None else {}
+    return hash_key_for(settings, _Headers(call), cookies, query, ex.source)
+
+
+def _name(host: str, subset: str | None) -> str:
+    return host if subset is None else f"{host} subset {subset}"
+
+
+def _redirect(call: Call, spec: object) -> Synthetic:
+    from ..policy.virtual_service import HTTPRedirect
+
+    assert isinstance(spec, HTTPRedirect)
+    scheme = spec.scheme or call.scheme
+    authority = spec.authority or call.host
+    port = spec.port
+    if spec.derive_port == "FROM_REQUEST_PORT":
+        port = call.port
+    path = spec.uri if spec.uri is not None else call.path
+    netloc = authority if port is None else f"{authority}:{port}"
+    location = f"{scheme}://{netloc}{path}" + (f"?{call.query}" if call.query and spec.uri is None else "")
+    return Synthetic(spec.redirect_code, headers=(("location", location),))
+
+
+def default_client_stack() -> Stack[Exchange, Reply]:
+    """Outermost first. Telemetry wraps this from the adapter, seeing every flag set here."""
+    return Stack(
+        [
+            ("route", route),  # decides everything below: timeout, retries, faults, mirrors
+            ("fault", fault),  # Istio: faults apply before retries and are not retried
+            ("mirror", mirror),  # copies go out once per request, not once per retry
+            ("timeout", timeout),  # one deadline for the whole request, retries included
+            ("retry", retry),  # re-runs everything below for each attempt
+            ("upstream", upstream),  # per attempt: endpoint choice, pool limits, outlier accounting
+        ]
+    )

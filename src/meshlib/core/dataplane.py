@@ -1,0 +1,306 @@
+"""The data plane's view of one snapshot for one workload: compiled routes and clusters.
+
+Built once per snapshot, off the request path; a request takes the DataPlane once and
+uses it throughout. Routes that cannot apply to this caller (other gateways, other
+``sourceLabels`` or ``sourceNamespace``) are dropped here, so the request path only
+evaluates what it can match at run time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..policy.destination_rule import TrafficPolicy
+from ..policy.virtual_service import (
+    Destination,
+    FaultAbort,
+    FaultDelay,
+    HeaderOperations,
+    Headers,
+    HTTPDirectResponse,
+    HTTPRedirect,
+    HTTPRewrite,
+    HTTPRoute,
+)
+from .call import Call
+from .hosts import normalize_host
+from .matching import Predicate, compile_matches
+from .retry_policy import RetryPolicy, compile_retry_policy
+from .snapshot import Endpoint, Snapshot
+
+__all__ = ["Cluster", "DataPlane", "HeaderOps", "HostRoutes", "Route", "Target"]
+
+NON_IDEMPOTENT_ANNOTATION = "retry.meshlib.io/non-idempotent"
+Family = Literal["http", "grpc"]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """set / add / remove, names lower-cased, ready to apply to a header map."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    @staticmethod
+    def build(*sources: HeaderOperations | None) -> HeaderOps | None:
+        ops = [s for s in sources if s is not None]
+        if not ops:
+            return None
+        return HeaderOps(
+            set=tuple((k.lower(), v) for o in ops for k, v in o.set.items()),
+            add=tuple((k.lower(), v) for o in ops for k, v in o.add.items()),
+            remove=tuple(k.lower() for o in ops for k in o.remove),
+        )
+
+
+def _ops(headers: Headers | None, which: str) -> HeaderOperations | None:
+    return getattr(headers, which) if headers is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One weighted destination of a route."""
+
+    host: str
+    subset: str | None
+    port: int | None
+    weight: int
+    request_ops: HeaderOps | None = None
+    response_ops: HeaderOps | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    delay: float | None
+    delay_fraction: float
+    abort_status: int | None
+    abort_grpc: str | None
+    abort_fraction: float
+
+    @staticmethod
+    def build(delay: FaultDelay | None, abort: FaultAbort | None) -> Fault:
+        def fraction(percentage: object, percent: int | None) -> float:
+            value = getattr(percentage, "value", None)
+            if value is not None:
+                return float(value) / 100.0
+            return (percent or 0) / 100.0  # Istio: no percentage means no request
+
+        return Fault(
+            delay=delay.fixed_delay if delay is not None else None,
+            delay_fraction=fraction(delay.percentage, delay.percent) if delay is not None else 0.0,
+            abort_status=abort.http_status if abort is not None else None,
+            abort_grpc=abort.grpc_status if abort is not None else None,
+            abort_fraction=fraction(abort.percentage, None) if abort is not None else 0.0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One HTTPRoute, compiled: matching, weighted targets and everything applied on the way."""
+
+    name: str
+    matches: Predicate
+    targets: tuple[Target, ...]
+    cumulative: tuple[int, ...]
+    retry: RetryPolicy
+    timeout: float | None = None
+    fault: Fault | None = None
+    mirrors: tuple[tuple[Target, float], ...] = ()
+    redirect: HTTPRedirect | None = None
+    direct_response: HTTPDirectResponse | None = None
+    rewrite: HTTPRewrite | None = None
+    prefixes: tuple[str, ...] = ()  # uri prefixes of the match blocks, for prefix rewrites
+    request_ops: HeaderOps | None = None
+    response_ops: HeaderOps | None = None
+
+    def pick(self, rng: random.Random) -> Target:
+        """A target by weight (one target: always it)."""
+        if len(self.targets) == 1:
+            return self.targets[0]
+        point = rng.random() * self.cumulative[-1]
+        return self.targets[bisect.bisect_right(self.cumulative, point)]
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoutes:
+    """The ordered routes of the VirtualService that owns a host; the first match wins."""
+
+    host: str
+    routes: tuple[Route, ...]
+
+    def match(self, call: Call) -> Route | None:
+        for route in self.routes:
+            if route.matches(call):
+                return route
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """Where one (host, subset, port) leads: its endpoints and its traffic policy."""
+
+    host: str
+    subset: str | None
+    port: int | None
+    endpoints: tuple[Endpoint, ...]
+    policy: TrafficPolicy
+    known: bool  # a mesh host (registry, ServiceEntry or DestinationRule) rather than plain DNS
+
+    @property
+    def key(self) -> tuple[str, str | None, int | None]:
+        return (self.host, self.subset, self.port)
+
+
+def _always(_: Call) -> bool:
+    return True
+
+
+@dataclass
+class DataPlane:
+    """Routes and clusters of one snapshot as seen by one workload (namespace + labels)."""
+
+    snapshot: Snapshot
+    namespace: str
+    labels: Mapping[str, str]
+    family: Family = "http"
+    routes: dict[str, HostRoutes] = field(default_factory=dict)
+    _resolved: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _defaults: dict[str, Route] = field(default_factory=dict, repr=False)
+    _clusters: dict[tuple[str, str | None, int | None], Cluster] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls, snapshot: Snapshot, namespace: str, labels: Mapping[str, str], family: Family = "http"
+    ) -> DataPlane:
+        plane = cls(snapshot, namespace, dict(labels), family)
+        for host, vs in snapshot.virtual_services.items():
+            if vs.spec.gateways and "mesh" not in vs.spec.gateways:
+                continue  # bound to gateways only, not to sidecars
+            non_idempotent = vs.metadata.annotations.get(NON_IDEMPOTENT_ANNOTATION, "").lower() == "true"
+            routes = tuple(
+                r
+                for i, spec in enumerate(vs.spec.http)
+                if (r := _compile_route(spec, i, vs.namespace, namespace, labels, non_idempotent)) is not None
+            )
+            plane.routes[host] = HostRoutes(host, routes)
+        return plane
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.version
+
+    def resolve(self, host: str) -> str | None:
+        """The mesh host a requested host names, or None: not a mesh host, pass it through."""
+        try:
+            return self._resolved[host]
+        except KeyError:
+            pass
+        found = self.snapshot.resolve_host(host, self.namespace)
+        if len(self._resolved) < 10_000:  # hosts come from callers; keep the cache bounded
+            self._resolved[host] = found
+        return found
+
+    def default_route(self, fqdn: str) -> Route:
+        """A host without a VirtualService: straight to itself, with Istio's default retries."""
+        route = self._defaults.get(fqdn)
+        if route is None:
+            target = Target(fqdn, None, None, 100)
+            route = self._defaults[fqdn] = Route(
+                name="default",
+                matches=_always,
+                targets=(target,),
+                cumulative=(100,),
+                retry=compile_retry_policy(None),
+            )
+        return route
+
+    def cluster(self, target: Target, request_port: int | None = None) -> Cluster:
+        port = target.port or request_port
+        key = (target.host, target.subset, port)
+        found = self._clusters.get(key)
+        if found is None:
+            found = self._clusters[key] = self._build_cluster(target.host, target.subset, port)
+        return found
+
+    def _build_cluster(self, host: str, subset: str | None, port: int | None) -> Cluster:
+        snap = self.snapshot
+        wanted = ("grpc",) if self.family == "grpc" else ("http", "https")
+        endpoints = tuple(
+            e
+            for e in snap.endpoints(host, subset)
+            if e.ready and e.protocol in wanted and (port is None or e.service_port in (None, port))
+        )
+        policy = snap.traffic_policy(host, subset, port) or TrafficPolicy()
+        known = (
+            host in snap.endpoints_by_host or host in snap.service_entries or host in snap.destination_rules
+        )
+        return Cluster(host, subset, port, endpoints, policy, known)
+
+
+def _target(dest: Destination, weight: int, headers: Headers | None, vs_namespace: str) -> Target:
+    return Target(
+        host=normalize_host(dest.host, vs_namespace),
+        subset=dest.subset,
+        port=dest.port.number if dest.port is not None else None,
+        weight=weight,
+        request_ops=HeaderOps.build(_ops(headers, "request")),
+        response_ops=HeaderOps.build(_ops(headers, "response")),
+    )
+
+
+def _compile_route(
+    spec: HTTPRoute,
+    index: int,
+    vs_namespace: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    non_idempotent: bool,
+) -> Route | None:
+    matches = compile_matches(spec.match, namespace, labels)
+    if matches is None:
+        return None
+    single = len(spec.route) == 1
+    targets = tuple(
+        _target(d.destination, 100 if single else d.weight, d.headers, vs_namespace) for d in spec.route
+    )
+    cumulative: list[int] = []
+    running = 0
+    for t in targets:
+        running += t.weight
+        cumulative.append(running)
+    mirrors: list[tuple[Target, float]] = []
+    if spec.mirror is not None:
+        share = (
+            spec.mirror_percentage.value
+            if spec.mirror_percentage is not None
+            else (spec.mirror_percent if spec.mirror_percent is not None else 100.0)
+        )
+        mirrors.append((_target(spec.mirror, 100, None, vs_namespace), share / 100.0))
+    for mirror in spec.mirrors:
+        share = mirror.percentage.value if mirror.percentage is not None else 100.0
+        mirrors.append((_target(mirror.destination, 100, None, vs_namespace), share / 100.0))
+    fault = Fault.build(spec.fault.delay, spec.fault.abort) if spec.fault is not None else None
+    return Route(
+        name=spec.name or f"route-{index}",
+        matches=matches,
+        targets=targets,
+        cumulative=tuple(cumulative),
+        # Istio: with a fault on the route, retries and timeouts are off.
+        retry=compile_retry_policy(spec.retries, non_idempotent=non_idempotent)
+        if fault is None
+        else RetryPolicy(attempts=0),
+        timeout=(spec.timeout or None) if fault is None else None,
+        fault=fault,
+        mirrors=tuple(mirrors),
+        redirect=spec.redirect,
+        direct_response=spec.direct_response,
+        rewrite=spec.rewrite,
+        prefixes=tuple(m.uri.prefix for m in spec.match if m.uri is not None and m.uri.prefix is not None),
+        request_ops=HeaderOps.build(_ops(spec.headers, "request")),
+        response_ops=HeaderOps.build(_ops(spec.headers, "response")),
+    )

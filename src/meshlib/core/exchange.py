@@ -1,0 +1,92 @@
+"""The per-request state that flows through the client stack, and the actions it yields."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .call import Call
+from .cluster_state import Clusters, ClusterState
+from .dataplane import DataPlane, Route, Target
+from .retry_policy import Failure
+from .snapshot import Endpoint
+
+__all__ = ["Exchange", "Mirror", "Outcome", "Reply", "Send", "Sleep", "Synthetic"]
+
+
+@dataclass(slots=True)
+class Send:
+    """Action: send one attempt to ``endpoint`` (None: to the requested host as it is)."""
+
+    endpoint: Endpoint | None
+    target: Target
+    timeout: float | None
+
+
+@dataclass(slots=True)
+class Sleep:
+    """Action: wait (fault delay, retry back-off)."""
+
+    seconds: float
+
+
+@dataclass(slots=True)
+class Mirror:
+    """Action: send a copy to ``endpoint`` in the background; never wait for it."""
+
+    endpoint: Endpoint | None
+    target: Target
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the adapter reports back for a Send: a status, or a failure and its error."""
+
+    status: int | None = None
+    failure: Failure | None = None
+    error: BaseException | None = None
+    response: Any = None
+    grpc_status: str | None = None
+
+
+@dataclass(slots=True)
+class Synthetic:
+    """A response the mesh makes itself: redirect, direct response, fault abort."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    grpc_status: str | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    """How the stack ended: an upstream outcome, a synthetic response, or a mesh error."""
+
+    outcome: Outcome | None = None
+    synthetic: Synthetic | None = None
+    error: str | None = None  # a response flag naming the mesh failure (UH, UO, NR, UT, URX)
+    message: str = ""
+
+
+@dataclass(slots=True)
+class Exchange:
+    call: Call
+    plane: DataPlane
+    clusters: Clusters
+    rng: random.Random
+    clock: Callable[[], float]
+    fqdn: str
+    source: str = ""  # this workload, for consistentHash useSourceIp
+    route: Route | None = None
+    target: Target | None = None
+    state: ClusterState | None = None
+    deadline: float | None = None
+    started: float = 0.0
+    attempts: int = 0
+    endpoint: Endpoint | None = None
+    tried: list[Endpoint] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    idempotency_key: bool = False

@@ -1,0 +1,17 @@
+"""Envoy response flags, recorded per request for access logs and metrics."""
+
+from __future__ import annotations
+
+__all__ = ["DI", "FI", "NR", "RL", "UAEX", "UC", "UF", "UH", "UO", "URX", "UT"]
+
+UH = "UH"  # no healthy upstream endpoint
+UF = "UF"  # upstream connection failure
+UO = "UO"  # upstream overflow: connection pool limits (circuit breaking)
+URX = "URX"  # retries exhausted: attempt limit or retry budget reached
+NR = "NR"  # no route matched
+DI = "DI"  # request delayed by fault injection
+FI = "FI"  # request aborted by fault injection
+UT = "UT"  # upstream request timeout
+UC = "UC"  # upstream connection terminated (reset after the request was sent)
+RL = "RL"  # rate limited locally
+UAEX = "UAEX"  # refused by an authorization decision

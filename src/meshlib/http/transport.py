@@ -1,0 +1,185 @@
+"""``MeshTransport`` and ``AsyncMeshTransport``: httpx transports that route through the mesh.
+
+A request to a host the mesh does not know passes through to the inner transport
+untouched. A mesh request runs the client stack; these drivers perform its actions:
+``Send`` (one attempt through the inner transport, body read so the connection is
+free and the timeout covers it), ``Sleep`` and ``Mirror`` (a copy sent in the
+background, never awaited, dropped when too many are already on their way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+
+from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
+from .adapter import HttpAdapter
+
+if TYPE_CHECKING:
+    from ..mesh import Mesh
+
+__all__ = ["AsyncMeshTransport", "MeshTransport"]
+
+MAX_MIRRORS_IN_FLIGHT = 64
+
+
+class MeshTransport(httpx.BaseTransport):
+    """For ``httpx.Client``: ``httpx.Client(transport=mesh.transport())``."""
+
+    def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
+        self._adapter = HttpAdapter(mesh)
+        self._inner = inner or httpx.HTTPTransport(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        )
+        self._mirrors: concurrent.futures.ThreadPoolExecutor | None = None
+        self._mirroring = 0
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        adapter = self._adapter
+        plane = adapter.plane()
+        fqdn = plane.resolve(request.url.host)
+        if fqdn is None:
+            return self._inner.handle_request(request)
+        ex = adapter.exchange(request, plane, fqdn)
+        flow = adapter.stack(ex)
+        value: Any = None
+        try:
+            while True:
+                action = flow.send(value)
+                if isinstance(action, Send):
+                    value = self._send(request, ex, action)
+                elif isinstance(action, Sleep):
+                    time.sleep(action.seconds)
+                    value = None
+                elif isinstance(action, Mirror):
+                    self._mirror(request, ex, action)
+                    value = None
+                else:  # pragma: no cover - a filter yielded something no driver knows
+                    raise TypeError(f"unknown action {action!r}")
+        except StopIteration as done:
+            reply: Reply = done.value
+        return adapter.finish(request, ex, reply)
+
+    def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
+        upstream = self._adapter.upstream_request(request, ex, send)
+        try:
+            response = self._inner.handle_request(upstream)
+            try:
+                response.read()
+            finally:
+                response.close()
+        except httpx.TransportError as error:
+            return self._adapter.failed(error)
+        return self._adapter.outcome(response)
+
+    def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
+        if not isinstance(request.stream, httpx.ByteStream):
+            return  # a streamed body can be read once only: it belongs to the real request
+        with self._lock:
+            if self._mirroring >= MAX_MIRRORS_IN_FLIGHT:
+                return
+            self._mirroring += 1
+            if self._mirrors is None:
+                self._mirrors = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="meshlib-mirror")
+        copy = self._adapter.upstream_request(request, ex, mirror, mirror=True)
+        self._mirrors.submit(self._send_mirror, copy)
+
+    def _send_mirror(self, copy: httpx.Request) -> None:
+        try:
+            response = self._inner.handle_request(copy)
+            try:
+                response.read()
+            finally:
+                response.close()
+        except Exception:  # noqa: S110 - a mirror's fate never reaches the caller
+            pass
+        finally:
+            with self._lock:
+                self._mirroring -= 1
+
+    def close(self) -> None:
+        if self._mirrors is not None:
+            self._mirrors.shutdown(wait=False, cancel_futures=True)
+        self._inner.close()
+
+
+class AsyncMeshTransport(httpx.AsyncBaseTransport):
+    """For ``httpx.AsyncClient``: ``httpx.AsyncClient(transport=mesh.async_transport())``."""
+
+    def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._adapter = HttpAdapter(mesh)
+        self._inner = inner or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        )
+        self._mirrors: set[asyncio.Task[None]] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        adapter = self._adapter
+        plane = adapter.plane()
+        fqdn = plane.resolve(request.url.host)
+        if fqdn is None:
+            return await self._inner.handle_async_request(request)
+        ex = adapter.exchange(request, plane, fqdn)
+        flow = adapter.stack(ex)
+        value: Any = None
+        try:
+            while True:
+                action = flow.send(value)
+                if isinstance(action, Send):
+                    value = await self._send(request, ex, action)
+                elif isinstance(action, Sleep):
+                    await anyio.sleep(action.seconds)
+                    value = None
+                elif isinstance(action, Mirror):
+                    self._mirror(request, ex, action)
+                    value = None
+                else:  # pragma: no cover
+                    raise TypeError(f"unknown action {action!r}")
+        except StopIteration as done:
+            reply: Reply = done.value
+        return adapter.finish(request, ex, reply)
+
+    async def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
+        upstream = self._adapter.upstream_request(request, ex, send)
+        try:
+            if send.timeout is None:
+                response = await self._roundtrip(upstream)
+            else:
+                with anyio.fail_after(send.timeout):  # the whole attempt, not each read
+                    response = await self._roundtrip(upstream)
+        except (httpx.TransportError, TimeoutError) as error:
+            return self._adapter.failed(error)
+        return self._adapter.outcome(response)
+
+    async def _roundtrip(self, upstream: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(upstream)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
+        if not isinstance(request.stream, httpx.ByteStream) or len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
+            return
+        copy = self._adapter.upstream_request(request, ex, mirror, mirror=True)
+        task = asyncio.get_running_loop().create_task(self._send_mirror(copy))
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
+    async def _send_mirror(self, copy: httpx.Request) -> None:
+        with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
+            await self._roundtrip(copy)
+
+    async def aclose(self) -> None:
+        for task in list(self._mirrors):
+            task.cancel()
+        await self._inner.aclose()

@@ -1,0 +1,144 @@
+"""Routing through real uvicorn backends: weights, header rules, rewrites, redirects, errors."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from meshlib.http.errors import NoHealthyUpstreamError, NoRouteError
+from tests.http.conftest import SUBSETS, Endpoints, backend_of, run_requests, service_entry
+
+MODES = ["sync", "async"]
+
+
+def vs(http: str) -> str:
+    return f"""\
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+{http}"""
+
+
+CANARY = vs("""\
+  - match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+""")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_weighted_split_is_80_20_within_3_points(backends: Endpoints, make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]
+    mesh = make_mesh(service_entry(backends) + SUBSETS + CANARY)
+    responses = run_requests(mesh, mode, 2000)
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in responses)
+    v2 = sum(backend_of(r).startswith("v2") for r in responses if isinstance(r, httpx.Response))
+    assert abs(v2 / 2000 * 100 - 20) <= 3, f"v2 got {v2 / 20:.1f}%"
+    # v1's share spreads over both v1 replicas
+    assert backends["v1-a"][0].hits > 400
+    assert backends["v1-b"][0].hits > 400
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_header_rule_routes_every_request(backends: Endpoints, make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]
+    mesh = make_mesh(service_entry(backends) + SUBSETS + CANARY)
+    jason = run_requests(mesh, mode, 200, headers={"end-user": "jason"})
+    assert {backend_of(r) for r in jason if isinstance(r, httpx.Response)} == {"v2-a"}
+    assert len(jason) == 200
+    others = run_requests(mesh, mode, 200, headers={"end-user": "maria"})
+    assert all(isinstance(r, httpx.Response) for r in others)
+
+
+def test_the_upstream_sees_the_original_host_and_path(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = make_mesh(service_entry(backends) + SUBSETS + CANARY)
+    with mesh.http_client() as client:
+        response = client.get("http://reviews/api/items?page=2", headers={"end-user": "jason"})
+    assert response.json() == {"name": "v2-a", "path": "/api/items"}
+    method, path, headers = backends["v2-a"][0].seen[-1]
+    assert (method, path, headers["host"]) == ("GET", "/api/items?page=2", "reviews")
+
+
+def test_short_fqdn_and_namespaced_hosts_reach_the_same_service(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = make_mesh(service_entry(backends) + SUBSETS + CANARY)
+    with mesh.http_client() as client:
+        for host in ("reviews", "reviews.default", "reviews.default.svc.cluster.local", "REVIEWS"):
+            assert client.get(f"http://{host}/", headers={"end-user": "jason"}).headers["x-backend"] == "v2-a"
+
+
+def test_a_host_outside_the_mesh_passes_through(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = make_mesh(service_entry(backends) + SUBSETS + CANARY)
+    port = backends["v1-a"][1]
+    with mesh.http_client() as client:
+        assert client.get(f"http://127.0.0.1:{port}/direct").json()["path"] == "/direct"
+    assert mesh.metrics.requests_total() == 0, "pass-through traffic is not mesh traffic"
+
+
+def test_no_matching_route_is_a_no_route_error(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    only_jason = vs("""\
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route:
+    - destination: {host: reviews, subset: v2}
+""")
+    mesh = make_mesh(service_entry(backends) + SUBSETS + only_jason)
+    with (
+        mesh.http_client() as client,
+        pytest.raises(NoRouteError, match=r"no route .* matches GET /x") as caught,
+    ):
+        client.get("http://reviews/x")
+    assert isinstance(caught.value, httpx.RequestError)
+    assert mesh.metrics.requests_total(flags="NR") == 1
+
+
+def test_a_subset_without_endpoints_is_no_healthy_upstream(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    to_v3 = vs("""\
+  - route:
+    - destination: {host: reviews, subset: v3}
+""")
+    subsets = SUBSETS + "  - {name: v3, labels: {version: v3}}\n"
+    mesh = make_mesh(service_entry(backends) + subsets + to_v3)
+    with mesh.http_client() as client, pytest.raises(NoHealthyUpstreamError, match="subset v3") as caught:
+        client.get("http://reviews/")
+    assert isinstance(caught.value, httpx.ConnectError)
+
+
+def test_rewrite_redirect_direct_response_and_header_edits(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    rules = vs("""\
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 308}
+  - match: [{uri: {exact: /health}}]
+    directResponse: {status: 204}
+  - match: [{uri: {prefix: /v1/}}]
+    rewrite: {uri: /api/v1/, authority: reviews.internal}
+    headers:
+      request: {set: {x-mesh: "yes"}, remove: [x-secret]}
+      response: {add: {x-served-by: mesh}}
+    route:
+    - destination: {host: reviews, subset: v2}
+      headers: {request: {add: {x-subset: v2}}}
+""")
+    mesh = make_mesh(service_entry(backends) + SUBSETS + rules)
+    with mesh.http_client() as client:
+        redirect = client.get("http://reviews/old/page?q=1")
+        assert (redirect.status_code, redirect.headers["location"]) == (308, "http://reviews/new")
+        assert client.get("http://reviews/health").status_code == 204
+        response = client.get("http://reviews/v1/items", headers={"x-secret": "s3cret"})
+    assert response.json()["path"] == "/api/v1/items"
+    assert response.headers["x-served-by"] == "mesh"
+    _, path, headers = backends["v2-a"][0].seen[-1]
+    assert (path, headers["host"], headers["x-mesh"], headers["x-subset"]) == (
+        "/api/v1/items",
+        "reviews.internal",
+        "yes",
+        "v2",
+    )
+    assert "x-secret" not in headers

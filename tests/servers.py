@@ -1,0 +1,84 @@
+"""Real servers for tests: any ASGI app under uvicorn on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from meshlib.controlplane.server import bind
+
+Scope = dict[str, Any]
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[int]:
+    """Run ``app`` with uvicorn on 127.0.0.1:<free port> in a thread; yield the port."""
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="error", lifespan="off", timeout_graceful_shutdown=1, backlog=2048)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@dataclass
+class Backend:
+    """A tiny HTTP service whose behaviour tests change on the fly.
+
+    Answers ``{"name": ..., "path": ..., "headers": ...}``; ``status`` forces a status,
+    ``fail_rate`` answers 503 to that share of requests, ``delay`` waits first.
+    """
+
+    name: str
+    status: int = 200
+    fail_rate: float = 0.0
+    delay: float = 0.0
+    hits: int = 0
+    seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.hits += 1
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        path = scope["path"] + (("?" + scope["query_string"].decode()) if scope["query_string"] else "")
+        self.seen.append((scope["method"], path, headers))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status = self.status
+        if status == 200 and self.fail_rate and self.rng.random() < self.fail_rate:
+            status = 503
+        payload = ('{{"name": "{}", "path": "{}"}}'.format(self.name, scope["path"])).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"x-backend", self.name.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
