@@ -11,8 +11,12 @@ Method
   ``meshlib.watcher.Watcher``: it sends the version it has, and the ACK of the version
   it received in the previous round. On a new version it timestamps the receipt
   (``time.monotonic()``, the system-wide CLOCK_MONOTONIC on Linux, comparable across
-  processes of one host), parses it and, unless ``--no-decode``, compiles it with
-  ``meshlib.controlplane.protocol.decode_snapshot`` as a real workload would.
+  processes of one host), parses it and compiles it with
+  ``meshlib.controlplane.protocol.decode_snapshot`` as a real workload would
+  (``--decode compile``, the default). ``--decode json`` only parses it and
+  ``--decode none`` only reads the version at the head of the body: with
+  ``--endpoints`` every snapshot lists all N workloads, and compiling N snapshots of N
+  entries each on two cores would measure the simulated clients, not the service.
 * Each round, the driver changes one VirtualService through ``POST /v1/apply`` (t0 is
   taken just before the request is sent), then polls ``GET /v1/workloads`` until every
   workload's ``ackedVersion`` is the new version. That listing costs the service about
@@ -70,15 +74,18 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 HOST = "127.0.0.1"
 SECTION = "## Watch fan-out (config service)"
+SERVICE_SRC = "src/meshlib/controlplane"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MiB = 1024 * 1024
+DECODE_MODES = ("compile", "json", "none")
+VERSION_HEAD = b'{"version":'
 CLIENT_KINDS = ("httpx", "httpx-shared", "raw")
 
 NODELAY_PATCH = """
@@ -109,7 +116,7 @@ class Options:
     clients: list[str]
     nodelay: list[str]
     client_procs: int  # 0: automatic
-    decode: bool
+    decode: str
     endpoints: bool
     wait: float
     pause: float
@@ -118,18 +125,19 @@ class Options:
     round_timeout: float
     time_limit: float
     results: Path | None
+    title: str
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--workloads", default="100,1000", help="comma-separated N values (default 100,1000)")
-    p.add_argument("--rounds", type=int, default=5, help="config changes per N (default 5)")
+    p.add_argument("--rounds", type=int, default=10, help="config changes per case (default 10)")
     p.add_argument(
         "--client",
-        default="httpx",
-        help="comma-separated client kinds to compare. httpx: one AsyncClient per workload, like "
-        "Watcher; httpx-shared: one pooled AsyncClient per client process; raw: hand-written "
-        "HTTP/1.1 over asyncio streams (default httpx)",
+        default="raw,httpx",
+        help="comma-separated client kinds to compare (default raw,httpx). raw: hand-written "
+        "HTTP/1.1 over asyncio streams; httpx: one AsyncClient per workload, like Watcher; "
+        "httpx-shared: one pooled AsyncClient per client process",
     )
     p.add_argument(
         "--nodelay",
@@ -140,9 +148,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--client-procs", type=int, default=0, help="client processes (default: automatic)")
     p.add_argument(
         "--decode",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="compile each snapshot with decode_snapshot, as workloads do (default on)",
+        choices=DECODE_MODES,
+        default="compile",
+        help="what a workload does with a new snapshot: compile (json + decode_snapshot, as "
+        "Watcher does; default), json (parse only) or none (read the version only)",
     )
     p.add_argument(
         "--endpoints",
@@ -162,6 +171,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--time-limit", type=float, default=120.0, help="hard limit for one N (s)")
     p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to update")
     p.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
+    p.add_argument(
+        "--title-suffix",
+        default="",
+        help=f"write the section '{SECTION}, <suffix>' instead, so that several configurations "
+        "keep a section each",
+    )
     a = p.parse_args(argv)
     counts = [int(x) for x in a.workloads.split(",") if x.strip()]
     if not counts or min(counts) < 1 or a.rounds < 1:
@@ -187,6 +202,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         round_timeout=a.round_timeout,
         time_limit=a.time_limit,
         results=None if a.no_write else a.results,
+        title=f"{SECTION}, {a.title_suffix}" if a.title_suffix else SECTION,
     )
 
 
@@ -349,12 +365,18 @@ class ClientPlan:
     port: int
     ids: list[str]
     client: str
-    decode: bool
+    decode: str
     endpoints: bool
     wait: float
 
 
-Receipt = tuple[str, int, float, float]  # workload id, version, received, decoded (monotonic)
+class Receipt(NamedTuple):
+    """One new snapshot at one workload; times are ``time.monotonic()``."""
+
+    workload: str
+    version: int
+    received: float
+    decoded: float
 
 
 class Recorder:
@@ -369,7 +391,7 @@ class Recorder:
         self._counts: dict[int, int] = {}
 
     def received(self, workload_id: str, version: int, received: float, decoded: float) -> None:
-        self.receipts.append((workload_id, version, received, decoded))
+        self.receipts.append(Receipt(workload_id, version, received, decoded))
         count = self._counts[version] = self._counts.get(version, 0) + 1
         if count == self.expected:
             self.progress.put((self.index, version))
@@ -395,9 +417,12 @@ def registration(workload_id: str, plan: ClientPlan) -> bytes:
     return json.dumps(body).encode()
 
 
-def decode(data: bytes, compile_it: bool) -> int:
+def decode(data: bytes, mode: str) -> int:
+    """The snapshot's version, after the work ``mode`` asks for."""
+    if mode == "none" and data.startswith(VERSION_HEAD):
+        return int(data[len(VERSION_HEAD) : data.index(b",")])
     payload = json.loads(data)
-    if compile_it:
+    if mode == "compile":
         from meshlib.controlplane.protocol import decode_snapshot
 
         decode_snapshot(payload)
@@ -629,6 +654,7 @@ class RunResult:
     errors: list[str] = field(default_factory=list)
     rss: dict[str, int] = field(default_factory=dict)
     payload_bytes: int = 0
+    compile_seconds: float = math.nan
     setup_seconds: float = 0.0
     failure: str | None = None
 
@@ -675,8 +701,22 @@ class Driver:
             deadline.check(f"waiting for ACKs of version {target} ({acked}/{self.n} so far)")
             time.sleep(interval)
 
-    def snapshot_size(self) -> int:
-        return len(self.http.get("/v1/snapshot").content)
+    def snapshot(self) -> bytes:
+        response = self.http.get("/v1/snapshot")
+        response.raise_for_status()
+        return response.content
+
+
+def compile_cost(payload: bytes, repeat: int = 5) -> float:
+    """Seconds one workload spends on ``payload``: JSON parsing plus decode_snapshot (median)."""
+    from meshlib.controlplane.protocol import decode_snapshot
+
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        decode_snapshot(json.loads(payload))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def run_round(
@@ -747,7 +787,9 @@ def measure(result: RunResult, service: ServiceProcess, clients: ClientProcesses
         clients.start()
         driver.wait_acked(None, limit, 0.1)
         result.setup_seconds = time.monotonic() - started
-        result.payload_bytes = driver.snapshot_size()
+        payload = driver.snapshot()
+        result.payload_bytes = len(payload)
+        result.compile_seconds = compile_cost(payload)
         time.sleep(0.5)
         result.rss["connected"] = driver.rss()
         with RssSampler(service.ps()) as sampler:
@@ -792,10 +834,14 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def latencies(run: RunResult, column: int) -> list[float]:
-    """Receipt time (column 2) or decoded time (column 3) minus that round's t0, all rounds."""
+def latencies(run: RunResult, *, decoded: bool = False) -> list[float]:
+    """Receipt (or decoded) time minus that round's t0, for every workload of every round."""
     t0 = {r.version: r.t0 for r in run.rounds}
-    return [rec[column] - t0[rec[1]] for rec in run.receipts if rec[1] in t0]
+    return [
+        (rec.decoded if decoded else rec.received) - t0[rec.version]
+        for rec in run.receipts
+        if rec.version in t0
+    ]
 
 
 def ms(value: float) -> str:
@@ -824,15 +870,50 @@ def case_cells(run: RunResult) -> list[str]:
     return [str(run.case.n), run.case.client, run.case.nodelay]
 
 
+# Column titles; a trailing ">" right-aligns the column.
+CASE_COLUMNS = ("N>", "client", "nodelay")
+LATENCY_COLUMNS = (
+    *CASE_COLUMNS,
+    "client procs>",
+    "rounds>",
+    "apply→receive p50 / p99 / max",
+    "apply→decoded p50 / p99 / max",
+    "apply→last ACK (server)",
+    "apply→all ACKed (poller)",
+    "receipts>",
+)
+RESOURCE_COLUMNS = (
+    *CASE_COLUMNS,
+    "RSS idle>",
+    "RSS connected>",
+    "RSS peak>",
+    "RSS after>",
+    "service CPU ms/round>",
+    "clients CPU ms/round>",
+    "GET /v1/workloads ms>",
+    "apply ms",
+    "snapshot bytes>",
+    "compile ms>",
+    "setup s>",
+    "errors>",
+)
+
+
+def table_head(columns: Sequence[str]) -> list[str]:
+    titles = [c.removesuffix(">") for c in columns]
+    rules = ["---:" if c.endswith(">") else "---" for c in columns]
+    return ["| " + " | ".join(titles) + " |", "|" + "|".join(rules) + "|"]
+
+
 def latency_row(run: RunResult) -> str:
     rounds = f"{len(run.rounds)}" + (" (failed)" if run.failure else "")
-    received = len(latencies(run, 2))
+    received = len(latencies(run))
     cells = [
         *case_cells(run),
         str(run.procs),
         rounds,
-        spread(latencies(run, 2)),
-        spread(latencies(run, 3)),
+        spread(latencies(run)),
+        spread(latencies(run, decoded=True)),
         mid_max([r.last_ack_server for r in run.rounds]),
         mid_max([r.all_acked_observed for r in run.rounds]),
         f"{received}/{run.case.n * len(run.rounds)}",
@@ -854,6 +935,7 @@ def resource_row(run: RunResult) -> str:
         ms(statistics.mean(polls)) if polls else "n/a",
         mid_max([r.apply_seconds for r in run.rounds]),
         f"{run.payload_bytes:,}",
+        ms(run.compile_seconds),
         f"{run.setup_seconds:.1f}",
         str(len(run.errors)),
     ]
@@ -868,8 +950,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def temp_filesystem() -> str:
+    """The file system of the temporary data dirs: SQLite's fsync cost depends on it."""
+    where = os.path.realpath(tempfile.gettempdir())
+    mounts = [m for m in psutil.disk_partitions(all=True) if where.startswith(m.mountpoint)]
+    best = max(mounts, key=lambda m: len(m.mountpoint), default=None)
+    return f"data dir in {where} ({best.fstype})" if best is not None else f"data dir in {where}"
+
+
 def code_under_test() -> str:
-    """Where meshlib is imported from, and the repository's commit (dirty or not)."""
+    """Where meshlib is imported from, the repository's commit and whether the service differs."""
     spec = importlib.util.find_spec("meshlib")
     where = Path(spec.origin).parent if spec is not None and spec.origin else None
     repo = Path(__file__).resolve().parent.parent
@@ -881,54 +971,61 @@ def code_under_test() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--", "src"], capture_output=True, text=True
+            ["git", "-C", str(repo), "status", "--porcelain", "--", SERVICE_SRC],
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return f"meshlib from {where}"
-    local = where is not None and where.is_relative_to(repo)
-    state = " with uncommitted changes in src/" if dirty and local else ""
-    shown = where.relative_to(repo) if local and where is not None else where
-    return f"meshlib from `{shown}`; repository at commit {commit}{state}"
+    if where is None or not where.is_relative_to(repo):
+        return f"meshlib from `{where}` (not this repository's src/, which is at {commit})"
+    state = f" ({SERVICE_SRC} has uncommitted changes)" if dirty else f" ({SERVICE_SRC} clean)"
+    return f"meshlib from `{where.relative_to(repo)}` at commit {commit}{state}"
+
+
+LATENCY_NOTE = """\
+Each round applies one changed VirtualService; t0 is taken just before `POST /v1/apply`.
+Receive = the workload has read the whole watch response; decoded = it has also handled it
+(`compile`: parsed and compiled with `decode_snapshot`). Last ACK (server) = the latest
+`lastSeen` the service recorded with the ACKs of the new version; all ACKed (poller) = the
+first `GET /v1/workloads` showing every ACK. Receive and decoded pool every workload of every
+round (p50 / p99 / max, ms); the ACK columns are median / max over rounds (ms).
+client: `raw` = minimal asyncio HTTP/1.1 client, `httpx` = one `httpx.AsyncClient` per
+workload, as `Watcher` does. nodelay: `as-is` = the service unchanged; `forced` = TCP_NODELAY
+forced on the service's accepted sockets."""
+
+RESOURCE_NOTE = """\
+Config service process: RSS in MiB idle (no workloads), connected (N watches held), peak
+during the rounds (sampled every 10 ms) and after the last fan-out; CPU ms per round used by
+the service and by all client processes together; mean time of one `GET /v1/workloads`;
+`POST /v1/apply` round trip (median / max, ms); snapshot size, and the CPU one workload spends
+parsing and compiling it (`decode_snapshot`, timed in the driver); seconds for N workloads to
+start, register and ACK the first snapshot; client-side errors."""
 
 
 def render(runs: Sequence[RunResult], opts: Options, command: str) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     polling = "from t0 (--eager-poll)" if opts.eager_poll else "once the clients report every receipt"
     lines = [
-        SECTION,
+        opts.title,
         "",
         f"Command: `{command}`  ",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}  ",
+        f"{platform.system()} {platform.release()}, {temp_filesystem()}  ",
         f"Date: {when}; {code_under_test()}  ",
-        f"Settings: {opts.rounds} rounds per case, decode_snapshot {'on' if opts.decode else 'off'}, "
+        f"Settings: {opts.rounds} rounds per case, snapshot handling `--decode {opts.decode}`, "
         f"workload endpoints {'on' if opts.endpoints else 'off'}, watch wait {opts.wait:g} s, "
         f"`GET /v1/workloads` polled every {opts.poll_interval * 1000:g} ms {polling}, "
         f"pause between rounds {opts.pause:g} s.",
         "",
-        "Each round applies one changed VirtualService; t0 is taken just before `POST /v1/apply`. "
-        "Receive = the workload has read the whole watch response; decoded = it has also parsed and "
-        "compiled it. Last ACK (server) = the latest `lastSeen` the service recorded with the ACKs of "
-        "the new version; all ACKed (poller) = the first `GET /v1/workloads` showing every ACK. "
-        "Receive and decoded pool every workload of every round (p50 / p99 / max, ms); the ACK "
-        "columns are median / max over rounds (ms). client: `raw` = minimal asyncio HTTP/1.1 client, "
-        "`httpx` = one `httpx.AsyncClient` per workload as `Watcher` does. nodelay: `as-is` = the "
-        "service unchanged; `forced` = TCP_NODELAY forced on its accepted sockets.",
+        LATENCY_NOTE,
         "",
-        "| N | client | nodelay | client procs | rounds | apply→receive p50 / p99 / max | "
-        "apply→decoded p50 / p99 / max | apply→last ACK (server) | apply→all ACKed (poller) | receipts |",
-        "|---:|---|---|---:|---:|---|---|---|---|---:|",
+        *table_head(LATENCY_COLUMNS),
         *(latency_row(r) for r in runs),
         "",
-        "Config service process: RSS in MiB idle (no workloads), connected (N watches held), peak "
-        "during the rounds (sampled every 10 ms) and after the last fan-out; CPU ms per round used by "
-        "the service and by all client processes together; mean time of one `GET /v1/workloads`; "
-        "`POST /v1/apply` round trip (median / max, ms); snapshot size; seconds for N workloads to "
-        "start, register and ACK the first snapshot; client-side errors.",
+        RESOURCE_NOTE,
         "",
-        "| N | client | nodelay | RSS idle | RSS connected | RSS peak | RSS after | service CPU ms/round | "
-        "clients CPU ms/round | GET /v1/workloads ms | apply ms | snapshot bytes | setup s | errors |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        *table_head(RESOURCE_COLUMNS),
         *(resource_row(r) for r in runs),
     ]
     failures = [f"- {r.case}: {r.failure}" for r in runs if r.failure]
@@ -939,9 +1036,10 @@ def render(runs: Sequence[RunResult], opts: Options, command: str) -> str:
 
 
 def replace_section(text: str, section: str) -> str:
-    """``text`` with our section replaced (or appended); other sections untouched."""
+    """``text`` with the section titled like ``section`` replaced (or appended); others untouched."""
+    title = section.split("\n", 1)[0].rstrip()
     lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
     if start is None:
         head = text if text.strip() else "# Benchmark results\n"
         return head.rstrip("\n") + "\n\n" + section

@@ -86,7 +86,20 @@ def timeout(ex: Exchange, next: ClientNext) -> ClientFlow:
     if ex.deadline is not None and ex.clock() >= ex.deadline:
         ex.flags.append(UT)
         return Reply(error=UT, message=f"deadline for {ex.fqdn} passed before the request was sent")
-    return (yield from next(ex))
+    reply = yield from next(ex)
+    outcome = reply.outcome
+    if (
+        outcome is not None
+        and outcome.failure is Failure.TIMEOUT
+        and ex.deadline is not None
+        and ex.clock() >= ex.deadline - 0.001
+    ):
+        if UT not in ex.flags:
+            ex.flags.append(UT)
+        return Reply(
+            error=UT, message=f"no answer within the route timeout or deadline ({ex.attempts} attempt(s))"
+        )
+    return reply
 
 
 def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
@@ -114,10 +127,7 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
         if not retriable:
             return reply
         if ex.deadline is not None and ex.clock() >= ex.deadline:
-            if outcome.failure is Failure.TIMEOUT:
-                ex.flags.append(UT)
-                return Reply(error=UT, message=f"{ex.fqdn} did not answer within the route timeout")
-            return reply
+            return reply  # the timeout filter above names it
         if not policy.may_resend(ex.call.method, outcome.failure, ex.idempotency_key):
             return reply
         if retries >= policy.attempts:

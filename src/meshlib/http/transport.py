@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
 MAX_MIRRORS_IN_FLIGHT = 64
+MIRROR_WORKERS = 16
+CLOSE_GRACE = 0.5  # closing a client waits this long at most for mirrors still on their way
 
 
 class MeshTransport(httpx.BaseTransport):
@@ -39,7 +41,7 @@ class MeshTransport(httpx.BaseTransport):
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         )
         self._mirrors: concurrent.futures.ThreadPoolExecutor | None = None
-        self._mirroring = 0
+        self._mirroring: set[concurrent.futures.Future[None]] = set()
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -83,30 +85,35 @@ class MeshTransport(httpx.BaseTransport):
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream):
             return  # a streamed body can be read once only: it belongs to the real request
-        with self._lock:
-            if self._mirroring >= MAX_MIRRORS_IN_FLIGHT:
-                return
-            self._mirroring += 1
-            if self._mirrors is None:
-                self._mirrors = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="meshlib-mirror")
         copy = self._adapter.upstream_request(request, ex, mirror, mirror=True)
-        self._mirrors.submit(self._send_mirror, copy)
+        with self._lock:
+            if len(self._mirroring) >= MAX_MIRRORS_IN_FLIGHT:
+                return  # shed copies rather than let them pile up behind a slow mirror
+            if self._mirrors is None:
+                self._mirrors = concurrent.futures.ThreadPoolExecutor(
+                    MIRROR_WORKERS, thread_name_prefix="meshlib-mirror"
+                )
+            future = self._mirrors.submit(self._send_mirror, copy)
+            self._mirroring.add(future)
+        future.add_done_callback(self._mirror_done)
 
     def _send_mirror(self, copy: httpx.Request) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
             response = self._inner.handle_request(copy)
             try:
                 response.read()
             finally:
                 response.close()
-        except Exception:  # noqa: S110 - a mirror's fate never reaches the caller
-            pass
-        finally:
-            with self._lock:
-                self._mirroring -= 1
+
+    def _mirror_done(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._mirroring.discard(future)
 
     def close(self) -> None:
         if self._mirrors is not None:
+            with self._lock:
+                pending = set(self._mirroring)
+            concurrent.futures.wait(pending, timeout=CLOSE_GRACE)
             self._mirrors.shutdown(wait=False, cancel_futures=True)
         self._inner.close()
 
@@ -180,6 +187,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             await self._roundtrip(copy)
 
     async def aclose(self) -> None:
+        if self._mirrors:
+            await asyncio.wait(set(self._mirrors), timeout=CLOSE_GRACE)
         for task in list(self._mirrors):
             task.cancel()
         await self._inner.aclose()
