@@ -3,46 +3,52 @@
 Method
 ------
 * The config service runs in its own process (``serve_forever`` in a ``python -c``
-  subprocess, on a free port of 127.0.0.1, over a fresh temporary data dir), so its
+  subprocess, on a free port of 127.0.0.1, over a fresh temporary data dir), so that its
   RSS and CPU can be read with psutil and the simulated workloads do not share its GIL.
 * N simulated workloads run as asyncio tasks spread over a few client processes
-  (multiprocessing, ``spawn``). Each one registers (``PUT /v1/workloads/{id}``, no
-  endpoints unless ``--endpoints``), then loops on ``POST /v1/watch`` exactly like
-  ``meshlib.watcher.Watcher``: it sends the version it has, and the ACK of the version
-  it received in the previous round. On a new version it timestamps the receipt
-  (``time.monotonic()``, the system-wide CLOCK_MONOTONIC on Linux, comparable across
-  processes of one host), parses it and compiles it with
-  ``meshlib.controlplane.protocol.decode_snapshot`` as a real workload would
-  (``--decode compile``, the default). ``--decode json`` only parses it and
-  ``--decode none`` only reads the version at the head of the body: with
-  ``--endpoints`` every snapshot lists all N workloads, and compiling N snapshots of N
-  entries each on two cores would measure the simulated clients, not the service.
+  (multiprocessing, ``spawn``; one per 500 workloads, at most one per core). Each one
+  registers (``PUT /v1/workloads/{id}``; no endpoints unless ``--endpoints``), then
+  loops on ``POST /v1/watch`` as ``meshlib.watcher.Watcher`` does: it sends the version
+  it has and the ACK of the version the previous round brought. On a new version it
+  takes the receipt time (``time.monotonic()``: CLOCK_MONOTONIC, system-wide on Linux,
+  so comparable across the processes of one host), then handles the snapshot:
+  ``--decode compile`` (default) parses and compiles it with
+  ``meshlib.controlplane.protocol.decode_snapshot`` like a real workload, ``json`` only
+  parses it, ``none`` only reads the version at its head. With ``--endpoints`` every
+  snapshot lists all N workloads, and compiling N snapshots of N entries on two cores
+  would measure the simulated workloads rather than the service; the cost of one
+  compilation is reported separately.
+* ``--client raw`` (default, with ``httpx`` for comparison) is a minimal HTTP/1.1
+  keep-alive client on asyncio streams; ``httpx`` gives each workload its own
+  ``httpx.AsyncClient`` as Watcher does. At N=1000 the httpx clients need about three
+  times the service's CPU, so on a small machine they, not the service, set the pace.
 * Each round, the driver changes one VirtualService through ``POST /v1/apply`` (t0 is
-  taken just before the request is sent), then polls ``GET /v1/workloads`` until every
-  workload's ``ackedVersion`` is the new version. That listing costs the service about
-  45 ms of event-loop time at N=1000, so by default the driver starts polling only once
-  every client process has reported (over a multiprocessing queue) that all its
-  workloads received the version; ``--eager-poll`` polls from t0 instead, to show how
-  much a busy ``meshctl status`` slows a fan-out down. Reported per round:
-  - apply -> receive: client receipt time - t0, for every workload;
-  - apply -> decoded: the same, after JSON parsing and snapshot compilation;
+  taken just before the request is sent) and waits until ``GET /v1/workloads`` shows
+  every workload's ``ackedVersion`` at the new version. It starts polling once every
+  client process has reported (over a multiprocessing queue) that all its workloads
+  received the version, so that the listing (about 10 ms of the service's event loop
+  at N=1000) does not compete with the fan-out; ``--eager-poll`` polls from t0 on.
+  Reported per round:
+  - apply -> receive: receipt time - t0, for every workload;
+  - apply -> decoded: the same once the workload has handled the snapshot;
   - apply -> last ACK (server): the latest ``lastSeen`` the service recorded with the
-    ACKs (its wall clock vs. the driver's wall clock at t0, same host);
-  - apply -> all ACKed (poller): when the poller first saw every ACK (an upper bound:
-    it adds up to one poll interval plus one ``GET /v1/workloads``).
+    ACKs (the service's wall clock against the driver's at t0, one host);
+  - apply -> all ACKed (poller): when the driver first saw every ACK (an upper bound).
 * The service's RSS is read idle (no workloads), connected (N watches held), at its
-  peak during the rounds, and after the last fan-out; its CPU time per round too.
-* ``--nodelay forced`` runs the same service with TCP_NODELAY set on every accepted
-  socket (a patch of asyncio's ``_set_nodelay`` inside the service process only), to
-  measure what Nagle's algorithm costs: uvicorn serves sockets bound with ``proto=0``,
-  which asyncio leaves without TCP_NODELAY, and Starlette writes a response's headers
-  and body in two sends, so the body waits for the client's delayed ACK.
-* Every run is bounded (``--time-limit`` per N, ``--rounds``, ``--round-timeout``);
+  peak during the rounds (sampled every 10 ms) and after the last fan-out; its CPU time
+  per round too, and the share of the cores other processes took meanwhile.
+* ``--nodelay forced`` patches asyncio in the service process only so that every
+  accepted socket gets TCP_NODELAY: a check that Nagle's algorithm costs nothing. (Up
+  to commit bd4880d the service bound its socket with ``proto=0``; asyncio then left
+  Nagle on, and as Starlette sends a response's headers and body in two writes, every
+  response on a kept-alive connection waited ~40 ms for the client's delayed ACK.)
+* Every run is bounded (``--time-limit`` per case, ``--rounds``, ``--round-timeout``);
   everything talks to 127.0.0.1 only; the processes started here, and only those, are
   stopped by pid when the run ends, whether it succeeded or not.
 
-The results are written into the "## Watch fan-out (config service)" section of
-``benchmarks/RESULTS.md``; other sections of that file are left as they are.
+The results replace the "## Watch fan-out (config service)" section of
+``benchmarks/RESULTS.md`` (or the section named with ``--title-suffix``); the other
+sections of that file are left as they are.
 """
 
 from __future__ import annotations
@@ -83,8 +89,10 @@ HOST = "127.0.0.1"
 SECTION = "## Watch fan-out (config service)"
 SERVICE_SRC = "src/meshlib/controlplane"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS_HEADER = "# Benchmark results\n\nEach section is written by its benchmark; rerun it to refresh.\n"
 MiB = 1024 * 1024
 DECODE_MODES = ("compile", "json", "none")
+BUSY_MACHINE = 0.10  # other processes using more of the cores than this make a case suspect
 VERSION_HEAD = b'{"version":'
 CLIENT_KINDS = ("httpx", "httpx-shared", "raw")
 
@@ -168,7 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="poll GET /v1/workloads from t0 on, instead of after the clients report receipt",
     )
     p.add_argument("--round-timeout", type=float, default=30.0, help="give up on a round after this (s)")
-    p.add_argument("--time-limit", type=float, default=120.0, help="hard limit for one N (s)")
+    p.add_argument("--time-limit", type=float, default=120.0, help="hard limit for one case (s)")
     p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to update")
     p.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
     p.add_argument(
@@ -401,15 +409,14 @@ class Recorder:
 
 
 def registration(workload_id: str, plan: ClientPlan) -> bytes:
-    endpoints = (
-        [{"address": HOST, "port": 20000 + int(workload_id.rsplit("-", 1)[1])}] if plan.endpoints else []
-    )
+    """What ``PUT /v1/workloads/{id}`` carries: 20 services, one endpoint each if asked."""
+    number = int(workload_id.rsplit("-", 1)[1])
     body = {
         "id": workload_id,
-        "service": f"bench-svc-{int(workload_id.rsplit('-', 1)[1]) % 20}",
+        "service": f"bench-svc-{number % 20}",
         "namespace": "default",
         "labels": {"version": "v1"},
-        "endpoints": endpoints,
+        "endpoints": [{"address": HOST, "port": 20000 + number}] if plan.endpoints else [],
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "meshlib_version": "bench",
@@ -654,6 +661,8 @@ class RunResult:
     errors: list[str] = field(default_factory=list)
     rss: dict[str, int] = field(default_factory=dict)
     payload_bytes: int = 0
+    listing_seconds: float = math.nan  # one GET /v1/workloads on a quiet service
+    other_load: float = math.nan  # share of all cores used by other processes during the rounds
     compile_seconds: float = math.nan
     setup_seconds: float = 0.0
     failure: str | None = None
@@ -700,6 +709,15 @@ class Driver:
                 return items, durations
             deadline.check(f"waiting for ACKs of version {target} ({acked}/{self.n} so far)")
             time.sleep(interval)
+
+    def time_listing(self, repeat: int = 5) -> float:
+        """Median duration of ``GET /v1/workloads`` (``meshctl status``) on a quiet service."""
+        times = []
+        for _ in range(repeat):
+            started = time.monotonic()
+            self.http.get("/v1/workloads").raise_for_status()
+            times.append(time.monotonic() - started)
+        return statistics.median(times)
 
     def snapshot(self) -> bytes:
         response = self.http.get("/v1/snapshot")
@@ -776,6 +794,35 @@ class RssSampler:
         self._thread.join(timeout=5)
 
 
+class OtherLoad:
+    """The share of the machine's CPU used by processes other than this benchmark's.
+
+    The benchmark needs the cores to itself; this says whether it had them.
+    """
+
+    def __init__(self, service: ServiceProcess, clients: ClientProcesses) -> None:
+        self._service = service
+        self._clients = clients
+        self._start = (0.0, 0.0, 0.0)
+        self.share = math.nan
+
+    def _sample(self) -> tuple[float, float, float]:
+        machine = psutil.cpu_times()
+        busy = sum(getattr(machine, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))
+        ours = cpu_seconds(self._service.ps()) + self._clients.cpu_seconds() + cpu_seconds(psutil.Process())
+        return time.monotonic(), busy, ours
+
+    def __enter__(self) -> OtherLoad:
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        wall, busy, ours = (b - a for a, b in zip(self._start, end, strict=True))
+        if wall > 0:
+            self.share = max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
+
+
 def measure(result: RunResult, service: ServiceProcess, clients: ClientProcesses, opts: Options) -> None:
     """Setup (idle RSS, N workloads connected), then the rounds; fills ``result`` as it goes."""
     limit = Deadline(opts.time_limit)
@@ -792,12 +839,14 @@ def measure(result: RunResult, service: ServiceProcess, clients: ClientProcesses
         result.compile_seconds = compile_cost(payload)
         time.sleep(0.5)
         result.rss["connected"] = driver.rss()
-        with RssSampler(service.ps()) as sampler:
+        result.listing_seconds = driver.time_listing()
+        with RssSampler(service.ps()) as sampler, OtherLoad(service, clients) as other:
             for round_no in range(1, opts.rounds + 1):
                 if not clients.alive():
                     raise RuntimeError("a client process died")
                 result.rounds.append(run_round(driver, clients, round_no, opts, limit))
                 time.sleep(opts.pause)
+        result.other_load = other.share
         result.rss["peak"] = sampler.peak
         result.rss["after"] = driver.rss()
 
@@ -862,6 +911,12 @@ def mid_max(values: Sequence[float]) -> str:
     return f"{ms(statistics.median(values))} / {ms(max(values))}"
 
 
+def setup_receipts(run: RunResult) -> int:
+    """Snapshots delivered before the first round: one each, plus one per registry change seen."""
+    first = min((r.version for r in run.rounds), default=None)
+    return sum(1 for rec in run.receipts if first is None or rec.version < first)
+
+
 def mib(run: RunResult, key: str) -> str:
     return f"{run.rss[key] / MiB:.1f}" if key in run.rss else "n/a"
 
@@ -890,25 +945,38 @@ RESOURCE_COLUMNS = (
     "RSS after>",
     "service CPU ms/round>",
     "clients CPU ms/round>",
-    "GET /v1/workloads ms>",
+    "GET /v1/workloads ms, quiet / in rounds>",
+    "snapshots sent in setup>",
     "apply ms",
     "snapshot bytes>",
     "compile ms>",
     "setup s>",
     "errors>",
+    "other load>",
 )
 
 
-def table_head(columns: Sequence[str]) -> list[str]:
-    titles = [c.removesuffix(">") for c in columns]
+NODELAY_COLUMN = CASE_COLUMNS.index("nodelay")
+
+
+def row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(columns: Sequence[str], rows: Sequence[list[str]], *, nodelay: bool) -> list[str]:
+    """A Markdown table; without the nodelay column unless some case forced it."""
+    if not nodelay:
+        columns = [c for i, c in enumerate(columns) if i != NODELAY_COLUMN]
+        rows = [[c for i, c in enumerate(r) if i != NODELAY_COLUMN] for r in rows]
     rules = ["---:" if c.endswith(">") else "---" for c in columns]
-    return ["| " + " | ".join(titles) + " |", "|" + "|".join(rules) + "|"]
+    head = [row([c.removesuffix(">") for c in columns]), "|" + "|".join(rules) + "|"]
+    return head + [row(r) for r in rows]
 
 
-def latency_row(run: RunResult) -> str:
+def latency_cells(run: RunResult) -> list[str]:
     rounds = f"{len(run.rounds)}" + (" (failed)" if run.failure else "")
     received = len(latencies(run))
-    cells = [
+    cells: list[str] = [
         *case_cells(run),
         str(run.procs),
         rounds,
@@ -918,13 +986,13 @@ def latency_row(run: RunResult) -> str:
         mid_max([r.all_acked_observed for r in run.rounds]),
         f"{received}/{run.case.n * len(run.rounds)}",
     ]
-    return "| " + " | ".join(cells) + " |"
+    return cells
 
 
-def resource_row(run: RunResult) -> str:
+def resource_cells(run: RunResult) -> list[str]:
     polls = [p for r in run.rounds for p in r.poll_seconds]
     per_round = len(run.rounds) or 1
-    cells = [
+    cells: list[str] = [
         *case_cells(run),
         mib(run, "idle"),
         mib(run, "connected"),
@@ -932,14 +1000,16 @@ def resource_row(run: RunResult) -> str:
         mib(run, "after"),
         f"{sum(r.server_cpu for r in run.rounds) / per_round * 1000:.0f}",
         f"{sum(r.client_cpu for r in run.rounds) / per_round * 1000:.0f}",
-        ms(statistics.mean(polls)) if polls else "n/a",
+        f"{ms(run.listing_seconds)} / {ms(statistics.mean(polls)) if polls else 'n/a'}",
+        str(setup_receipts(run)),
         mid_max([r.apply_seconds for r in run.rounds]),
         f"{run.payload_bytes:,}",
         ms(run.compile_seconds),
         f"{run.setup_seconds:.1f}",
         str(len(run.errors)),
+        "n/a" if math.isnan(run.other_load) else f"{run.other_load:.0%}",
     ]
-    return "| " + " | ".join(cells) + " |"
+    return cells
 
 
 def cpu_model() -> str:
@@ -991,20 +1061,27 @@ Receive = the workload has read the whole watch response; decoded = it has also 
 first `GET /v1/workloads` showing every ACK. Receive and decoded pool every workload of every
 round (p50 / p99 / max, ms); the ACK columns are median / max over rounds (ms).
 client: `raw` = minimal asyncio HTTP/1.1 client, `httpx` = one `httpx.AsyncClient` per
-workload, as `Watcher` does. nodelay: `as-is` = the service unchanged; `forced` = TCP_NODELAY
-forced on the service's accepted sockets."""
+workload, as `Watcher` does."""
+
+NODELAY_NOTE = """nodelay: `as-is` = the service unchanged; `forced` = TCP_NODELAY forced on the service's
+accepted sockets."""
 
 RESOURCE_NOTE = """\
 Config service process: RSS in MiB idle (no workloads), connected (N watches held), peak
 during the rounds (sampled every 10 ms) and after the last fan-out; CPU ms per round used by
-the service and by all client processes together; mean time of one `GET /v1/workloads`;
+the service and by all client processes together; time of one `GET /v1/workloads` on a
+quiet service (median of 5) and on average while the driver polled it in the rounds;
+snapshots delivered to workloads before the first round (N if registering changes nothing
+workloads see; more if each registration makes a new version);
 `POST /v1/apply` round trip (median / max, ms); snapshot size, and the CPU one workload spends
 parsing and compiling it (`decode_snapshot`, timed in the driver); seconds for N workloads to
-start, register and ACK the first snapshot; client-side errors."""
+start, register and ACK the first snapshot; client-side errors; the share of all cores that
+other processes on the machine used during the rounds (the benchmark wants it near 0%)."""
 
 
 def render(runs: Sequence[RunResult], opts: Options, command: str) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    nodelay = any(r.case.nodelay != "as-is" for r in runs)
     polling = "from t0 (--eager-poll)" if opts.eager_poll else "once the clients report every receipt"
     lines = [
         opts.title,
@@ -1018,21 +1095,32 @@ def render(runs: Sequence[RunResult], opts: Options, command: str) -> str:
         f"`GET /v1/workloads` polled every {opts.poll_interval * 1000:g} ms {polling}, "
         f"pause between rounds {opts.pause:g} s.",
         "",
-        LATENCY_NOTE,
+        LATENCY_NOTE + ("\n" + NODELAY_NOTE if nodelay else ""),
         "",
-        *table_head(LATENCY_COLUMNS),
-        *(latency_row(r) for r in runs),
+        *table(LATENCY_COLUMNS, [latency_cells(r) for r in runs], nodelay=nodelay),
         "",
         RESOURCE_NOTE,
         "",
-        *table_head(RESOURCE_COLUMNS),
-        *(resource_row(r) for r in runs),
+        *table(RESOURCE_COLUMNS, [resource_cells(r) for r in runs], nodelay=nodelay),
     ]
-    failures = [f"- {r.case}: {r.failure}" for r in runs if r.failure]
-    errors = [f"- {r.case}: {len(r.errors)} errors, first: `{r.errors[0]}`" for r in runs if r.errors]
-    if failures or errors:
-        lines += ["", "Problems:", *failures, *errors]
+    problems = [p for r in runs for p in problems_of(r)]
+    if problems:
+        lines += ["", "Problems:", *problems]
     return "\n".join(lines) + "\n"
+
+
+def problems_of(run: RunResult) -> list[str]:
+    out = []
+    if run.failure:
+        out.append(f"- {run.case}: {run.failure}")
+    if run.errors:
+        out.append(f"- {run.case}: {len(run.errors)} client errors, first: `{run.errors[0]}`")
+    if run.other_load > BUSY_MACHINE:
+        out.append(
+            f"- {run.case}: other processes used {run.other_load:.0%} of the cores during the "
+            "rounds; its figures are pessimistic"
+        )
+    return out
 
 
 def replace_section(text: str, section: str) -> str:
@@ -1041,7 +1129,7 @@ def replace_section(text: str, section: str) -> str:
     lines = text.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
     if start is None:
-        head = text if text.strip() else "# Benchmark results\n"
+        head = text if text.strip() else RESULTS_HEADER
         return head.rstrip("\n") + "\n\n" + section
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     tail = "".join(lines[end:])
@@ -1079,7 +1167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for case in cases(opts):
         print(f"{case}: running", flush=True)
         runs.append(run_case(case, opts))
-        print(latency_row(runs[-1]), flush=True)
+        print(row(latency_cells(runs[-1])), flush=True)
     section = render(runs, opts, command)
     print("\n" + section)
     if opts.results is not None:

@@ -194,3 +194,17 @@ def test_workloads_endpoint_shows_ack_and_nack(server: ConfigServer) -> None:
         assert (item["nackVersion"], item["nackReason"]) == (2, "bad thing")
         assert http.delete("/v1/workloads/w-1").json()["version"] == 2
         assert http.get("/v1/workloads").json()["items"] == []
+
+
+def test_listening_sockets_turn_nagle_off() -> None:
+    """With proto 0, asyncio leaves Nagle on and every response waits ~40 ms for a delayed ACK."""
+    import socket
+
+    from meshlib.controlplane.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        sock.close()

@@ -129,7 +129,10 @@ def test_rewrite_redirect_direct_response_and_header_edits(backends: Endpoints, 
     mesh = make_mesh(service_entry(backends) + SUBSETS + rules)
     with mesh.http_client() as client:
         redirect = client.get("http://reviews/old/page?q=1")
-        assert (redirect.status_code, redirect.headers["location"]) == (308, "http://reviews/new")
+        assert (redirect.status_code, redirect.headers["location"]) == (
+            308,
+            "http://reviews/new?q=1",
+        )  # Envoy keeps the query
         assert client.get("http://reviews/health").status_code == 204
         response = client.get("http://reviews/v1/items", headers={"x-secret": "s3cret"})
     assert response.json()["path"] == "/api/v1/items"

@@ -55,11 +55,12 @@ class VersionNotifier:
         self._coalesce = coalesce
         self.closing = False
 
-    async def wait(self, timeout: float) -> None:  # noqa: ASYNC109 - one shared future, many waiters
+    def arm(self) -> asyncio.Future[None]:
+        """The future the next change resolves. Take it *before* checking the version: a
+        change landing between the check and the wait then still wakes the waiter."""
         if self._future is None or self._future.done():
             self._future = asyncio.get_running_loop().create_future()
-        # asyncio.wait never cancels the shared future when one waiter times out.
-        await asyncio.wait((self._future,), timeout=timeout)
+        return self._future
 
     def notify(self) -> None:
         if self._pending is not None:
@@ -205,18 +206,16 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
         try:
             deadline = time.monotonic() + body.wait
             while True:
-                # No await between the version check and notifier.wait(): a change landing
-                # in between would otherwise be missed until the next wake-up.
-                if await request.is_disconnected():
-                    return Response(status_code=204)
+                waiter = notifier.arm()  # before the check, so no change can slip in between
                 if state.version != body.version:
                     break
                 if notifier.closing:
                     return _error(503, "config service is shutting down")
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or await request.is_disconnected():
                     return Response(status_code=204)
-                await notifier.wait(min(remaining, 5.0))
+                # asyncio.wait never cancels the shared future when one waiter times out.
+                await asyncio.wait((waiter,), timeout=min(remaining, 5.0))
             return Response(state.payload(), media_type="application/json")
         finally:
             if workload is not None:

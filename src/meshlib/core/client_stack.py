@@ -15,7 +15,7 @@ from .exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
 from .flags import DI, FI, NR, UF, UH, UO, URX, UT
 from .outlier import Outcome as Health
 from .outlier import outcome_for_status
-from .retry_policy import Failure
+from .retry_policy import Failure, RetryPolicy
 from .stack import Flow, Next, Stack
 
 __all__ = ["default_client_stack"]
@@ -26,7 +26,7 @@ ClientNext = Next[Exchange, Reply]
 
 def route(ex: Exchange, next: ClientNext) -> ClientFlow:
     """VirtualService: the first matching route, then a weighted target; or a redirect."""
-    host_routes = ex.plane.routes.get(ex.fqdn)
+    host_routes = ex.plane.host_routes(ex.fqdn)
     chosen = ex.plane.default_route(ex.fqdn) if host_routes is None else host_routes.match(ex.call)
     if chosen is None:
         ex.flags.append(NR)
@@ -113,39 +113,55 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
     if budget is not None:
         budget.deposit()
     retries = 0
-    while True:
-        reply = yield from next(ex)
-        outcome = reply.outcome
-        if outcome is None:
-            return reply  # UH, UO: local decisions, not retried (as Envoy)
-        if outcome.failure is not None:
-            retriable = policy.retriable_failure(outcome.failure)
-        elif outcome.grpc_status is not None and outcome.grpc_status != "OK":
-            retriable = policy.retriable_grpc(outcome.grpc_status)
-        else:
-            retriable = outcome.status is not None and policy.retriable_status(outcome.status)
-        if not retriable:
-            return reply
-        if ex.deadline is not None and ex.clock() >= ex.deadline:
-            return reply  # the timeout filter above names it
-        if not policy.may_resend(ex.call.method, outcome.failure, ex.idempotency_key):
-            return reply
-        if retries >= policy.attempts:
-            if policy.attempts:
+    holding = False  # a maxRetries slot, held from the back-off through the retried attempt
+    try:
+        while True:
+            reply = yield from next(ex)
+            if holding:
+                state.release_retry()
+                holding = False
+            outcome = reply.outcome
+            if outcome is None:
+                return reply  # UH, UO: local decisions, not retried (as Envoy)
+            if not _retriable(policy, outcome):
+                return reply
+            if ex.deadline is not None and ex.clock() >= ex.deadline:
+                return reply  # the timeout filter above names it
+            if not policy.may_resend(
+                ex.call.method, outcome.failure, ex.call.header("idempotency-key") is not None
+            ):
+                return reply
+            if retries >= policy.attempts:
+                if policy.attempts:
+                    ex.flags.append(URX)
+                return reply
+            if (budget is not None and not budget.try_withdraw()) or not state.admit_retry():
                 ex.flags.append(URX)
-            return reply
-        if (budget is not None and not budget.try_withdraw()) or not state.admit_retry():
-            ex.flags.append(URX)
-            return reply
-        try:
+                return reply
+            holding = True
             retries += 1
             pause = policy.backoff(retries, ex.rng)
             if ex.deadline is not None:
                 pause = min(pause, max(0.0, ex.deadline - ex.clock()))
             if pause > 0:
                 yield Sleep(pause)
-        finally:
+            if ex.deadline is not None and ex.clock() >= ex.deadline:
+                ex.flags.append(UT)  # the route timeout fired during the back-off (as Envoy's)
+                return Reply(
+                    error=UT,
+                    message=f"route timeout passed during retry back-off after {ex.attempts} attempt(s)",
+                )
+    finally:
+        if holding:
             state.release_retry()
+
+
+def _retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
+    if outcome.failure is not None:
+        return policy.retriable_failure(outcome.failure)
+    if outcome.grpc_status is not None and outcome.grpc_status != "OK":
+        return policy.retriable_grpc(outcome.grpc_status)
+    return outcome.status is not None and policy.retriable_status(outcome.status)
 
 
 def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
@@ -232,15 +248,25 @@ def _redirect(call: Call, spec: object) -> Synthetic:
     from ..policy.virtual_service import HTTPRedirect
 
     assert isinstance(spec, HTTPRedirect)
+    # Envoy: the request's authority (port included) and query string are kept unless the
+    # redirect replaces them; FROM_PROTOCOL_DEFAULT drops the port, FROM_REQUEST_PORT keeps it.
     scheme = spec.scheme or call.scheme
-    authority = spec.authority or call.host
-    port = spec.port
-    if spec.derive_port == "FROM_REQUEST_PORT":
-        port = call.port
+    request_host, _, request_port = (call.authority or call.host).partition(":")
+    if spec.authority:
+        host, _, port = spec.authority.partition(":")
+    else:
+        host, port = request_host, request_port
+    if spec.port is not None:
+        port = str(spec.port)
+    elif spec.derive_port == "FROM_PROTOCOL_DEFAULT":
+        port = ""
+    elif spec.derive_port == "FROM_REQUEST_PORT":
+        port = request_port or (str(call.port) if call.port else "")
     path = spec.uri if spec.uri is not None else call.path
-    netloc = authority if port is None else f"{authority}:{port}"
-    location = f"{scheme}://{netloc}{path}" + (f"?{call.query}" if call.query and spec.uri is None else "")
-    return Synthetic(spec.redirect_code, headers=(("location", location),))
+    if "?" not in path and call.query:
+        path = f"{path}?{call.query}"
+    netloc = f"{host}:{port}" if port else host
+    return Synthetic(spec.redirect_code, headers=(("location", f"{scheme}://{netloc}{path}"),))
 
 
 def default_client_stack() -> Stack[Exchange, Reply]:

@@ -40,9 +40,12 @@ class Limits:
             return Limits()
         tcp, http = pool.tcp, pool.http
         connections = tcp.max_connections if tcp is not None and tcp.max_connections else None
-        pending = http.http1_max_pending_requests if http is not None else None
+        # Istio copies these only when above 0; 0 means "unset", as for the others.
+        pending = (
+            http.http1_max_pending_requests if http is not None and http.http1_max_pending_requests else None
+        )
         active = http.http2_max_requests if http is not None and http.http2_max_requests else _UNLIMITED
-        retries = http.max_retries if http is not None and http.max_retries is not None else _UNLIMITED
+        retries = http.max_retries if http is not None and http.max_retries else _UNLIMITED
         in_flight = _UNLIMITED
         if connections is not None:
             # Envoy's HTTP/1 pool: one request per connection, the rest wait in a pending

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..policy.destination_rule import TrafficPolicy
+from ..policy.resources import ResourceKey, VirtualService
 from ..policy.virtual_service import (
     Destination,
     FaultAbort,
@@ -27,7 +28,7 @@ from ..policy.virtual_service import (
     HTTPRoute,
 )
 from .call import Call
-from .hosts import normalize_host
+from .hosts import host_matches, normalize_host
 from .matching import Predicate, compile_matches
 from .retry_policy import RetryPolicy, compile_retry_policy
 from .snapshot import Endpoint, Snapshot
@@ -170,6 +171,7 @@ class DataPlane:
     family: Family = "http"
     routes: dict[str, HostRoutes] = field(default_factory=dict)
     _resolved: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _wildcards: list[tuple[str, HostRoutes]] = field(default_factory=list, repr=False)
     _defaults: dict[str, Route] = field(default_factory=dict, repr=False)
     _clusters: dict[tuple[str, str | None, int | None], Cluster] = field(default_factory=dict, repr=False)
 
@@ -178,17 +180,28 @@ class DataPlane:
         cls, snapshot: Snapshot, namespace: str, labels: Mapping[str, str], family: Family = "http"
     ) -> DataPlane:
         plane = cls(snapshot, namespace, dict(labels), family)
-        for host, vs in snapshot.virtual_services.items():
-            if vs.spec.gateways and "mesh" not in vs.spec.gateways:
-                continue  # bound to gateways only, not to sidecars
-            non_idempotent = vs.metadata.annotations.get(NON_IDEMPOTENT_ANNOTATION, "").lower() == "true"
-            routes = tuple(
-                r
-                for i, spec in enumerate(vs.spec.http)
-                if (r := _compile_route(spec, i, vs.namespace, namespace, labels, non_idempotent)) is not None
-            )
-            plane.routes[host] = HostRoutes(host, routes)
+        compiled: dict[ResourceKey, HostRoutes | None] = {}
+        owners = [*snapshot.virtual_services.items(), *snapshot.wildcard_virtual_services]
+        for host, vs in owners:
+            if vs.key not in compiled:
+                compiled[vs.key] = _compile_vs(vs, host, namespace, labels)
+            found = compiled[vs.key]
+            if found is None:
+                continue
+            if "*" in host:
+                plane._wildcards.append((host, found))
+            else:
+                plane.routes[host] = found
         return plane
+
+    def host_routes(self, fqdn: str) -> HostRoutes | None:
+        """The routes that own a host: its own VirtualService, else the most specific wildcard."""
+        found = self.routes.get(fqdn)
+        if found is None and self._wildcards:
+            for pattern, routes in self._wildcards:
+                if host_matches(pattern, fqdn):
+                    return routes
+        return found
 
     @property
     def version(self) -> int:
@@ -230,11 +243,12 @@ class DataPlane:
     def _build_cluster(self, host: str, subset: str | None, port: int | None) -> Cluster:
         snap = self.snapshot
         wanted = ("grpc",) if self.family == "grpc" else ("http", "https")
-        endpoints = tuple(
-            e
-            for e in snap.endpoints(host, subset)
-            if e.ready and e.protocol in wanted and (port is None or e.service_port in (None, port))
-        )
+        usable = tuple(e for e in snap.endpoints(host, subset) if e.ready and e.protocol in wanted)
+        # A ServiceEntry with several ports: the request's port picks. A request on a default
+        # port (80/443: no port in its URL) to a service with none of those takes any port.
+        endpoints = tuple(e for e in usable if port is None or e.service_port in (None, port))
+        if not endpoints and port in (80, 443):
+            endpoints = usable
         policy = snap.traffic_policy(host, subset, port) or TrafficPolicy()
         known = (
             host in snap.endpoints_by_host or host in snap.service_entries or host in snap.destination_rules
@@ -253,6 +267,20 @@ def _target(dest: Destination, weight: int, headers: Headers | None, vs_namespac
     )
 
 
+def _compile_vs(
+    vs: VirtualService, host: str, namespace: str, labels: Mapping[str, str]
+) -> HostRoutes | None:
+    if vs.spec.gateways and "mesh" not in vs.spec.gateways:
+        return None  # bound to gateways only, not to sidecars
+    non_idempotent = vs.metadata.annotations.get(NON_IDEMPOTENT_ANNOTATION, "").lower() == "true"
+    routes = tuple(
+        r
+        for i, spec in enumerate(vs.spec.http)
+        if (r := _compile_route(spec, i, vs.namespace, namespace, labels, non_idempotent)) is not None
+    )
+    return HostRoutes(host, routes)
+
+
 def _compile_route(
     spec: HTTPRoute,
     index: int,
@@ -263,6 +291,10 @@ def _compile_route(
 ) -> Route | None:
     matches = compile_matches(spec.match, namespace, labels)
     if matches is None:
+        return None
+    if spec.delegate is not None:
+        # Delegation (routes kept in another VirtualService) is not supported yet; as Istio does
+        # with a delegate it cannot find, the route is skipped and the next one can match.
         return None
     single = len(spec.route) == 1
     targets = tuple(

@@ -47,7 +47,7 @@ def parse_timeout_ms(value: str | None) -> float | None:
     if not value:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 12:
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         return None
     return int(text) / 1000.0
 

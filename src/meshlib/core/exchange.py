@@ -89,4 +89,3 @@ class Exchange:
     endpoint: Endpoint | None = None
     tried: list[Endpoint] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
-    idempotency_key: bool = False

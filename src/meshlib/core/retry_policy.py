@@ -53,6 +53,7 @@ class RetryPolicy:
     on_reset: bool = False
     on_connect_failure: bool = False
     on_refused_stream: bool = False
+    on_reset_before_request: bool = False
     statuses: frozenset[int] = frozenset()
     grpc_codes: frozenset[str] = frozenset()
     backoff_base: float = 0.025
@@ -70,13 +71,16 @@ class RetryPolicy:
         return self.on_gateway_error and status in (502, 503, 504)
 
     def retriable_failure(self, failure: Failure) -> bool:
+        # Envoy (wouldRetryFromReset): 5xx, gateway-error and reset retry every kind of reset;
+        # the narrower conditions only their own kind; reset-before-request only what was
+        # never sent.
+        if self.on_5xx or self.on_gateway_error or self.on_reset:
+            return True
         if failure is Failure.CONNECT:
-            return self.on_connect_failure or self.on_5xx or self.on_gateway_error
+            return self.on_connect_failure or self.on_reset_before_request
         if failure is Failure.REFUSED:
-            return self.on_refused_stream or self.on_5xx
-        if failure is Failure.TIMEOUT:
-            return self.on_5xx or self.on_gateway_error or self.on_reset
-        return self.on_reset or self.on_5xx
+            return self.on_refused_stream or self.on_reset_before_request
+        return False
 
     def retriable_grpc(self, code: str) -> bool:
         return code in self.grpc_codes
@@ -108,6 +112,8 @@ def compile_retry_policy(retry: HTTPRetry | None, *, non_idempotent: bool = Fals
         return DEFAULT_RETRY if not non_idempotent else replace(DEFAULT_RETRY, non_idempotent=True)
     conditions = {c.strip() for c in (retry.retry_on or _DEFAULT_ON).split(",") if c.strip()}
     statuses = {int(c) for c in conditions if c.isdigit()}
+    if retry.retry_on is None:
+        statuses.add(503)  # Istio's default retriable status with its default conditions
     if "retriable-4xx" in conditions:
         statuses.add(409)
     return RetryPolicy(
@@ -115,12 +121,11 @@ def compile_retry_policy(retry: HTTPRetry | None, *, non_idempotent: bool = Fals
         per_try_timeout=retry.per_try_timeout,
         on_5xx="5xx" in conditions,
         on_gateway_error="gateway-error" in conditions,
-        on_reset="reset" in conditions or "reset-before-request" in conditions,
+        on_reset="reset" in conditions,
+        on_reset_before_request="reset-before-request" in conditions,
         on_connect_failure="connect-failure" in conditions,
         on_refused_stream="refused-stream" in conditions,
-        statuses=frozenset(
-            statuses | ({503} if "retriable-status-codes" in conditions and not statuses else set())
-        ),
+        statuses=frozenset(statuses),
         grpc_codes=frozenset(_GRPC[c] for c in conditions if c in _GRPC),
         backoff_base=retry.backoff or 0.025,
         non_idempotent=non_idempotent,

@@ -86,7 +86,7 @@ class Snapshot:
     destination_rules: Mapping[str, DestinationRule]
     endpoints_by_host: Mapping[str, tuple[Endpoint, ...]]
     service_entries: Mapping[str, ServiceEntry]
-    _wildcard_vs: tuple[tuple[str, VirtualService], ...]
+    wildcard_virtual_services: tuple[tuple[str, VirtualService], ...]  # most specific first
     _subsets: Mapping[tuple[str, str], Subset]
     _peer_authn: tuple[PeerAuthentication, ...]
     _authz: tuple[AuthorizationPolicy, ...]
@@ -148,7 +148,7 @@ class Snapshot:
         return tuple(e for e in found if e.matches(chosen.labels))
 
     def _wildcard_match(self, fqdn: str) -> VirtualService | None:
-        for pattern, vs in self._wildcard_vs:
+        for pattern, vs in self.wildcard_virtual_services:
             if host_matches(pattern, fqdn):
                 return vs
         return None
@@ -280,7 +280,7 @@ def compile_snapshot(
         destination_rules=MappingProxyType(rules),
         endpoints_by_host=MappingProxyType({h: tuple(e) for h, e in endpoints.items()}),
         service_entries=MappingProxyType(entries),
-        _wildcard_vs=tuple(wildcards),
+        wildcard_virtual_services=tuple(wildcards),
         _subsets=MappingProxyType(subsets),
         _peer_authn=tuple(r for r in ordered if isinstance(r, PeerAuthentication)),
         _authz=tuple(r for r in ordered if isinstance(r, AuthorizationPolicy)),

@@ -1,10 +1,10 @@
 """``MeshTransport`` and ``AsyncMeshTransport``: httpx transports that route through the mesh.
 
-A request to a host the mesh does not know passes through to the inner transport
-untouched. A mesh request runs the client stack; these drivers perform its actions:
-``Send`` (one attempt through the inner transport, body read so the connection is
-free and the timeout covers it), ``Sleep`` and ``Mirror`` (a copy sent in the
-background, never awaited, dropped when too many are already on their way).
+A request to a host the mesh does not know goes to the inner httpx transport untouched.
+A mesh request runs the client stack; these drivers perform its actions: ``Send`` (one
+attempt on the mesh's own httpcore pool, body read so that the connection is free and
+the per-try timeout covers it), ``Sleep`` and ``Mirror`` (a copy sent in the
+background, never awaited, shed when too many are already on their way).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpcore
 import httpx
 
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
@@ -30,6 +31,7 @@ __all__ = ["AsyncMeshTransport", "MeshTransport"]
 MAX_MIRRORS_IN_FLIGHT = 64
 MIRROR_WORKERS = 16
 CLOSE_GRACE = 0.5  # closing a client waits this long at most for mirrors still on their way
+POOL = {"max_connections": 1000, "max_keepalive_connections": 200, "keepalive_expiry": 60.0}
 
 
 class MeshTransport(httpx.BaseTransport):
@@ -37,9 +39,8 @@ class MeshTransport(httpx.BaseTransport):
 
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self._adapter = HttpAdapter(mesh)
-        self._inner = inner or httpx.HTTPTransport(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        )
+        self._inner = inner or httpx.HTTPTransport()
+        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(), **POOL)  # type: ignore[arg-type]
         self._mirrors: concurrent.futures.ThreadPoolExecutor | None = None
         self._mirroring: set[concurrent.futures.Future[None]] = set()
         self._lock = threading.Lock()
@@ -71,21 +72,20 @@ class MeshTransport(httpx.BaseTransport):
         return adapter.finish(request, ex, reply)
 
     def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
-        upstream = self._adapter.upstream_request(request, ex, send)
         try:
-            response = self._inner.handle_request(upstream)
+            response = self._pool.handle_request(self._adapter.upstream(request, ex, send))
             try:
-                response.read()
+                content = response.read()
             finally:
                 response.close()
-        except httpx.TransportError as error:
-            return self._adapter.failed(error)
-        return self._adapter.outcome(response)
+        except Exception as error:
+            return self._adapter.failed(error, request)
+        return self._adapter.response(response, content)
 
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream):
             return  # a streamed body can be read once only: it belongs to the real request
-        copy = self._adapter.upstream_request(request, ex, mirror, mirror=True)
+        copy = self._adapter.upstream(request, ex, mirror, mirror=True)
         with self._lock:
             if len(self._mirroring) >= MAX_MIRRORS_IN_FLIGHT:
                 return  # shed copies rather than let them pile up behind a slow mirror
@@ -97,9 +97,9 @@ class MeshTransport(httpx.BaseTransport):
             self._mirroring.add(future)
         future.add_done_callback(self._mirror_done)
 
-    def _send_mirror(self, copy: httpx.Request) -> None:
+    def _send_mirror(self, copy: httpcore.Request) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            response = self._inner.handle_request(copy)
+            response = self._pool.handle_request(copy)
             try:
                 response.read()
             finally:
@@ -115,6 +115,7 @@ class MeshTransport(httpx.BaseTransport):
                 pending = set(self._mirroring)
             concurrent.futures.wait(pending, timeout=CLOSE_GRACE)
             self._mirrors.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
         self._inner.close()
 
 
@@ -123,9 +124,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._adapter = HttpAdapter(mesh)
-        self._inner = inner or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        )
+        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=httpx.create_ssl_context(), **POOL)  # type: ignore[arg-type]
         self._mirrors: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -155,34 +155,34 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return adapter.finish(request, ex, reply)
 
     async def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
-        upstream = self._adapter.upstream_request(request, ex, send)
+        upstream = self._adapter.upstream(request, ex, send)
         try:
             if send.timeout is None:
-                response = await self._roundtrip(upstream)
+                response, content = await self._roundtrip(upstream)
             else:
                 with anyio.fail_after(send.timeout):  # the whole attempt, not each read
-                    response = await self._roundtrip(upstream)
-        except (httpx.TransportError, TimeoutError) as error:
-            return self._adapter.failed(error)
-        return self._adapter.outcome(response)
+                    response, content = await self._roundtrip(upstream)
+        except Exception as error:
+            return self._adapter.failed(error, request)
+        return self._adapter.response(response, content)
 
-    async def _roundtrip(self, upstream: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(upstream)
+    async def _roundtrip(self, upstream: httpcore.Request) -> tuple[httpcore.Response, bytes]:
+        response = await self._pool.handle_async_request(upstream)
         try:
-            await response.aread()
+            content = await response.aread()
         finally:
             await response.aclose()
-        return response
+        return response, content
 
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream) or len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
             return
-        copy = self._adapter.upstream_request(request, ex, mirror, mirror=True)
+        copy = self._adapter.upstream(request, ex, mirror, mirror=True)
         task = asyncio.get_running_loop().create_task(self._send_mirror(copy))
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
 
-    async def _send_mirror(self, copy: httpx.Request) -> None:
+    async def _send_mirror(self, copy: httpcore.Request) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
             await self._roundtrip(copy)
 
@@ -191,4 +191,5 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             await asyncio.wait(set(self._mirrors), timeout=CLOSE_GRACE)
         for task in list(self._mirrors):
             task.cancel()
+        await self._pool.aclose()
         await self._inner.aclose()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run every benchmark; each one rewrites its own section of benchmarks/RESULTS.md.
+# Usage: benchmarks/run_all.sh   (from anywhere; creates /work/main/.venv if it is missing)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import meshlib, psutil, httpx' 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet -e '.[dev]'
+fi
+
+py=.venv/bin/python
+
+# Watch fan-out: one config change reaching 100 and 1000 watching workloads.
+"$py" benchmarks/watch_fanout.py --workloads 100,1000 --rounds 10
+# The same when every workload registers an endpoint, so that every snapshot lists all N
+# (clients only read the version: compiling N snapshots of N entries would load the two
+# cores with the simulated workloads, not the service; the compile cost is reported).
+"$py" benchmarks/watch_fanout.py --workloads 100,1000 --rounds 10 --client raw --endpoints --decode none \
+    --title-suffix "every workload registers an endpoint"
