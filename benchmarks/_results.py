@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = "# Benchmark results\n\nEach section is written by its benchmark; rerun it to refresh.\n"
+RESULTS_HEADER = "# Benchmark results\n\nEach section is written by its benchmark; rerun it to refresh.\n"
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
-def write_section(title: str, body: str) -> None:
-    """Replace (or append) the ``## title`` section of RESULTS.md, leaving the others alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else HEADER
-    section = f"## {title}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
+def replace_section(text: str, section: str) -> str:
+    """``text`` with the section titled like ``section`` replaced (or appended); others untouched."""
+    title = section.split("\n", 1)[0].rstrip()
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
+    if start is None:
+        head = text if text.strip() else RESULTS_HEADER
+        return head.rstrip("\n") + "\n\n" + section
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = "".join(lines[end:])
+    return "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+
+
+def write_results(path: Path, section: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.write_text(replace_section(text, section), encoding="utf-8")
+
+
+def write_section(title: str, body: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the ``## title`` section of RESULTS.md."""
+    write_results(path, f"## {title}\n\n{body.strip()}\n")

@@ -22,3 +22,6 @@ py=.venv/bin/python
 # cores with the simulated workloads, not the service; the compile cost is reported).
 "$py" benchmarks/watch_fanout.py --workloads 100,1000 --rounds 10 --client raw --endpoints --decode none \
     --title-suffix "every workload registers an endpoint"
+
+# HTTP client data plane: meshlib's transport against plain httpx, sync and async.
+"$py" benchmarks/http_client.py --requests 2000 --rounds 5

@@ -83,13 +83,14 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil  # type: ignore[import-untyped]
+from _results import RESULTS, cpu_model, write_results
 
 HOST = "127.0.0.1"
 SECTION = "## Watch fan-out (config service)"
 SERVICE_SRC = "src/meshlib/controlplane"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = "# Benchmark results\n\nEach section is written by its benchmark; rerun it to refresh.\n"
 MiB = 1024 * 1024
 DECODE_MODES = ("compile", "json", "none")
 BUSY_MACHINE = 0.10  # other processes using more of the cores than this make a case suspect
@@ -1012,14 +1013,6 @@ def resource_cells(run: RunResult) -> list[str]:
     return cells
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def temp_filesystem() -> str:
     """The file system of the temporary data dirs: SQLite's fsync cost depends on it."""
     where = os.path.realpath(tempfile.gettempdir())
@@ -1121,24 +1114,6 @@ def problems_of(run: RunResult) -> list[str]:
             "rounds; its figures are pessimistic"
         )
     return out
-
-
-def replace_section(text: str, section: str) -> str:
-    """``text`` with the section titled like ``section`` replaced (or appended); others untouched."""
-    title = section.split("\n", 1)[0].rstrip()
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
-    if start is None:
-        head = text if text.strip() else RESULTS_HEADER
-        return head.rstrip("\n") + "\n\n" + section
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-
-
-def write_results(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    path.write_text(replace_section(text, section), encoding="utf-8")
 
 
 # --- main ---------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ class HttpAdapter:
     def response(core: httpcore.Response, content: bytes) -> Outcome:
         """An attempt's answer (body already read, so the connection is back in the pool)."""
         response = httpx.Response(
-            core.status, headers=core.headers, content=content, extensions=core.extensions
+            core.status, headers=core.headers, stream=httpx.ByteStream(content), extensions=core.extensions
         )
         grpc = None
         if core.status == 200:
