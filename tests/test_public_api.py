@@ -10,6 +10,7 @@ EXPECTED = [
     "Endpoint",
     "LoadedResource",
     "Mesh",
+    "PeerIdentity",
     "MeshError",
     "MeshRequestError",
     "MeshTimeoutError",
@@ -17,7 +18,9 @@ EXPECTED = [
     "NoRouteError",
     "RetriesExhaustedError",
     "UpstreamOverflowError",
+    "asgi",
     "current_deadline",
+    "current_peer",
     "deadline",
     "MeshSettings",
     "Resource",
@@ -29,6 +32,9 @@ EXPECTED = [
     "compile_snapshot",
     "load_paths",
     "load_text",
+    "serve_asgi",
+    "serve_wsgi",
+    "wsgi",
 ]
 
 

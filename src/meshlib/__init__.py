@@ -5,6 +5,7 @@ AuthorizationPolicy, RequestAuthentication) applied inside the process, watched
 from a small config service (``meshctl serve``) or read from files.
 """
 
+from . import asgi, wsgi
 from ._version import __version__
 from .core.deadline import current_deadline, deadline
 from .core.snapshot import Endpoint, Snapshot, WorkloadSecurity, compile_snapshot
@@ -17,9 +18,12 @@ from .http.errors import (
     RetriesExhaustedError,
     UpstreamOverflowError,
 )
+from .identity import PeerIdentity
 from .mesh import Mesh
+from .peer import current_peer
 from .policy import LoadedResource, Resource, load_paths, load_text
 from .registry import AnnouncedEndpoint, WorkloadRegistration
+from .serving import serve_asgi, serve_wsgi
 from .settings import MeshSettings
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "MeshTimeoutError",
     "NoHealthyUpstreamError",
     "NoRouteError",
+    "PeerIdentity",
     "Resource",
     "RetriesExhaustedError",
     "Snapshot",
@@ -44,9 +49,14 @@ __all__ = [
     "WorkloadRegistration",
     "WorkloadSecurity",
     "__version__",
+    "asgi",
     "compile_snapshot",
     "current_deadline",
+    "current_peer",
     "deadline",
     "load_paths",
     "load_text",
+    "serve_asgi",
+    "serve_wsgi",
+    "wsgi",
 ]

@@ -27,8 +27,9 @@ from .core.client_stack import default_client_stack
 from .core.cluster_state import Clusters
 from .core.dataplane import DataPlane
 from .core.exchange import Exchange, Reply
-from .core.hosts import CLUSTER_DOMAIN
+from .core.hosts import CLUSTER_DOMAIN, normalize_host
 from .core.metrics import RequestMetrics
+from .core.server_stack import Answer, Inbound, default_server_stack
 from .core.snapshot import Snapshot, compile_snapshot
 from .core.stack import Flow, Stack
 from .errors import ConfigError, MeshError
@@ -96,6 +97,10 @@ class Mesh:
         self.rng = random.Random()
         self.client_stack: Stack[Exchange, Reply] = default_client_stack()
         self.client_stack_runner = self.client_stack.compose(_no_terminal)
+        self.server_stack: Stack[Inbound, Answer] = default_server_stack()
+        self.server_stack_runner = self.server_stack.compose(_no_server_terminal)
+        self.draining = False
+        self.fqdn = normalize_host(service, namespace)
         self._source: SnapshotSource = "none"
         self._endpoints: tuple[AnnouncedEndpoint, ...] = ()
         self._listeners: list[Listener] = []
@@ -159,15 +164,24 @@ class Mesh:
         return self.registration().identity(self.settings.trust_domain)
 
     @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
     def ready(self) -> bool:
         """True once the process has policy to apply (from anywhere but nowhere)."""
         return self._source != "none"
+
+    def serving_ready(self) -> bool:
+        """Readiness of this workload's servers: policy loaded and not draining."""
+        return self.ready and not self.draining
 
     def health(self) -> dict[str, Any]:
         """Readiness details for health endpoints and ``meshctl status``."""
         watcher = self._watcher
         return {
             "ready": self.ready,
+            "draining": self.draining,
             "version": self.version,
             "source": self._source,
             "controlPlane": watcher.url if watcher else None,
@@ -368,6 +382,11 @@ class Mesh:
 
 def _no_terminal(_: Exchange) -> Flow[Reply]:
     raise AssertionError("the upstream filter answers every attempt; nothing reaches past it")
+    yield  # pragma: no cover - makes this a generator
+
+
+def _no_server_terminal(_: Inbound) -> Flow[Answer]:
+    raise AssertionError("the handle filter answers every request; nothing reaches past it")
     yield  # pragma: no cover - makes this a generator
 
 

@@ -5,11 +5,11 @@ Adapters (httpx, ASGI, WSGI, gRPC) fill it in; the core never touches a socket.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-__all__ = ["Call"]
+__all__ = ["Call", "RawHeaders"]
 
 
 @dataclass(slots=True)
@@ -39,3 +39,25 @@ class Call:
 
     def has_query_param(self, name: str) -> bool:
         return name in self.query_params
+
+
+class RawHeaders:
+    """Lookups by lower-case name over raw (bytes, bytes) header pairs, as httpx, httpcore and
+    ASGI carry them. The dict is built on first use only: most requests never look, and
+    httpx.Headers.get would scan and decode every header on each lookup."""
+
+    __slots__ = ("_map", "_raw")
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._map: dict[str, str] | None = None
+
+    def __call__(self, name: str) -> str | None:
+        found = self._map
+        if found is None:
+            found = self._map = {}
+            for key, value in self._raw:
+                lower = key.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                found[lower] = f"{found[lower]},{text}" if lower in found else text
+        return found.get(name)

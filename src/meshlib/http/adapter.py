@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import httpcore
 import httpx
 
-from ..core.call import Call
+from ..core.call import Call, RawHeaders
 from ..core.dataplane import DataPlane, HeaderOps
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send
@@ -100,7 +100,7 @@ class HttpAdapter:
             port=url.port or (443 if url.scheme == "https" else 80),  # picks the ServiceEntry port
             path=url.path,
             query=url.query.decode("ascii", "replace"),
-            header=_HeaderLookup(request.headers.raw),
+            header=RawHeaders(request.headers.raw),
             authority=url.netloc.decode("ascii"),  # what httpx put in the Host header
         )
         mesh = self.mesh
@@ -226,27 +226,6 @@ class HttpAdapter:
             code = 0
         elapsed = (time.monotonic() - ex.started) * 1000.0
         self.mesh.metrics.record("outbound", ex.fqdn, code, ",".join(ex.flags) or "-", elapsed)
-
-
-class _HeaderLookup:
-    """Header lookups by lower-case name, the dict built on first use only: httpx.Headers.get
-    scans and decodes every header per lookup, and most requests never look at all."""
-
-    __slots__ = ("_map", "_raw")
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
-        self._map: dict[str, str] | None = None
-
-    def __call__(self, name: str) -> str | None:
-        found = self._map
-        if found is None:
-            found = self._map = {}
-            for key, value in self._raw:
-                lower = key.decode("latin-1").lower()
-                text = value.decode("latin-1")
-                found[lower] = f"{found[lower]},{text}" if lower in found else text
-        return found.get(name)
 
 
 def _set(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:

@@ -1,0 +1,43 @@
+"""Workload identity: SPIFFE IDs as Istio writes them (``spiffe://<td>/ns/<ns>/sa/<sa>``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PeerIdentity"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    """Who called, as proven by a verified peer certificate — never by a header."""
+
+    spiffe_id: str
+    trust_domain: str
+    namespace: str
+    service_account: str
+
+    @property
+    def principal(self) -> str:
+        """Istio's principal form used in AuthorizationPolicy: ``<td>/ns/<ns>/sa/<sa>``."""
+        return self.spiffe_id.removeprefix("spiffe://")
+
+    @classmethod
+    def parse(cls, spiffe_id: str) -> PeerIdentity | None:
+        """A SPIFFE ID in Istio's form, or None for anything else."""
+        if not spiffe_id.startswith("spiffe://"):
+            return None
+        domain, _, path = spiffe_id[len("spiffe://") :].partition("/")
+        parts = path.split("/")
+        if (
+            not domain
+            or len(parts) != 4
+            or parts[0] != "ns"
+            or parts[2] != "sa"
+            or not parts[1]
+            or not parts[3]
+        ):
+            return None
+        return cls(spiffe_id, domain, parts[1], parts[3])
+
+    def __str__(self) -> str:
+        return self.spiffe_id
