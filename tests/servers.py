@@ -82,3 +82,24 @@ class Backend:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for servers started in subprocesses)."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        return int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+def service_entry_policy(folder: Any, host: str, port: int) -> Any:
+    """A policy folder declaring ``host`` at 127.0.0.1:``port`` (static mode)."""
+    folder.mkdir(exist_ok=True)
+    (folder / f"{host}.yaml").write_text(
+        f"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}}}\n"
+        f"spec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n"
+        f"  ports: [{{number: 80, name: http}}]\n"
+        f"  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n"
+    )
+    return folder

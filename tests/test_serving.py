@@ -133,3 +133,21 @@ def test_readiness_turns_off_during_the_drain(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+
+
+def test_serve_does_not_wrap_an_app_twice(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+    from flask import Flask
+
+    import meshlib
+    from meshlib.serving import _asgi_wrapped, _wsgi_wrapped
+
+    mesh = Mesh("reviews", config=tmp_path)
+    fastapi_app = FastAPI()
+    assert not _asgi_wrapped(fastapi_app)
+    fastapi_app.add_middleware(meshlib.asgi.MeshMiddleware, mesh=mesh)
+    assert _asgi_wrapped(fastapi_app)
+    flask_app = Flask(__name__)
+    assert not _wsgi_wrapped(flask_app)
+    flask_app.wsgi_app = meshlib.wsgi.MeshMiddleware(flask_app.wsgi_app, mesh=mesh)  # type: ignore[method-assign]
+    assert _wsgi_wrapped(flask_app)

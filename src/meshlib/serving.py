@@ -49,6 +49,18 @@ def advertise_address(host: str) -> str:
         return "127.0.0.1"
 
 
+def _asgi_wrapped(app: Any) -> bool:
+    """Already behind the mesh middleware (itself, or added with Starlette's add_middleware)?"""
+    if isinstance(app, AsgiMiddleware):
+        return True
+    return any(getattr(m, "cls", None) is AsgiMiddleware for m in getattr(app, "user_middleware", ()))
+
+
+def _wsgi_wrapped(app: Any) -> bool:
+    """Already behind the mesh middleware (itself, or Flask's ``app.wsgi_app``)?"""
+    return isinstance(app, WsgiMiddleware) or isinstance(getattr(app, "wsgi_app", None), WsgiMiddleware)
+
+
 class _Drain:
     """The drain sequence shared by both servers; ``stop`` ends the serving loop."""
 
@@ -117,7 +129,7 @@ def serve_asgi(
     **uvicorn_options: Any,
 ) -> None:
     """Serve an ASGI app with uvicorn as a mesh workload until SIGTERM/SIGINT, then drain."""
-    if wrap and not isinstance(app, AsgiMiddleware):
+    if wrap and not _asgi_wrapped(app):
         app = AsgiMiddleware(app, mesh)
     own_mesh = not mesh.started
     mesh.start()
@@ -152,7 +164,7 @@ def serve_wsgi(
     """Serve a WSGI app with cheroot (threaded) as a mesh workload until SIGTERM/SIGINT, then drain."""
     from cheroot import wsgi
 
-    if wrap and not isinstance(app, WsgiMiddleware):
+    if wrap and not _wsgi_wrapped(app):
         app = WsgiMiddleware(app, mesh)
     own_mesh = not mesh.started
     mesh.start()
