@@ -25,3 +25,6 @@ py=.venv/bin/python
 
 # HTTP client data plane: meshlib's transport against plain httpx, sync and async.
 "$py" benchmarks/http_client.py --requests 2000 --rounds 5
+
+# Server middleware: ASGI and WSGI middleware against the bare app, in-process.
+"$py" benchmarks/server_middleware.py --requests 20000 --rounds 7
