@@ -11,11 +11,13 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..controlplane.auth import write_secret
 from ..controlplane.client import ControlPlaneClient
 from ..controlplane.protocol import DEFAULT_PORT
 from ..core.analyze import analyze
@@ -63,12 +65,18 @@ def _kind(name: str) -> KindInfo:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..controlplane.server import serve_forever
 
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
     serve_forever(
         Path(args.data_dir),
         args.host,
         args.port,
         trust_domain=args.trust_domain,
         workload_ttl=args.workload_ttl,
+        ca_cert=path(args.ca_cert),
+        ca_key=path(args.ca_key),
+        ca_bundle=path(args.ca_bundle),
     )
     return 0
 
@@ -265,6 +273,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "create":
+            if not args.service:
+                raise MeshError("token create needs --service")
+            made = client.create_token(args.service, args.namespace, args.ttl)
+            if args.output_file:
+                write_secret(Path(args.output_file), made["token"] + "\n")
+                print(f"token {made['id']} for {made['identity']} written to {args.output_file} (mode 0600)")
+            else:
+                print(made["token"])  # shown once; only its hash is kept
+            return 0
+        if args.action == "list":
+            rows = [
+                [
+                    t["id"],
+                    t["namespace"],
+                    t["service"],
+                    age(t["created"]),
+                    "revoked" if t["revoked"] else ("expired" if t["expires"] < time.time() else "valid"),
+                ]
+                for t in client.list_tokens()["items"]
+            ]
+            print(table(["ID", "NAMESPACE", "SERVICE", "AGE", "STATE"], rows) if rows else "No tokens.")
+            return 0
+        if not args.id:
+            raise MeshError("token revoke needs the token ID (see meshctl token list)")
+        revoked = client.revoke_token(args.id)
+        print(f"token {revoked['id']} ({revoked['namespace']}/{revoked['service']}) revoked")
+        return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -316,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=90.0,
         help="seconds without contact before a workload's endpoints are withdrawn",
     )
+    p.add_argument("--ca-cert", help="sign with this CA certificate (e.g. an intermediate under your root)")
+    p.add_argument("--ca-key", help="the key of --ca-cert")
+    p.add_argument("--ca-bundle", help="roots workloads trust (default: --ca-cert itself)")
+
+    p = add("token", cmd_token, "bootstrap tokens: each proves one workload identity to the CA")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("id", nargs="?", help="the token to revoke")
+    p.add_argument("--service", help="the identity's service account (create)")
+    namespace(p)
+    p.add_argument("--ttl", help="how long the token is valid, e.g. 24h, 720h (default 720h)")
+    p.add_argument("-o", "--output-file", help="write the token to this file (0600) instead of stdout")
 
     p = add("apply", cmd_apply, "validate resources and store them; prints what changed")
     files(p, True)

@@ -38,7 +38,15 @@ from .auth import check_bearer
 from .protocol import MAX_BODY_BYTES, ApplyRequest, WatchRequest
 from .state import ConfigState
 
-__all__ = ["VersionNotifier", "create_app"]
+__all__ = [
+    "HTTPError",
+    "VersionNotifier",
+    "create_app",
+    "json_errors",
+    "parse_model",
+    "read_json",
+    "require_admin",
+]
 
 log = logging.getLogger("meshlib.controlplane")
 
@@ -84,40 +92,39 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-async def _read_json(request: Request) -> Any:
+async def read_json(request: Request) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _HTTPError(413, f"request body is larger than {MAX_BODY_BYTES // 1048576} MiB")
+        raise HTTPError(413, f"request body is larger than {MAX_BODY_BYTES // 1048576} MiB")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise _HTTPError(413, f"request body is larger than {MAX_BODY_BYTES // 1048576} MiB")
+            raise HTTPError(413, f"request body is larger than {MAX_BODY_BYTES // 1048576} MiB")
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks) or b"null")
     except ValueError as exc:
-        raise _HTTPError(400, f"request body is not valid JSON: {exc}") from None
+        raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
 
 
-def _model(model: type[M], data: Any) -> M:
+def parse_model(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         detail = "; ".join(f"{format_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise _HTTPError(400, f"invalid {model.__name__}: {detail}") from None
+        raise HTTPError(400, f"invalid {model.__name__}: {detail}") from None
 
 
-class _HTTPError(Exception):
+class HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5.0) -> Starlette:
-    """The /v1 API over ``state``; writes need ``Authorization: Bearer <admin token>``."""
-    notifier = VersionNotifier()
+def require_admin(admin_token: str) -> Callable[[Handler], Handler]:
+    """A decorator: the handler runs only for ``Authorization: Bearer <admin token>``."""
 
     def admin(handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -134,29 +141,48 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
 
         return guarded
 
-    def errors(handler: Handler) -> Handler:
-        async def wrapped(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except _HTTPError as exc:
-                return _error(exc.status, str(exc))
-            except ConfigError as exc:
-                return _error(422, "invalid resources", issues=[i.to_json() for i in exc.issues])
+    return admin
 
-        return wrapped
+
+def json_errors(handler: Handler) -> Handler:
+    """Errors the handler raises on purpose become JSON answers with their status."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except HTTPError as exc:
+            return _error(exc.status, str(exc))
+        except ConfigError as exc:
+            return _error(422, "invalid resources", issues=[i.to_json() for i in exc.issues])
+
+    return wrapped
+
+
+def create_app(
+    state: ConfigState,
+    admin_token: str,
+    *,
+    reap_interval: float = 5.0,
+    extra_routes: list[Route] | None = None,
+) -> Starlette:
+    """The /v1 API over ``state``; writes need ``Authorization: Bearer <admin token>``."""
+    notifier = VersionNotifier()
+
+    admin = require_admin(admin_token)
+    errors = json_errors
 
     def key_of(request: Request) -> ResourceKey:
         params = request.path_params
         info = find_kind(params["kind"])
         if info is None:
-            raise _HTTPError(404, f"unknown kind {params['kind']!r}")
+            raise HTTPError(404, f"unknown kind {params['kind']!r}")
         return ResourceKey(info.kind, params["namespace"], params["name"])
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": state.version})
 
     async def apply(request: Request) -> Response:
-        body = _model(ApplyRequest, await _read_json(request))
+        body = parse_model(ApplyRequest, await read_json(request))
         results = state.apply(body.resources, namespace=body.namespace, dry_run=body.dry_run)
         if not body.dry_run and any(r.action != "unchanged" for r in results):
             notifier.notify()
@@ -174,7 +200,7 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
         if kind is not None:
             info = find_kind(kind)
             if info is None:
-                raise _HTTPError(404, f"unknown kind {kind!r}")
+                raise HTTPError(404, f"unknown kind {kind!r}")
             kind = info.kind
         items = state.resources(kind, request.query_params.get("namespace"))
         return JSONResponse({"version": state.version, "items": [i.manifest for i in items]})
@@ -182,13 +208,13 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
     async def get_resource(request: Request) -> Response:
         item = state.get(key_of(request))
         if item is None:
-            raise _HTTPError(404, f"{key_of(request)} not found")
+            raise HTTPError(404, f"{key_of(request)} not found")
         return JSONResponse(item.manifest)
 
     async def delete_resource(request: Request) -> Response:
         key = key_of(request)
         if not state.delete([key]):
-            raise _HTTPError(404, f"{key} not found")
+            raise HTTPError(404, f"{key} not found")
         notifier.notify()
         log.info("deleted %s at version %d", key, state.version)
         return JSONResponse({"version": state.version, "deleted": key._asdict()})
@@ -197,7 +223,7 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
         return Response(state.payload(), media_type="application/json")
 
     async def watch(request: Request) -> Response:
-        body = _model(WatchRequest, await _read_json(request))
+        body = parse_model(WatchRequest, await read_json(request))
         workload = body.workload
         if workload is not None:
             nacked = (body.nack.version, body.nack.reason) if body.nack is not None else None
@@ -222,9 +248,9 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
                 state.seen(workload, watching=-1)
 
     async def put_workload(request: Request) -> Response:
-        registration = _model(WorkloadRegistration, await _read_json(request))
+        registration = parse_model(WorkloadRegistration, await read_json(request))
         if registration.id != request.path_params["id"]:
-            raise _HTTPError(400, f"workload id {registration.id!r} does not match the URL")
+            raise HTTPError(400, f"workload id {registration.id!r} does not match the URL")
         if state.register(registration):
             notifier.notify_soon()
         return JSONResponse({"version": state.version, "identity": registration.identity(state.trust_domain)})
@@ -269,6 +295,7 @@ def create_app(state: ConfigState, admin_token: str, *, reap_interval: float = 5
         Route("/v1/workloads", errors(list_workloads), methods=["GET"]),
         Route("/v1/workloads/{id}", errors(put_workload), methods=["PUT"]),
         Route("/v1/workloads/{id}", errors(delete_workload), methods=["DELETE"]),
+        *(extra_routes or []),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.notifier = notifier

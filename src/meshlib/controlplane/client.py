@@ -72,6 +72,23 @@ class ControlPlaneClient:
         result: dict[str, Any] = self._call("DELETE", f"/v1/resources/{key.kind}/{key.namespace}/{key.name}")
         return result
 
+    def create_token(
+        self, service: str, namespace: str = "default", ttl: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"service": service, "namespace": namespace}
+        if ttl is not None:
+            body["ttl"] = ttl
+        result: dict[str, Any] = self._call("POST", "/v1/tokens", json=body)
+        return result
+
+    def list_tokens(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/tokens")
+        return result
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/tokens/{token_id}")
+        return result
+
     def workloads(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/workloads")
         return result

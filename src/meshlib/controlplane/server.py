@@ -12,9 +12,12 @@ from types import TracebackType
 import uvicorn
 from starlette.applications import Starlette
 
+from ..ca.authority import CertificateAuthority
+from ..ca.tokens import TokenRegistry
 from ..core.hosts import CLUSTER_DOMAIN
 from .app import VersionNotifier, create_app
 from .auth import ensure_admin_token
+from .ca_routes import ca_routes
 from .protocol import DEFAULT_PORT
 from .state import ConfigState
 from .store import SQLiteStore
@@ -43,13 +46,28 @@ def build_app(
     trust_domain: str = CLUSTER_DOMAIN,
     workload_ttl: float = 90.0,
     reap_interval: float = 5.0,
+    ca_cert: Path | None = None,
+    ca_key: Path | None = None,
+    ca_bundle: Path | None = None,
 ) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``: (app, state, token path, token created)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     token, token_path, created = ensure_admin_token(data_dir)
-    state = ConfigState(SQLiteStore(data_dir / DB_FILE), trust_domain=trust_domain, workload_ttl=workload_ttl)
-    return create_app(state, token, reap_interval=reap_interval), state, token_path, created
+    store = SQLiteStore(data_dir / DB_FILE)
+    ca = CertificateAuthority.load_or_create(
+        data_dir, trust_domain, ca_cert=ca_cert, ca_key=ca_key, ca_bundle=ca_bundle
+    )
+    state = ConfigState(
+        store, trust_domain=trust_domain, workload_ttl=workload_ttl, trust_bundle=tuple(ca.trust_bundle())
+    )
+    routes = ca_routes(ca, TokenRegistry(store), token)
+    return (
+        create_app(state, token, reap_interval=reap_interval, extra_routes=routes),
+        state,
+        token_path,
+        created,
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -70,10 +88,18 @@ def serve_forever(
     *,
     trust_domain: str = CLUSTER_DOMAIN,
     workload_ttl: float = 90.0,
+    ca_cert: Path | None = None,
+    ca_key: Path | None = None,
+    ca_bundle: Path | None = None,
 ) -> None:
     """``meshctl serve``: run until SIGINT/SIGTERM, then release watches and exit cleanly."""
     app, state, token_path, created = build_app(
-        data_dir, trust_domain=trust_domain, workload_ttl=workload_ttl
+        data_dir,
+        trust_domain=trust_domain,
+        workload_ttl=workload_ttl,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        ca_bundle=ca_bundle,
     )
     sock = bind(host, port)
     bound = sock.getsockname()[1]
@@ -103,8 +129,12 @@ class ConfigServer:
         trust_domain: str = CLUSTER_DOMAIN,
         workload_ttl: float = 90.0,
         reap_interval: float = 5.0,
+        ca_cert: Path | None = None,
+        ca_key: Path | None = None,
+        ca_bundle: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self._ca = {"ca_cert": ca_cert, "ca_key": ca_key, "ca_bundle": ca_bundle}
         self.host = host
         self.port = port
         self.trust_domain = trust_domain
@@ -130,6 +160,7 @@ class ConfigServer:
             trust_domain=self.trust_domain,
             workload_ttl=self.workload_ttl,
             reap_interval=self.reap_interval,
+            **self._ca,
         )
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]

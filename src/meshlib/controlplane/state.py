@@ -86,6 +86,7 @@ class ConfigState:
     trust_domain: str = CLUSTER_DOMAIN
     workload_ttl: float = 90.0
     clock: Callable[[], float] = time.time
+    trust_bundle: tuple[str, ...] = ()  # the CA roots (PEM) workloads must trust
     version: int = field(init=False, default=0)
     _resources: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
     _parsed: dict[ResourceKey, Resource] = field(init=False, default_factory=dict)
@@ -327,6 +328,7 @@ class ConfigState:
             body = {
                 "version": self.version,
                 "trustDomain": self.trust_domain,
+                "trustBundle": list(self.trust_bundle),
                 "resources": [item.manifest for _, item in sorted(self._resources.items())],
                 "workloads": [
                     w.registration.model_dump(mode="json")

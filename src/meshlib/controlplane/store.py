@@ -58,6 +58,10 @@ class Store(Protocol):
 
     def save_workloads(self, version: int, put: Sequence[StoredWorkload], delete: Sequence[str]) -> None: ...
 
+    def load_tokens(self) -> list[dict[str, Any]]: ...
+
+    def put_token(self, token: dict[str, Any]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -67,6 +71,10 @@ CREATE TABLE IF NOT EXISTS resources (
     kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
     manifest TEXT NOT NULL, version INTEGER NOT NULL,
     PRIMARY KEY (kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, digest TEXT NOT NULL, namespace TEXT NOT NULL, service TEXT NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS workloads (
     id TEXT PRIMARY KEY, registration TEXT NOT NULL,
@@ -140,6 +148,23 @@ class SQLiteStore:
             for workload_id in delete:
                 self._db.execute("DELETE FROM workloads WHERE id=?", (workload_id,))
             self._set_version(version)
+
+    def load_tokens(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, digest, namespace, service, created, expires, revoked FROM tokens "
+                "ORDER BY created"
+            ).fetchall()
+        keys = ("id", "digest", "namespace", "service", "created", "expires", "revoked")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def put_token(self, token: dict[str, Any]) -> None:
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO tokens (id, digest, namespace, service, created, expires, revoked) "
+                "VALUES (:id, :digest, :namespace, :service, :created, :expires, :revoked)",
+                token,
+            )
 
     def close(self) -> None:
         with self._lock:

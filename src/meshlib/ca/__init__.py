@@ -1,0 +1,1 @@
+"""The mesh's certificate authority: X.509-SVIDs for workloads, bootstrap tokens."""

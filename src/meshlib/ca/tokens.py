@@ -1,0 +1,94 @@
+"""Bootstrap tokens: each proves exactly one workload identity to the CA.
+
+A token reads ``mtk_<id>.<secret>``; only the SHA-256 of the whole token is stored, so the
+config service's data cannot be replayed as tokens. A token is shown once, when created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from ..controlplane.store import Store
+from ..errors import MeshError
+
+__all__ = ["BootstrapToken", "TokenError", "TokenRegistry"]
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class TokenError(MeshError):
+    """A token the CA does not accept (missing, unknown, expired or revoked)."""
+
+
+@dataclass(frozen=True)
+class BootstrapToken:
+    id: str
+    digest: str
+    namespace: str
+    service: str
+    created: float
+    expires: float
+    revoked: int = 0
+
+    def public(self) -> dict[str, object]:
+        """Everything but the digest, for listings."""
+        data = asdict(self)
+        del data["digest"]
+        data["revoked"] = bool(self.revoked)
+        return data
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenRegistry:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._tokens = {t["id"]: BootstrapToken(**t) for t in store.load_tokens()}
+
+    def create(self, service: str, namespace: str, ttl: float) -> tuple[BootstrapToken, str]:
+        for label, value in (("service", service), ("namespace", namespace)):
+            if not _NAME.match(value) or len(value) > 63:
+                raise MeshError(f"invalid {label} {value!r}: lower-case letters, digits and '-'")
+        if ttl <= 0:
+            raise MeshError("token TTL must be positive")
+        token_id = secrets.token_hex(6)
+        secret = f"mtk_{token_id}.{secrets.token_urlsafe(32)}"
+        now = self._clock()
+        record = BootstrapToken(token_id, _digest(secret), namespace, service, now, now + ttl)
+        self._store.put_token(asdict(record))
+        self._tokens[token_id] = record
+        return record, secret
+
+    def verify(self, secret: str | None) -> BootstrapToken:
+        if not secret:
+            raise TokenError("missing bootstrap token")
+        match = re.fullmatch(r"mtk_([0-9a-f]{12})\.[A-Za-z0-9_-]+", secret.strip())
+        record = self._tokens.get(match.group(1)) if match else None
+        if record is None or not hmac.compare_digest(record.digest, _digest(secret.strip())):
+            raise TokenError("unknown bootstrap token")
+        if record.revoked:
+            raise TokenError(f"bootstrap token {record.id} was revoked")
+        if self._clock() >= record.expires:
+            raise TokenError(f"bootstrap token {record.id} expired")
+        return record
+
+    def revoke(self, token_id: str) -> BootstrapToken:
+        record = self._tokens.get(token_id)
+        if record is None:
+            raise MeshError(f"no bootstrap token {token_id!r}")
+        revoked = BootstrapToken(**{**asdict(record), "revoked": 1})
+        self._store.put_token(asdict(revoked))
+        self._tokens[token_id] = revoked
+        return revoked
+
+    def list(self) -> list[BootstrapToken]:
+        return sorted(self._tokens.values(), key=lambda t: t.created)
