@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -39,6 +40,7 @@ from .policy.loader import load_paths
 from .registry import AnnouncedEndpoint, WorkloadRegistration
 from .settings import MeshSettings
 from .watcher import Watcher
+from .workload_identity import WorkloadIdentity, keep_renewed
 
 __all__ = ["Mesh", "SnapshotSource"]
 
@@ -100,6 +102,7 @@ class Mesh:
         self.server_stack: Stack[Inbound, Answer] = default_server_stack()
         self.server_stack_runner = self.server_stack.compose(_no_server_terminal)
         self.draining = False
+        self.workload_identity: WorkloadIdentity | None = None
         self.fqdn = normalize_host(service, namespace)
         self._source: SnapshotSource = "none"
         self._endpoints: tuple[AnnouncedEndpoint, ...] = ()
@@ -187,6 +190,8 @@ class Mesh:
             "controlPlane": watcher.url if watcher else None,
             "connected": watcher.connected if watcher else None,
             "lastError": watcher.last_error if watcher else None,
+            "identity": self.identity if self.workload_identity is not None else None,
+            "certificateExpires": self._certificate_expiry(),
         }
 
     def add_listener(self, listener: Listener) -> None:
@@ -224,9 +229,15 @@ class Mesh:
             labels=dict(self.settings.labels),
             endpoints=list(self._endpoints),
             hostname=socket.gethostname(),
+            certificate_expires=self._certificate_expiry(),
             pid=os.getpid(),
             meshlib_version=__version__,
         )
+
+    def _certificate_expiry(self) -> str | None:
+        identity = self.workload_identity
+        expires = identity.expires if identity is not None else None
+        return expires.isoformat() if expires is not None else None
 
     def announce(self, endpoints: Iterable[AnnouncedEndpoint], timeout: float = 5.0) -> None:
         """Publish where this workload serves (and whether it is ready) in the registry."""
@@ -291,6 +302,8 @@ class Mesh:
     def _start_watching(self) -> None:
         s = self.settings
         self._loop = loop = LoopThread(f"meshlib-{s.service}")
+        if s.token:
+            self._start_identity()
         self._watcher = watcher = Watcher(
             s.control_plane, self.registration, self._received, token=s.token, wait=self._watch_wait
         )
@@ -326,7 +339,30 @@ class Mesh:
             "%s; no last-known-good config in %s: no policy is applied until it is reachable", why, data_dir
         )
 
+    def _start_identity(self) -> None:
+        """Key and certificate: reuse a saved one still fresh, else ask the CA now."""
+        s = self.settings
+        assert s.token is not None
+        assert self._loop is not None
+        identity = self.workload_identity = WorkloadIdentity(s.resolved_data_dir, self.identity)
+        due = identity.renew_at(self.rng)
+        if due is None or due <= dt.datetime.now(dt.UTC):
+            try:
+                with httpx.Client() as client:
+                    identity.request(client, s.control_plane[0], s.token)
+            except MeshError as exc:
+                state = (
+                    f"keeping the saved one (expires {identity.expires})"
+                    if identity.valid()
+                    else ("no mesh identity until it succeeds: servers requiring mTLS refuse traffic")
+                )
+                log.error("could not get a certificate: %s; %s", exc, state)
+        self._loop.submit(keep_renewed(identity, list(s.control_plane), s.token, self.rng))
+
     def _received(self, snapshot: Snapshot, payload: dict[str, Any]) -> None:
+        roots = payload.get("trustBundle")
+        if self.workload_identity is not None and isinstance(roots, list) and roots:
+            self.workload_identity.update_roots([str(r) for r in roots])
         self._install(snapshot, "control-plane")
         try:
             save_last_known_good(

@@ -26,6 +26,7 @@ class AnnouncedEndpoint(MeshModel):
     port: int = Field(ge=1, le=65535)
     protocol: Literal["http", "https", "grpc", "tcp"] = "http"
     ready: bool = True
+    tls: bool = False  # serves mutual TLS with its mesh identity (clients then use mTLS)
 
 
 class WorkloadRegistration(MeshModel):
@@ -39,6 +40,7 @@ class WorkloadRegistration(MeshModel):
     hostname: str = ""
     pid: int = 0
     meshlib_version: str = ""
+    certificate_expires: str | None = None  # ISO time; None without a mesh certificate
 
     @field_validator("id")
     @classmethod

@@ -48,6 +48,7 @@ class Endpoint:
     source: str = ""  # workload id, or "ServiceEntry ns/name"
     identity: str | None = None  # SPIFFE ID of a mesh workload; None for external endpoints
     service_port: int | None = None  # the ServiceEntry port this endpoint serves, if any
+    tls: bool = False  # the endpoint serves mutual TLS with its mesh identity
 
     @property
     def key(self) -> tuple[str, int]:
@@ -267,6 +268,7 @@ def compile_snapshot(
                     ready=announced.ready,
                     source=workload.id,
                     identity=workload.identity(trust_domain),
+                    tls=announced.tls,
                 )
             )
     # Most specific wildcard first: *.bar.example.com before *.example.com before *.

@@ -7,6 +7,7 @@ with blocking or awaitable I/O; everything else is here, written once.
 from __future__ import annotations
 
 import re
+import ssl
 import time
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from ..core.dataplane import DataPlane, HeaderOps
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send
 from ..core.retry_policy import Failure
+from ..core.snapshot import Endpoint
 from .errors import (
     MeshTimeoutError,
     NoHealthyUpstreamError,
@@ -87,6 +89,7 @@ class HttpAdapter:
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
         self.stack = mesh.client_stack_runner
+        self._default_ssl: ssl.SSLContext | None = None
 
     def plane(self) -> DataPlane:
         return self.mesh.http_plane
@@ -116,8 +119,33 @@ class HttpAdapter:
             deadline=current_deadline(),
         )
 
+    def ssl_context(self, peer: str | None) -> ssl.SSLContext:
+        """The mesh's client context for mTLS pools; plain httpx verification otherwise."""
+        identity = self.mesh.workload_identity
+        if peer is not None and identity is not None:
+            return identity.client_context()
+        if self._default_ssl is None:
+            self._default_ssl = httpx.create_ssl_context()  # costs ~20 ms: made once, on first use
+        return self._default_ssl
+
+    def use_mtls(self, ex: Exchange, endpoint: Endpoint | None) -> bool:
+        """Mutual TLS toward this endpoint? DestinationRule tls.mode decides when set (DISABLE,
+        ISTIO_MUTUAL); otherwise automatic: when the endpoint serves mTLS and we have an identity."""
+        if endpoint is None or endpoint.identity is None:
+            return False
+        tls = ex.state.cluster.policy.tls if ex.state is not None else None
+        if tls is not None and tls.mode in ("DISABLE", "ISTIO_MUTUAL"):
+            return tls.mode == "ISTIO_MUTUAL"
+        identity = self.mesh.workload_identity
+        return endpoint.tls and identity is not None and identity.valid()
+
     def upstream(
-        self, request: httpx.Request, ex: Exchange, send: Send | Mirror, mirror: bool = False
+        self,
+        request: httpx.Request,
+        ex: Exchange,
+        send: Send | Mirror,
+        mirror: bool = False,
+        mtls: bool = False,
     ) -> httpcore.Request:
         """The request as it leaves for one endpoint: rewritten, re-addressed, headers edited.
 
@@ -143,7 +171,7 @@ class HttpAdapter:
             remaining = format_timeout_ms(max(0.0, ex.deadline - time.monotonic()))
             _set(headers, DEADLINE_HEADER.encode(), remaining.encode())
         if endpoint is not None:
-            scheme = b"https" if endpoint.protocol == "https" else url.raw_scheme
+            scheme = b"https" if mtls or endpoint.protocol == "https" else url.raw_scheme
             core_url = httpcore.URL(
                 scheme=scheme, host=endpoint.address.encode(), port=endpoint.port, target=target_path
             )

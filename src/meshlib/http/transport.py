@@ -22,7 +22,9 @@ import httpcore
 import httpx
 
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
+from ..core.snapshot import Endpoint
 from .adapter import HttpAdapter
+from .tls import AsyncVerifyingBackend, VerifyingBackend
 
 if TYPE_CHECKING:
     from ..mesh import Mesh
@@ -34,24 +36,37 @@ MIRROR_WORKERS = 16
 CLOSE_GRACE = 0.5  # closing a client waits this long at most for mirrors still on their way
 
 
-def _sync_pool(ssl_context: ssl.SSLContext) -> httpcore.ConnectionPool:
+def _sync_pool(ssl_context: ssl.SSLContext, peer: str | None) -> httpcore.ConnectionPool:
     return httpcore.ConnectionPool(
-        ssl_context=ssl_context, max_connections=1000, max_keepalive_connections=100, keepalive_expiry=60.0
+        ssl_context=ssl_context,
+        max_connections=1000,
+        max_keepalive_connections=100,
+        keepalive_expiry=60.0,
+        network_backend=VerifyingBackend(peer) if peer is not None else None,
     )
 
 
-def _async_pool(ssl_context: ssl.SSLContext) -> httpcore.AsyncConnectionPool:
+def _async_pool(ssl_context: ssl.SSLContext, peer: str | None) -> httpcore.AsyncConnectionPool:
     return httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context, max_connections=1000, max_keepalive_connections=100, keepalive_expiry=60.0
+        ssl_context=ssl_context,
+        max_connections=1000,
+        max_keepalive_connections=100,
+        keepalive_expiry=60.0,
+        network_backend=AsyncVerifyingBackend(peer) if peer is not None else None,
     )
 
 
-Origin = tuple[bytes, bytes, int]
+# One pool per endpoint (and per identity it must prove over mTLS).
+PoolKey = tuple[bytes, bytes, int, str | None]
 
 
-def _origin(request: httpcore.Request) -> Origin:
+def _key(request: httpcore.Request, peer: str | None) -> PoolKey:
     url = request.url
-    return (url.scheme, url.host, url.port or 0)
+    return (url.scheme, url.host, url.port or 0, peer)
+
+
+def _peer(mtls: bool, endpoint: Endpoint | None) -> str | None:
+    return endpoint.identity if mtls and endpoint is not None else None
 
 
 class MeshTransport(httpx.BaseTransport):
@@ -63,8 +78,7 @@ class MeshTransport(httpx.BaseTransport):
         # One pool per endpoint, as Envoy keeps one per host: an httpcore pool checks every
         # idle connection it holds on each request (a poll() each), so one shared pool made
         # every request pay for every endpoint ever called (measured ~10 µs with two).
-        self._pools: dict[Origin, httpcore.ConnectionPool] = {}
-        self._ssl = httpx.create_ssl_context()
+        self._pools: dict[PoolKey, httpcore.ConnectionPool] = {}
         self._mirrors: concurrent.futures.ThreadPoolExecutor | None = None
         self._mirroring: set[concurrent.futures.Future[None]] = set()
         self._lock = threading.Lock()
@@ -97,8 +111,9 @@ class MeshTransport(httpx.BaseTransport):
 
     def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
         try:
-            upstream = self._adapter.upstream(request, ex, send)
-            response = self._pool(upstream).handle_request(upstream)
+            mtls = self._adapter.use_mtls(ex, send.endpoint)
+            upstream = self._adapter.upstream(request, ex, send, mtls=mtls)
+            response = self._pool(upstream, _peer(mtls, send.endpoint)).handle_request(upstream)
             try:
                 content = response.read()
             finally:
@@ -110,7 +125,9 @@ class MeshTransport(httpx.BaseTransport):
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream):
             return  # a streamed body can be read once only: it belongs to the real request
-        copy = self._adapter.upstream(request, ex, mirror, mirror=True)
+        mtls = self._adapter.use_mtls(ex, mirror.endpoint)
+        copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
+        peer = _peer(mtls, mirror.endpoint)
         with self._lock:
             if len(self._mirroring) >= MAX_MIRRORS_IN_FLIGHT:
                 return  # shed copies rather than let them pile up behind a slow mirror
@@ -118,13 +135,13 @@ class MeshTransport(httpx.BaseTransport):
                 self._mirrors = concurrent.futures.ThreadPoolExecutor(
                     MIRROR_WORKERS, thread_name_prefix="meshlib-mirror"
                 )
-            future = self._mirrors.submit(self._send_mirror, copy)
+            future = self._mirrors.submit(self._send_mirror, copy, peer)
             self._mirroring.add(future)
         future.add_done_callback(self._mirror_done)
 
-    def _send_mirror(self, copy: httpcore.Request) -> None:
+    def _send_mirror(self, copy: httpcore.Request, peer: str | None) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            response = self._pool(copy).handle_request(copy)
+            response = self._pool(copy, peer).handle_request(copy)
             try:
                 response.read()
             finally:
@@ -146,14 +163,14 @@ class MeshTransport(httpx.BaseTransport):
             pool.close()
         self._inner.close()
 
-    def _pool(self, request: httpcore.Request) -> httpcore.ConnectionPool:
-        origin = _origin(request)
-        pool = self._pools.get(origin)
+    def _pool(self, request: httpcore.Request, peer: str | None) -> httpcore.ConnectionPool:
+        key = _key(request, peer)
+        pool = self._pools.get(key)
         if pool is None:
             with self._lock:
-                pool = self._pools.get(origin)
+                pool = self._pools.get(key)
                 if pool is None:
-                    pool = self._pools[origin] = _sync_pool(self._ssl)
+                    pool = self._pools[key] = _sync_pool(self._adapter.ssl_context(peer), peer)
         return pool
 
 
@@ -171,8 +188,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._adapter = HttpAdapter(mesh)
         self._inner = inner or httpx.AsyncHTTPTransport()
-        self._pools: dict[Origin, httpcore.AsyncConnectionPool] = {}  # one per endpoint (see above)
-        self._ssl = httpx.create_ssl_context()
+        self._pools: dict[PoolKey, httpcore.AsyncConnectionPool] = {}  # one per endpoint (see above)
         self._mirrors: set[asyncio.Task[None]] = set()
         self._asyncio: bool | None = None  # running under asyncio (not trio)? known on first use
 
@@ -205,26 +221,31 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return adapter.finish(request, ex, reply)
 
     async def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
-        upstream = self._adapter.upstream(request, ex, send)
         try:
+            mtls = self._adapter.use_mtls(ex, send.endpoint)
+            upstream = self._adapter.upstream(request, ex, send, mtls=mtls)
+            peer = _peer(mtls, send.endpoint)
             if send.timeout is None:
-                response, content = await self._roundtrip(upstream)
+                response, content = await self._roundtrip(upstream, peer)
             elif self._asyncio:
                 # The whole attempt, not each read. asyncio.timeout costs a third of
                 # anyio.fail_after (measured ~5 vs ~15 µs); anyio serves trio.
                 async with asyncio.timeout(send.timeout):
-                    response, content = await self._roundtrip(upstream)
+                    response, content = await self._roundtrip(upstream, peer)
             else:
                 with anyio.fail_after(send.timeout):
-                    response, content = await self._roundtrip(upstream)
+                    response, content = await self._roundtrip(upstream, peer)
         except Exception as error:
             return self._adapter.failed(error, request)
         return self._adapter.response(response, content)
 
-    async def _roundtrip(self, upstream: httpcore.Request) -> tuple[httpcore.Response, bytes]:
-        pool = self._pools.get(_origin(upstream))
+    async def _roundtrip(
+        self, upstream: httpcore.Request, peer: str | None
+    ) -> tuple[httpcore.Response, bytes]:
+        key = _key(upstream, peer)
+        pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[_origin(upstream)] = _async_pool(self._ssl)
+            pool = self._pools[key] = _async_pool(self._adapter.ssl_context(peer), peer)
         response = await pool.handle_async_request(upstream)
         try:
             content = await response.aread()
@@ -235,14 +256,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream) or len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
             return
-        copy = self._adapter.upstream(request, ex, mirror, mirror=True)
-        task = asyncio.get_running_loop().create_task(self._send_mirror(copy))
+        mtls = self._adapter.use_mtls(ex, mirror.endpoint)
+        copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
+        task = asyncio.get_running_loop().create_task(self._send_mirror(copy, _peer(mtls, mirror.endpoint)))
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
 
-    async def _send_mirror(self, copy: httpcore.Request) -> None:
+    async def _send_mirror(self, copy: httpcore.Request, peer: str | None) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            await self._roundtrip(copy)
+            await self._roundtrip(copy, peer)
 
     async def aclose(self) -> None:
         if self._mirrors:

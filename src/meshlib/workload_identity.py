@@ -1,0 +1,251 @@
+"""A workload's own identity: its key, its X.509-SVID from the mesh CA, and rotation.
+
+The private key is ECDSA P-256, made in this process; it never leaves it (it is kept 0600
+in MESH_DATA_DIR only so that a restart can reuse a still-valid certificate). The
+certificate is renewed at half its life, with jitter; a renewal goes into the *live* TLS
+contexts (``load_cert_chain`` on an ``SSLContext`` in use makes every new handshake use
+the new certificate), so no server restarts and no connection drops. When the CA is
+unreachable the workload keeps its certificate; once it expires, servers that require
+mTLS fail closed and never fall back to plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import random
+import ssl
+import tempfile
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .ca.svid import spiffe_id_of
+from .controlplane.auth import write_secret
+from .errors import ControlPlaneError, UnauthorizedError
+
+__all__ = ["WorkloadIdentity"]
+
+log = logging.getLogger("meshlib")
+KEY_FILE, CERT_FILE, BUNDLE_FILE = "key.pem", "cert.pem", "roots.pem"
+
+
+class WorkloadIdentity:
+    """Holds the key, the certificate chain, the trust bundle and the live TLS contexts."""
+
+    def __init__(self, data_dir: Path, expected_id: str) -> None:
+        self.data_dir = data_dir
+        self.expected_id = expected_id
+        self._key = self._load_or_make_key()
+        self.chain: list[x509.Certificate] = []
+        self.roots: list[str] = []
+        self._server: ssl.SSLContext | None = None
+        self._client: ssl.SSLContext | None = None
+        self._load_saved()
+
+    # --- state ----------------------------------------------------------------------
+
+    @property
+    def certificate(self) -> x509.Certificate | None:
+        return self.chain[0] if self.chain else None
+
+    @property
+    def expires(self) -> dt.datetime | None:
+        cert = self.certificate
+        return cert.not_valid_after_utc if cert is not None else None
+
+    def valid(self, now: dt.datetime | None = None) -> bool:
+        cert = self.certificate
+        moment = now or dt.datetime.now(dt.UTC)
+        return cert is not None and cert.not_valid_before_utc <= moment < cert.not_valid_after_utc
+
+    def renew_at(self, rng: random.Random) -> dt.datetime | None:
+        """Half-way through the certificate's life, give or take 5% of it."""
+        cert = self.certificate
+        if cert is None:
+            return None
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        return cert.not_valid_before_utc + life * (0.5 + rng.uniform(-0.05, 0.05))
+
+    # --- talking to the CA ----------------------------------------------------------
+
+    def csr_pem(self) -> str:
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(self._key, hashes.SHA256())
+        )
+        return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+    def request(self, client: httpx.Client, url: str, token: str) -> None:
+        """Get a certificate for this key from the CA; install it everywhere."""
+        try:
+            response = client.post(
+                f"{url}/v1/certificates",
+                json={"csr": self.csr_pem()},
+                headers={"authorization": f"Bearer {token}"},
+                timeout=10.0,
+            )
+        except httpx.HTTPError as exc:
+            raise ControlPlaneError(f"CA at {url} unreachable: {exc}") from None
+        if response.status_code == 401:
+            raise UnauthorizedError(
+                f"CA at {url} refused the bootstrap token: {_error(response)}", status_code=401
+            )
+        if response.status_code != 200:
+            raise ControlPlaneError(
+                f"CA at {url}: {response.status_code} {_error(response)}", status_code=response.status_code
+            )
+        body = response.json()
+        self.install(
+            [x509.load_pem_x509_certificate(p.encode()) for p in body["certificateChain"]],
+            list(body["trustBundle"]),
+        )
+
+    def install(self, chain: list[x509.Certificate], roots: list[str]) -> None:
+        got = spiffe_id_of(chain[0])
+        if got != self.expected_id:
+            raise ControlPlaneError(f"the CA issued {got}, but this workload is {self.expected_id}")
+        self.chain = chain
+        self.update_roots(roots, persist=False)
+        self._save()
+        for context in (self._server, self._client):
+            if context is not None:
+                context.load_cert_chain(self.data_dir / CERT_FILE, self.data_dir / KEY_FILE)
+        log.info("certificate for %s installed; expires %s", self.expected_id, self.expires)
+
+    def update_roots(self, roots: list[str], *, persist: bool = True) -> None:
+        """New roots are trusted from now on; roots already trusted stay trusted (rotation)."""
+        fresh = [r for r in roots if r not in self.roots]
+        if not fresh:
+            return
+        self.roots = [*self.roots, *fresh]
+        for context in (self._server, self._client):
+            if context is not None:
+                context.load_verify_locations(cadata="".join(fresh))
+        if persist:
+            self._save()
+
+    # --- TLS contexts ---------------------------------------------------------------
+
+    def server_context(self, require_client_cert: bool = True) -> ssl.SSLContext:
+        """For a server: our certificate; client certificates verified against the mesh roots."""
+        if self._server is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._prepare(context)
+            self._server = context
+        self._server.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        return self._server
+
+    def client_context(self) -> ssl.SSLContext:
+        """For a client: our certificate; the server's chain verified against the mesh roots.
+        Host names do not apply (servers are named by SPIFFE ID, checked after the handshake)."""
+        if self._client is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_REQUIRED
+            self._prepare(context)
+            self._client = context
+        return self._client
+
+    def _prepare(self, context: ssl.SSLContext) -> None:
+        if self.roots:
+            context.load_verify_locations(cadata="".join(self.roots))
+        if self.chain:
+            context.load_cert_chain(self.data_dir / CERT_FILE, self.data_dir / KEY_FILE)
+
+    # --- files ----------------------------------------------------------------------
+
+    def _load_or_make_key(self) -> ec.EllipticCurvePrivateKey:
+        path = self.data_dir / KEY_FILE
+        if path.exists():
+            loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if isinstance(loaded, ec.EllipticCurvePrivateKey):
+                return loaded
+            log.warning("%s is not an ECDSA key; making a new one", path)
+            path.unlink()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_secret(
+            path,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+        )
+        return key
+
+    def _load_saved(self) -> None:
+        try:
+            chain = x509.load_pem_x509_certificates((self.data_dir / CERT_FILE).read_bytes())
+            roots = (self.data_dir / BUNDLE_FILE).read_text()
+        except (OSError, ValueError):
+            return
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        mine = self._key.public_key().public_bytes(serialization.Encoding.DER, spki)
+        if chain[0].public_key().public_bytes(serialization.Encoding.DER, spki) != mine:
+            return  # a certificate for another key: useless
+        if spiffe_id_of(chain[0]) != self.expected_id:
+            return
+        self.chain = chain
+        self.roots = [
+            f"-----BEGIN CERTIFICATE-----{part}" for part in roots.split("-----BEGIN CERTIFICATE-----")[1:]
+        ]
+
+    def _save(self) -> None:
+        pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
+        _atomic_write(self.data_dir / CERT_FILE, pem)
+        _atomic_write(self.data_dir / BUNDLE_FILE, "".join(self.roots))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text[:200]
+
+
+async def keep_renewed(identity: WorkloadIdentity, urls: list[str], token: str, rng: random.Random) -> None:
+    """Renew at half-life (with jitter) until cancelled. A failed renewal is retried after a
+    fully jittered exponential back-off (up to 30 s), moving through the config service URLs;
+    meanwhile the current certificate stays in use."""
+    failures = 0
+    while True:
+        if failures:
+            delay = rng.random() * min(30.0, 0.5 * 2**failures)
+        else:
+            due = identity.renew_at(rng)
+            delay = 0.0 if due is None else (due - dt.datetime.now(dt.UTC)).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        url = urls[failures % len(urls)]
+        try:
+            await asyncio.to_thread(_renew, identity, url, token)
+        except ControlPlaneError as exc:
+            failures += 1
+            log.log(
+                logging.WARNING if failures == 1 else logging.DEBUG,
+                "certificate renewal failed (attempt %d): %s",
+                failures,
+                exc,
+            )
+        else:
+            failures = 0
+
+
+def _renew(identity: WorkloadIdentity, url: str, token: str) -> None:
+    with httpx.Client() as client:
+        identity.request(client, url, token)
