@@ -73,6 +73,7 @@ class Mesh:
         startup_timeout: float = 5.0,
         watch_wait: float = 30.0,
         static_poll_interval: float = 1.0,
+        certificate_ttl: float | None = None,
     ) -> None:
         urls = (control_plane,) if isinstance(control_plane, str) else tuple(control_plane or ())
         self.settings = MeshSettings(
@@ -86,6 +87,7 @@ class Mesh:
             trust_domain=trust_domain,
         )
         self.startup_timeout = startup_timeout
+        self._certificate_ttl = certificate_ttl  # None: the CA's default (24h)
         self._watch_wait = watch_wait
         self._static_poll = static_poll_interval
         self.workload_id = (
@@ -161,6 +163,11 @@ class Mesh:
     @property
     def labels(self) -> Mapping[str, str]:
         return self.settings.labels
+
+    @property
+    def source_labels(self) -> Mapping[str, str]:
+        """The labels selectors match this workload by: its own, plus ``app`` = service."""
+        return self._source_labels
 
     @property
     def identity(self) -> str:
@@ -344,7 +351,9 @@ class Mesh:
         s = self.settings
         assert s.token is not None
         assert self._loop is not None
-        identity = self.workload_identity = WorkloadIdentity(s.resolved_data_dir, self.identity)
+        identity = self.workload_identity = WorkloadIdentity(
+            s.resolved_data_dir, self.identity, ttl=self._certificate_ttl
+        )
         due = identity.renew_at(self.rng)
         if due is None or due <= dt.datetime.now(dt.UTC):
             try:

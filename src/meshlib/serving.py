@@ -27,6 +27,7 @@ from .asgi import MeshMiddleware as AsgiMiddleware
 from .controlplane.server import bind
 from .mesh import Mesh
 from .registry import AnnouncedEndpoint
+from .tls_server import mesh_protocol_class
 from .wsgi import MeshMiddleware as WsgiMiddleware
 from .wsgi import WSGIApp
 
@@ -135,9 +136,15 @@ def serve_asgi(
     mesh.start()
     sock = bind(host, port)
     bound = sock.getsockname()[1]
+    tls = mesh.workload_identity is not None
     drain = _Drain(
-        mesh, AnnouncedEndpoint(address=advertise_address(host), port=bound, protocol="http"), drain_delay
+        mesh,
+        AnnouncedEndpoint(address=advertise_address(host), port=bound, protocol="http", tls=tls),
+        drain_delay,
     )
+    if tls:
+        # mTLS per PeerAuthentication on this one port, with the workload's rotating identity.
+        uvicorn_options["http"] = mesh_protocol_class(mesh, lambda: bound)
     config = uvicorn.Config(
         app, log_level=log_level, timeout_graceful_shutdown=max(1, round(drain_timeout)), **uvicorn_options
     )

@@ -38,9 +38,10 @@ KEY_FILE, CERT_FILE, BUNDLE_FILE = "key.pem", "cert.pem", "roots.pem"
 class WorkloadIdentity:
     """Holds the key, the certificate chain, the trust bundle and the live TLS contexts."""
 
-    def __init__(self, data_dir: Path, expected_id: str) -> None:
+    def __init__(self, data_dir: Path, expected_id: str, ttl: float | None = None) -> None:
         self.data_dir = data_dir
         self.expected_id = expected_id
+        self.ttl = ttl
         self._key = self._load_or_make_key()
         self.chain: list[x509.Certificate] = []
         self.roots: list[str] = []
@@ -87,7 +88,7 @@ class WorkloadIdentity:
         try:
             response = client.post(
                 f"{url}/v1/certificates",
-                json={"csr": self.csr_pem()},
+                json={"csr": self.csr_pem(), **({"ttl": f"{self.ttl}s"} if self.ttl else {})},
                 headers={"authorization": f"Bearer {token}"},
                 timeout=10.0,
             )

@@ -113,8 +113,9 @@ def issue_svid(
     the caller's credential, never from the CSR: its subject and SANs are discarded."""
     verify_csr(csr)
     public = csr.public_key()
-    start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=1)  # tolerate clock skew
-    end = min(start + ttl, ca.certificate.not_valid_after_utc)
+    issued = now or dt.datetime.now(dt.UTC)
+    start = issued - min(dt.timedelta(minutes=1), ttl / 10)  # tolerate a little clock skew
+    end = min(issued + ttl, ca.certificate.not_valid_after_utc)
     rsa_key = isinstance(public, rsa.RSAPublicKey)
     return (
         x509.CertificateBuilder()

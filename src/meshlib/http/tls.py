@@ -23,7 +23,7 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | No
     """The SPIFFE ID in the verified peer certificate of a TLS connection, if any."""
     if ssl_object is None:
         return None
-    der = ssl_object.getpeercert(binary_form=True)
+    der = ssl_object.getpeercert(True)  # positional: httpcore hands out _ssl._SSLSocket too
     if not der:
         return None
     return spiffe_id_of(x509.load_der_x509_certificate(der))

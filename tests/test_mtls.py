@@ -1,0 +1,243 @@
+"""Mutual TLS between real processes: identities from the mesh CA, PeerAuthentication modes,
+refused certificates, and certificate rotation under load."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshlib import Mesh
+from meshlib.ca.svid import issue_svid, make_ca
+from meshlib.controlplane.client import ControlPlaneClient
+from meshlib.controlplane.server import ConfigServer
+
+REVIEWS = "reviews.default.svc.cluster.local"
+FRONTEND_ID = "spiffe://cluster.local/ns/default/sa/frontend"
+
+REPLICA = textwrap.dedent("""\
+    import os, sys, json
+    import meshlib
+
+    mesh = meshlib.Mesh("reviews", control_plane=sys.argv[1], token=os.environ["TOKEN"], data_dir=sys.argv[2],
+                        certificate_ttl=float(os.environ.get("CERT_TTL", "0")) or None)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        peer = meshlib.current_peer()
+        cert = mesh.workload_identity.certificate
+        body = json.dumps({"peer": str(peer) if peer else None, "serial": cert.serial_number}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    meshlib.serve_asgi(app, mesh=mesh, port=0, drain_delay=0.2)
+""")
+
+
+@pytest.fixture
+def mesh_ca(tmp_path: Path) -> Iterator[tuple[ConfigServer, ControlPlaneClient]]:
+    with ConfigServer(tmp_path / "cp") as server, ControlPlaneClient(server.url, server.admin_token) as admin:
+        yield server, admin
+
+
+def start_reviews(
+    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, ttl: float | None = None
+) -> subprocess.Popen[str]:
+    script = tmp_path / "reviews.py"
+    script.write_text(REPLICA)
+    env = {
+        **os.environ,
+        "TOKEN": admin.create_token("reviews")["token"],
+        "PYTHONUNBUFFERED": "1",
+        "CERT_TTL": str(ttl or 0),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(script), server.url, str(tmp_path / "reviews")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return proc.stdout.read() if proc.stdout else ""
+
+
+def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def frontend(server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, **options: object) -> Mesh:
+    token = admin.create_token("frontend")["token"]
+    return Mesh("frontend", control_plane=server.url, token=token, data_dir=tmp_path / "frontend", **options)  # type: ignore[arg-type]
+
+
+def endpoint_url(mesh: Mesh) -> str:
+    (endpoint,) = mesh.snapshot.endpoints(REVIEWS)
+    return f"{endpoint.address}:{endpoint.port}"
+
+
+def test_mesh_calls_carry_the_callers_verified_identity(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, admin = mesh_ca
+    proc = start_reviews(server, admin, tmp_path)
+    try:
+        with frontend(server, admin, tmp_path) as mesh:
+            assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
+            (endpoint,) = mesh.snapshot.endpoints(REVIEWS)
+            assert endpoint.tls
+            assert endpoint.identity == "spiffe://cluster.local/ns/default/sa/reviews"
+            with mesh.http_client() as client:
+                body = client.get("http://reviews/").json()
+            assert body["peer"] == FRONTEND_ID, "the server saw our certificate's SPIFFE ID"
+            # A plain client under the default PERMISSIVE mode: served, but with no identity.
+            plain = httpx.get(f"http://{endpoint_url(mesh)}/").json()
+            assert plain["peer"] is None
+            health = mesh.health()
+            assert health["identity"] == FRONTEND_ID
+            assert health["certificateExpires"] is not None
+            status = {w["registration"]["service"]: w for w in admin.workloads()["items"]}
+            assert status["frontend"]["registration"]["certificateExpires"] is not None
+    finally:
+        stop(proc)
+
+
+def test_strict_refuses_plaintext_and_says_why(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, admin = mesh_ca
+    admin.apply(
+        [
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "PeerAuthentication",
+                "metadata": {"name": "default", "namespace": "istio-system"},
+                "spec": {"mtls": {"mode": "STRICT"}},
+            }
+        ]
+    )
+    proc = start_reviews(server, admin, tmp_path)
+    try:
+        with frontend(server, admin, tmp_path) as mesh:
+            assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
+            refused = httpx.get(f"http://{endpoint_url(mesh)}/")
+            assert refused.status_code == 403
+            assert "mutual TLS required" in refused.text and "STRICT" in refused.text
+            with mesh.http_client() as client:
+                assert client.get("http://reviews/").json()["peer"] == FRONTEND_ID, "mTLS still works"
+    finally:
+        stop(proc)
+
+
+def client_context(
+    roots: list[str], cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, tmp_path: Path
+) -> ssl.SSLContext:
+    cert_file, key_file = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(cadata="".join(roots))
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def test_foreign_and_expired_client_certificates_are_refused(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, admin = mesh_ca
+    proc = start_reviews(server, admin, tmp_path)
+    roots = httpx.get(f"{server.url}/v1/trust-bundle").json()["roots"]
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    foreign = issue_svid(make_ca("cluster.local"), csr, FRONTEND_ID, dt.timedelta(hours=1))
+    try:
+        with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "f") as mesh:
+            assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
+            url = f"https://{endpoint_url(mesh)}/"
+            # TLS 1.3: the client's handshake ends before the server checks its certificate, so
+            # the refusal shows up as the server dropping the connection: no response either way.
+            with pytest.raises(httpx.TransportError):
+                httpx.get(url, verify=client_context(roots, foreign, key, tmp_path))
+            # A certificate from the mesh CA itself, but expired: made with the CA's own key.
+            from meshlib.ca.authority import CertificateAuthority
+
+            ca = CertificateAuthority.load_or_create(server.data_dir, "cluster.local")
+            expired = issue_svid(
+                ca.material,
+                csr,
+                FRONTEND_ID,
+                dt.timedelta(hours=1),
+                now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1),
+            )
+            with pytest.raises(httpx.TransportError):
+                httpx.get(url, verify=client_context(roots, expired, key, tmp_path))
+            valid = issue_svid(ca.material, csr, FRONTEND_ID, dt.timedelta(hours=1))
+            assert (
+                httpx.get(url, verify=client_context(roots, valid, key, tmp_path)).json()["peer"]
+                == FRONTEND_ID
+            )
+    finally:
+        stop(proc)
+
+
+def test_rotation_under_200_rps_fails_no_request(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, admin = mesh_ca
+    proc = start_reviews(server, admin, tmp_path, ttl=3.0)
+    try:
+        with frontend(server, admin, tmp_path, certificate_ttl=3.0) as mesh:
+            assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
+            identity = mesh.workload_identity
+            assert identity is not None and identity.certificate is not None
+            first_serial = identity.certificate.serial_number
+            outcomes: list[str] = []
+            server_serials: set[int] = set()
+
+            def load() -> None:
+                with mesh.http_client() as client:
+                    started = time.monotonic()
+                    for i in range(1200):  # 200 requests/s for 6 s: about 4 rotations on each side
+                        try:
+                            body = client.get("http://reviews/").json()
+                            outcomes.append("ok" if body["peer"] == FRONTEND_ID else f"peer {body['peer']}")
+                            server_serials.add(body["serial"])
+                        except httpx.HTTPError as exc:
+                            outcomes.append(repr(exc))
+                        time.sleep(max(0.0, started + (i + 1) / 200 - time.monotonic()))
+
+            worker = threading.Thread(target=load)
+            worker.start()
+            worker.join(60)
+            failures = [o for o in outcomes if o != "ok"]
+            assert len(outcomes) == 1200
+            assert failures == []
+            assert identity.certificate.serial_number != first_serial, "the client certificate rotated"
+            assert len(server_serials) >= 2, "the server certificate rotated"
+    finally:
+        stop(proc)
