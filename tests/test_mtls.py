@@ -42,7 +42,8 @@ REPLICA = textwrap.dedent("""\
         peer = meshlib.current_peer()
         cert = mesh.workload_identity.certificate
         body = json.dumps({"peer": str(peer) if peer else None, "serial": cert.serial_number}).encode()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     meshlib.serve_asgi(app, mesh=mesh, port=0, drain_delay=0.2)
@@ -146,7 +147,8 @@ def test_strict_refuses_plaintext_and_says_why(mesh_ca, tmp_path: Path) -> None:
             assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
             refused = httpx.get(f"http://{endpoint_url(mesh)}/")
             assert refused.status_code == 403
-            assert "mutual TLS required" in refused.text and "STRICT" in refused.text
+            assert "mutual TLS required" in refused.text
+            assert "STRICT" in refused.text
             with mesh.http_client() as client:
                 assert client.get("http://reviews/").json()["peer"] == FRONTEND_ID, "mTLS still works"
     finally:
@@ -214,7 +216,8 @@ def test_rotation_under_200_rps_fails_no_request(mesh_ca, tmp_path: Path) -> Non
         with frontend(server, admin, tmp_path, certificate_ttl=3.0) as mesh:
             assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
             identity = mesh.workload_identity
-            assert identity is not None and identity.certificate is not None
+            assert identity is not None
+            assert identity.certificate is not None
             first_serial = identity.certificate.serial_number
             outcomes: list[str] = []
             server_serials: set[int] = set()

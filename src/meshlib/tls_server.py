@@ -188,7 +188,7 @@ class _Refusal(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._seen = (self._seen + data)[-4:]
-        if b"\r\n\r\n" in self._seen or len(data) >= 4 and data.endswith(b"\r\n\r\n"):
+        if b"\r\n\r\n" in self._seen or (len(data) >= 4 and data.endswith(b"\r\n\r\n")):
             self._transport.write(STRICT_REFUSAL)
             self._transport.close()
 
