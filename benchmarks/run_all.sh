@@ -28,3 +28,6 @@ py=.venv/bin/python
 
 # Server middleware: ASGI and WSGI middleware against the bare app, in-process.
 "$py" benchmarks/server_middleware.py --requests 20000 --rounds 7
+
+# mTLS: CA issuance rate, handshake cost, per-request cost with keep-alive.
+"$py" benchmarks/mtls.py --rounds 5

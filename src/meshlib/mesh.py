@@ -46,6 +46,8 @@ __all__ = ["Mesh", "SnapshotSource"]
 
 log = logging.getLogger("meshlib")
 
+MESH_CLIENT_TIMEOUT = httpx.Timeout(None, connect=10.0)  # Istio: no request timeout by default
+
 SnapshotSource = Literal["none", "control-plane", "last-known-good", "static"]
 Listener = Callable[[Snapshot], None]
 
@@ -220,10 +222,17 @@ class Mesh:
         return AsyncMeshTransport(self, inner)
 
     def http_client(self, **options: Any) -> httpx.Client:
-        """An ``httpx.Client`` whose requests to mesh hosts go through the mesh."""
+        """An ``httpx.Client`` whose requests to mesh hosts go through the mesh.
+
+        Unless you pass ``timeout``, there is none beyond a 10 s connect timeout, as with Istio:
+        a VirtualService ``timeout`` (or the caller's deadline) bounds a request, not httpx's
+        5 s default, which would otherwise cut every longer route timeout short."""
+        options.setdefault("timeout", MESH_CLIENT_TIMEOUT)
         return httpx.Client(transport=self.transport(), **options)
 
     def async_http_client(self, **options: Any) -> httpx.AsyncClient:
+        """The ``httpx.AsyncClient`` twin of :meth:`http_client` (same default timeout)."""
+        options.setdefault("timeout", MESH_CLIENT_TIMEOUT)
         return httpx.AsyncClient(transport=self.async_transport(), **options)
 
     # --- registry -----------------------------------------------------------------------
@@ -382,6 +391,7 @@ class Mesh:
 
     def _install(self, snapshot: Snapshot, source: SnapshotSource) -> None:
         plane = DataPlane.build(snapshot, self.settings.namespace, self._source_labels)
+        self.clusters.current_version = snapshot.version
         with self._changed:
             self._http_plane = plane
             self._snapshot = snapshot

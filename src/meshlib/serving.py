@@ -178,8 +178,15 @@ def serve_wsgi(
     server = wsgi.Server((host, port), app, numthreads=threads, shutdown_timeout=max(1, round(drain_timeout)))
     server.prepare()  # binds; with port 0 the kernel picks
     bound = server.bind_addr[1] if isinstance(server.bind_addr, tuple) else port
+    tls = mesh.workload_identity is not None
+    if tls:
+        from .tls_wsgi import MeshSSLAdapter
+
+        server.ssl_adapter = MeshSSLAdapter(mesh, bound)  # mTLS per PeerAuthentication, one port
     drain = _Drain(
-        mesh, AnnouncedEndpoint(address=advertise_address(host), port=bound, protocol="http"), drain_delay
+        mesh,
+        AnnouncedEndpoint(address=advertise_address(host), port=bound, protocol="http", tls=tls),
+        drain_delay,
     )
 
     def drain_then_stop() -> None:

@@ -22,17 +22,22 @@ from typing import Any
 from .http.tls import peer_spiffe_id
 from .mesh import Mesh
 
-__all__ = ["mesh_protocol_class"]
+__all__ = ["STRICT_REFUSAL", "TLS_HANDSHAKE", "mesh_protocol_class", "mode_for"]
 
 log = logging.getLogger("meshlib")
 
-_TLS_HANDSHAKE = 0x16
+TLS_HANDSHAKE = 0x16
 _REASON = b"mutual TLS required: this workload's PeerAuthentication is STRICT; plaintext is refused\n"
 STRICT_REFUSAL = (
     b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n"
     + f"content-length: {len(_REASON)}\r\n\r\n".encode()
     + _REASON
 )
+
+
+def mode_for(mesh: Mesh, port: int) -> str:
+    """This workload's PeerAuthentication mode on ``port``, from the current snapshot."""
+    return mesh.snapshot.security_for(mesh.namespace, mesh.source_labels).mode_for_port(port)
 
 
 def _base_protocol() -> type[asyncio.Protocol]:
@@ -87,8 +92,8 @@ def mesh_protocol_class(mesh: Mesh, port_of: Callable[[], int]) -> type[asyncio.
                 self._transport.close()
                 return
             identity = mesh.workload_identity
-            mode = mesh.snapshot.security_for(mesh.namespace, mesh.source_labels).mode_for_port(port_of())
-            if first[0] == _TLS_HANDSHAKE and identity is not None and mode != "DISABLE":
+            mode = mode_for(mesh, port_of())
+            if first[0] == TLS_HANDSHAKE and identity is not None and mode != "DISABLE":
                 self._loop.create_task(self._serve_tls(identity.server_context(require_client_cert=True)))
             elif mode == "STRICT":
                 log.info("refused a plaintext connection: PeerAuthentication is STRICT")

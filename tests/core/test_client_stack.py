@@ -7,6 +7,7 @@ goes back for each Send, None for Sleep and Mirror, and the generator returns a 
 
 from __future__ import annotations
 
+import base64
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from meshlib.core import cluster_state
 from meshlib.core.call import Call
 from meshlib.core.client_stack import default_client_stack
 from meshlib.core.cluster_state import Clusters
@@ -74,16 +76,21 @@ def terminal(ex: Exchange) -> Any:  # the upstream filter never calls on
 RUN = default_client_stack().compose(terminal)
 
 
+def plane_of(version: int, *docs: str, workloads: Sequence[WorkloadRegistration] = REVIEWS_PODS) -> DataPlane:
+    """The DataPlane of snapshot ``version`` built from YAML documents and registry entries."""
+    text = "---\n".join(HEADER + doc for doc in docs)
+    resources = [item.resource for item in load_text(text)] if docs else []
+    return DataPlane.build(compile_snapshot(version, resources, workloads), "default", {"app": "me"})
+
+
 class Mesh:
     """One workload's view: a plane, shared cluster state, a fake clock."""
 
     def __init__(
         self, *docs: str, workloads: Sequence[WorkloadRegistration] = REVIEWS_PODS, seed: int = 7
     ) -> None:
-        text = "---\n".join(HEADER + doc for doc in docs)
-        resources = [item.resource for item in load_text(text)] if docs else []
         self.clock = FakeClock()
-        self.plane = DataPlane.build(compile_snapshot(1, resources, workloads), "default", {"app": "me"})
+        self.plane = plane_of(1, *docs, workloads=workloads)
         self.clusters = Clusters(self.clock, random.Random(seed))
 
     def exchange(
@@ -97,15 +104,18 @@ class Mesh:
         headers: dict[str, str] | None = None,
         deadline: float | None = None,
         seed: int = 5,
+        plane: DataPlane | None = None,
+        replayable: bool = True,
     ) -> Exchange:
         found = headers or {}
-        fqdn = self.plane.resolve(host)
+        plane = plane or self.plane
+        fqdn = plane.resolve(host)
         assert fqdn is not None, f"{host} is not a mesh host"
         authority = host if port is None else f"{host}:{port}"
         call = Call(method, "http", host, port, path, query, found.get, authority=authority)
         return Exchange(
             call=call,
-            plane=self.plane,
+            plane=plane,
             clusters=self.clusters,
             rng=random.Random(seed),
             clock=self.clock,
@@ -113,6 +123,7 @@ class Mesh:
             source="10.1.1.1",
             started=self.clock(),
             deadline=deadline,
+            replayable=replayable,
         )
 
     def drive(self, ex: Exchange, respond: Callable[[Send], Outcome]) -> tuple[Reply, list[Any]]:
@@ -180,7 +191,9 @@ def test_success_on_first_attempt() -> None:
     assert (ex.attempts, ex.flags) == (1, [])
     assert ex.route is not None
     assert ex.route.name == "default"
-    state = mesh.clusters.get(mesh.plane.cluster(send.target, 9080))
+    assert ex.cluster is mesh.plane.cluster(send.target, 9080)  # the request's own plane's
+    state = mesh.clusters.get(mesh.plane.cluster(send.target, 9080), mesh.plane.version)
+    assert ex.state is state
     assert state.in_flight == 0  # the slot went back
 
 
@@ -254,7 +267,7 @@ def test_retry_budget_is_honoured() -> None:
     assert second.outcome is UNAVAILABLE
     assert len(sends(actions)) == 1  # budget spent: no retry at all
     assert ex.flags == ["URX"]
-    state = mesh.clusters.get(mesh.plane.cluster(sends(actions)[0].target, 9080))
+    state = mesh.clusters.get(mesh.plane.cluster(sends(actions)[0].target, 9080), mesh.plane.version)
     assert state.budget is not None
     assert state.budget.balance() == 0
     third, actions, ex = mesh.run(OK)
@@ -262,10 +275,16 @@ def test_retry_budget_is_honoured() -> None:
     assert third.outcome is OK
 
 
+def reviews_state(mesh: Mesh) -> tuple[Any, Any]:
+    """The default route's Cluster on the mesh's plane, and its shared state."""
+    found = mesh.plane.cluster(mesh.plane.default_route(REVIEWS).targets[0], 9080)
+    return found, mesh.clusters.get(found, mesh.plane.version)
+
+
 def test_max_retries_in_flight_refuses_a_retry() -> None:
     mesh = Mesh(DR_SUBSETS + "  trafficPolicy:\n    connectionPool: {http: {maxRetries: 1}}\n")
-    state = mesh.clusters.get(mesh.plane.cluster(mesh.plane.default_route(REVIEWS).targets[0], 9080))
-    assert state.admit_retry() is True  # another request's retry holds the only slot
+    found, state = reviews_state(mesh)
+    assert state.admit_retry(found) is True  # another request's retry holds the only slot
     reply, actions, ex = mesh.run(UNAVAILABLE)
     assert kinds(actions) == ["Send"]
     assert ex.flags == ["URX"]
@@ -274,6 +293,77 @@ def test_max_retries_in_flight_refuses_a_retry() -> None:
     assert kinds(actions) == ["Send", "Sleep", "Send"]
     assert reply.outcome is OK
     assert state.retries_in_flight == 0
+
+
+def test_a_refused_max_retries_slot_spends_no_budget() -> None:
+    mesh = Mesh(
+        DR_SUBSETS + "  trafficPolicy:\n    connectionPool: {http: {maxRetries: 1}}\n"
+        "    retryBudget: {percent: 0, minRetryConcurrency: 2}\n"
+    )
+    found, state = reviews_state(mesh)
+    budget = state.budget
+    assert budget is not None
+    assert budget.balance() == 2
+    assert state.admit_retry(found) is True  # another request's retry holds the only slot
+    reply, actions, ex = mesh.run(UNAVAILABLE)
+    assert kinds(actions) == ["Send"]
+    assert reply.outcome is UNAVAILABLE
+    assert ex.flags == ["URX"]
+    assert budget.balance() == 2  # maxRetries refused first: the budget was not touched
+    state.release_retry()
+    reply, actions, _ = mesh.run(UNAVAILABLE, OK)
+    assert kinds(actions) == ["Send", "Sleep", "Send"]
+    assert budget.balance() == 1
+    assert state.retries_in_flight == 0
+
+
+def test_a_refused_budget_gives_the_max_retries_slot_back() -> None:
+    mesh = Mesh(
+        DR_SUBSETS + "  trafficPolicy:\n    connectionPool: {http: {maxRetries: 1}}\n"
+        "    retryBudget: {percent: 0, minRetryConcurrency: 1}\n"
+    )
+    _, state = reviews_state(mesh)
+    mesh.run(UNAVAILABLE, OK)  # spends the budget's only retry
+    assert state.budget is not None
+    assert state.budget.balance() == 0
+    reply, actions, ex = mesh.run(UNAVAILABLE)
+    assert kinds(actions) == ["Send"]
+    assert reply.outcome is UNAVAILABLE
+    assert ex.flags == ["URX"]
+    assert state.retries_in_flight == 0  # the slot taken before asking the budget went back
+
+
+# --- one-shot request bodies -----------------------------------------------------------------
+
+
+def test_a_streamed_body_is_not_resent_after_a_response() -> None:
+    mesh = Mesh()
+    reply, actions, ex = mesh.run(UNAVAILABLE, replayable=False)
+    assert kinds(actions) == ["Send"]
+    assert reply.outcome is UNAVAILABLE
+    assert (ex.attempts, ex.flags) == (1, [])
+    _, state = reviews_state(mesh)
+    assert state.retries_in_flight == 0
+
+
+@pytest.mark.parametrize("failure", [Failure.RESET, Failure.TIMEOUT])
+def test_a_streamed_body_is_not_resent_after_it_may_have_been_read(failure: Failure) -> None:
+    mesh = Mesh(vs("  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n"))
+    broken = Outcome(failure=failure, error=OSError())
+    reply, actions, ex = mesh.run(broken, replayable=False)
+    assert kinds(actions) == ["Send"]
+    assert reply.outcome is broken
+    assert ex.attempts == 1
+
+
+@pytest.mark.parametrize("failure", [Failure.CONNECT, Failure.REFUSED])
+def test_a_streamed_body_never_sent_goes_again(failure: Failure) -> None:
+    mesh = Mesh()
+    unsent = Outcome(failure=failure, error=ConnectionRefusedError())
+    reply, actions, ex = mesh.run(unsent, OK, replayable=False)
+    assert kinds(actions) == ["Send", "Sleep", "Send"]
+    assert reply.outcome is OK
+    assert ex.attempts == 2
 
 
 # --- resend safety ---------------------------------------------------------------------
@@ -501,6 +591,22 @@ def test_direct_response() -> None:
     assert reply.synthetic == Synthetic(204, body=b"")
 
 
+def test_direct_response_bytes_are_base64_decoded() -> None:
+    raw = b"\x00\xffbinary\n"
+    encoded = base64.b64encode(raw).decode()
+    mesh = Mesh(vs(f"  - directResponse: {{status: 200, body: {{bytes: '{encoded}'}}}}\n"))
+    reply, actions, _ = mesh.run()
+    assert actions == []
+    assert reply.synthetic == Synthetic(200, body=raw)
+
+
+@pytest.mark.parametrize(("encoded", "raw"), [("aGk", b"hi"), ("-_8=", b"\xfb\xff")])
+def test_direct_response_bytes_as_protobuf_json_writes_them(encoded: str, raw: bytes) -> None:
+    mesh = Mesh(vs(f"  - directResponse: {{status: 200, body: {{bytes: '{encoded}'}}}}\n"))
+    reply, _, _ = mesh.run()
+    assert reply.synthetic == Synthetic(200, body=raw)
+
+
 HIT, MISS = 1, 0  # seeds whose first draw falls under / over one half
 
 
@@ -589,6 +695,7 @@ def test_mirror_goes_out_before_the_send() -> None:
     assert kinds(actions) == ["Mirror", "Send"]
     assert actions[0].endpoint.address == "10.0.5.1"
     assert actions[0].target.host == SHADOW
+    assert actions[0].cluster is mesh.plane.cluster(actions[0].target, 9080)  # for its TLS settings
     assert reply.outcome is OK
 
 
@@ -744,4 +851,112 @@ def test_delegate_route_is_skipped_not_crashed_on() -> None:
     )
     reply, actions, _ = mesh.run(OK)
     assert [address(s) for s in sends(actions)] == ["10.0.0.3"]
+    assert reply.outcome is OK
+
+
+# --- snapshots changing under a request ----------------------------------------------------------
+
+V2_PODS = [workload("reviews-new-a", "10.0.9.1"), workload("reviews-new-b", "10.0.9.2")]
+OLD_ADDRESSES = {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+NEW_ADDRESSES = {"10.0.9.1", "10.0.9.2"}
+
+
+def budget_rule(percent: int) -> str:
+    return DR_SUBSETS + f"  trafficPolicy:\n    retryBudget: {{percent: {percent}, minRetryConcurrency: 5}}\n"
+
+
+def test_a_request_keeps_its_own_planes_endpoints_across_a_snapshot_change() -> None:
+    mesh = Mesh(budget_rule(50))  # snapshot 1
+    old = mesh.exchange()
+    flow = RUN(old)
+    first = flow.send(None)
+    assert isinstance(first, Send)
+    assert address(first) in OLD_ADDRESSES
+    # Snapshot 2 arrives while the first request is in flight; another request uses it.
+    newer = plane_of(2, budget_rule(10), workloads=V2_PODS)
+    reply, actions = mesh.drive(mesh.exchange(plane=newer), script(OK))
+    assert reply.outcome is OK
+    assert address(sends(actions)[0]) in NEW_ADDRESSES
+    state = old.state
+    assert state is not None
+    new_cluster = newer.cluster(sends(actions)[0].target, 9080)
+    assert (state.cluster, state.version) == (new_cluster, 2)
+    budget = state.budget
+    assert budget is not None
+    assert budget.percent == 10
+    # The first request goes on with its retries: only ever its own snapshot's endpoints.
+    picked = [address(first)]
+    for outcome in (UNAVAILABLE, UNAVAILABLE):
+        pause = flow.send(outcome)
+        assert isinstance(pause, Sleep)
+        again = flow.send(None)
+        assert isinstance(again, Send)
+        picked.append(address(again))
+        # Meanwhile another request on the old snapshot runs to the end.
+        mesh.drive(mesh.exchange(), script(OK))
+        assert (state.cluster, state.version) == (new_cluster, 2)  # never flipped back
+        assert state.budget is budget
+    with pytest.raises(StopIteration) as done:
+        flow.send(OK)
+    assert done.value.value.outcome is OK
+    assert set(picked) == OLD_ADDRESSES  # three attempts, three distinct old endpoints
+    assert old.cluster is mesh.plane.cluster(first.target, 9080)
+    assert (state.in_flight, state.retries_in_flight) == (0, 0)
+    assert budget.percent == 10
+
+
+def test_an_older_plane_keeps_its_own_pool_limits() -> None:
+    limited = DR_SUBSETS + "  trafficPolicy:\n    connectionPool: {http: {http2MaxRequests: 1}}\n"
+    relaxed = DR_SUBSETS + "  trafficPolicy:\n    connectionPool: {http: {http2MaxRequests: 5}}\n"
+    mesh = Mesh(limited)
+    newer = plane_of(2, relaxed)
+    held = RUN(mesh.exchange(plane=newer))
+    assert isinstance(held.send(None), Send)  # one request of snapshot 2 in flight
+    reply, actions, ex = mesh.run()  # snapshot 1 allows one: refused
+    assert (actions, reply.error, ex.flags) == ([], "UO", ["UO"])
+    reply, actions = mesh.drive(mesh.exchange(plane=newer), script(OK))  # snapshot 2 allows five
+    assert reply.outcome is OK
+    held.close()
+    state = mesh.clusters.states()[0]
+    assert state.in_flight == 0
+
+
+def test_the_balancer_is_built_once_per_plane_when_requests_alternate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[object] = []
+    real = cluster_state.build_balancer
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        balancer = real(*args, **kwargs)
+        built.append(balancer)
+        return balancer
+
+    monkeypatch.setattr(cluster_state, "build_balancer", counting)
+    mesh = Mesh(DR_SUBSETS + "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n")
+    newer = plane_of(
+        2, DR_SUBSETS + "  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n", workloads=V2_PODS
+    )
+    seen: dict[str, set[str | None]] = {"old": set(), "new": set()}
+    for _ in range(10):
+        for name, plane in (("old", mesh.plane), ("new", newer)):
+            reply, actions = mesh.drive(mesh.exchange(plane=plane), script(OK))
+            assert reply.outcome is OK
+            seen[name].add(address(sends(actions)[0]))
+    assert len(built) == 2  # one per configuration, never rebuilt by the flip-flop
+    state = mesh.clusters.states()[0]
+    old_cluster = mesh.plane.cluster(mesh.plane.default_route(REVIEWS).targets[0], 9080)
+    new_cluster = newer.cluster(newer.default_route(REVIEWS).targets[0], 9080)
+    assert state.balancer(old_cluster) is built[0]
+    assert state.balancer(new_cluster) is built[1]
+    assert seen == {"old": OLD_ADDRESSES, "new": NEW_ADDRESSES}  # round robin over each plane's own
+
+
+def test_locality_failover_settings_do_not_break_requests() -> None:
+    mesh = Mesh(
+        DR_SUBSETS + "  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n"
+        "      localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}\n"
+    )
+    reply, actions, _ = mesh.run(OK)
+    assert kinds(actions) == ["Send"]
     assert reply.outcome is OK

@@ -256,13 +256,17 @@ def test_prefixes_of_match_blocks_are_kept_for_rewrites() -> None:
         + """
   hosts: [reviews]
   http:
-  - match: [{uri: {prefix: /v1/}}, {uri: {exact: /old}}, {uri: {prefix: /legacy}}]
+  - match:
+    - {uri: {prefix: /v1/}}
+    - {uri: {exact: /old}}
+    - {uri: {prefix: /Legacy}, ignoreUriCase: true}
     rewrite: {uri: /}
     route: [{destination: {host: reviews}}]
 """
     )
     route = plane.routes[REVIEWS].routes[0]
-    assert route.prefixes == ("/v1/", "/legacy")
+    # (prefix, ignoreUriCase): a case-insensitive prefix is kept lower-cased for the rewrite
+    assert route.prefixes == (("/v1/", False), ("/legacy", True))
     assert route.rewrite is not None
     assert route.rewrite.uri == "/"
 
@@ -340,8 +344,17 @@ def test_cluster_is_built_once_per_host_subset_port() -> None:
     plane = build(DR, reviews_workloads())
     first = plane.cluster(target(subset="v1"), 9080)
     assert plane.cluster(target(subset="v1"), 9080) is first
-    assert first.key == (REVIEWS, "v1", 9080)
-    assert plane.cluster(target(subset="v1", port=9443), 9080).key == (REVIEWS, "v1", 9443)
+    assert first.key == ("http", REVIEWS, "v1", 9080)
+    assert plane.cluster(target(subset="v1", port=9443), 9080).key == ("http", REVIEWS, "v1", 9443)
+
+
+def test_cluster_key_names_the_family() -> None:
+    # One process may hold an http and a grpc DataPlane: their clusters must not share state.
+    http = build(DR, reviews_workloads()).cluster(target(subset="v1"), 9080)
+    grpc = build(DR, reviews_workloads(), family="grpc").cluster(target(subset="v1"), 9080)
+    assert (http.family, grpc.family) == ("http", "grpc")
+    assert http.key != grpc.key
+    assert grpc.key == ("grpc", REVIEWS, "v1", 9080)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+from typing import Any
+
 import httpx
 import pytest
 
@@ -145,3 +148,48 @@ def test_rewrite_redirect_direct_response_and_header_edits(backends: Endpoints, 
         "v2",
     )
     assert "x-secret" not in headers
+
+
+def test_rewrite_of_a_case_insensitive_prefix_keeps_the_rest_of_the_path(
+    backends: Endpoints, make_mesh: Any
+) -> None:
+    rules = vs("""\
+  - match: [{uri: {prefix: /API/}, ignoreUriCase: true}]
+    rewrite: {uri: /v2/}
+    route:
+    - destination: {host: reviews, subset: v2}
+""")
+    mesh = make_mesh(service_entry(backends) + SUBSETS + rules)
+    with mesh.http_client() as client:
+        for requested in ("/api/Items/7", "/Api/Items/7", "/API/Items/7"):
+            response = client.get(f"http://reviews{requested}?page=2")
+            assert response.status_code == 200
+            assert response.json()["path"] == "/v2/Items/7"  # the rest keeps its own case
+            assert backends["v2-a"][0].seen[-1][1] == "/v2/Items/7?page=2"
+
+
+def test_routes_match_the_path_as_sent_percent_escapes_included(backends: Endpoints, make_mesh: Any) -> None:
+    rules = vs("""\
+  - match: [{uri: {exact: /files/a%2Fb}}]
+    directResponse: {status: 200, body: {string: raw}}
+  - match: [{uri: {exact: /files/a/b}}]
+    directResponse: {status: 200, body: {string: decoded}}
+""")
+    mesh = make_mesh(service_entry(backends) + SUBSETS + rules)
+    with mesh.http_client() as client:
+        assert client.get("http://reviews/files/a%2Fb").text == "raw"
+        assert client.get("http://reviews/files/a/b").text == "decoded"
+        with pytest.raises(NoRouteError, match=r"matches GET /files/x%20y$"):
+            client.get("http://reviews/files/x%20y")
+
+
+def test_direct_response_body_bytes_are_sent_decoded(backends: Endpoints, make_mesh: Any) -> None:
+    raw = b"\x89PNG\r\n\x1a\n\x00\xff"
+    rules = vs(f"""\
+  - directResponse: {{status: 200, body: {{bytes: {base64.b64encode(raw).decode()}}}}}
+""")
+    mesh = make_mesh(service_entry(backends) + SUBSETS + rules)
+    with mesh.http_client() as client:
+        response = client.get("http://reviews/logo.png")
+    assert (response.status_code, response.content) == (200, raw)
+    assert sum(backend.hits for backend, _ in backends.values()) == 0

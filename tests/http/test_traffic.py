@@ -213,3 +213,42 @@ def test_endpoints_from_the_registry(tmp_path: Path) -> None:
                     except NoHealthyUpstreamError as exc:
                         outcomes.append("UH" if "subset v2" in str(exc) else str(exc))
             assert set(outcomes) == {"reg-v1", "UH"}
+
+
+def mirrored_host_headers(mesh: Mesh, backends: Endpoints, host_header: str | None) -> tuple[str, str]:
+    """The Host header the route's backend and the mirror's got for one request to reviews:9080."""
+    shadow = backends["v2-a"][0]
+    headers = {"host": host_header} if host_header is not None else None
+    with mesh.http_client() as client:
+        response = client.get("http://reviews:9080/mirrored", headers=headers)
+        assert response.status_code == 200
+        deadline = time.monotonic() + 5
+        while shadow.hits < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert shadow.hits == 1
+    primary = next(b for name, (b, _) in backends.items() if name.startswith("v1") and b.hits)
+    return primary.seen[-1][2]["host"], shadow.seen[-1][2]["host"]
+
+
+MIRROR_ON_9080 = vs("""\
+  - route:
+    - destination: {host: reviews, subset: v1}
+    mirror: {host: reviews, subset: v2}
+""")
+
+
+def test_a_mirror_keeps_the_port_of_the_host_header(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    entry = service_entry(backends).replace("number: 80,", "number: 9080,")
+    mesh = make_mesh(entry + SUBSETS + MIRROR_ON_9080)
+    assert mirrored_host_headers(mesh, backends, None) == ("reviews:9080", "reviews-shadow:9080")
+
+
+def test_a_mirror_of_an_ipv6_host_header_marks_the_host_not_the_address(
+    backends: Endpoints, make_mesh
+) -> None:  # type: ignore[no-untyped-def]
+    entry = service_entry(backends).replace("number: 80,", "number: 9080,")
+    mesh = make_mesh(entry + SUBSETS + MIRROR_ON_9080)
+    assert mirrored_host_headers(mesh, backends, "[fd00::1]:9080") == (
+        "[fd00::1]:9080",
+        "[fd00::1]-shadow:9080",
+    )

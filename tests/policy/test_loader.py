@@ -776,3 +776,120 @@ def test_load_text_default_source() -> None:
     with pytest.raises(ConfigError) as info:
         load_text("kind: Nope\n")
     assert str(info.value).startswith("<string>:1: Nope: kind: unknown kind 'Nope'")
+
+
+# --- rules Istio enforces that the models check -------------------------------------------------
+
+
+def route_issues(http: str) -> list[ConfigIssue]:
+    """The issues of a VirtualService whose spec.http is ``http`` (YAML, 2-space indented)."""
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\n"
+        "spec:\n  hosts: [reviews]\n  http:\n" + http
+    )
+    with pytest.raises(ConfigError) as info:
+        load_text(text, source="vs.yaml")
+    return list(info.value.issues)
+
+
+def test_regex_rewrite_group_reference_beyond_the_groups_is_an_error() -> None:
+    [issue] = route_issues(
+        "  - rewrite: {uriRegexRewrite: {match: '^/v1/(.*)$', rewrite: '/\\2'}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    assert (issue.line, issue.resource, issue.path) == (
+        7,
+        "VirtualService default/reviews",
+        "spec.http[0].rewrite.uriRegexRewrite.rewrite",
+    )
+    assert issue.message == "\\2 refers to group 2, but '^/v1/(.*)$' has 1 group(s)"
+
+
+@pytest.mark.parametrize("rewrite", ["/\\1", "/x/\\1/y", "/static"])
+def test_regex_rewrite_with_existing_groups_loads(rewrite: str) -> None:
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\n"
+        "spec:\n  hosts: [reviews]\n  http:\n"
+        f"  - rewrite: {{uriRegexRewrite: {{match: '^/v1/(.*)$', rewrite: '{rewrite}'}}}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    [loaded] = load_text(text)
+    assert loaded.resource.spec.http[0].rewrite.uri_regex_rewrite.rewrite == rewrite
+
+
+def test_regex_rewrite_reports_a_bad_pattern_not_its_groups() -> None:
+    [issue] = route_issues(
+        "  - rewrite: {uriRegexRewrite: {match: '^/(unclosed', rewrite: '/\\1'}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    assert issue.path == "spec.http[0].rewrite.uriRegexRewrite.match"
+    assert "does not compile" in issue.message
+
+
+def test_regex_rewrite_with_an_unknown_escape_is_an_error() -> None:
+    [issue] = route_issues(
+        "  - rewrite: {uriRegexRewrite: {match: '^/v1/(.*)$', rewrite: '/\\d/\\1'}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    assert issue.path == "spec.http[0].rewrite.uriRegexRewrite.rewrite"
+
+
+def test_exponential_delay_is_refused() -> None:
+    [issue] = route_issues(
+        "  - fault: {delay: {exponentialDelay: 1s, percentage: {value: 10}}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    assert (issue.line, issue.path, issue.message) == (
+        7,
+        "spec.http[0].fault.delay.exponentialDelay",
+        "exponentialDelay is not supported (Istio rejects it too); use fixedDelay",
+    )
+
+
+def test_exponential_delay_is_refused_even_next_to_a_fixed_delay() -> None:
+    [issue] = route_issues(
+        "  - fault: {delay: {fixedDelay: 1s, exponentialDelay: 1s}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+    )
+    assert issue.path == "spec.http[0].fault.delay.exponentialDelay"
+    assert "not supported" in issue.message
+
+
+def test_a_delay_without_fixed_delay_is_an_error() -> None:
+    [issue] = route_issues(
+        "  - fault: {delay: {percentage: {value: 10}}}\n    route: [{destination: {host: reviews}}]\n"
+    )
+    assert (issue.path, issue.message) == ("spec.http[0].fault.delay.fixedDelay", "required field is missing")
+
+
+@pytest.mark.parametrize(
+    "abort",
+    [
+        "{http2Error: REFUSED_STREAM, percentage: {value: 10}}",
+        "{httpStatus: 503, http2Error: REFUSED_STREAM}",
+    ],
+)
+def test_http2_error_is_refused(abort: str) -> None:
+    [issue] = route_issues(
+        f"  - fault: {{abort: {abort}}}\n    route: [{{destination: {{host: reviews}}}}]\n"
+    )
+    assert (issue.path, issue.message) == (
+        "spec.http[0].fault.abort.http2Error",
+        "http2Error is not supported (Istio rejects it too); use httpStatus or grpcStatus",
+    )
+
+
+@pytest.mark.parametrize("abort", ["{percentage: {value: 10}}", "{httpStatus: 503, grpcStatus: UNAVAILABLE}"])
+def test_abort_needs_exactly_one_of_http_status_and_grpc_status(abort: str) -> None:
+    [issue] = route_issues(
+        f"  - fault: {{abort: {abort}}}\n    route: [{{destination: {{host: reviews}}}}]\n"
+    )
+    assert (issue.path, issue.message) == (
+        "spec.http[0].fault.abort",
+        "set exactly one of httpStatus and grpcStatus",
+    )
+
+
+def test_direct_response_bytes_that_are_not_base64_are_an_error() -> None:
+    [issue] = route_issues("  - directResponse: {status: 200, body: {bytes: 'not base64!'}}\n")
+    assert issue.path == "spec.http[0].directResponse.body.bytes"

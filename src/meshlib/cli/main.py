@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -260,12 +261,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                 endpoints,
                 sync,
                 state,
+                _expiry(reg.get("certificateExpires")),
                 age(item["lastSeen"]),
             ]
         )
     print(
         table(
-            ["SERVICE", "NAMESPACE", "WORKLOAD", "IDENTITY", "ENDPOINTS", "CONFIG", "STATE", "LAST SEEN"],
+            [
+                "SERVICE",
+                "NAMESPACE",
+                "WORKLOAD",
+                "IDENTITY",
+                "ENDPOINTS",
+                "CONFIG",
+                "STATE",
+                "CERT EXPIRES",
+                "LAST SEEN",
+            ],
             rows,
         )
     )
@@ -303,6 +315,18 @@ def cmd_token(args: argparse.Namespace) -> int:
         revoked = client.revoke_token(args.id)
         print(f"token {revoked['id']} ({revoked['namespace']}/{revoked['service']}) revoked")
         return 0
+
+
+def _expiry(value: str | None) -> str:
+    """``in 23h`` / ``EXPIRED 5m ago`` / ``-`` (no mesh certificate)."""
+    if not value:
+        return "-"
+    try:
+        when = datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return value
+    now = time.time()
+    return f"in {age(now, now=when)}" if when > now else f"EXPIRED {age(when)} ago"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

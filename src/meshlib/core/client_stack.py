@@ -39,7 +39,7 @@ def route(ex: Exchange, next: ClientNext) -> ClientFlow:
         return Reply(synthetic=_redirect(ex.call, chosen.redirect))
     if chosen.direct_response is not None:
         body = chosen.direct_response.body
-        text = (body.string or "").encode() if body is not None else b""
+        text = body.content() if body is not None else b""  # validated when the policy loaded
         return Reply(synthetic=Synthetic(chosen.direct_response.status, body=text))
     ex.target = chosen.pick(ex.rng)
     return (yield from next(ex))
@@ -69,10 +69,11 @@ def mirror(ex: Exchange, next: ClientNext) -> ClientFlow:
     if ex.route is not None:
         for target, share in ex.route.mirrors:
             if share >= 1.0 or ex.rng.random() < share:
-                state = ex.clusters.get(ex.plane.cluster(target, ex.call.port))
-                endpoint = state.pick(None) if state.cluster.endpoints else None
-                if endpoint is not None or not state.cluster.known:
-                    yield Mirror(endpoint, target)
+                cluster = ex.plane.cluster(target, ex.call.port)
+                state = ex.clusters.get(cluster, ex.plane.version)
+                endpoint = state.pick(cluster, None) if cluster.endpoints else None
+                if endpoint is not None or not cluster.known:
+                    yield Mirror(endpoint, target, cluster)
     return (yield from next(ex))
 
 
@@ -108,7 +109,8 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
     assert ex.route is not None
     assert ex.target is not None
     policy = ex.route.retry
-    state = ex.state = ex.clusters.get(ex.plane.cluster(ex.target, ex.call.port))
+    cluster = ex.cluster = ex.plane.cluster(ex.target, ex.call.port)
+    state = ex.state = ex.clusters.get(cluster, ex.plane.version)
     budget = state.budget
     if budget is not None:
         budget.deposit()
@@ -131,11 +133,17 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
                 ex.call.method, outcome.failure, ex.call.header("idempotency-key") is not None
             ):
                 return reply
+            if not ex.replayable and outcome.failure not in (Failure.CONNECT, Failure.REFUSED):
+                return reply  # a streamed body is gone once sent; only an unsent one can go again
             if retries >= policy.attempts:
                 if policy.attempts:
                     ex.flags.append(URX)
                 return reply
-            if (budget is not None and not budget.try_withdraw()) or not state.admit_retry():
+            if not state.admit_retry(cluster):  # maxRetries first: a refused slot must not spend budget
+                ex.flags.append(URX)
+                return reply
+            if budget is not None and not budget.try_withdraw():
+                state.release_retry()
                 ex.flags.append(URX)
                 return reply
             holding = True
@@ -166,22 +174,22 @@ def _retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
 
 def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     """One attempt: pick a healthy endpoint, take a pool slot, send, and feed outlier detection."""
-    state = ex.state
+    state, cluster, target = ex.state, ex.cluster, ex.target
     assert state is not None
-    assert ex.target is not None
-    cluster = state.cluster
+    assert cluster is not None
+    assert target is not None
     endpoint = None
     if cluster.endpoints:
         lb = cluster.policy.load_balancer
         hash_key = _hash_key(ex, lb.consistent_hash) if lb is not None and lb.consistent_hash else None
-        endpoint = state.pick(hash_key, ex.tried if hash_key is None else ())
+        endpoint = state.pick(cluster, hash_key, ex.tried if hash_key is None else ())
         if endpoint is None:
             ex.flags.append(UH)
             return Reply(error=UH, message=f"no healthy endpoint for {_name(cluster.host, cluster.subset)}")
     elif cluster.known:
         ex.flags.append(UH)
         return Reply(error=UH, message=f"no endpoints for {_name(cluster.host, cluster.subset)}")
-    if not state.admit(endpoint):
+    if not state.admit(cluster, endpoint):
         ex.flags.append(UO)
         return Reply(error=UO, message=f"connection pool of {_name(cluster.host, cluster.subset)} is full")
     ex.attempts += 1
@@ -194,7 +202,7 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
         remaining = max(0.0, ex.deadline - ex.clock())
         limit = remaining if limit is None else min(limit, remaining)
     try:
-        outcome: Outcome = yield Send(endpoint, ex.target, limit)
+        outcome: Outcome = yield Send(endpoint, target, limit)
     finally:
         state.release(endpoint)
     if outcome.failure is not None:

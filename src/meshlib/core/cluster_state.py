@@ -56,41 +56,45 @@ class Limits:
 
 @dataclass
 class ClusterState:
+    """Shared by every request to one cluster, whatever snapshot each started on.
+
+    Settings that must not flip back and forth (outlier detection, retry budget) follow the
+    newest snapshot only. Endpoints, the balancer and the pool limits a request uses come
+    from *its own* snapshot's Cluster: a request never mixes two configurations."""
+
     cluster: Cluster
     clock: Clock
     rng: random.Random
+    version: int = -1
     active: dict[tuple[str, int], int] = field(default_factory=dict)
     in_flight: int = 0
     retries_in_flight: int = 0
-    limits: Limits = field(default_factory=Limits)
-    balancer: Balancer = field(init=False)
     outlier: OutlierDetector | None = field(init=False, default=None)
     budget: RetryBudget | None = field(init=False, default=None)  # only when the policy sets one
+    _balancers: dict[tuple[object, ...], Balancer] = field(default_factory=dict, repr=False)
+    _last_balancer: tuple[Cluster, Balancer] | None = field(default=None, repr=False)
+    _limits: tuple[Cluster, Limits] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self._configure(self.cluster)
 
-    def refresh(self, cluster: Cluster) -> None:
-        """A new snapshot's view of this cluster: keep the state, take the new settings."""
-        if cluster is self.cluster:
+    def refresh(self, cluster: Cluster, version: int) -> None:
+        """Take the settings of a newer snapshot's Cluster; an older one changes nothing."""
+        if cluster is self.cluster or version <= self.version:
             return
-        old, self.cluster = self.cluster, cluster
-        self._configure(cluster, old)
+        with self._lock:
+            if version <= self.version:
+                return
+            old, self.cluster, self.version = self.cluster, cluster, version
+            self._configure(cluster, old)
 
     def _configure(self, cluster: Cluster, old: Cluster | None = None) -> None:
         policy = cluster.policy
-        self.limits = Limits.from_cluster(cluster)
         if policy.retry_budget is None:
             self.budget = None  # Istio: no budget unless configured (maxRetries still applies)
         elif old is None or self.budget is None or policy.retry_budget != old.policy.retry_budget:
             self.budget = RetryBudget.from_policy(policy.retry_budget, self.clock)
-        if (
-            old is None
-            or old.endpoints != cluster.endpoints
-            or old.policy.load_balancer != policy.load_balancer
-        ):
-            self.balancer = build_balancer(policy.load_balancer, cluster.endpoints, self._active_of, self.rng)
         settings = policy.outlier_detection
         if settings is None:
             self.outlier = None
@@ -101,25 +105,54 @@ class ClusterState:
         if self.outlier is not None:
             self.outlier.set_endpoints([e.key for e in cluster.endpoints])
 
+    def balancer(self, cluster: Cluster) -> Balancer:
+        """The balancer for a cluster's endpoints and settings, built once and kept while in use
+        (a Maglev table costs tens of ms: never rebuilt per request, nor per snapshot flip)."""
+        last = self._last_balancer
+        if last is not None and last[0] is cluster:
+            return last[1]  # the common case: one lookup by identity, no hashing
+        lb = cluster.policy.load_balancer
+        key = (cluster.endpoints, lb.model_dump_json() if lb is not None else None)  # dicts inside: JSON
+        found = self._balancers.get(key)
+        if found is None:
+            found = build_balancer(lb, cluster.endpoints, self._active_of, self.rng)
+            with self._lock:
+                if len(self._balancers) >= 4:  # the current few configurations are enough
+                    self._balancers.pop(next(iter(self._balancers)))
+                self._balancers[key] = found
+        self._last_balancer = (cluster, found)
+        return found
+
+    def limits(self, cluster: Cluster) -> Limits:
+        cached = self._limits
+        if cached is not None and cached[0] is cluster:
+            return cached[1]
+        limits = Limits.from_cluster(cluster)
+        self._limits = (cluster, limits)
+        return limits
+
     def _active_of(self, endpoint: Endpoint) -> int:
         return self.active.get(endpoint.key, 0)
 
     # --- per attempt --------------------------------------------------------------------
 
-    def pick(self, hash_key: bytes | None, exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
-        """An endpoint: not ejected, preferably not one already tried, chosen by the balancer."""
-        endpoints: Sequence[Endpoint] = self.cluster.endpoints
+    def pick(
+        self, cluster: Cluster, hash_key: bytes | None, exclude: Sequence[Endpoint] = ()
+    ) -> Endpoint | None:
+        """An endpoint of ``cluster``: not ejected, preferably not one already tried."""
+        endpoints: Sequence[Endpoint] = cluster.endpoints
         if self.outlier is not None:
             endpoints = self.outlier.healthy(endpoints, _key)
         if exclude and len(endpoints) > 1:
             fresh = tuple(e for e in endpoints if e not in exclude)
             endpoints = fresh or endpoints
-        return self.balancer.pick(endpoints, hash_key)
+        return self.balancer(cluster).pick(endpoints, hash_key)
 
-    def admit(self, endpoint: Endpoint | None) -> bool:
+    def admit(self, cluster: Cluster, endpoint: Endpoint | None) -> bool:
         """Take an in-flight slot, or refuse (UO) when the pool limits are reached."""
+        limits = self.limits(cluster)
         with self._lock:
-            if self.in_flight >= self.limits.max_active or self.in_flight >= self.limits.max_in_flight:
+            if self.in_flight >= limits.max_active or self.in_flight >= limits.max_in_flight:
                 return False
             self.in_flight += 1
             if endpoint is not None:
@@ -132,9 +165,10 @@ class ClusterState:
             if endpoint is not None:
                 self.active[endpoint.key] -= 1
 
-    def admit_retry(self) -> bool:
+    def admit_retry(self, cluster: Cluster) -> bool:
+        limits = self.limits(cluster)
         with self._lock:
-            if self.retries_in_flight >= self.limits.max_retries:
+            if self.retries_in_flight >= limits.max_retries:
                 return False
             self.retries_in_flight += 1
             return True
@@ -156,21 +190,25 @@ class Clusters:
     """Every cluster's state in this process, shared by all clients of one Mesh."""
 
     def __init__(self, clock: Clock, rng: random.Random | None = None) -> None:
-        self._states: dict[tuple[str, str | None, int | None], ClusterState] = {}
+        self._states: dict[tuple[str, str, str | None, int | None], ClusterState] = {}
         self._lock = threading.Lock()
         self.clock = clock
         self.rng = rng or random.Random()
+        self.current_version: int | None = None  # the snapshot the Mesh holds now
 
-    def get(self, cluster: Cluster) -> ClusterState:
+    def get(self, cluster: Cluster, version: int) -> ClusterState:
+        """The state of a cluster, updated to ``version``'s settings if that is the newest."""
         state = self._states.get(cluster.key)
         if state is None:
             with self._lock:
                 state = self._states.get(cluster.key)
                 if state is None:
-                    state = self._states[cluster.key] = ClusterState(cluster, self.clock, self.rng)
+                    state = self._states[cluster.key] = ClusterState(cluster, self.clock, self.rng, version)
                     return state
         if state.cluster is not cluster:
-            state.refresh(cluster)
+            if version == self.current_version and version < state.version:
+                state.version = -1  # numbering restarted (a fresh config store): the current rules
+            state.refresh(cluster, version)
         return state
 
     def states(self) -> list[ClusterState]:

@@ -115,7 +115,8 @@ class Route:
     redirect: HTTPRedirect | None = None
     direct_response: HTTPDirectResponse | None = None
     rewrite: HTTPRewrite | None = None
-    prefixes: tuple[str, ...] = ()  # uri prefixes of the match blocks, for prefix rewrites
+    # uri prefixes of the match blocks (lower-cased with ignoreUriCase), for prefix rewrites
+    prefixes: tuple[tuple[str, bool], ...] = ()
     request_ops: HeaderOps | None = None
     response_ops: HeaderOps | None = None
 
@@ -151,10 +152,11 @@ class Cluster:
     endpoints: tuple[Endpoint, ...]
     policy: TrafficPolicy
     known: bool  # a mesh host (registry, ServiceEntry or DestinationRule) rather than plain DNS
+    family: str = "http"
 
     @property
-    def key(self) -> tuple[str, str | None, int | None]:
-        return (self.host, self.subset, self.port)
+    def key(self) -> tuple[str, str, str | None, int | None]:
+        return (self.family, self.host, self.subset, self.port)
 
 
 def _always(_: Call) -> bool:
@@ -253,7 +255,7 @@ class DataPlane:
         known = (
             host in snap.endpoints_by_host or host in snap.service_entries or host in snap.destination_rules
         )
-        return Cluster(host, subset, port, endpoints, policy, known)
+        return Cluster(host, subset, port, endpoints, policy, known, self.family)
 
 
 def _target(dest: Destination, weight: int, headers: Headers | None, vs_namespace: str) -> Target:
@@ -332,7 +334,11 @@ def _compile_route(
         redirect=spec.redirect,
         direct_response=spec.direct_response,
         rewrite=spec.rewrite,
-        prefixes=tuple(m.uri.prefix for m in spec.match if m.uri is not None and m.uri.prefix is not None),
+        prefixes=tuple(
+            (m.uri.prefix.lower() if m.ignore_uri_case else m.uri.prefix, m.ignore_uri_case)
+            for m in spec.match
+            if m.uri is not None and m.uri.prefix is not None
+        ),
         request_ops=HeaderOps.build(_ops(spec.headers, "request")),
         response_ops=HeaderOps.build(_ops(spec.headers, "response")),
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 from .call import Call
 from .cluster_state import Clusters, ClusterState
-from .dataplane import DataPlane, Route, Target
+from .dataplane import Cluster, DataPlane, Route, Target
 from .retry_policy import Failure
 from .snapshot import Endpoint
 
@@ -38,6 +38,7 @@ class Mirror:
 
     endpoint: Endpoint | None
     target: Target
+    cluster: Cluster | None = None
 
 
 @dataclass(slots=True)
@@ -80,9 +81,11 @@ class Exchange:
     clock: Callable[[], float]
     fqdn: str
     source: str = ""  # this workload, for consistentHash useSourceIp
+    replayable: bool = True  # the request body can be sent again (not a one-shot stream)
     route: Route | None = None
     target: Target | None = None
-    state: ClusterState | None = None
+    cluster: Cluster | None = None  # from this request's own DataPlane: endpoints, limits, policy
+    state: ClusterState | None = None  # shared with every request to the cluster: counters
     deadline: float | None = None
     started: float = 0.0
     attempts: int = 0

@@ -15,11 +15,12 @@ import httpcore
 import httpx
 
 from ..core.call import Call, RawHeaders
-from ..core.dataplane import DataPlane, HeaderOps
+from ..core.dataplane import Cluster, DataPlane, HeaderOps
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send
 from ..core.retry_policy import Failure
 from ..core.snapshot import Endpoint
+from ..policy.virtual_service import re2_template
 from .errors import (
     MeshTimeoutError,
     NoHealthyUpstreamError,
@@ -101,7 +102,7 @@ class HttpAdapter:
             scheme=url.scheme,
             host=url.host,
             port=url.port or (443 if url.scheme == "https" else 80),  # picks the ServiceEntry port
-            path=url.path,
+            path=url.raw_path.split(b"?", 1)[0].decode("ascii", "replace"),  # as sent: %2F stays %2F
             query=url.query.decode("ascii", "replace"),
             header=RawHeaders(request.headers.raw),
             authority=url.netloc.decode("ascii"),  # what httpx put in the Host header
@@ -117,6 +118,7 @@ class HttpAdapter:
             source=mesh.workload_id,
             started=time.monotonic(),
             deadline=current_deadline(),
+            replayable=isinstance(request.stream, httpx.ByteStream),
         )
 
     def ssl_context(self, peer: str | None) -> ssl.SSLContext:
@@ -128,12 +130,12 @@ class HttpAdapter:
             self._default_ssl = httpx.create_ssl_context()  # costs ~20 ms: made once, on first use
         return self._default_ssl
 
-    def use_mtls(self, ex: Exchange, endpoint: Endpoint | None) -> bool:
+    def use_mtls(self, cluster: Cluster | None, endpoint: Endpoint | None) -> bool:
         """Mutual TLS toward this endpoint? DestinationRule tls.mode decides when set (DISABLE,
         ISTIO_MUTUAL); otherwise automatic: when the endpoint serves mTLS and we have an identity."""
         if endpoint is None or endpoint.identity is None:
             return False
-        tls = ex.state.cluster.policy.tls if ex.state is not None else None
+        tls = cluster.policy.tls if cluster is not None else None
         if tls is not None and tls.mode in ("DISABLE", "ISTIO_MUTUAL"):
             return tls.mode == "ISTIO_MUTUAL"
         identity = self.mesh.workload_identity
@@ -166,7 +168,7 @@ class HttpAdapter:
             _apply_raw(headers, send.target.request_ops)
         if mirror:
             host = next((v for k, v in headers if k.lower() == b"host"), url.raw_host)
-            _set(headers, b"host", host + b"-shadow")  # as Envoy marks copies
+            _set(headers, b"host", shadow_host(host))
         if ex.deadline is not None:
             remaining = format_timeout_ms(max(0.0, ex.deadline - time.monotonic()))
             _set(headers, DEADLINE_HEADER.encode(), remaining.encode())
@@ -182,14 +184,17 @@ class HttpAdapter:
         timeout = send.timeout if isinstance(send, Send) else MIRROR_TIMEOUT
         extensions = request.extensions
         if timeout is not None:
+            # The tighter of the caller's own httpx timeouts and the mesh's limit, per phase.
+            own = extensions.get("timeout") or {}
+            limits = {
+                "connect": min(timeout, _CONNECT_TIMEOUT),
+                "read": timeout,
+                "write": timeout,
+                "pool": timeout,
+            }
             extensions = {
                 **extensions,
-                "timeout": {
-                    "connect": min(timeout, _CONNECT_TIMEOUT),
-                    "read": timeout,
-                    "write": timeout,
-                    "pool": timeout,
-                },
+                "timeout": {k: v if own.get(k) is None else min(v, own[k]) for k, v in limits.items()},
             }
         return httpcore.Request(
             request.method, core_url, headers=headers, content=request.stream, extensions=extensions
@@ -233,7 +238,7 @@ class HttpAdapter:
             if outcome.error is not None:
                 error = as_httpx_error(outcome.error, request)
                 if "URX" in ex.flags:
-                    raise RetriesExhaustedError(
+                    raise _exhausted(type(error))(
                         f"{ex.fqdn}: {ex.attempts} attempt(s) failed; last: {error}", request=request
                     ) from error
                 raise error
@@ -244,6 +249,12 @@ class HttpAdapter:
         if target is not None and target.response_ops is not None:
             _apply(response.headers, target.response_ops)
         return response
+
+    def escaped(self, ex: Exchange) -> None:
+        """An error escaped the stack (a body that failed to stream, a cancelled task): count it."""
+        self.mesh.metrics.record(
+            "outbound", ex.fqdn, 0, ",".join(ex.flags) or "-", (time.monotonic() - ex.started) * 1000.0
+        )
 
     def _record(self, ex: Exchange, reply: Reply) -> None:
         if reply.synthetic is not None:
@@ -284,16 +295,40 @@ def _apply(headers: httpx.Headers, ops: HeaderOps) -> None:
         headers[name] = value if existing is None else f"{existing},{value}"
 
 
-def _rewrite_path(raw: str, rewrite: object, prefixes: tuple[str, ...]) -> str:
+def shadow_host(host: bytes) -> bytes:
+    """Envoy's mark on a mirrored copy: ``reviews:9080`` -> ``reviews-shadow:9080`` (and
+    ``[fd00::1]:9080`` -> ``[fd00::1]-shadow:9080``)."""
+    if host.startswith(b"["):
+        address, bracket, rest = host.partition(b"]")
+        return address + bracket + b"-shadow" + rest
+    name, colon, port = host.partition(b":")
+    return name + b"-shadow" + colon + port
+
+
+_EXHAUSTED: dict[type[BaseException], type[httpx.RequestError]] = {}
+
+
+def _exhausted(base: type[BaseException]) -> type[httpx.RequestError]:
+    """RetriesExhaustedError that is also the last attempt's own httpx error type, so that
+    ``except httpx.TimeoutException`` still catches retries that all timed out."""
+    found = _EXHAUSTED.get(base)
+    if found is None:
+        if not issubclass(base, httpx.TransportError) or issubclass(base, RetriesExhaustedError):
+            return RetriesExhaustedError
+        found = _EXHAUSTED[base] = type(f"RetriesExhausted{base.__name__}", (RetriesExhaustedError, base), {})
+    return found
+
+
+def _rewrite_path(raw: str, rewrite: object, prefixes: tuple[tuple[str, bool], ...]) -> str:
     from ..policy.virtual_service import HTTPRewrite
 
     assert isinstance(rewrite, HTTPRewrite)
     path, sep, query = raw.partition("?")
     if rewrite.uri_regex_rewrite is not None:
         spec = rewrite.uri_regex_rewrite
-        path = re.sub(spec.match, spec.rewrite, path)  # \1 groups, as RE2 writes them
+        path = re.sub(spec.match, re2_template(spec.rewrite), path)
     elif rewrite.uri is not None:
-        prefix = next((p for p in prefixes if path.startswith(p)), None)
+        prefix = next((p for p, fold in prefixes if (path.lower() if fold else path).startswith(p)), None)
         path = rewrite.uri + path[len(prefix) :] if prefix is not None else rewrite.uri
         if not path.startswith("/"):
             path = "/" + path

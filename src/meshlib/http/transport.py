@@ -107,11 +107,15 @@ class MeshTransport(httpx.BaseTransport):
                     raise TypeError(f"unknown action {action!r}")
         except StopIteration as done:
             reply: Reply = done.value
+        except BaseException:
+            flow.close()  # the stack's finally blocks give back pool and retry slots now
+            adapter.escaped(ex)
+            raise
         return adapter.finish(request, ex, reply)
 
     def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
         try:
-            mtls = self._adapter.use_mtls(ex, send.endpoint)
+            mtls = self._adapter.use_mtls(ex.cluster, send.endpoint)
             upstream = self._adapter.upstream(request, ex, send, mtls=mtls)
             response = self._pool(upstream, _peer(mtls, send.endpoint)).handle_request(upstream)
             try:
@@ -125,7 +129,7 @@ class MeshTransport(httpx.BaseTransport):
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream):
             return  # a streamed body can be read once only: it belongs to the real request
-        mtls = self._adapter.use_mtls(ex, mirror.endpoint)
+        mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
         copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
         peer = _peer(mtls, mirror.endpoint)
         with self._lock:
@@ -218,11 +222,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     raise TypeError(f"unknown action {action!r}")
         except StopIteration as done:
             reply: Reply = done.value
+        except BaseException:
+            flow.close()
+            adapter.escaped(ex)
+            raise
         return adapter.finish(request, ex, reply)
 
     async def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
         try:
-            mtls = self._adapter.use_mtls(ex, send.endpoint)
+            mtls = self._adapter.use_mtls(ex.cluster, send.endpoint)
             upstream = self._adapter.upstream(request, ex, send, mtls=mtls)
             peer = _peer(mtls, send.endpoint)
             if send.timeout is None:
@@ -230,10 +238,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             elif self._asyncio:
                 # The whole attempt, not each read. asyncio.timeout costs a third of
                 # anyio.fail_after (measured ~5 vs ~15 µs); anyio serves trio.
-                async with asyncio.timeout(send.timeout):
+                async with asyncio.timeout(send.timeout * 1.05 + 0.02):  # httpcore's own fire first
                     response, content = await self._roundtrip(upstream, peer)
             else:
-                with anyio.fail_after(send.timeout):
+                with anyio.fail_after(send.timeout * 1.05 + 0.02):
                     response, content = await self._roundtrip(upstream, peer)
         except Exception as error:
             return self._adapter.failed(error, request)
@@ -256,7 +264,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream) or len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
             return
-        mtls = self._adapter.use_mtls(ex, mirror.endpoint)
+        if not self._asyncio:
+            return  # under trio there is no loop to leave a background task on: no mirroring
+        mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
         copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
         task = asyncio.get_running_loop().create_task(self._send_mirror(copy, _peer(mtls, mirror.endpoint)))
         self._mirrors.add(task)

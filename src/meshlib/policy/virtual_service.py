@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import builtins
 import re
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -121,6 +124,30 @@ class HTTPBody(MeshModel):
     string: str | None = None
     bytes: str | None = None  # base64, as protobuf JSON writes bytes
 
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.string is not None and self.bytes is not None:
+            yield (), "set only one of string and bytes"
+        if self.bytes is not None:
+            try:
+                decode_base64(self.bytes)
+            except ValueError:
+                yield ("bytes",), f"{self.bytes[:40]!r} is not base64"
+
+    def content(self) -> builtins.bytes:
+        if self.bytes is not None:
+            return decode_base64(self.bytes)
+        return (self.string or "").encode()
+
+
+def decode_base64(text: str) -> bytes:
+    """Base64 as protobuf JSON accepts it: standard or URL-safe alphabet, padding optional."""
+    cleaned = text.strip().replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not base64: {exc}") from None
+
 
 class HTTPDirectResponse(MeshModel):
     status: int = Field(ge=200, le=599)
@@ -133,9 +160,47 @@ class RegexRewrite(MeshModel):
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         try:
-            re.compile(self.match)
+            pattern = re.compile(self.match)
         except re.error as exc:
             yield ("match",), f"regex {self.match!r} does not compile: {exc}"
+            return
+        try:
+            template = re2_template(self.rewrite)
+        except ValueError as exc:
+            yield ("rewrite",), str(exc)
+            return
+        for ref in re.findall(r"\\g<(\d+)>", template):
+            if int(ref) > pattern.groups:
+                yield (
+                    ("rewrite",),
+                    (f"\\{ref} refers to group {ref}, but {self.match!r} has {pattern.groups} group(s)"),
+                )
+
+
+def re2_template(rewrite: str) -> str:
+    """An RE2 rewrite (what Envoy takes) as a Python ``re.sub`` template.
+
+    RE2 knows ``\\0`` to ``\\9`` (one digit each; ``\\0`` is the whole match) and ``\\\\``;
+    any other escape is an error. Python would read ``\\12`` as group 12 and ``\\0`` as NUL."""
+    out: list[str] = []
+    i = 0
+    while i < len(rewrite):
+        char = rewrite[i]
+        if char != "\\":
+            out.append(char)
+            i += 1
+            continue
+        if i + 1 >= len(rewrite):
+            raise ValueError(f"rewrite {rewrite!r} ends in a lone backslash")
+        escaped = rewrite[i + 1]
+        if escaped.isdigit():
+            out.append(f"\\g<{escaped}>")
+        elif escaped == "\\":
+            out.append("\\\\")
+        else:
+            raise ValueError(f"unknown escape \\{escaped} in rewrite {rewrite!r}: use \\0-\\9 or \\\\")
+        i += 2
+    return "".join(out)
 
 
 class HTTPRewrite(MeshModel):
@@ -200,8 +265,13 @@ class FaultDelay(MeshModel):
     percent: int | None = Field(default=None, ge=0, le=100)
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
-        if (self.fixed_delay is None) == (self.exponential_delay is None):
-            yield (), "set exactly one of fixedDelay and exponentialDelay"
+        if self.exponential_delay is not None:
+            yield (
+                ("exponentialDelay",),
+                "exponentialDelay is not supported (Istio rejects it too); use fixedDelay",
+            )
+        elif self.fixed_delay is None:
+            yield ("fixedDelay",), "required field is missing"
 
 
 class FaultAbort(MeshModel):
@@ -211,9 +281,13 @@ class FaultAbort(MeshModel):
     percentage: Percent | None = None
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
-        chosen = [n for n in ("http_status", "grpc_status", "http2_error") if getattr(self, n) is not None]
-        if len(chosen) != 1:
-            yield (), "set exactly one of httpStatus, grpcStatus and http2Error"
+        if self.http2_error is not None:
+            yield (
+                ("http2Error",),
+                "http2Error is not supported (Istio rejects it too); use httpStatus or grpcStatus",
+            )
+        elif (self.http_status is None) == (self.grpc_status is None):
+            yield (), "set exactly one of httpStatus and grpcStatus"
 
 
 class HTTPFaultInjection(MeshModel):
