@@ -33,20 +33,31 @@ REPLICA = textwrap.dedent("""\
     import os, sys, json
     import meshlib
 
+    kind = os.environ.get("KIND", "asgi")
     mesh = meshlib.Mesh("reviews", control_plane=sys.argv[1], token=os.environ["TOKEN"], data_dir=sys.argv[2],
                         certificate_ttl=float(os.environ.get("CERT_TTL", "0")) or None)
 
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
+    def body():
         peer = meshlib.current_peer()
         cert = mesh.workload_identity.certificate
-        body = json.dumps({"peer": str(peer) if peer else None, "serial": cert.serial_number}).encode()
+        return json.dumps({"peer": str(peer) if peer else None, "serial": cert.serial_number}).encode()
+
+    async def asgi_app(scope, receive, send):
+        if scope["type"] != "http":
+            return
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body()})
 
-    meshlib.serve_asgi(app, mesh=mesh, port=0, drain_delay=0.2)
+    def wsgi_app(environ, start_response):
+        payload = body()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        return [payload]
+
+    if kind == "asgi":
+        meshlib.serve_asgi(asgi_app, mesh=mesh, port=0, drain_delay=0.2)
+    else:
+        meshlib.serve_wsgi(wsgi_app, mesh=mesh, port=0, drain_delay=0.2)
 """)
 
 
@@ -57,7 +68,11 @@ def mesh_ca(tmp_path: Path) -> Iterator[tuple[ConfigServer, ControlPlaneClient]]
 
 
 def start_reviews(
-    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, ttl: float | None = None
+    server: ConfigServer,
+    admin: ControlPlaneClient,
+    tmp_path: Path,
+    ttl: float | None = None,
+    kind: str = "asgi",
 ) -> subprocess.Popen[str]:
     script = tmp_path / "reviews.py"
     script.write_text(REPLICA)
@@ -66,6 +81,7 @@ def start_reviews(
         "TOKEN": admin.create_token("reviews")["token"],
         "PYTHONUNBUFFERED": "1",
         "CERT_TTL": str(ttl or 0),
+        "KIND": kind,
     }
     return subprocess.Popen(
         [sys.executable, str(script), server.url, str(tmp_path / "reviews")],
@@ -105,9 +121,10 @@ def endpoint_url(mesh: Mesh) -> str:
     return f"{endpoint.address}:{endpoint.port}"
 
 
-def test_mesh_calls_carry_the_callers_verified_identity(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_mesh_calls_carry_the_callers_verified_identity(mesh_ca, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
     server, admin = mesh_ca
-    proc = start_reviews(server, admin, tmp_path)
+    proc = start_reviews(server, admin, tmp_path, kind=kind)
     try:
         with frontend(server, admin, tmp_path) as mesh:
             assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
@@ -129,7 +146,8 @@ def test_mesh_calls_carry_the_callers_verified_identity(mesh_ca, tmp_path: Path)
         stop(proc)
 
 
-def test_strict_refuses_plaintext_and_says_why(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_strict_refuses_plaintext_and_says_why(mesh_ca, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
     server, admin = mesh_ca
     admin.apply(
         [
@@ -141,7 +159,7 @@ def test_strict_refuses_plaintext_and_says_why(mesh_ca, tmp_path: Path) -> None:
             }
         ]
     )
-    proc = start_reviews(server, admin, tmp_path)
+    proc = start_reviews(server, admin, tmp_path, kind=kind)
     try:
         with frontend(server, admin, tmp_path) as mesh:
             assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)

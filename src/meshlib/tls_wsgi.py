@@ -29,6 +29,7 @@ class MeshSSLAdapter(BuiltinSSLAdapter):
         self.certificate = self.private_key = self.certificate_chain = None
         self.ciphers = None
         self.private_key_password = None
+        self._server_env: dict[str, str] = {}  # SSL_SERVER_* entries: not needed by meshlib
         identity = mesh.workload_identity
         self.context = identity.server_context(require_client_cert=True) if identity is not None else None
 
