@@ -51,7 +51,8 @@ REPLICA = textwrap.dedent("""\
 
     def wsgi_app(environ, start_response):
         payload = body()
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+        start_response("200 OK", headers)
         return [payload]
 
     if kind == "asgi":
