@@ -185,8 +185,10 @@ class Mesh:
         return self._source != "none"
 
     def serving_ready(self) -> bool:
-        """Readiness of this workload's servers: policy loaded and not draining."""
-        return self.ready and not self.draining
+        """Readiness of this workload's servers: policy loaded, not draining, and (once it has
+        a mesh identity) a certificate that is still valid."""
+        identity = self.workload_identity
+        return self.ready and not self.draining and (identity is None or identity.valid())
 
     def health(self) -> dict[str, Any]:
         """Readiness details for health endpoints and ``meshctl status``."""

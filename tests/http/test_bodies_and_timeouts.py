@@ -188,3 +188,36 @@ def test_retries_that_all_time_out_raise_a_timeout_that_is_retries_exhausted(
     assert slow.hits == 3
     assert mesh.metrics.requests_total(flags="URX") == 1
     assert slots(mesh) == (0, 0)
+
+
+async def dripping(scope: Any, receive: Any, send: Any) -> None:
+    """A server that sends one byte every 0.2 s for 3 s: each read is quick, the whole is not."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-backend", b"drip")]})
+    for _ in range(15):
+        await send({"type": "http.response.body", "body": b".", "more_body": True})
+        await asyncio.sleep(0.2)
+    await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_dripping_response_is_cut_at_the_route_timeout(make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.servers import serve
+
+    with serve(dripping) as port:
+        entry = (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: drip}\n"
+            "spec:\n  hosts: [drip]\n  location: MESH_INTERNAL\n  resolution: STATIC\n"
+            "  ports: [{number: 80, name: http}]\n"
+            f"  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n"
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: drip}\n"
+            "spec:\n  hosts: [drip]\n  http:\n  - route: [{destination: {host: drip}}]\n"
+            "    timeout: 1s\n    retries: {attempts: 0}\n"
+        )
+        mesh = make_mesh(entry)
+        started = time.monotonic()
+        (result,) = run_requests(mesh, mode, 1, url="http://drip/")
+        elapsed = time.monotonic() - started
+    assert isinstance(result, MeshTimeoutError), result
+    assert 0.9 < elapsed < 1.6, f"cut after {elapsed:.2f}s, not at the 1 s route timeout"

@@ -1,25 +1,33 @@
-"""Mutual TLS to mesh endpoints: the server must prove the identity the registry gave it.
+"""The network layer under the mesh's httpcore pools: exact attempt deadlines, and mutual
+TLS peers that must prove the identity the registry gave them.
 
-Python's ssl module verifies the chain (against the mesh roots) but knows nothing of
-SPIFFE IDs, and httpcore offers no hook after the handshake. A network backend that wraps
-httpcore's own checks the peer certificate's URI SAN right after ``start_tls`` — before a
-single byte of the request is written — and refuses the connection otherwise.
+- Deadlines: httpcore applies a timeout to each read, so a server dripping bytes could
+  keep an attempt alive far past its timeout. The driver puts the attempt's absolute
+  deadline in a context variable; every connect, read and write here gets the time left,
+  and none when it is gone — the same in the sync and the async driver.
+- Identity: Python's ssl module verifies the chain (against the mesh roots) but knows
+  nothing of SPIFFE IDs, and httpcore offers no hook after the handshake. ``start_tls``
+  here checks the peer certificate's URI SAN before a byte of the request is written.
 """
 
 from __future__ import annotations
 
 import ssl
+import time
 import typing
+from contextvars import ContextVar
 
 import httpcore
 from cryptography import x509
 
 from ..ca.svid import spiffe_id_of
 
-__all__ = ["AsyncVerifyingBackend", "VerifyingBackend", "peer_spiffe_id"]
+__all__ = ["AsyncMeshBackend", "MeshBackend", "attempt_deadline", "peer_spiffe_id"]
+
+attempt_deadline: ContextVar[float | None] = ContextVar("meshlib_attempt_deadline", default=None)
 
 
-def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+def peer_spiffe_id(ssl_object: typing.Any) -> str | None:
     """The SPIFFE ID in the verified peer certificate of a TLS connection, if any."""
     if ssl_object is None:
         return None
@@ -29,22 +37,35 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | No
     return spiffe_id_of(x509.load_der_x509_certificate(der))
 
 
-def _check(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream, expected: str) -> None:
+def _left(timeout: float | None, error: type[Exception]) -> float | None:
+    """The per-operation timeout, shortened to what the attempt has left."""
+    deadline = attempt_deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the attempt's time ran out")
+    return left if timeout is None else min(timeout, left)
+
+
+def _check(stream: typing.Any, expected: str | None) -> None:
+    if expected is None:
+        return
     got = peer_spiffe_id(stream.get_extra_info("ssl_object"))
     if got != expected:
         raise httpcore.ConnectError(f"mTLS peer is {got or 'without a SPIFFE ID'}, expected {expected}")
 
 
 class _Stream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream, expected: str) -> None:
+    def __init__(self, inner: httpcore.NetworkStream, expected: str | None) -> None:
         self._inner = inner
         self._expected = expected
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, timeout)
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, timeout)
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
         self._inner.close()
@@ -52,20 +73,20 @@ class _Stream(httpcore.NetworkStream):
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
-        stream = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        stream = self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
         try:
             _check(stream, self._expected)
         except httpcore.ConnectError:
             stream.close()
             raise
-        return stream
+        return _Stream(stream, None)
 
     def get_extra_info(self, info: str) -> typing.Any:
         return self._inner.get_extra_info(info)
 
 
-class VerifyingBackend(httpcore.NetworkBackend):
-    def __init__(self, expected: str) -> None:
+class MeshBackend(httpcore.NetworkBackend):
+    def __init__(self, expected: str | None = None) -> None:
         self._inner = httpcore.SyncBackend()
         self._expected = expected
 
@@ -77,9 +98,10 @@ class VerifyingBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[typing.Any] | None = None,
     ) -> httpcore.NetworkStream:
-        return _Stream(
-            self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self._expected
+        stream = self._inner.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
         )
+        return _Stream(stream, self._expected)
 
     def connect_unix_socket(
         self,
@@ -94,15 +116,15 @@ class VerifyingBackend(httpcore.NetworkBackend):
 
 
 class _AsyncStream(httpcore.AsyncNetworkStream):
-    def __init__(self, inner: httpcore.AsyncNetworkStream, expected: str) -> None:
+    def __init__(self, inner: httpcore.AsyncNetworkStream, expected: str | None) -> None:
         self._inner = inner
         self._expected = expected
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
+        return await self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
+        await self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -110,20 +132,22 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        stream = await self._inner.start_tls(
+            ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)
+        )
         try:
             _check(stream, self._expected)
         except httpcore.ConnectError:
             await stream.aclose()
             raise
-        return stream
+        return _AsyncStream(stream, None)
 
     def get_extra_info(self, info: str) -> typing.Any:
         return self._inner.get_extra_info(info)
 
 
-class AsyncVerifyingBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, expected: str) -> None:
+class AsyncMeshBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, expected: str | None = None) -> None:
         self._inner = httpcore.AnyIOBackend()
         self._expected = expected
 
@@ -135,7 +159,9 @@ class AsyncVerifyingBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[typing.Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        stream = await self._inner.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
         return _AsyncStream(stream, self._expected)
 
     async def connect_unix_socket(
