@@ -19,6 +19,7 @@ from typing import Any
 
 from .core.call import Call, RawHeaders
 from .core.deadline import _deadline
+from .core.flags import flags_label
 from .core.server_stack import Answer, Handle, Inbound
 from .identity import PeerIdentity
 from .mesh import Mesh
@@ -103,7 +104,7 @@ class MeshMiddleware:
             status = answer.status
         finally:
             mesh.metrics.record(
-                "inbound", mesh.fqdn, status, ",".join(ex.flags) or "-", (time.monotonic() - now) * 1000.0
+                "inbound", mesh.fqdn, status, flags_label(ex.flags), (time.monotonic() - now) * 1000.0
             )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .core.call import Call
 from .core.deadline import _deadline
+from .core.flags import flags_label
 from .core.server_stack import Answer, Handle, Inbound
 from .identity import PeerIdentity
 from .mesh import Mesh
@@ -80,7 +81,7 @@ class MeshMiddleware:
             status[0] = answer.status
         finally:
             mesh.metrics.record(
-                "inbound", mesh.fqdn, status[0], ",".join(ex.flags) or "-", (time.monotonic() - now) * 1000.0
+                "inbound", mesh.fqdn, status[0], flags_label(ex.flags), (time.monotonic() - now) * 1000.0
             )
         return body
 

@@ -15,3 +15,8 @@ UT = "UT"  # upstream request timeout
 UC = "UC"  # upstream connection terminated (reset after the request was sent)
 RL = "RL"  # rate limited locally
 UAEX = "UAEX"  # refused by an authorization decision
+
+
+def flags_label(flags: list[str]) -> str:
+    """The flags as access logs and metrics write them: ``UF,URX``, or ``-`` for none."""
+    return ",".join(flags) if flags else "-"

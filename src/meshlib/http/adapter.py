@@ -18,6 +18,7 @@ from ..core.call import Call, RawHeaders
 from ..core.dataplane import Cluster, DataPlane, HeaderOps
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send
+from ..core.flags import flags_label
 from ..core.retry_policy import Failure
 from ..core.snapshot import Endpoint
 from ..policy.virtual_service import re2_template
@@ -253,7 +254,7 @@ class HttpAdapter:
     def escaped(self, ex: Exchange) -> None:
         """An error escaped the stack (a body that failed to stream, a cancelled task): count it."""
         self.mesh.metrics.record(
-            "outbound", ex.fqdn, 0, ",".join(ex.flags) or "-", (time.monotonic() - ex.started) * 1000.0
+            "outbound", ex.fqdn, 0, flags_label(ex.flags), (time.monotonic() - ex.started) * 1000.0
         )
 
     def _record(self, ex: Exchange, reply: Reply) -> None:
@@ -264,11 +265,14 @@ class HttpAdapter:
         else:
             code = 0
         elapsed = (time.monotonic() - ex.started) * 1000.0
-        self.mesh.metrics.record("outbound", ex.fqdn, code, ",".join(ex.flags) or "-", elapsed)
+        self.mesh.metrics.record("outbound", ex.fqdn, code, flags_label(ex.flags), elapsed)
 
 
 def _set(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
-    headers[:] = [(k, v) for k, v in headers if k.lower() != name]
+    for key, _ in headers:
+        if key.lower() == name:  # rare: replace every copy
+            headers[:] = [(k, v) for k, v in headers if k.lower() != name]
+            break
     headers.append((name, value))
 
 
