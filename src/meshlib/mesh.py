@@ -98,6 +98,7 @@ class Mesh:
         self._snapshot = Snapshot.empty(trust_domain)
         self._source_labels = {"app": service, **self.settings.labels}  # what sourceLabels see
         self._http_plane = DataPlane.build(self._snapshot, namespace, self._source_labels)
+        self._grpc_plane: DataPlane | None = None
         self.clusters = Clusters(time.monotonic)
         self.metrics = RequestMetrics()
         self.rng = random.Random()
@@ -145,6 +146,16 @@ class Mesh:
     def http_plane(self) -> DataPlane:
         """Compiled routes and clusters of the current snapshot, for HTTP clients."""
         return self._http_plane
+
+    @property
+    def grpc_plane(self) -> DataPlane:
+        """The same for gRPC clients (endpoints that serve gRPC); built on first use per snapshot."""
+        plane = self._grpc_plane
+        snapshot = self._snapshot
+        if plane is None or plane.snapshot is not snapshot:
+            plane = DataPlane.build(snapshot, self.settings.namespace, self._source_labels, family="grpc")
+            self._grpc_plane = plane
+        return plane
 
     @property
     def version(self) -> int:

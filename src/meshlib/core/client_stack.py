@@ -129,7 +129,8 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
                 return reply
             if ex.deadline is not None and ex.clock() >= ex.deadline:
                 return reply  # the timeout filter above names it
-            if not policy.may_resend(
+            # gRPC calls are retried by retryOn alone, as Envoy does (every call is a POST).
+            if ex.call.protocol != "grpc" and not policy.may_resend(
                 ex.call.method, outcome.failure, ex.call.header("idempotency-key") is not None
             ):
                 return reply

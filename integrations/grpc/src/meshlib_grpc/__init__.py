@@ -1,0 +1,25 @@
+"""meshlib for gRPC: mesh channels, a server interceptor and a mesh server.
+
+channel = meshlib_grpc.channel(mesh, "reviews:50051")     # a grpc.Channel; stubs work as usual
+stub = ReviewsStub(channel)
+
+meshlib_grpc.serve(lambda server: add_ReviewsServicer_to_server(Reviews(), server), mesh=mesh)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshlib import Mesh
+
+from ._channel import MeshChannel
+from ._common import MeshRpcError
+from ._server import MeshServerInterceptor, serve
+
+__all__ = ["MeshChannel", "MeshRpcError", "MeshServerInterceptor", "channel", "serve"]
+
+
+def channel(mesh: Mesh, target: str, options: list[tuple[str, Any]] | None = None) -> MeshChannel:
+    """A channel to a mesh service (``reviews``, ``reviews:50051``): every call is routed,
+    balanced, retried and bounded by the mesh's policy. Other targets pass through."""
+    return MeshChannel(mesh, target, options)

@@ -1,0 +1,236 @@
+"""``MeshChannel``: a ``grpc.Channel`` whose target is a mesh service; each call is routed.
+
+Per call: the client stack decides (VirtualService route on the method path and the
+metadata, weighted subsets, balancing, retries on gRPC status codes, per-try timeout,
+budget, outlier detection, faults, deadline); the chosen endpoint's own plain grpc channel
+carries it. All four arities. A response stream is retried only before its first message;
+request streams are never resent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from meshlib import Mesh
+from meshlib.core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
+from meshlib.core.snapshot import Endpoint
+
+from ._common import GrpcAdapter, Metadata
+
+__all__ = ["MeshChannel"]
+
+Invoke = Callable[[grpc.Channel, float | None, list[tuple[str, str | bytes]]], Outcome]
+
+
+class MeshChannel(grpc.Channel):  # type: ignore[misc]
+    def __init__(self, mesh: Mesh, target: str, options: list[tuple[str, Any]] | None = None) -> None:
+        self._adapter = GrpcAdapter(mesh, target)
+        self._target = target
+        self._options = options or []
+        self._channels: dict[tuple[str, int], grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    # --- the grpc.Channel interface ---------------------------------------------------
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> grpc.UnaryUnaryMultiCallable:
+        return _Callable(
+            self, method, request_serializer, response_deserializer, streaming_in=False, streaming_out=False
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> grpc.UnaryStreamMultiCallable:
+        return _Callable(
+            self, method, request_serializer, response_deserializer, streaming_in=False, streaming_out=True
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> grpc.StreamUnaryMultiCallable:
+        return _Callable(
+            self, method, request_serializer, response_deserializer, streaming_in=True, streaming_out=False
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> grpc.StreamStreamMultiCallable:
+        return _Callable(
+            self, method, request_serializer, response_deserializer, streaming_in=True, streaming_out=True
+        )
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        return None
+
+    def unsubscribe(self, callback: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()
+
+    def __enter__(self) -> MeshChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- per endpoint -----------------------------------------------------------------
+
+    def endpoint_channel(self, endpoint: Endpoint | None) -> grpc.Channel:
+        key = (endpoint.address, endpoint.port) if endpoint is not None else (self._target, 0)
+        channel = self._channels.get(key)
+        if channel is None:
+            with self._lock:
+                channel = self._channels.get(key)
+                if channel is None:
+                    address = f"{key[0]}:{key[1]}" if endpoint is not None else self._target
+                    channel = self._channels[key] = grpc.insecure_channel(address, options=self._options)
+        return channel
+
+    def run(self, ex: Exchange, metadata: Metadata | None, invoke: Invoke) -> Any:
+        adapter = self._adapter
+        flow = adapter.stack(ex)
+        value: Any = None
+        try:
+            while True:
+                action = flow.send(value)
+                if isinstance(action, Send):
+                    upstream = adapter.metadata(ex, metadata)
+                    value = invoke(self.endpoint_channel(action.endpoint), action.timeout, upstream)
+                elif isinstance(action, Sleep):
+                    time.sleep(action.seconds)
+                    value = None
+                elif isinstance(action, Mirror):
+                    value = None  # mirroring gRPC is not supported yet: the copy is skipped
+                else:  # pragma: no cover
+                    raise TypeError(f"unknown action {action!r}")
+        except StopIteration as done:
+            reply: Reply = done.value
+        except BaseException:
+            flow.close()
+            adapter.escaped(ex)
+            raise
+        return adapter.finish(ex, reply)
+
+
+class _Callable(
+    grpc.UnaryUnaryMultiCallable,
+    grpc.UnaryStreamMultiCallable,  # type: ignore[misc]
+    grpc.StreamUnaryMultiCallable,
+    grpc.StreamStreamMultiCallable,
+):
+    def __init__(
+        self,
+        channel: MeshChannel,
+        method: str,
+        serializer: Any,
+        deserializer: Any,
+        *,
+        streaming_in: bool,
+        streaming_out: bool,
+    ) -> None:
+        self._channel = channel
+        self._method = method
+        self._serializer = serializer
+        self._deserializer = deserializer
+        self._in = streaming_in
+        self._out = streaming_out
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        channel = self._channel
+        adapter = channel._adapter
+        if adapter.resolve() is None:  # not a mesh service: straight through
+            return self._stub(channel.endpoint_channel(None))(request, timeout=timeout, metadata=metadata)
+        ex = adapter.exchange(self._method, metadata, timeout, replayable=not self._in)
+
+        def invoke(
+            endpoint_channel: grpc.Channel, limit: float | None, upstream: list[tuple[str, str | bytes]]
+        ) -> Outcome:
+            stub = self._stub(endpoint_channel)
+            try:
+                if not self._out:
+                    return adapter.ok(stub(request, timeout=limit, metadata=upstream))
+                stream = stub(request, timeout=limit, metadata=upstream)
+                return adapter.ok(_peeked(stream))  # an error before the first message may be retried
+            except grpc.RpcError as error:
+                return adapter.failed(error)
+
+        return channel.run(ex, metadata, invoke)
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        raise NotImplementedError("with_call is not supported by mesh channels yet; call the method directly")
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        raise NotImplementedError(
+            "future() is not supported by mesh channels yet; use grpc.aio for concurrency"
+        )
+
+    def _stub(self, endpoint_channel: grpc.Channel) -> Any:
+        kind = {
+            (False, False): "unary_unary",
+            (False, True): "unary_stream",
+            (True, False): "stream_unary",
+            (True, True): "stream_stream",
+        }[(self._in, self._out)]
+        return getattr(endpoint_channel, kind)(
+            self._method, request_serializer=self._serializer, response_deserializer=self._deserializer
+        )
+
+
+def _peeked(stream: Iterator[Any]) -> Iterator[Any]:
+    """Read the first message now (so a failure before it counts for retries), then go on."""
+    try:
+        first = next(stream)
+    except StopIteration:
+        return iter(())
+    return itertools.chain((first,), stream)

@@ -1,0 +1,216 @@
+"""What the sync and aio gRPC adapters share: gRPC <-> the mesh's client stack, no I/O."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from meshlib import Mesh
+from meshlib.core.call import Call
+from meshlib.core.deadline import current_deadline
+from meshlib.core.exchange import Exchange, Outcome, Reply
+from meshlib.core.flags import flags_label
+from meshlib.core.hosts import host_candidates
+
+__all__ = ["GrpcAdapter", "MeshRpcError", "http_status"]
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+# gRPC status -> the HTTP status Envoy uses for it (outlier detection, metrics).
+_HTTP = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+# A mesh failure (Envoy response flag) as the gRPC status a caller sees.
+_FLAG_CODES = {
+    "NR": grpc.StatusCode.UNIMPLEMENTED,
+    "UH": grpc.StatusCode.UNAVAILABLE,
+    "UO": grpc.StatusCode.UNAVAILABLE,
+    "UT": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "URX": grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return _HTTP.get(code, 500)
+
+
+class MeshRpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """A call the mesh ended itself (no route, no healthy endpoint, overflow, timeout, fault)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, flag: str = "") -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+        self.flag = flag
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Any) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"{self._code.name}: {self._details}"
+
+
+class _MetadataLookup:
+    __slots__ = ("_map", "_metadata")
+
+    def __init__(self, metadata: Metadata | None) -> None:
+        self._metadata = metadata or ()
+        self._map: dict[str, str] | None = None
+
+    def __call__(self, name: str) -> str | None:
+        if self._map is None:
+            self._map = {}
+            for key, value in self._metadata:
+                if isinstance(value, str):
+                    self._map.setdefault(key.lower(), value)
+        return self._map.get(name)
+
+
+class GrpcAdapter:
+    """Builds exchanges from gRPC calls and turns replies into results or RpcErrors."""
+
+    def __init__(self, mesh: Mesh, target: str) -> None:
+        self.mesh = mesh
+        host, _, port = target.partition(":")
+        self.host = host
+        self.port = int(port) if port.isdigit() else None
+        self.stack = mesh.client_stack_runner
+
+    def resolve(self) -> str | None:
+        return self.mesh.grpc_plane.resolve(self.host)
+
+    def exchange(
+        self, method: str, metadata: Metadata | None, timeout: float | None, replayable: bool
+    ) -> Exchange:
+        plane = self.mesh.grpc_plane
+        fqdn = plane.resolve(self.host) or host_candidates(self.host, self.mesh.namespace)[0]
+        call = Call(
+            method="POST",
+            scheme="http",
+            host=self.host,
+            port=self.port,
+            path=method,
+            query="",
+            header=_MetadataLookup(metadata),
+            authority=self.host,
+            protocol="grpc",
+        )
+        now = time.monotonic()
+        deadline = current_deadline()
+        if timeout is not None and (deadline is None or now + timeout < deadline):
+            deadline = now + timeout
+        mesh = self.mesh
+        return Exchange(
+            call=call,
+            plane=plane,
+            clusters=mesh.clusters,
+            rng=mesh.rng,
+            clock=time.monotonic,
+            fqdn=fqdn,
+            source=mesh.workload_id,
+            started=now,
+            deadline=deadline,
+            replayable=replayable,
+        )
+
+    @staticmethod
+    def ok(response: Any) -> Outcome:
+        return Outcome(status=200, grpc_status="OK", response=response)
+
+    @staticmethod
+    def failed(error: grpc.RpcError) -> Outcome:
+        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        return Outcome(status=http_status(code), grpc_status=code.name, response=None, error=error)
+
+    def finish(self, ex: Exchange, reply: Reply) -> Any:
+        """The response, or the RpcError the caller sees."""
+        self._record(ex, reply)
+        if reply.error is not None:
+            raise MeshRpcError(
+                _FLAG_CODES.get(reply.error, grpc.StatusCode.UNAVAILABLE),
+                f"{ex.fqdn}: {reply.message}",
+                reply.error,
+            )
+        if reply.synthetic is not None:
+            code = (
+                grpc.StatusCode[reply.synthetic.grpc_status]
+                if reply.synthetic.grpc_status
+                else (
+                    grpc.StatusCode.UNAVAILABLE if reply.synthetic.status >= 500 else grpc.StatusCode.UNKNOWN
+                )
+            )
+            raise MeshRpcError(code, "fault filter abort", "FI")
+        outcome = reply.outcome
+        assert outcome is not None
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.response
+
+    def metadata(self, ex: Exchange, metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
+        """What goes upstream: the caller's metadata plus route/target header edits."""
+        out = list(metadata or ())
+        route, target = ex.route, ex.target
+        for ops in (route.request_ops if route else None, target.request_ops if target else None):
+            if ops is None:
+                continue
+            drop = set(ops.remove) | {k for k, _ in ops.set}
+            out = [(k, v) for k, v in out if k.lower() not in drop]
+            out.extend(ops.set)
+            out.extend(ops.add)
+        return out
+
+    def escaped(self, ex: Exchange) -> None:
+        self.mesh.metrics.record(
+            "outbound", ex.fqdn, 0, flags_label(ex.flags), (time.monotonic() - ex.started) * 1000.0
+        )
+
+    def _record(self, ex: Exchange, reply: Reply) -> None:
+        if reply.synthetic is not None:
+            code = reply.synthetic.status
+        elif reply.outcome is not None and reply.outcome.status is not None:
+            code = reply.outcome.status
+        else:
+            code = 0
+        self.mesh.metrics.record(
+            "outbound", ex.fqdn, code, flags_label(ex.flags), (time.monotonic() - ex.started) * 1000.0
+        )

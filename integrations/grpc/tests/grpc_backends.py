@@ -1,0 +1,89 @@
+"""Real gRPC servers on 127.0.0.1 for the tests, with raw-bytes methods (no protobuf stubs)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+SERVICE = "test.Echo"
+UNARY = f"/{SERVICE}/Unary"
+STREAM = f"/{SERVICE}/Stream"
+
+
+@dataclass
+class GrpcBackend:
+    name: str
+    code: grpc.StatusCode | None = None  # answer every call with this error
+    fail_rate: float = 0.0  # answer this share of calls with UNAVAILABLE
+    delay: float = 0.0
+    hits: int = 0
+    metadata: list[dict[str, str]] = field(default_factory=list)
+    remaining: list[float | None] = field(default_factory=list)
+    rng: random.Random = field(default_factory=lambda: random.Random(11))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _enter(self, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            self.hits += 1
+            self.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
+            self.remaining.append(context.time_remaining())
+            fail = self.fail_rate and self.rng.random() < self.fail_rate
+        if self.delay:
+            time.sleep(self.delay)
+        if self.code is not None:
+            context.abort(self.code, f"{self.name} says {self.code.name}")
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is flaky")
+
+    def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._enter(context)
+        return self.name.encode()
+
+    def stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._enter(context)
+        for i in range(3):
+            yield f"{self.name}-{i}".encode()
+
+    def handler(self) -> Any:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+                "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
+            },
+        )
+
+
+@contextmanager
+def grpc_server(*handlers: Any, interceptors: list[Any] | None = None) -> Iterator[int]:
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors or []
+    )
+    server.add_generic_rpc_handlers(handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0).wait()
+
+
+def grpc_service_entry(host: str, ports: dict[str, int]) -> str:
+    """A ServiceEntry for gRPC endpoints named like ``v1-a`` (label version=v1)."""
+    items = "\n".join(
+        f"  - {{address: 127.0.0.1, ports: {{grpc: {port}}}, labels: {{version: {name.split('-')[0]}}}}}"
+        for name, port in ports.items()
+    )
+    return (
+        f"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}}}\n"
+        f"spec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n"
+        "  ports: [{number: 50051, name: grpc, protocol: GRPC}]\n  endpoints:\n" + items + "\n"
+    )

@@ -1,0 +1,198 @@
+"""Mesh channels against real gRPC servers: routing, balancing, retries, ejection, faults."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import meshlib_grpc
+import pytest
+from grpc_backends import STREAM, UNARY, GrpcBackend, grpc_server, grpc_service_entry
+
+from meshlib import Mesh
+
+SUBSETS = """\
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  trafficPolicy:
+{policy}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"""
+
+
+def vs(http: str) -> str:
+    return (
+        f"---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\n"
+        f"spec:\n  hosts: [reviews]\n  http:\n{http}"
+    )
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, tuple[GrpcBackend, int]]]:
+    with ExitStack() as stack:
+        found = {}
+        for name in ("v1-a", "v1-b", "v2-a"):
+            backend = GrpcBackend(name)
+            found[name] = (backend, stack.enter_context(grpc_server(backend.handler())))
+        yield found
+
+
+@pytest.fixture
+def make_mesh(tmp_path: Path) -> Iterator[Callable[[str], Mesh]]:
+    meshes: list[Mesh] = []
+
+    def start(policy: str) -> Mesh:
+        path = tmp_path / f"policy-{len(meshes)}.yaml"
+        path.write_text(policy)
+        mesh = Mesh("frontend", config=path).start()
+        meshes.append(mesh)
+        return mesh
+
+    yield start
+    for mesh in meshes:
+        mesh.close()
+
+
+def entry(backends: dict[str, tuple[GrpcBackend, int]]) -> str:
+    return grpc_service_entry("reviews", {name: port for name, (_, port) in backends.items()})
+
+
+def call_many(mesh: Mesh, n: int, metadata: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    out = []
+    with meshlib_grpc.channel(mesh, "reviews") as channel:
+        unary = channel.unary_unary(UNARY)
+        for _ in range(n):
+            try:
+                out.append(unary(b"hi", timeout=5, metadata=metadata).decode())
+            except grpc.RpcError as exc:
+                out.append(f"error {exc.code().name}")
+    return out
+
+
+def test_weighted_split_within_3_points(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    split = vs("""\
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+""")
+    mesh = make_mesh(
+        entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: ROUND_ROBIN}") + split
+    )
+    results = call_many(mesh, 2000)
+    assert not [r for r in results if r.startswith("error")]
+    v2 = sum(r.startswith("v2") for r in results)
+    assert abs(v2 / 20 - 20) <= 3, f"v2 got {v2 / 20:.1f}%"
+
+
+def test_metadata_routes_every_call(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    rule = vs("""\
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}") + rule)
+    assert set(call_many(mesh, 100, (("end-user", "jason"),))) == {"v2-a"}
+    assert set(call_many(mesh, 100)) == {"v1-a", "v1-b"}
+
+
+def test_a_failing_endpoint_is_ejected_at_its_fifth_error(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    broken = backends["v2-a"][0]
+    broken.code = grpc.StatusCode.UNAVAILABLE
+    policy = (
+        "    loadBalancer: {simple: ROUND_ROBIN}\n"
+        "    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 30s, "
+        "maxEjectionPercent: 100}"
+    )
+    route = vs("  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 0}\n")
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy=policy) + route)
+    results = call_many(mesh, 60)
+    assert broken.hits == 5
+    assert Counter(results)["error UNAVAILABLE"] == 5
+
+
+def test_retries_turn_30_percent_unavailable_into_995_percent_success(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    for name in ("v1-a", "v1-b"):
+        backends[name][0].fail_rate = 0.3
+    route = vs(
+        "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+        "    retries: {attempts: 5, retryOn: unavailable, backoff: 1ms}\n"
+    )
+    mesh = make_mesh(
+        entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: LEAST_REQUEST}") + route
+    )
+    results = call_many(mesh, 1000)
+    ok = sum(not r.startswith("error") for r in results)
+    assert ok >= 995, Counter(results)
+
+
+def test_the_budget_bounds_attempts(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    dead = backends["v2-a"][0]
+    dead.code = grpc.StatusCode.UNAVAILABLE
+    route = vs(
+        "  - route: [{destination: {host: reviews, subset: v2}}]\n"
+        "    retries: {attempts: 10, retryOn: unavailable, backoff: 1ms}\n"
+    )
+    policy = "    retryBudget: {percent: 20, minRetryConcurrency: 3}"
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy=policy) + route)
+    results = call_many(mesh, 300)
+    assert set(results) == {"error UNAVAILABLE"}
+    assert 300 <= dead.hits <= 300 * 1.2 + 3
+
+
+def test_fault_abort_with_grpc_status_at_its_rate(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    route = vs("""\
+  - fault: {abort: {grpcStatus: RESOURCE_EXHAUSTED, percentage: {value: 20}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+""")
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}") + route)
+    results = call_many(mesh, 1000)
+    aborted = Counter(results)["error RESOURCE_EXHAUSTED"]
+    assert abs(aborted / 10 - 20) <= 3
+    assert backends["v1-a"][0].hits + backends["v1-b"][0].hits == 1000 - aborted
+
+
+def test_a_stream_is_retried_before_its_first_message(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    flaky = backends["v1-a"][0]
+    flaky.code = grpc.StatusCode.UNAVAILABLE
+    route = vs(
+        "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+        "    retries: {attempts: 3, retryOn: unavailable, backoff: 1ms}\n"
+    )
+    mesh = make_mesh(
+        entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: ROUND_ROBIN}") + route
+    )
+    with meshlib_grpc.channel(mesh, "reviews") as channel:
+        streams = [list(channel.unary_stream(STREAM)(b"x", timeout=5)) for _ in range(20)]
+    assert all(s == [b"v1-b-0", b"v1-b-1", b"v1-b-2"] for s in streams)
+    assert flaky.hits > 0, "half the first attempts went to the failing endpoint and were retried"
+
+
+def test_a_deadline_travels_as_the_grpc_deadline(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}"))
+    import meshlib
+
+    with meshlib_grpc.channel(mesh, "reviews") as channel, meshlib.deadline(0.5):
+        channel.unary_unary(UNARY)(b"x")
+    seen = [r for b, _ in backends.values() for r in b.remaining]
+    assert len(seen) == 1
+    assert seen[0] is not None
+    assert 0.3 < seen[0] <= 0.5
+
+
+def test_a_target_outside_the_mesh_passes_through(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}"))
+    port = backends["v2-a"][1]
+    with meshlib_grpc.channel(mesh, f"127.0.0.1:{port}") as channel:
+        assert channel.unary_unary(UNARY)(b"x", timeout=5) == b"v2-a"
+    assert mesh.metrics.requests_total() == 0
