@@ -36,6 +36,7 @@ from ._common import _MetadataLookup, http_status
 __all__ = ["MeshServerInterceptor", "serve"]
 
 log = logging.getLogger("meshlib")
+_NO_DEADLINE = 10 * 365 * 24 * 3600.0
 
 
 class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -75,6 +76,8 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             )
             ex = Inbound(call=call, clock=time.monotonic, started=now, ready=mesh.serving_ready)
             remaining = context.time_remaining()
+            if remaining is not None and remaining > _NO_DEADLINE:
+                remaining = None  # grpc reports "no deadline" as ~9.2e18 s
             if remaining is not None:
                 ex.deadline = now + remaining
             if remaining is not None and remaining <= 0:

@@ -1,0 +1,153 @@
+"""The server side: interceptor (deadline, metrics) and serve() as real processes (drain, health)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import meshlib_grpc
+from grpc_backends import UNARY, GrpcBackend, grpc_server, grpc_service_entry
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import meshlib
+from meshlib import Mesh
+from meshlib.controlplane.server import ConfigServer
+
+REVIEWS = "reviews.default.svc.cluster.local"
+
+
+def test_the_inbound_deadline_bounds_the_handlers_outbound_calls(tmp_path: Path) -> None:
+    reviews = GrpcBackend("reviews")
+    with grpc_server(reviews.handler()) as reviews_port:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(grpc_service_entry("reviews", {"v1-a": reviews_port}))
+        with Mesh("frontend", config=policy) as mesh:
+            channel = meshlib_grpc.channel(mesh, "reviews")
+            seen: list[float | None] = []
+
+            def front(request: bytes, context: grpc.ServicerContext) -> bytes:
+                deadline = meshlib.current_deadline()
+                seen.append(None if deadline is None else deadline - time.monotonic())
+                return channel.unary_unary(UNARY)(b"x")
+
+            handler = grpc.method_handlers_generic_handler(
+                "test.Front", {"Call": grpc.unary_unary_rpc_method_handler(front)}
+            )
+            interceptors = [meshlib_grpc.MeshServerInterceptor(mesh)]
+            with (
+                grpc_server(handler, interceptors=interceptors) as port,
+                grpc.insecure_channel(f"127.0.0.1:{port}") as plain,
+            ):
+                assert plain.unary_unary("/test.Front/Call")(b"x", timeout=0.6) == b"reviews"
+                assert plain.unary_unary("/test.Front/Call")(b"x") == b"reviews"
+            channel.close()
+            assert seen[0] is not None
+            assert 0.3 < seen[0] <= 0.6
+            assert seen[1] is None
+            assert reviews.remaining[0] is not None
+            assert reviews.remaining[0] <= 0.6, "the outbound call carried the inbound deadline"
+            assert reviews.remaining[1] is not None
+            assert reviews.remaining[1] > 1e9, "no deadline in, none out (grpc reports ~9.2e18 s)"
+            assert mesh.metrics.requests_total(direction="inbound") == 2
+
+
+REPLICA = textwrap.dedent("""\
+    import sys
+    import grpc
+    import meshlib, meshlib_grpc
+
+    name, control_plane, data_dir = sys.argv[1:4]
+    mesh = meshlib.Mesh("reviews", labels={"version": name}, control_plane=control_plane, data_dir=data_dir)
+
+    def unary(request, context):
+        return name.encode()
+
+    def register(server):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}),))
+
+    meshlib_grpc.serve(register, mesh=mesh, port=0, drain_delay=1.0)
+    print("drained and stopped", flush=True)
+""")
+
+
+def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_drain_under_100_calls_per_second_fails_no_call(tmp_path: Path) -> None:
+    script = tmp_path / "replica.py"
+    script.write_text(REPLICA)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with ConfigServer(tmp_path / "cp") as server:
+        replicas = {
+            name: subprocess.Popen(
+                [sys.executable, str(script), name, server.url, str(tmp_path / name)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for name in ("a", "b")
+        }
+        try:
+            with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "frontend") as mesh:
+                assert wait_for(lambda: len(mesh.grpc_plane.snapshot.endpoints(REVIEWS)) == 2)
+                (a,) = [e for e in mesh.snapshot.endpoints(REVIEWS) if e.labels["version"] == "a"]
+                health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"{a.address}:{a.port}"))
+                assert (
+                    health.Check(health_pb2.HealthCheckRequest()).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                )
+                outcomes: list[str] = []
+                statuses: list[int] = []
+
+                def load() -> None:
+                    with meshlib_grpc.channel(mesh, "reviews") as channel:
+                        unary = channel.unary_unary(UNARY)
+                        started = time.monotonic()
+                        for i in range(400):
+                            try:
+                                outcomes.append(unary(b"x", timeout=5).decode())
+                            except grpc.RpcError as exc:
+                                outcomes.append(f"error {exc.code().name} {exc.details()}")
+                            time.sleep(max(0.0, started + (i + 1) / 100 - time.monotonic()))
+
+                worker = threading.Thread(target=load)
+                worker.start()
+                time.sleep(1.0)
+                replicas["a"].send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+                try:
+                    statuses.append(health.Check(health_pb2.HealthCheckRequest()).status)
+                except grpc.RpcError:
+                    statuses.append(-1)
+                worker.join(30)
+                counts = Counter(outcomes)
+                assert len(outcomes) == 400
+                assert [o for o in outcomes if o.startswith("error")] == [], counts
+                assert counts["a"] > 20
+                assert outcomes[-50:] == ["b"] * 50
+                assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING], "NOT_SERVING while draining"
+                assert replicas["a"].wait(15) == 0
+                assert wait_for(
+                    lambda: [e.labels["version"] for e in mesh.snapshot.endpoints(REVIEWS)] == ["b"]
+                )
+        finally:
+            for proc in replicas.values():
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(10)
