@@ -75,7 +75,7 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 protocol="grpc",
             )
             ex = Inbound(call=call, clock=time.monotonic, started=now, ready=mesh.serving_ready)
-            remaining = context.time_remaining()
+            remaining: float | None = context.time_remaining()
             if remaining is not None and remaining > _NO_DEADLINE:
                 remaining = None  # grpc reports "no deadline" as ~9.2e18 s
             if remaining is not None:
