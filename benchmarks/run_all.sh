@@ -31,3 +31,6 @@ py=.venv/bin/python
 
 # mTLS: CA issuance rate, handshake cost, per-request cost with keep-alive.
 "$py" benchmarks/mtls.py --rounds 5
+
+# gRPC: mesh channel against a plain channel, per unary call.
+"$py" benchmarks/grpc_client.py --calls 2000 --rounds 5

@@ -53,7 +53,9 @@ def test_the_inbound_deadline_bounds_the_handlers_outbound_calls(tmp_path: Path)
             assert 0.3 < seen[0] <= 0.6
             assert seen[1] is None
             assert reviews.remaining[0] is not None
-            assert reviews.remaining[0] <= 0.6, "the outbound call carried the inbound deadline"
+            assert reviews.remaining[0] <= 0.65, (
+                "the outbound call carried the inbound deadline (grpc rounds up)"
+            )
             assert reviews.remaining[1] is not None
             assert reviews.remaining[1] > 1e9, "no deadline in, none out (grpc reports ~9.2e18 s)"
             assert mesh.metrics.requests_total(direction="inbound") == 2

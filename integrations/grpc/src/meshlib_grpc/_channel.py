@@ -161,6 +161,7 @@ class _Callable(
         self._deserializer = deserializer
         self._in = streaming_in
         self._out = streaming_out
+        self._stubs: dict[int, Any] = {}  # endpoint channels live as long as the mesh channel
 
     def __call__(
         self,
@@ -216,15 +217,22 @@ class _Callable(
         )
 
     def _stub(self, endpoint_channel: grpc.Channel) -> Any:
+        """The endpoint channel's multicallable for this method, made once (grpc registers the
+        method path on each creation: several µs a call otherwise)."""
+        stub = self._stubs.get(id(endpoint_channel))
+        if stub is not None:
+            return stub
         kind = {
             (False, False): "unary_unary",
             (False, True): "unary_stream",
             (True, False): "stream_unary",
             (True, True): "stream_stream",
         }[(self._in, self._out)]
-        return getattr(endpoint_channel, kind)(
+        stub = getattr(endpoint_channel, kind)(
             self._method, request_serializer=self._serializer, response_deserializer=self._deserializer
         )
+        self._stubs[id(endpoint_channel)] = stub
+        return stub
 
 
 def _peeked(stream: Iterator[Any]) -> Iterator[Any]:

@@ -188,8 +188,10 @@ class GrpcAdapter:
 
     def metadata(self, ex: Exchange, metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
         """What goes upstream: the caller's metadata plus route/target header edits."""
-        out = list(metadata or ())
         route, target = ex.route, ex.target
+        if (route is None or route.request_ops is None) and (target is None or target.request_ops is None):
+            return metadata  # type: ignore[return-value]  # nothing to edit: pass it as it is
+        out = list(metadata or ())
         for ops in (route.request_ops if route else None, target.request_ops if target else None):
             if ops is None:
                 continue
