@@ -1,10 +1,12 @@
-"""Shared by the benchmarks: describe the machine, and rewrite one section of RESULTS.md."""
+"""Shared by the benchmarks: timing loops, the machine, and rewriting one section of RESULTS.md."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -44,3 +46,20 @@ def write_results(path: Path, section: str) -> None:
 def write_section(title: str, body: str, path: Path = RESULTS) -> None:
     """Replace (or append) the ``## title`` section of RESULTS.md."""
     write_results(path, f"## {title}\n\n{body.strip()}\n")
+
+
+def measure(call: Callable[[], object], n: int) -> tuple[float, list[float]]:
+    """Run ``call`` n times: (CPU µs per call, wall latencies in seconds)."""
+    latencies = []
+    cpu = time.process_time()
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - start)
+    return (time.process_time() - cpu) / n * 1e6, latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile of latencies in seconds, in milliseconds."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000

@@ -16,14 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import meshlib_grpc
-from _results import machine, write_section
+from _results import machine, measure, pct, write_section
 
 from meshlib import Mesh
 from meshlib.controlplane.server import bind
@@ -71,21 +70,6 @@ spec:
     retries: {{attempts: 2, perTryTimeout: 2s, retryOn: unavailable}}
     timeout: 5s
 """
-
-
-def measure(call: Callable[[], object], n: int) -> tuple[float, list[float]]:
-    latencies = []
-    cpu = time.process_time()
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - start)
-    return (time.process_time() - cpu) / n * 1e6, latencies
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def run(calls: int, rounds: int) -> str:

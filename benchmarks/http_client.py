@@ -24,13 +24,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_section
+from _results import machine, measure, pct, write_section
 
 import meshlib
 
@@ -100,16 +99,6 @@ def free_port() -> int:
     return port
 
 
-def measure_sync(send: Callable[[], object], n: int) -> tuple[float, list[float]]:
-    latencies = []
-    cpu = time.process_time()
-    for _ in range(n):
-        start = time.perf_counter()
-        send()
-        latencies.append(time.perf_counter() - start)
-    return (time.process_time() - cpu) / n * 1e6, latencies
-
-
 async def measure_async(client: httpx.AsyncClient, url: str, n: int) -> tuple[float, list[float]]:
     latencies = []
     cpu = time.process_time()
@@ -118,11 +107,6 @@ async def measure_async(client: httpx.AsyncClient, url: str, n: int) -> tuple[fl
         await client.get(url)
         latencies.append(time.perf_counter() - start)
     return (time.process_time() - cpu) / n * 1e6, latencies
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def run(requests: int, rounds: int) -> str:
@@ -158,8 +142,8 @@ def compare(mesh: meshlib.Mesh, port: int, requests: int, rounds: int) -> str:
             for _ in range(200):
                 client.get(url)  # warm up: connections, caches
         for _ in range(rounds):
-            results["sync plain"].append(measure_sync(lambda: plain.get(direct), requests))
-            results["sync mesh"].append(measure_sync(lambda: meshed.get("http://reviews/"), requests))
+            results["sync plain"].append(measure(lambda: plain.get(direct), requests))
+            results["sync mesh"].append(measure(lambda: meshed.get("http://reviews/"), requests))
 
     async def async_rounds() -> None:
         async with httpx.AsyncClient() as plain_a, mesh.async_http_client() as meshed_a:

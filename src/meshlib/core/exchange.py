@@ -10,10 +10,12 @@ from typing import Any
 from .call import Call
 from .cluster_state import Clusters, ClusterState
 from .dataplane import Cluster, DataPlane, Route, Target
+from .flags import flags_label
+from .metrics import RequestMetrics
 from .retry_policy import Failure
 from .snapshot import Endpoint
 
-__all__ = ["Exchange", "Mirror", "Outcome", "Reply", "Send", "Sleep", "Synthetic"]
+__all__ = ["Exchange", "Mirror", "Outcome", "Reply", "Send", "Sleep", "Synthetic", "record_outbound"]
 
 
 @dataclass(slots=True)
@@ -92,3 +94,15 @@ class Exchange:
     endpoint: Endpoint | None = None
     tried: list[Endpoint] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+
+
+def record_outbound(metrics: RequestMetrics, ex: Exchange, reply: Reply | None) -> None:
+    """Count one outbound request: the answer's status (0 when none came back), its flags and
+    its duration. ``reply`` is None when an error escaped the stack."""
+    code = 0
+    if reply is not None:
+        if reply.synthetic is not None:
+            code = reply.synthetic.status
+        elif reply.outcome is not None and reply.outcome.status is not None:
+            code = reply.outcome.status
+    metrics.record("outbound", ex.fqdn, code, flags_label(ex.flags), (ex.clock() - ex.started) * 1000.0)

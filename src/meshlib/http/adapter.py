@@ -17,8 +17,7 @@ import httpx
 from ..core.call import Call, RawHeaders
 from ..core.dataplane import Cluster, DataPlane, HeaderOps
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
-from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send
-from ..core.flags import flags_label
+from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, record_outbound
 from ..core.retry_policy import Failure
 from ..core.snapshot import Endpoint
 from ..policy.virtual_service import re2_template
@@ -252,20 +251,11 @@ class HttpAdapter:
         return response
 
     def escaped(self, ex: Exchange) -> None:
-        """An error escaped the stack (a body that failed to stream, a cancelled task): count it."""
-        self.mesh.metrics.record(
-            "outbound", ex.fqdn, 0, flags_label(ex.flags), (time.monotonic() - ex.started) * 1000.0
-        )
+        """An error escaped the stack (a body that failed to stream, a cancelled call): count it."""
+        record_outbound(self.mesh.metrics, ex, None)
 
     def _record(self, ex: Exchange, reply: Reply) -> None:
-        if reply.synthetic is not None:
-            code = reply.synthetic.status
-        elif reply.outcome is not None and reply.outcome.status is not None:
-            code = reply.outcome.status
-        else:
-            code = 0
-        elapsed = (time.monotonic() - ex.started) * 1000.0
-        self.mesh.metrics.record("outbound", ex.fqdn, code, flags_label(ex.flags), elapsed)
+        record_outbound(self.mesh.metrics, ex, reply)
 
 
 def _set(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:

@@ -11,8 +11,7 @@ import grpc
 from meshlib import Mesh
 from meshlib.core.call import Call
 from meshlib.core.deadline import current_deadline
-from meshlib.core.exchange import Exchange, Outcome, Reply
-from meshlib.core.flags import flags_label
+from meshlib.core.exchange import Exchange, Outcome, Reply, record_outbound
 from meshlib.core.hosts import host_candidates
 
 __all__ = ["GrpcAdapter", "MeshRpcError", "http_status"]
@@ -202,17 +201,8 @@ class GrpcAdapter:
         return out
 
     def escaped(self, ex: Exchange) -> None:
-        self.mesh.metrics.record(
-            "outbound", ex.fqdn, 0, flags_label(ex.flags), (time.monotonic() - ex.started) * 1000.0
-        )
+        """An error escaped the stack (a body that failed to stream, a cancelled call): count it."""
+        record_outbound(self.mesh.metrics, ex, None)
 
     def _record(self, ex: Exchange, reply: Reply) -> None:
-        if reply.synthetic is not None:
-            code = reply.synthetic.status
-        elif reply.outcome is not None and reply.outcome.status is not None:
-            code = reply.outcome.status
-        else:
-            code = 0
-        self.mesh.metrics.record(
-            "outbound", ex.fqdn, code, flags_label(ex.flags), (time.monotonic() - ex.started) * 1000.0
-        )
+        record_outbound(self.mesh.metrics, ex, reply)
