@@ -47,6 +47,8 @@ class WorkloadIdentity:
         self.roots: list[str] = []
         self._server: ssl.SSLContext | None = None
         self._client: ssl.SSLContext | None = None
+        self.generation = 0  # counts installed certificates and trust bundles: TLS stacks that
+        # cannot reload a live context (grpcio) rebuild their credentials when it moves on
         self._load_saved()
 
     # --- state ----------------------------------------------------------------------
@@ -113,6 +115,7 @@ class WorkloadIdentity:
         if got != self.expected_id:
             raise ControlPlaneError(f"the CA issued {got}, but this workload is {self.expected_id}")
         self.chain = chain
+        self.generation += 1
         self.update_roots(roots, persist=False)
         self._save()
         for context in (self._server, self._client):
@@ -126,11 +129,22 @@ class WorkloadIdentity:
         if not fresh:
             return
         self.roots = [*self.roots, *fresh]
+        self.generation += 1
         for context in (self._server, self._client):
             if context is not None:
                 context.load_verify_locations(cadata="".join(fresh))
         if persist:
             self._save()
+
+    # --- PEM, for TLS stacks that take bytes (grpcio) ----------------------------------
+
+    def pem(self) -> tuple[bytes, bytes, bytes]:
+        """(private key, certificate chain, trust bundle) as PEM bytes."""
+        key = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
+        return key, chain, "".join(self.roots).encode()
 
     # --- TLS contexts ---------------------------------------------------------------
 

@@ -52,7 +52,9 @@ def test_leaf_follows_every_x509_svid_rule(ca) -> None:  # type: ignore[no-untyp
     san = ext.get_extension_for_class(x509.SubjectAlternativeName)
     assert san.critical, "the subject is empty, so the SAN must be critical"
     assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [ORDERS]
-    assert len(list(san.value)) == 1, "exactly one SAN: the URI"
+    assert len(san.value.get_values_for_type(x509.UniformResourceIdentifier)) == 1, "exactly one URI SAN"
+    # SPIFFE allows other SAN types: a DNS name lets host-name-checking TLS stacks (grpcio) verify.
+    assert san.value.get_values_for_type(x509.DNSName) == ["orders.shop.svc"]
     assert leaf.subject == x509.Name([])
     basic = ext.get_extension_for_class(x509.BasicConstraints)
     assert basic.critical
@@ -79,7 +81,9 @@ def test_independent_checks_spiffe_package_and_cryptography_path_validation(ca) 
     assert str(svid.spiffe_id) == ORDERS
     verifier = PolicyBuilder().store(Store([ca.certificate])).build_client_verifier()
     verified = verifier.verify(leaf, [])
-    assert [s.value for s in verified.subjects or []] == [ORDERS]
+    assert [s.value for s in verified.subjects or [] if isinstance(s, x509.UniformResourceIdentifier)] == [
+        ORDERS
+    ]
 
 
 def test_identity_in_the_csr_is_ignored(ca) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,8 @@
 """X.509-SVIDs as the SPIFFE spec requires them, built with cryptography. Pure: no I/O.
 
 Rules (SPIFFE X.509-SVID, §4-5) every issued leaf follows:
-- exactly one URI SAN, the SPIFFE ID; no other SAN;
+- exactly one URI SAN, the SPIFFE ID (plus the DNS name `<sa>.<ns>.svc`, which SPIFFE allows:
+  it lets TLS stacks that only check host names, such as grpcio, verify the identity);
 - an empty subject, so the SAN extension is critical;
 - BasicConstraints CA=false, critical;
 - KeyUsage critical with digitalSignature (keyEncipherment too, for RSA keys), never
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CaMaterial", "issue_svid", "make_ca", "spiffe_id_of", "verify_csr"]
+__all__ = ["CaMaterial", "issue_svid", "make_ca", "service_dns_name", "spiffe_id_of", "verify_csr"]
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -126,7 +127,8 @@ def issue_svid(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id), *_dns_names(spiffe_id)]),
+            critical=True,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -153,6 +155,22 @@ def issue_svid(
         )
         .sign(ca.key, hashes.SHA256())
     )
+
+
+def service_dns_name(spiffe_id: str) -> str | None:
+    """``spiffe://td/ns/shop/sa/orders`` -> ``orders.shop.svc``: the DNS SAN next to the URI SAN.
+
+    SPIFFE allows other SAN types beside the one URI SAN; this one lets TLS stacks that only
+    check host names (grpcio) verify a peer's identity by its service name."""
+    parts = spiffe_id.removeprefix("spiffe://").split("/")
+    if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
+        return f"{parts[4]}.{parts[2]}.svc"
+    return None
+
+
+def _dns_names(spiffe_id: str) -> list[x509.GeneralName]:
+    name = service_dns_name(spiffe_id)
+    return [x509.DNSName(name)] if name else []
 
 
 def spiffe_id_of(cert: x509.Certificate) -> str | None:

@@ -16,12 +16,16 @@ import grpc
 
 from meshlib import Mesh
 from meshlib.core.call import Call
+from meshlib.core.dataplane import Cluster
 from meshlib.core.deadline import _deadline
 from meshlib.core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
 from meshlib.core.server_stack import Inbound
 from meshlib.core.snapshot import Endpoint
+from meshlib.peer import _peer
 
+from ._channel import RETIRE_AFTER
 from ._common import GrpcAdapter, Metadata, _MetadataLookup, http_status
+from ._server import peer_of
 
 __all__ = ["AioMeshChannel", "AioMeshServerInterceptor"]
 
@@ -39,7 +43,7 @@ class AioMeshChannel(grpc.aio.Channel):
         self._adapter = GrpcAdapter(mesh, target)
         self._target = target
         self._options = options or []
-        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, int, int], grpc.aio.Channel] = {}
 
     def unary_unary(
         self,
@@ -97,12 +101,23 @@ class AioMeshChannel(grpc.aio.Channel):
     async def channel_ready(self) -> None:
         return None
 
-    def endpoint_channel(self, endpoint: Endpoint | None) -> grpc.aio.Channel:
-        key = (endpoint.address, endpoint.port) if endpoint is not None else (self._target, 0)
+    def endpoint_channel(self, endpoint: Endpoint | None, cluster: Cluster | None = None) -> grpc.aio.Channel:
+        secure = self._adapter.credentials(cluster, endpoint)
+        generation = secure[2] if secure is not None else -1
+        key = (endpoint.address, endpoint.port, generation) if endpoint is not None else (self._target, 0, -1)
         channel = self._channels.get(key)
         if channel is None:
             address = f"{key[0]}:{key[1]}" if endpoint is not None else self._target
-            channel = self._channels[key] = grpc.aio.insecure_channel(address, options=self._options)
+            if secure is None:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
+            else:
+                options = [*self._options, ("grpc.ssl_target_name_override", secure[1])]
+                channel = grpc.aio.secure_channel(address, secure[0], options=options)
+                loop = asyncio.get_running_loop()
+                for stale in [k for k in self._channels if k[:2] == key[:2] and k != key]:
+                    old = self._channels.pop(stale)  # rotated out: closed once its calls are done
+                    loop.call_later(RETIRE_AFTER, _close_later, loop, old)
+            self._channels[key] = channel
         return channel
 
     async def run(
@@ -119,7 +134,9 @@ class AioMeshChannel(grpc.aio.Channel):
                 action = flow.send(value)
                 if isinstance(action, Send):
                     value = await invoke(
-                        self.endpoint_channel(action.endpoint), action.timeout, adapter.metadata(ex, metadata)
+                        self.endpoint_channel(action.endpoint, ex.cluster),
+                        action.timeout,
+                        adapter.metadata(ex, metadata),
                     )
                 elif isinstance(action, Sleep):
                     await asyncio.sleep(action.seconds)
@@ -135,6 +152,10 @@ class AioMeshChannel(grpc.aio.Channel):
             adapter.escaped(ex)
             raise
         return adapter.finish(ex, reply)
+
+
+def _close_later(loop: asyncio.AbstractEventLoop, channel: grpc.aio.Channel) -> None:
+    loop.create_task(channel.close())
 
 
 class _Awaitable:
@@ -283,6 +304,7 @@ class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
             if remaining is not None and remaining < _NO_DEADLINE:
                 ex.deadline = now + remaining
                 _deadline.set(ex.deadline)  # this call's own task: no reset needed
+            _peer.set(peer_of(context))
             return ex
 
         def done(ex: Inbound, context: Any) -> None:

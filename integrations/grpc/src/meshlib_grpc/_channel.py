@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from meshlib import Mesh
+from meshlib.core.dataplane import Cluster
 from meshlib.core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
 from meshlib.core.snapshot import Endpoint
 
@@ -25,6 +26,7 @@ from ._common import GrpcAdapter, Metadata
 
 __all__ = ["MeshChannel"]
 
+RETIRE_AFTER = 60.0  # seconds a channel of a rotated-out certificate stays open for its calls
 Invoke = Callable[[grpc.Channel, float | None, list[tuple[str, str | bytes]]], Outcome]
 
 
@@ -33,7 +35,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         self._adapter = GrpcAdapter(mesh, target)
         self._target = target
         self._options = options or []
-        self._channels: dict[tuple[str, int], grpc.Channel] = {}
+        self._channels: dict[tuple[str, int, int], grpc.Channel] = {}
         self._lock = threading.Lock()
 
     # --- the grpc.Channel interface ---------------------------------------------------
@@ -102,16 +104,35 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
 
     # --- per endpoint -----------------------------------------------------------------
 
-    def endpoint_channel(self, endpoint: Endpoint | None) -> grpc.Channel:
-        key = (endpoint.address, endpoint.port) if endpoint is not None else (self._target, 0)
+    def endpoint_channel(self, endpoint: Endpoint | None, cluster: Cluster | None = None) -> grpc.Channel:
+        """One channel per endpoint (and per certificate generation when it speaks mTLS:
+        grpcio credentials are fixed, so a rotation brings a new channel)."""
+        secure = self._adapter.credentials(cluster, endpoint)
+        generation = secure[2] if secure is not None else -1
+        key = (endpoint.address, endpoint.port, generation) if endpoint is not None else (self._target, 0, -1)
         channel = self._channels.get(key)
         if channel is None:
             with self._lock:
                 channel = self._channels.get(key)
                 if channel is None:
                     address = f"{key[0]}:{key[1]}" if endpoint is not None else self._target
-                    channel = self._channels[key] = grpc.insecure_channel(address, options=self._options)
+                    if secure is None:
+                        channel = grpc.insecure_channel(address, options=self._options)
+                    else:
+                        options = [*self._options, ("grpc.ssl_target_name_override", secure[1])]
+                        channel = grpc.secure_channel(address, secure[0], options=options)
+                        self._retire(key)
+                    self._channels[key] = channel
         return channel
+
+    def _retire(self, key: tuple[str, int, int]) -> None:
+        """Close the channels of older certificate generations for this endpoint, later: calls
+        still running on them finish first (closing a grpc channel cancels its calls)."""
+        old = [k for k in self._channels if k[:2] == key[:2] and k != key]
+        for stale in old:
+            timer = threading.Timer(RETIRE_AFTER, self._channels.pop(stale).close)
+            timer.daemon = True
+            timer.start()
 
     def run(self, ex: Exchange, metadata: Metadata | None, invoke: Invoke) -> Any:
         adapter = self._adapter
@@ -122,7 +143,9 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
                 action = flow.send(value)
                 if isinstance(action, Send):
                     upstream = adapter.metadata(ex, metadata)
-                    value = invoke(self.endpoint_channel(action.endpoint), action.timeout, upstream)
+                    value = invoke(
+                        self.endpoint_channel(action.endpoint, ex.cluster), action.timeout, upstream
+                    )
                 elif isinstance(action, Sleep):
                     time.sleep(action.seconds)
                     value = None

@@ -9,10 +9,13 @@ from typing import Any
 import grpc
 
 from meshlib import Mesh
+from meshlib.ca.svid import service_dns_name
 from meshlib.core.call import Call
+from meshlib.core.dataplane import Cluster
 from meshlib.core.deadline import current_deadline
 from meshlib.core.exchange import Exchange, Outcome, Reply, record_outbound
 from meshlib.core.hosts import host_candidates
+from meshlib.core.snapshot import Endpoint
 
 __all__ = ["GrpcAdapter", "MeshRpcError", "http_status"]
 
@@ -151,6 +154,31 @@ class GrpcAdapter:
             deadline=deadline,
             replayable=replayable,
         )
+
+    def credentials(self, cluster: Cluster | None, endpoint: Endpoint | None) -> tuple[Any, str, int] | None:
+        """mTLS credentials toward an endpoint, the name its certificate must carry, and the
+        identity generation they were made from; None for plaintext. The rule is the HTTP
+        side's: DestinationRule tls.mode, else automatic when the endpoint serves mTLS.
+
+        grpcio checks host names, not SPIFFE URIs: the certificate's DNS SAN ``<sa>.<ns>.svc``
+        (issued with every SVID) is what it verifies, via ``ssl_target_name_override``."""
+        identity = self.mesh.workload_identity
+        if endpoint is None or endpoint.identity is None or identity is None or not identity.valid():
+            return None
+        tls = cluster.policy.tls if cluster is not None else None
+        wanted = (
+            tls.mode == "ISTIO_MUTUAL"
+            if tls is not None and tls.mode in ("DISABLE", "ISTIO_MUTUAL")
+            else (endpoint.tls)
+        )
+        name = service_dns_name(endpoint.identity)
+        if not wanted or name is None:
+            return None
+        key, chain, roots = identity.pem()
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=roots, private_key=key, certificate_chain=chain
+        )
+        return creds, name, identity.generation
 
     @staticmethod
     def ok(response: Any) -> Outcome:

@@ -21,19 +21,22 @@ from types import FrameType
 from typing import Any
 
 import grpc
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
-from meshlib import Mesh
+from meshlib import Mesh, PeerIdentity
+from meshlib.ca.svid import spiffe_id_of
 from meshlib.core.call import Call
 from meshlib.core.deadline import _deadline
 from meshlib.core.flags import flags_label
 from meshlib.core.server_stack import Answer, Handle, Inbound
+from meshlib.peer import _peer
 from meshlib.registry import AnnouncedEndpoint
 from meshlib.serving import advertise_address
 
 from ._common import _MetadataLookup, http_status
 
-__all__ = ["MeshServerInterceptor", "serve"]
+__all__ = ["MeshServerInterceptor", "peer_of", "serve", "server_credentials"]
 
 log = logging.getLogger("meshlib")
 _NO_DEADLINE = 10 * 365 * 24 * 3600.0
@@ -95,6 +98,7 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             scope = contextvars.copy_context()
             if ex.deadline is not None:
                 scope.run(_deadline.set, ex.deadline)
+            scope.run(_peer.set, peer_of(context))
             if not streaming_out:
                 try:
                     return scope.run(behavior, request, context)
@@ -126,6 +130,41 @@ def _record(mesh: Mesh, ex: Inbound, context: grpc.ServicerContext) -> None:
     )
 
 
+def server_credentials(mesh: Mesh) -> grpc.ServerCredentials | None:
+    """mTLS with the workload's identity, following its rotation (grpcio asks for a new
+    configuration before each handshake; a new certificate is handed over when there is one).
+    gRPC serves TLS or plaintext per port, not both: with an identity the port is mTLS-only."""
+    identity = mesh.workload_identity
+    if identity is None:
+        return None
+    seen = {"generation": identity.generation}
+
+    def configuration() -> Any:
+        key, chain, roots = identity.pem()
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=roots)
+
+    def fetch() -> Any:
+        if identity.generation == seen["generation"]:
+            return None
+        seen["generation"] = identity.generation
+        return configuration()
+
+    return grpc.dynamic_ssl_server_credentials(configuration(), fetch, require_client_authentication=True)
+
+
+def peer_of(context: Any) -> PeerIdentity | None:
+    """The caller's identity from the verified client certificate of the call's TLS connection."""
+    try:
+        auth = context.auth_context()
+    except Exception:
+        return None
+    for pem in auth.get("x509_pem_cert", ()):
+        spiffe = spiffe_id_of(x509.load_pem_x509_certificate(pem))
+        if spiffe is not None:
+            return PeerIdentity.parse(spiffe)
+    return None
+
+
 def serve(
     register: Callable[[grpc.Server], None],
     *,
@@ -148,9 +187,15 @@ def serve(
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = server_credentials(mesh)
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     server.start()
-    endpoint = AnnouncedEndpoint(address=advertise_address(host), port=bound, protocol="grpc")
+    endpoint = AnnouncedEndpoint(
+        address=advertise_address(host), port=bound, protocol="grpc", tls=credentials is not None
+    )
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     mesh.announce([endpoint])
     log.info("gRPC serving on %s:%d as %s", endpoint.address, bound, mesh.identity)
