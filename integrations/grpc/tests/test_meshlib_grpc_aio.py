@@ -168,3 +168,53 @@ def test_aio_interceptor_passes_the_inbound_deadline_on(tmp_path: Path) -> None:
         assert 0.3 < seen <= 0.6
         assert reviews.remaining[0] is not None
         assert reviews.remaining[0] <= 0.65
+
+
+def test_aio_ejection_and_faults(backends, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    broken = backends["v2-a"][0]
+    broken.code = grpc.StatusCode.UNAVAILABLE
+    policy = (
+        "    loadBalancer: {simple: ROUND_ROBIN}\n"
+        "    outlierDetection: {consecutive5xxErrors: 5, interval: 1s,\n"
+        "      baseEjectionTime: 30s, maxEjectionPercent: 100}"
+    )
+    rules = vs("""\
+  - match: [{headers: {chaos: {exact: "on"}}}]
+    fault: {abort: {grpcStatus: RESOURCE_EXHAUSTED, percentage: {value: 20}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 0}
+""")
+    mesh = start_mesh(tmp_path, backends, policy, rules)
+    try:
+        results = asyncio.run(calls(mesh, 60, concurrency=1))
+        assert broken.hits == 5, "ejected at its 5th consecutive UNAVAILABLE"
+        assert Counter(results)["error UNAVAILABLE"] == 5
+        chaos = asyncio.run(calls(mesh, 1000, (("chaos", "on"),)))
+        aborted = Counter(chaos)["error RESOURCE_EXHAUSTED"]
+        assert abs(aborted / 10 - 20) <= 3, f"{aborted / 10:.1f}% aborted"
+    finally:
+        mesh.close()
+
+
+def test_aio_streams_follow_the_weights(backends, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rules = vs("""\
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+""")
+    mesh = start_mesh(tmp_path, backends, "    loadBalancer: {simple: RANDOM}", rules)
+
+    async def main() -> list[bytes]:
+        async with meshlib_grpc.aio_channel(mesh, "reviews") as channel:
+            stream = channel.unary_stream(STREAM)
+            return [(await stream(b"x", timeout=5).__anext__()) for _ in range(2000)]
+
+    try:
+        firsts = asyncio.run(main())
+        v2 = sum(f.startswith(b"v2") for f in firsts)
+        assert abs(v2 / 20 - 20) <= 3, f"v2 got {v2 / 20:.1f}%"
+    finally:
+        mesh.close()
