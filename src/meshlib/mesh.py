@@ -259,6 +259,7 @@ class Mesh:
             endpoints=list(self._endpoints),
             hostname=socket.gethostname(),
             certificate_expires=self._certificate_expiry(),
+            certificate_issuer=self.workload_identity.issuer if self.workload_identity else None,
             pid=os.getpid(),
             meshlib_version=__version__,
         )
@@ -388,7 +389,18 @@ class Mesh:
                     else ("no mesh identity until it succeeds: servers requiring mTLS refuse traffic")
                 )
                 log.error("could not get a certificate: %s; %s", exc, state)
-        self._loop.submit(keep_renewed(identity, list(s.control_plane), s.token, self.rng))
+        self._loop.submit(keep_renewed(identity, list(s.control_plane), s.token, self.rng, self._renewed))
+
+    async def _renewed(self) -> None:
+        """A new certificate: the registry (``meshctl status``) learns its expiry and issuer."""
+        watcher = self._watcher
+        if watcher is None:
+            return
+        watcher.registration_changed()  # if sending it now fails, it goes before the next watch
+        try:
+            await watcher.round_register()
+        except Exception as exc:
+            log.debug("could not send the registration after renewal: %s", exc)
 
     def _received(self, snapshot: Snapshot, payload: dict[str, Any]) -> None:
         roots = payload.get("trustBundle")

@@ -41,6 +41,7 @@ class WorkloadRegistration(MeshModel):
     pid: int = 0
     meshlib_version: str = ""
     certificate_expires: str | None = None  # ISO time; None without a mesh certificate
+    certificate_issuer: str | None = None  # key id of the CA that signed it (root rotations)
 
     @field_validator("id")
     @classmethod

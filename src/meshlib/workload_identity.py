@@ -4,7 +4,8 @@ The private key is ECDSA P-256, made in this process; it never leaves it (it is 
 in MESH_DATA_DIR only so that a restart can reuse a still-valid certificate). The
 certificate is renewed at half its life, with jitter; a renewal goes into the *live* TLS
 contexts (``load_cert_chain`` on an ``SSLContext`` in use makes every new handshake use
-the new certificate), so no server restarts and no connection drops. When the CA is
+the new certificate), so no server restarts and no connection drops. The trust bundle
+is exactly the config service's latest: a root it drops is no longer trusted. When the CA is
 unreachable the workload keeps its certificate; once it expires, servers that require
 mTLS fail closed and never fall back to plaintext.
 """
@@ -18,6 +19,7 @@ import os
 import random
 import ssl
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -25,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .ca.svid import spiffe_id_of
+from .ca.svid import issuer_key_id, spiffe_id_of
 from .controlplane.auth import write_secret
 from .errors import ControlPlaneError, UnauthorizedError
 
@@ -56,6 +58,12 @@ class WorkloadIdentity:
     @property
     def certificate(self) -> x509.Certificate | None:
         return self.chain[0] if self.chain else None
+
+    @property
+    def issuer(self) -> str | None:
+        """Key id of the CA that signed the certificate (which root a rotation has reached)."""
+        cert = self.certificate
+        return issuer_key_id(cert) if cert is not None else None
 
     @property
     def expires(self) -> dt.datetime | None:
@@ -124,15 +132,26 @@ class WorkloadIdentity:
         log.info("certificate for %s installed; expires %s", self.expected_id, self.expires)
 
     def update_roots(self, roots: list[str], *, persist: bool = True) -> None:
-        """New roots are trusted from now on; roots already trusted stay trusted (rotation)."""
-        fresh = [r for r in roots if r not in self.roots]
-        if not fresh:
+        """Trust exactly ``roots`` (the bundle the config service sends) from the next handshake.
+
+        During a root rotation the bundle holds the old and the new root side by side; once
+        the operator drops the old one, it is no longer trusted here either. Additions go into
+        the live contexts; ``SSLContext`` cannot forget a root, so a removal makes new contexts,
+        which every new connection picks up (servers and clients ask for the context per
+        connection). Connections already open stay open, as in Envoy."""
+        if not roots or roots == self.roots:
             return
-        self.roots = [*self.roots, *fresh]
+        added = [r for r in roots if r not in self.roots]
+        removed = [r for r in self.roots if r not in roots]
+        self.roots = list(roots)
         self.generation += 1
-        for context in (self._server, self._client):
-            if context is not None:
-                context.load_verify_locations(cadata="".join(fresh))
+        if removed:
+            self._server = self._client = None
+        elif added:
+            for context in (self._server, self._client):
+                if context is not None:
+                    context.load_verify_locations(cadata="".join(added))
+        log.info("trust bundle: %d roots (%d added, %d removed)", len(roots), len(added), len(removed))
         if persist:
             self._save()
 
@@ -150,25 +169,27 @@ class WorkloadIdentity:
 
     def server_context(self, require_client_cert: bool = True) -> ssl.SSLContext:
         """For a server: our certificate; client certificates verified against the mesh roots."""
-        if self._server is None:
+        context = self._server
+        if context is None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             self._prepare(context)
             self._server = context
-        self._server.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
-        return self._server
+        context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        return context
 
     def client_context(self) -> ssl.SSLContext:
         """For a client: our certificate; the server's chain verified against the mesh roots.
         Host names do not apply (servers are named by SPIFFE ID, checked after the handshake)."""
-        if self._client is None:
+        context = self._client
+        if context is None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.check_hostname = False
             context.verify_mode = ssl.CERT_REQUIRED
             self._prepare(context)
             self._client = context
-        return self._client
+        return context
 
     def _prepare(self, context: ssl.SSLContext) -> None:
         if self.roots:
@@ -233,10 +254,16 @@ def _error(response: httpx.Response) -> str:
         return response.text[:200]
 
 
-async def keep_renewed(identity: WorkloadIdentity, urls: list[str], token: str, rng: random.Random) -> None:
+async def keep_renewed(
+    identity: WorkloadIdentity,
+    urls: list[str],
+    token: str,
+    rng: random.Random,
+    renewed: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Renew at half-life (with jitter) until cancelled. A failed renewal is retried after a
     fully jittered exponential back-off (up to 30 s), moving through the config service URLs;
-    meanwhile the current certificate stays in use."""
+    meanwhile the current certificate stays in use. ``renewed`` runs after each renewal."""
     failures = 0
     while True:
         if failures:
@@ -259,6 +286,8 @@ async def keep_renewed(identity: WorkloadIdentity, urls: list[str], token: str, 
             )
         else:
             failures = 0
+            if renewed is not None:
+                await renewed()
 
 
 def _renew(identity: WorkloadIdentity, url: str, token: str) -> None:

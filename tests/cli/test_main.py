@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,30 @@ def test_status_shows_identity_endpoints_and_sync(ctl, server: ConfigServer, tmp
         ]
         assert "SYNCED v2" in row
         assert json.loads(ctl("status", "-o", "json")[1])["items"][0]["ackedVersion"] == 2
+
+
+def test_status_shows_certificate_expiry_and_issuer(ctl, server: ConfigServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from cryptography import x509
+
+    from meshlib import Mesh
+    from meshlib.ca.svid import key_id
+    from meshlib.controlplane.client import ControlPlaneClient
+
+    with ControlPlaneClient(server.url, server.admin_token) as admin:
+        token = admin.create_token("reviews")["token"]
+    assert server.state is not None
+    root = x509.load_pem_x509_certificate(server.state.trust_bundle[0].encode())
+    with Mesh("reviews", control_plane=server.url, token=token, data_dir=tmp_path / "wl"):
+        out = ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and key_id(root) not in out:
+            out = ctl("status")[1]
+            time.sleep(0.05)
+        header, row = out.splitlines()[:2]
+        assert "CERT EXPIRES" in header
+        assert "CERT ISSUER" in header
+        assert "in 23h" in row or "in 1d" in row, row
+        assert key_id(root) in row
 
 
 def test_python_dash_m_meshlib_is_meshctl() -> None:

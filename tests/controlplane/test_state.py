@@ -180,3 +180,18 @@ def test_deregistration_withdraws_endpoints(state: ConfigState) -> None:
     assert state.version == 2
     assert state.workloads() == []
     assert state.deregister("w1") is False
+
+
+def test_a_restart_with_another_trust_bundle_is_a_new_version(tmp_path: Path) -> None:
+    first = ConfigState(SQLiteStore(tmp_path / "db"), trust_bundle=("root-a",))
+    version = first.version
+    first.store.close()
+    same = ConfigState(SQLiteStore(tmp_path / "db"), trust_bundle=("root-a",))
+    assert same.version == version, "the same roots: watchers have nothing new to fetch"
+    same.store.close()
+    rotated = ConfigState(SQLiteStore(tmp_path / "db"), trust_bundle=("root-a", "root-b"))
+    assert rotated.version == version + 1
+    assert json.loads(rotated.payload())["trustBundle"] == ["root-a", "root-b"]
+    rotated.store.close()
+    again = ConfigState(SQLiteStore(tmp_path / "db"), trust_bundle=("root-a", "root-b"))
+    assert again.version == version + 1, "the bumped version and the new digest were stored"

@@ -12,12 +12,13 @@ import datetime as dt
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..controlplane.auth import write_secret
 from ..errors import MeshError
-from .svid import CaMaterial, issue_svid, make_ca
+from .svid import CaMaterial, issue_svid, key_id, make_ca
 
 __all__ = ["DEFAULT_TTL", "MAX_TTL", "CertificateAuthority", "CertificateRefused"]
 
@@ -66,11 +67,8 @@ class CertificateAuthority:
             if ca_cert is None or ca_key is None:
                 raise MeshError("--ca-cert and --ca-key go together")
             material = _load_operator_ca(ca_cert, ca_key)
-            roots = (
-                tuple(x509.load_pem_x509_certificates(ca_bundle.read_bytes()))
-                if ca_bundle
-                else (material.certificate,)
-            )
+            roots = _load_bundle(ca_bundle) if ca_bundle else (material.certificate,)
+            _check_anchored(material, roots, ca_bundle)
             return cls(material, trust_domain, roots, max_ttl=max_ttl)
         cert_path, key_path = folder / "ca.pem", folder / "ca-key.pem"
         if cert_path.exists() and key_path.exists():
@@ -84,6 +82,10 @@ class CertificateAuthority:
             cert_path.write_text(_pem(material.certificate))
             (folder / "roots.pem").write_text(_pem(material.certificate))
         return cls(material, trust_domain, material.roots, max_ttl=max_ttl)
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.material.certificate)
 
     def trust_bundle(self) -> list[str]:
         return [_pem(root) for root in self.roots]
@@ -113,6 +115,34 @@ class CertificateAuthority:
         """The signing CA (when it is not itself a root) and its intermediates."""
         above = [self.material.certificate, *self.material.chain]
         return [c for c in above if c not in self.roots]
+
+
+def _load_bundle(path: Path) -> tuple[x509.Certificate, ...]:
+    try:
+        roots = tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except (OSError, ValueError) as exc:
+        raise MeshError(f"{path}: not a PEM certificate bundle: {exc}") from None
+    return roots
+
+
+def _check_anchored(material: CaMaterial, roots: tuple[x509.Certificate, ...], bundle: Path | None) -> None:
+    """Certificates the CA signs must verify against the bundle it hands out (during a
+    root rotation the bundle holds the old root and the new one)."""
+    path = [material.certificate, *material.chain]
+    for cert in path:
+        if cert in roots:
+            return
+    top = path[-1]
+    for root in roots:
+        try:
+            top.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return
+    raise MeshError(
+        f"{bundle}: no root in the trust bundle issued the CA {top.subject.rfc4514_string()}; "
+        "workloads could not verify the certificates it signs"
+    )
 
 
 def _load_operator_ca(cert_path: Path, key_path: Path) -> CaMaterial:

@@ -22,7 +22,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CaMaterial", "issue_svid", "make_ca", "service_dns_name", "spiffe_id_of", "verify_csr"]
+__all__ = [
+    "CaMaterial",
+    "issue_svid",
+    "issuer_key_id",
+    "key_id",
+    "make_ca",
+    "service_dns_name",
+    "spiffe_id_of",
+    "verify_csr",
+]
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -181,6 +190,25 @@ def spiffe_id_of(cert: x509.Certificate) -> str | None:
         return None
     uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
     return uris[0] if len(uris) == 1 else None
+
+
+def key_id(cert: x509.Certificate) -> str:
+    """A CA's short key id (its SubjectKeyIdentifier, 16 hex digits): what ``meshctl serve``
+    prints and ``meshctl status`` shows as each workload's CERT ISSUER."""
+    try:
+        digest = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        digest = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+    return digest.hex()[:16]
+
+
+def issuer_key_id(cert: x509.Certificate) -> str | None:
+    """The short key id of the CA that signed ``cert`` (its AuthorityKeyIdentifier)."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier.hex()[:16] if aki.key_identifier else None
 
 
 def _serial() -> int:

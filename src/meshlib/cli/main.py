@@ -262,6 +262,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 sync,
                 state,
                 _expiry(reg.get("certificateExpires")),
+                reg.get("certificateIssuer") or "-",
                 age(item["lastSeen"]),
             ]
         )
@@ -276,6 +277,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "CONFIG",
                 "STATE",
                 "CERT EXPIRES",
+                "CERT ISSUER",
                 "LAST SEEN",
             ],
             rows,

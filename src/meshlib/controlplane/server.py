@@ -62,8 +62,10 @@ def build_app(
         store, trust_domain=trust_domain, workload_ttl=workload_ttl, trust_bundle=tuple(ca.trust_bundle())
     )
     routes = ca_routes(ca, TokenRegistry(store), token)
+    app = create_app(state, token, reap_interval=reap_interval, extra_routes=routes)
+    app.state.ca_key_id = ca.key_id
     return (
-        create_app(state, token, reap_interval=reap_interval, extra_routes=routes),
+        app,
         state,
         token_path,
         created,
@@ -106,6 +108,7 @@ def serve_forever(
     verb = "created" if created else "in"
     print(f"meshlib config service on http://{host}:{bound} (version {state.version})", flush=True)
     print(f"data in {data_dir}; admin token {verb} {token_path}", flush=True)
+    print(f"CA key id {app.state.ca_key_id}; trust bundle of {len(state.trust_bundle)} root(s)", flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, backlog=4096)
     try:
         _Server(config, app.state.notifier).run(sockets=[sock])

@@ -8,6 +8,7 @@ changes nothing anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -113,6 +114,18 @@ class ConfigState:
             # Give every known workload a full TTL to reconnect after a restart.
             stored.last_seen = max(stored.last_seen, now)
             self._workloads[stored.id] = _Workload(stored, registration)
+        self._note_trust_bundle(loaded.trust_bundle)
+
+    def _note_trust_bundle(self, served: str) -> None:
+        """A restart with other roots (a root rotation) is a new version: watchers that are
+        up to date would otherwise never receive the new bundle."""
+        digest = hashlib.sha256("".join(self.trust_bundle).encode()).hexdigest()
+        if digest == served:
+            return
+        if served:
+            self.version += 1
+            log.info("the trust bundle changed: served from version %d", self.version)
+        self.store.save_trust_bundle(self.version, digest)
 
     # --- resources --------------------------------------------------------------------
 

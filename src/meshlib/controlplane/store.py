@@ -48,6 +48,7 @@ class StoreState:
     version: int = 0
     resources: list[StoredResource] = field(default_factory=list)
     workloads: list[StoredWorkload] = field(default_factory=list)
+    trust_bundle: str = ""  # digest of the trust bundle last served ("" before any)
 
 
 class Store(Protocol):
@@ -57,6 +58,9 @@ class Store(Protocol):
         """Write a change set and the new version in one transaction, or nothing at all."""
 
     def save_workloads(self, version: int, put: Sequence[StoredWorkload], delete: Sequence[str]) -> None: ...
+
+    def save_trust_bundle(self, version: int, digest: str) -> None:
+        """Record the digest of the trust bundle served from ``version`` on."""
 
     def load_tokens(self) -> list[dict[str, Any]]: ...
 
@@ -103,6 +107,8 @@ class SQLiteStore:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             state = StoreState(version=int(row[0]) if row else 0)
+            row = self._db.execute("SELECT value FROM meta WHERE key='trust_bundle'").fetchone()
+            state.trust_bundle = str(row[0]) if row else ""
             for kind, namespace, name, manifest, version in self._db.execute(
                 "SELECT kind, namespace, name, manifest, version FROM resources "
                 "ORDER BY version, kind, namespace, name"
@@ -148,6 +154,11 @@ class SQLiteStore:
             for workload_id in delete:
                 self._db.execute("DELETE FROM workloads WHERE id=?", (workload_id,))
             self._set_version(version)
+
+    def save_trust_bundle(self, version: int, digest: str) -> None:
+        with self._lock, self._transaction():
+            self._set_version(version)
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('trust_bundle', ?)", (digest,))
 
     def load_tokens(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -130,6 +130,12 @@ class HttpAdapter:
             self._default_ssl = httpx.create_ssl_context()  # costs ~20 ms: made once, on first use
         return self._default_ssl
 
+    def mtls_context(self) -> ssl.SSLContext:
+        """The workload identity's client context as it is now (it is replaced when a root
+        leaves the trust bundle); asked at every new mTLS connection."""
+        identity = self.mesh.workload_identity
+        return identity.client_context() if identity is not None else self.ssl_context(None)
+
     def use_mtls(self, cluster: Cluster | None, endpoint: Endpoint | None) -> bool:
         """Mutual TLS toward this endpoint? DestinationRule tls.mode decides when set (DISABLE,
         ISTIO_MUTUAL); otherwise automatic: when the endpoint serves mTLS and we have an identity."""

@@ -8,6 +8,9 @@ TLS peers that must prove the identity the registry gave them.
 - Identity: Python's ssl module verifies the chain (against the mesh roots) but knows
   nothing of SPIFFE IDs, and httpcore offers no hook after the handshake. ``start_tls``
   here checks the peer certificate's URI SAN before a byte of the request is written.
+- Trust: a pool keeps the ``SSLContext`` it was made with, but the mesh's client context
+  is replaced when the trust bundle drops a root; ``start_tls`` asks the workload identity
+  for the current one, so every new connection verifies against today's roots.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import ssl
 import time
 import typing
+from collections.abc import Callable
 from contextvars import ContextVar
 
 import httpcore
@@ -24,6 +28,7 @@ from ..ca.svid import spiffe_id_of
 
 __all__ = ["AsyncMeshBackend", "MeshBackend", "attempt_deadline", "peer_spiffe_id"]
 
+ContextSource = Callable[[], ssl.SSLContext]  # the live mTLS client context
 attempt_deadline: ContextVar[float | None] = ContextVar("meshlib_attempt_deadline", default=None)
 
 
@@ -57,9 +62,12 @@ def _check(stream: typing.Any, expected: str | None) -> None:
 
 
 class _Stream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream, expected: str | None) -> None:
+    def __init__(
+        self, inner: httpcore.NetworkStream, expected: str | None, context: ContextSource | None = None
+    ) -> None:
         self._inner = inner
         self._expected = expected
+        self._context = context
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
@@ -73,6 +81,8 @@ class _Stream(httpcore.NetworkStream):
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
+        if self._context is not None:
+            ssl_context = self._context()
         stream = self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
         try:
             _check(stream, self._expected)
@@ -86,9 +96,10 @@ class _Stream(httpcore.NetworkStream):
 
 
 class MeshBackend(httpcore.NetworkBackend):
-    def __init__(self, expected: str | None = None) -> None:
+    def __init__(self, expected: str | None = None, context: ContextSource | None = None) -> None:
         self._inner = httpcore.SyncBackend()
         self._expected = expected
+        self._context = context
 
     def connect_tcp(
         self,
@@ -101,7 +112,7 @@ class MeshBackend(httpcore.NetworkBackend):
         stream = self._inner.connect_tcp(
             host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
         )
-        return _Stream(stream, self._expected)
+        return _Stream(stream, self._expected, self._context)
 
     def connect_unix_socket(
         self,
@@ -116,9 +127,12 @@ class MeshBackend(httpcore.NetworkBackend):
 
 
 class _AsyncStream(httpcore.AsyncNetworkStream):
-    def __init__(self, inner: httpcore.AsyncNetworkStream, expected: str | None) -> None:
+    def __init__(
+        self, inner: httpcore.AsyncNetworkStream, expected: str | None, context: ContextSource | None = None
+    ) -> None:
         self._inner = inner
         self._expected = expected
+        self._context = context
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
@@ -132,6 +146,8 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
+        if self._context is not None:
+            ssl_context = self._context()
         stream = await self._inner.start_tls(
             ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)
         )
@@ -147,9 +163,10 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
 
 
 class AsyncMeshBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, expected: str | None = None) -> None:
+    def __init__(self, expected: str | None = None, context: ContextSource | None = None) -> None:
         self._inner = httpcore.AnyIOBackend()
         self._expected = expected
+        self._context = context
 
     async def connect_tcp(
         self,
@@ -162,7 +179,7 @@ class AsyncMeshBackend(httpcore.AsyncNetworkBackend):
         stream = await self._inner.connect_tcp(
             host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
         )
-        return _AsyncStream(stream, self._expected)
+        return _AsyncStream(stream, self._expected, self._context)
 
     async def connect_unix_socket(
         self,

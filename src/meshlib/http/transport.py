@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -36,23 +35,23 @@ MIRROR_WORKERS = 16
 CLOSE_GRACE = 0.5  # closing a client waits this long at most for mirrors still on their way
 
 
-def _sync_pool(ssl_context: ssl.SSLContext, peer: str | None) -> httpcore.ConnectionPool:
+def _sync_pool(adapter: HttpAdapter, peer: str | None) -> httpcore.ConnectionPool:
     return httpcore.ConnectionPool(
-        ssl_context=ssl_context,
+        ssl_context=adapter.ssl_context(peer),
         max_connections=1000,
         max_keepalive_connections=100,
         keepalive_expiry=60.0,
-        network_backend=MeshBackend(peer),
+        network_backend=MeshBackend(peer, adapter.mtls_context if peer else None),
     )
 
 
-def _async_pool(ssl_context: ssl.SSLContext, peer: str | None) -> httpcore.AsyncConnectionPool:
+def _async_pool(adapter: HttpAdapter, peer: str | None) -> httpcore.AsyncConnectionPool:
     return httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context,
+        ssl_context=adapter.ssl_context(peer),
         max_connections=1000,
         max_keepalive_connections=100,
         keepalive_expiry=60.0,
-        network_backend=AsyncMeshBackend(peer),
+        network_backend=AsyncMeshBackend(peer, adapter.mtls_context if peer else None),
     )
 
 
@@ -178,7 +177,7 @@ class MeshTransport(httpx.BaseTransport):
             with self._lock:
                 pool = self._pools.get(key)
                 if pool is None:
-                    pool = self._pools[key] = _sync_pool(self._adapter.ssl_context(peer), peer)
+                    pool = self._pools[key] = _sync_pool(self._adapter, peer)
         return pool
 
 
@@ -256,7 +255,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         key = _key(upstream, peer)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = _async_pool(self._adapter.ssl_context(peer), peer)
+            pool = self._pools[key] = _async_pool(self._adapter, peer)
         response = await pool.handle_async_request(upstream)
         try:
             content = await response.aread()

@@ -1,0 +1,122 @@
+"""The workload identity's trust bundle on real TLS handshakes: roots added to live contexts,
+roots removed no longer trusted by new connections, on the server side and the client side."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from meshlib.ca.svid import CaMaterial, issue_svid, issuer_key_id, key_id, make_ca
+from meshlib.workload_identity import WorkloadIdentity
+
+DOMAIN = "cluster.local"
+
+
+def pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def identity(tmp_path: Path, name: str, ca: CaMaterial, roots: list[CaMaterial]) -> WorkloadIdentity:
+    spiffe = f"spiffe://{DOMAIN}/ns/default/sa/{name}"
+    ident = WorkloadIdentity(tmp_path / name, spiffe)
+    csr = x509.load_pem_x509_csr(ident.csr_pem().encode())
+    cert = issue_svid(ca, csr, spiffe, dt.timedelta(hours=1))
+    ident.install([cert], [pem(r.certificate) for r in roots])
+    return ident
+
+
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> bool:
+    """A TLS connection over a socket pair; True when both sides got through and a byte
+    travelled (with TLS 1.3 a refused client certificate shows up only after the handshake)."""
+    left, right = socket.socketpair()
+    left.settimeout(5)
+    right.settimeout(5)
+    outcome: dict[str, bool] = {}
+
+    def serve() -> None:
+        try:
+            with server.wrap_socket(left, server_side=True) as tls:
+                tls.sendall(b"!")
+                outcome["server"] = True
+        except (ssl.SSLError, OSError):
+            outcome["server"] = False
+            left.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client.wrap_socket(right) as tls:
+            outcome["client"] = tls.recv(1) == b"!"
+    except (ssl.SSLError, OSError):
+        outcome["client"] = False
+        right.close()
+    thread.join(5)
+    return outcome == {"server": True, "client": True}
+
+
+def test_a_removed_root_is_refused_by_new_connections_on_both_sides(tmp_path: Path) -> None:
+    root_a, root_b = make_ca(DOMAIN), make_ca(DOMAIN)
+    old = identity(tmp_path, "old", root_a, [root_a])  # a workload the rotation has not reached
+    new = identity(tmp_path, "new", root_b, [root_a, root_b])
+    assert new.issuer == key_id(root_b.certificate) == issuer_key_id(new.chain[0])
+    assert old.issuer == key_id(root_a.certificate)
+
+    # Side by side: "new" trusts both roots and talks to "old" in both directions.
+    old.update_roots([pem(root_a.certificate), pem(root_b.certificate)])
+    server_before, client_before = new.server_context(), new.client_context()
+    assert handshake(new.server_context(), old.client_context())
+    assert handshake(old.server_context(), new.client_context())
+    generation = new.generation
+
+    # The operator drops root A: "new" stops trusting it from the next connection.
+    new.update_roots([pem(root_b.certificate)])
+    assert new.generation == generation + 1
+    assert new.roots == [pem(root_b.certificate)]
+    assert new.server_context() is not server_before, "SSLContext cannot forget a root: new contexts"
+    assert new.client_context() is not client_before
+    assert not handshake(new.server_context(), old.client_context()), "server side refuses root A"
+    assert not handshake(old.server_context(), new.client_context()), "client side refuses root A"
+    assert handshake(new.server_context(), new.client_context())
+    # The bundle on disk (used after a restart) is the new one too.
+    assert WorkloadIdentity(tmp_path / "new", new.expected_id).roots == [pem(root_b.certificate)]
+
+
+def test_an_added_root_goes_into_the_live_contexts(tmp_path: Path) -> None:
+    root_a, root_b = make_ca(DOMAIN), make_ca(DOMAIN)
+    old = identity(tmp_path, "old", root_a, [root_a])
+    new = identity(tmp_path, "new", root_b, [root_a, root_b])
+    server, client = old.server_context(), old.client_context()
+    assert not handshake(server, new.client_context()), "old does not trust root B yet"
+    assert not handshake(new.server_context(), client)
+    old.update_roots([pem(root_a.certificate), pem(root_b.certificate)])
+    assert old.server_context() is server, "the same live contexts"
+    assert old.client_context() is client
+    assert handshake(server, new.client_context())
+    assert handshake(new.server_context(), client)
+
+
+def test_the_same_bundle_changes_nothing(tmp_path: Path) -> None:
+    root = make_ca(DOMAIN)
+    ident = identity(tmp_path, "w", root, [root])
+    context, generation = ident.server_context(), ident.generation
+    ident.update_roots([pem(root.certificate)])
+    ident.update_roots([])  # an empty bundle is never installed: it would refuse everyone
+    assert ident.generation == generation
+    assert ident.server_context() is context
+    assert ident.roots == [pem(root.certificate)]
+
+
+def test_key_ids_name_the_signing_ca(tmp_path: Path) -> None:
+    root = make_ca(DOMAIN)
+    ident = identity(tmp_path, "w", root, [root])
+    cert = ident.chain[0]
+    ski = root.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert key_id(root.certificate) == ski.digest.hex()[:16]
+    assert issuer_key_id(cert) == key_id(root.certificate)
+    assert key_id(cert) != key_id(root.certificate)
