@@ -197,6 +197,22 @@ def test_success_on_first_attempt() -> None:
     assert state.in_flight == 0  # the slot went back
 
 
+def test_a_streaming_answer_keeps_its_slot_until_the_adapter_releases_it() -> None:
+    mesh = Mesh()
+    streaming = Outcome(status=200, streaming=True)
+    reply, actions, _ = mesh.run(streaming)
+    assert reply.outcome is streaming
+    send = sends(actions)[0]
+    state = mesh.clusters.get(mesh.plane.cluster(send.target, 9080), mesh.plane.version)
+    assert send.endpoint is not None
+    assert state.in_flight == 1, "the body is still arriving: the request still counts"
+    assert state.active[send.endpoint.key] == 1, "least-request sees the open stream"
+    assert streaming.release is not None
+    streaming.release()
+    assert state.in_flight == 0
+    assert state.active[send.endpoint.key] == 0
+
+
 def test_503_then_200_with_default_retries() -> None:
     mesh = Mesh()
     reply, actions, ex = mesh.run(UNAVAILABLE, OK, seed=5)

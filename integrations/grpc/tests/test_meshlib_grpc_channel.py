@@ -188,7 +188,9 @@ def test_a_deadline_travels_as_the_grpc_deadline(backends, make_mesh) -> None:  
     seen = [r for b, _ in backends.values() for r in b.remaining]
     assert len(seen) == 1
     assert seen[0] is not None
-    assert 0.3 < seen[0] <= 0.5
+    # grpc rounds the deadline on the wire and the server reads it on its own clock: a
+    # fraction of a millisecond above 0.5 s has been seen.
+    assert 0.3 < seen[0] <= 0.51
 
 
 def test_a_target_outside_the_mesh_passes_through(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ Read top to bottom, outermost first; each line says why a filter sits where it d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from .outlier import outcome_for_status
 from .retry_policy import Failure, RetryPolicy
 from .stack import Flow, Next, Stack
 
-__all__ = ["default_client_stack"]
+__all__ = ["default_client_stack", "retriable"]
 
 ClientFlow = Flow[Reply]
 ClientNext = Next[Exchange, Reply]
@@ -125,7 +126,7 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
             outcome = reply.outcome
             if outcome is None:
                 return reply  # UH, UO: local decisions, not retried (as Envoy)
-            if not _retriable(policy, outcome):
+            if not retriable(policy, outcome):
                 return reply
             if ex.deadline is not None and ex.clock() >= ex.deadline:
                 return reply  # the timeout filter above names it
@@ -165,7 +166,9 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
             state.release_retry()
 
 
-def _retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
+def retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
+    """Would ``policy`` retry this answer (status, gRPC status or failure)? Adapters ask it
+    too: an answer that may be retried is read whole, never streamed to the caller."""
     if outcome.failure is not None:
         return policy.retriable_failure(outcome.failure)
     if outcome.grpc_status is not None and outcome.grpc_status != "OK":
@@ -202,10 +205,15 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     if ex.deadline is not None:
         remaining = max(0.0, ex.deadline - ex.clock())
         limit = remaining if limit is None else min(limit, remaining)
+    handed_over = False
     try:
         outcome: Outcome = yield Send(endpoint, target, limit)
+        if outcome.streaming:  # the slot is held until the caller closes the body (as Envoy
+            outcome.release = functools.partial(state.release, endpoint)  # counts open streams)
+            handed_over = True
     finally:
-        state.release(endpoint)
+        if not handed_over:
+            state.release(endpoint)
     if outcome.failure is not None:
         if outcome.failure is Failure.CONNECT:
             ex.flags.append(UF)

@@ -52,6 +52,10 @@ class Outcome:
     error: BaseException | None = None
     response: Any = None
     grpc_status: str | None = None
+    # The body is still arriving (handed to the caller as a stream): the attempt's pool slot
+    # stays taken until the adapter calls ``release`` when the stream closes.
+    streaming: bool = False
+    release: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)

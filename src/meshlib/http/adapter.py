@@ -15,12 +15,14 @@ import httpcore
 import httpx
 
 from ..core.call import Call, RawHeaders
+from ..core.client_stack import retriable
 from ..core.dataplane import Cluster, DataPlane, HeaderOps
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, record_outbound
 from ..core.retry_policy import Failure
 from ..core.snapshot import Endpoint
 from ..policy.virtual_service import re2_template
+from .body import AsyncStreamedBody, StreamedBody
 from .errors import (
     MeshTimeoutError,
     NoHealthyUpstreamError,
@@ -43,6 +45,7 @@ _ERRORS: dict[str, type[httpx.RequestError]] = {
 }
 _CONNECT_TIMEOUT = 10.0  # Istio's default connectTimeout
 MIRROR_TIMEOUT = 5.0  # a copy never holds a connection longer than this
+STREAM_ABOVE = 64 * 1024  # bodies up to this size (Content-Length) are read inside the attempt
 
 
 def failure_of(error: BaseException) -> Failure | None:
@@ -212,14 +215,35 @@ class HttpAdapter:
         response = httpx.Response(
             core.status, headers=core.headers, stream=httpx.ByteStream(content), extensions=core.extensions
         )
-        grpc = None
-        if core.status == 200:
-            grpc = next((v.decode() for k, v in core.headers if k.lower() == b"grpc-status"), None)
-        return Outcome(
-            status=core.status,
-            response=response,
-            grpc_status=_GRPC_NAMES.get(grpc) if grpc is not None else None,
+        return Outcome(status=core.status, response=response, grpc_status=_grpc_status(core))
+
+    @staticmethod
+    def streams(ex: Exchange, core: httpcore.Response) -> bool:
+        """Hand this body to the caller as it arrives? Yes for a large or open-ended one
+        (no Content-Length: chunked downloads, server-sent events) unless the route could
+        retry the answer: then it is read whole, as every small body is."""
+        if core.status in (204, 304) or ex.call.method == "HEAD":
+            return False
+        for name, value in core.headers:
+            if name.lower() == b"content-length":
+                if value.isdigit() and int(value) <= STREAM_ABOVE:
+                    return False
+                break
+        route = ex.route
+        if route is None:
+            return True
+        probe = Outcome(status=core.status, grpc_status=_grpc_status(core))
+        return not retriable(route.retry, probe)
+
+    @staticmethod
+    def streamed(core: httpcore.Response, body: StreamedBody | AsyncStreamedBody) -> Outcome:
+        """An attempt's answer whose body is still arriving (``streams`` said so)."""
+        response = httpx.Response(core.status, headers=core.headers, stream=body, extensions=core.extensions)
+        outcome = Outcome(
+            status=core.status, response=response, grpc_status=_grpc_status(core), streaming=True
         )
+        body.outcome = outcome
+        return outcome
 
     @staticmethod
     def failed(error: BaseException, request: httpx.Request) -> Outcome:
@@ -230,7 +254,8 @@ class HttpAdapter:
 
     def finish(self, request: httpx.Request, ex: Exchange, reply: Reply) -> httpx.Response:
         """The reply as the caller sees it: a response, or a mesh error named after its flag."""
-        self._record(ex, reply)
+        if reply.outcome is None or not reply.outcome.streaming:
+            self._record(ex, reply)
         if reply.error is not None:
             raise _ERRORS[reply.error](f"{ex.fqdn}: {reply.message}", request=request)
         if reply.synthetic is not None:
@@ -249,6 +274,8 @@ class HttpAdapter:
                     ) from error
                 raise error
             response = outcome.response
+            if outcome.streaming:  # counted when the body ends, with its whole duration
+                response.stream.on_close = lambda: self._record(ex, reply)
         route, target = ex.route, ex.target
         if route is not None and route.response_ops is not None:
             _apply(response.headers, route.response_ops)
@@ -333,6 +360,13 @@ def _rewrite_path(raw: str, rewrite: object, prefixes: tuple[tuple[str, bool], .
         if not path.startswith("/"):
             path = "/" + path
     return path + sep + query
+
+
+def _grpc_status(core: httpcore.Response) -> str | None:
+    if core.status != 200:
+        return None
+    code = next((v.decode() for k, v in core.headers if k.lower() == b"grpc-status"), None)
+    return _GRPC_NAMES.get(code) if code is not None else None
 
 
 _GRPC_NAMES = {

@@ -2,8 +2,9 @@
 
 A request to a host the mesh does not know goes to the inner httpx transport untouched.
 A mesh request runs the client stack; these drivers perform its actions: ``Send`` (one
-attempt on the mesh's own httpcore pool, body read so that the connection is free and
-the per-try timeout covers it), ``Sleep`` and ``Mirror`` (a copy sent in the
+attempt on the mesh's own httpcore pool; a small body is read so that the connection is
+free and the per-try timeout covers it, a large or open-ended one is streamed to the
+caller: see body.py), ``Sleep`` and ``Mirror`` (a copy sent in the
 background, never awaited, shed when too many are already on their way).
 """
 
@@ -23,6 +24,7 @@ import httpx
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
 from ..core.snapshot import Endpoint
 from .adapter import HttpAdapter
+from .body import AsyncStreamedBody, StreamedBody
 from .tls import AsyncMeshBackend, MeshBackend, attempt_deadline
 
 if TYPE_CHECKING:
@@ -114,20 +116,24 @@ class MeshTransport(httpx.BaseTransport):
 
     def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
         # The whole attempt, not each read: the network layer gives every operation the time left.
-        token = attempt_deadline.set(time.monotonic() + send.timeout if send.timeout is not None else None)
+        adapter = self._adapter
+        deadline = time.monotonic() + send.timeout if send.timeout is not None else None
+        token = attempt_deadline.set(deadline)
         try:
-            mtls = self._adapter.use_mtls(ex.cluster, send.endpoint)
-            upstream = self._adapter.upstream(request, ex, send, mtls=mtls)
+            mtls = adapter.use_mtls(ex.cluster, send.endpoint)
+            upstream = adapter.upstream(request, ex, send, mtls=mtls)
             response = self._pool(upstream, _peer(mtls, send.endpoint)).handle_request(upstream)
+            if adapter.streams(ex, response):
+                return adapter.streamed(response, StreamedBody(response, ex, request, deadline))
             try:
                 content = response.read()
             finally:
                 response.close()
         except Exception as error:
-            return self._adapter.failed(error, request)
+            return adapter.failed(error, request)
         finally:
             attempt_deadline.reset(token)
-        return self._adapter.response(response, content)
+        return adapter.response(response, content)
 
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream):
@@ -232,36 +238,33 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return adapter.finish(request, ex, reply)
 
     async def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
+        adapter = self._adapter
+        # The whole attempt, not each read: the network layer gives every operation the
+        # time left (cheaper than asyncio.timeout, and the same as in the sync driver).
+        deadline = time.monotonic() + send.timeout if send.timeout is not None else None
+        token = attempt_deadline.set(deadline)
         try:
-            mtls = self._adapter.use_mtls(ex.cluster, send.endpoint)
-            upstream = self._adapter.upstream(request, ex, send, mtls=mtls)
-            peer = _peer(mtls, send.endpoint)
-            # The whole attempt, not each read: the network layer gives every operation the
-            # time left (cheaper than asyncio.timeout, and the same as in the sync driver).
-            token = attempt_deadline.set(
-                time.monotonic() + send.timeout if send.timeout is not None else None
-            )
+            mtls = adapter.use_mtls(ex.cluster, send.endpoint)
+            upstream = adapter.upstream(request, ex, send, mtls=mtls)
+            response = await self._pool(upstream, _peer(mtls, send.endpoint)).handle_async_request(upstream)
+            if adapter.streams(ex, response):
+                return adapter.streamed(response, AsyncStreamedBody(response, ex, request, deadline))
             try:
-                response, content = await self._roundtrip(upstream, peer)
+                content = await response.aread()
             finally:
-                attempt_deadline.reset(token)
+                await response.aclose()
         except Exception as error:
-            return self._adapter.failed(error, request)
-        return self._adapter.response(response, content)
+            return adapter.failed(error, request)
+        finally:
+            attempt_deadline.reset(token)
+        return adapter.response(response, content)
 
-    async def _roundtrip(
-        self, upstream: httpcore.Request, peer: str | None
-    ) -> tuple[httpcore.Response, bytes]:
+    def _pool(self, upstream: httpcore.Request, peer: str | None) -> httpcore.AsyncConnectionPool:
         key = _key(upstream, peer)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _async_pool(self._adapter, peer)
-        response = await pool.handle_async_request(upstream)
-        try:
-            content = await response.aread()
-        finally:
-            await response.aclose()
-        return response, content
+        return pool
 
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream) or len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
@@ -276,7 +279,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def _send_mirror(self, copy: httpcore.Request, peer: str | None) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            await self._roundtrip(copy, peer)
+            response = await self._pool(copy, peer).handle_async_request(copy)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
 
     async def aclose(self) -> None:
         if self._mirrors:
