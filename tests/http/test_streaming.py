@@ -59,6 +59,9 @@ class Streams:
             await body(b"y" * 100_000)
             await asyncio.sleep(0.05)
             raise RuntimeError("the backend died mid-body")
+        elif path == "/small":  # chunked, but all of it in one go
+            await start()
+            await body(b"ok", more=False)
         elif path == "/flaky":  # a long 503 first (chunked), then a long 200
             if self.hits[path] == 1:
                 await start(503)
@@ -196,3 +199,25 @@ def test_an_answer_the_route_retries_is_read_whole_and_retried(streams) -> None:
     assert response.status_code == 200
     assert response.content == b"z" * 100_000
     assert app.hits["/flaky"] == 2
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_small_chunked_body_already_in_is_read_whole(streams, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """Its last chunk came with the headers: reading it cannot wait, so the attempt reads it
+    and frees the slot at once (the cheap path), even while the caller holds the response."""
+    mesh, _ = streams(pool_of_one())
+    if mode == "sync":
+        with mesh.http_client(timeout=10) as client, client.stream("GET", "http://files/small") as held:
+            assert held.status_code == 200
+            assert client.get("http://files/small").text == "ok", "read in the attempt: the slot is free"
+    else:
+
+        async def main() -> None:
+            async with (
+                mesh.async_http_client(timeout=10) as client,
+                client.stream("GET", "http://files/small") as held,
+            ):
+                assert held.status_code == 200
+                assert (await client.get("http://files/small")).text == "ok"
+
+        asyncio.run(main())

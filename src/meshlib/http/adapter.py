@@ -46,6 +46,7 @@ _ERRORS: dict[str, type[httpx.RequestError]] = {
 _CONNECT_TIMEOUT = 10.0  # Istio's default connectTimeout
 MIRROR_TIMEOUT = 5.0  # a copy never holds a connection longer than this
 STREAM_ABOVE = 64 * 1024  # bodies up to this size (Content-Length) are read inside the attempt
+_CHUNKED_END = b"\r\n0\r\n\r\n"  # the last chunk of a chunked body (without trailers)
 
 
 def failure_of(error: BaseException) -> Failure | None:
@@ -221,7 +222,9 @@ class HttpAdapter:
     def streams(ex: Exchange, core: httpcore.Response) -> bool:
         """Hand this body to the caller as it arrives? Yes for a large or open-ended one
         (no Content-Length: chunked downloads, server-sent events) unless the route could
-        retry the answer: then it is read whole, as every small body is."""
+        retry the answer: then it is read whole, as every small body is. A chunked body
+        whose last chunk is already in (the last bytes read from the connection end the
+        message) is small and whole: it is read at once too."""
         if core.status in (204, 304) or ex.call.method == "HEAD":
             return False
         for name, value in core.headers:
@@ -229,6 +232,10 @@ class HttpAdapter:
                 if value.isdigit() and int(value) <= STREAM_ABOVE:
                     return False
                 break
+        else:
+            stream = core.extensions.get("network_stream")
+            if getattr(stream, "tail", b"").endswith(_CHUNKED_END):
+                return False
         route = ex.route
         if route is None:
             return True

@@ -10,9 +10,9 @@ and a UT flag when time ran out midway. Errors are the httpx ones a caller catch
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import Token
 
 import httpcore
 import httpx
@@ -36,18 +36,19 @@ class _Body:
         self.outcome: Outcome | None = None  # set by the adapter: its slot is released on close
         self.on_close: Callable[[], None] | None = None  # set by the adapter: metrics
         self._closed = False
+        self._token: Token[float | None] | None = None
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
-        """One read: bounded by the attempt's deadline (set per read, so it never leaks into
-        the caller's code between chunks); its errors as the caller's httpx errors."""
-        token = attempt_deadline.set(self._deadline)
-        try:
-            yield
-        except Exception as error:
+    # ``with self:`` around one read: bounded by the attempt's deadline (set per read, so it
+    # never leaks into the caller's code between chunks); its errors become the caller's
+    # httpx errors. A plain class protocol: contextlib's generator costs ~2 µs per read more.
+    def __enter__(self) -> None:
+        self._token = attempt_deadline.set(self._deadline)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if self._token is not None:
+            attempt_deadline.reset(self._token)
+        if isinstance(error, Exception):
             raise self._error(error) from error
-        finally:
-            attempt_deadline.reset(token)
 
     def _error(self, error: Exception) -> Exception:
         from .adapter import as_httpx_error
@@ -82,7 +83,7 @@ class StreamedBody(_Body, httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         chunks = self._core.iter_stream()
         while True:
-            with self._reading():
+            with self:
                 chunk = next(chunks, None)
             if chunk is None:
                 return
@@ -99,7 +100,7 @@ class AsyncStreamedBody(_Body, httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = self._core.aiter_stream()
         while True:
-            with self._reading():
+            with self:
                 chunk = await anext(chunks, None)
             if chunk is None:
                 return

@@ -62,6 +62,8 @@ def _check(stream: typing.Any, expected: str | None) -> None:
 
 
 class _Stream(httpcore.NetworkStream):
+    tail = b""  # the last bytes read: the adapter sees from them whether a body has all arrived
+
     def __init__(
         self, inner: httpcore.NetworkStream, expected: str | None, context: ContextSource | None = None
     ) -> None:
@@ -70,7 +72,8 @@ class _Stream(httpcore.NetworkStream):
         self._context = context
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+        self.tail = data = self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+        return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
@@ -127,6 +130,8 @@ class MeshBackend(httpcore.NetworkBackend):
 
 
 class _AsyncStream(httpcore.AsyncNetworkStream):
+    tail = b""  # as _Stream's
+
     def __init__(
         self, inner: httpcore.AsyncNetworkStream, expected: str | None, context: ContextSource | None = None
     ) -> None:
@@ -135,7 +140,8 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
         self._context = context
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+        self.tail = data = await self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+        return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         await self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
