@@ -15,12 +15,14 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import httpcore
 import httpx
 
+from ..core.dataplane import DataPlane
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
 from ..core.snapshot import Endpoint
 from .adapter import HttpAdapter
@@ -70,16 +72,68 @@ def _peer(mtls: bool, endpoint: Endpoint | None) -> str | None:
     return endpoint.identity if mtls and endpoint is not None else None
 
 
+P = TypeVar("P", httpcore.ConnectionPool, httpcore.AsyncConnectionPool)
+
+
+class _Pools(Generic[P]):
+    """One pool per endpoint, as Envoy keeps one per host: an httpcore pool checks every idle
+    connection it holds on each request (a poll() each), so one shared pool made every
+    request pay for every endpoint ever called (measured ~10 µs with two).
+
+    When a new snapshot arrives, pools of endpoints that left the mesh are retired: out of
+    the map at once, closed once none of their connections is busy (a request still on its
+    way finishes, as Envoy drains a removed host). So clients that live through many
+    deployments do not collect pools and sockets of long-gone endpoints."""
+
+    def __init__(self, make: Callable[[str | None], P]) -> None:
+        self._make: Callable[[str | None], P] = make
+        self._pools: dict[PoolKey, P] = {}
+        self._endpoints: set[PoolKey] = set()  # pools of registry/ServiceEntry endpoints
+        self._retired: list[P] = []
+        self.version = -1  # the snapshot whose endpoints were last checked
+        self._lock = threading.Lock()
+
+    def get(self, request: httpcore.Request, peer: str | None, endpoint: bool) -> P:
+        key = _key(request, peer)
+        pool = self._pools.get(key)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(key)
+                if pool is None:
+                    pool = self._pools[key] = self._make(peer)
+                    if endpoint:
+                        self._endpoints.add(key)
+        return pool
+
+    def retire(self, plane: DataPlane) -> list[P]:
+        """Note ``plane``'s endpoints; the retired pools that can be closed now."""
+        live = {
+            (e.address.encode(), e.port) for group in plane.snapshot.endpoints_by_host.values() for e in group
+        }
+        with self._lock:
+            self.version = plane.version
+            for key in [k for k in self._endpoints if (k[1], k[2]) not in live]:
+                self._endpoints.discard(key)
+                self._retired.append(self._pools.pop(key))
+            idle = [p for p in self._retired if all(c.is_idle() for c in p.connections)]
+            self._retired = [p for p in self._retired if p not in idle]
+        return idle
+
+    def take_all(self) -> list[P]:
+        with self._lock:
+            pools: list[P] = list(self._pools.values())
+            pools.extend(self._retired)
+            self._pools, self._endpoints, self._retired = {}, set(), []
+        return pools
+
+
 class MeshTransport(httpx.BaseTransport):
     """For ``httpx.Client``: ``httpx.Client(transport=mesh.transport())``."""
 
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
-        self._adapter = HttpAdapter(mesh)
+        self._adapter = adapter = HttpAdapter(mesh)
         self._inner = inner or httpx.HTTPTransport()
-        # One pool per endpoint, as Envoy keeps one per host: an httpcore pool checks every
-        # idle connection it holds on each request (a poll() each), so one shared pool made
-        # every request pay for every endpoint ever called (measured ~10 µs with two).
-        self._pools: dict[PoolKey, httpcore.ConnectionPool] = {}
+        self._pools: _Pools[httpcore.ConnectionPool] = _Pools(lambda peer: _sync_pool(adapter, peer))
         self._mirrors: concurrent.futures.ThreadPoolExecutor | None = None
         self._mirroring: set[concurrent.futures.Future[None]] = set()
         self._lock = threading.Lock()
@@ -90,6 +144,9 @@ class MeshTransport(httpx.BaseTransport):
         fqdn = plane.resolve(request.url.host)
         if fqdn is None:
             return self._inner.handle_request(request)
+        if plane.version != self._pools.version:
+            for pool in self._pools.retire(plane):
+                pool.close()
         ex = adapter.exchange(request, plane, fqdn)
         flow = adapter.stack(ex)
         value: Any = None
@@ -122,7 +179,8 @@ class MeshTransport(httpx.BaseTransport):
         try:
             mtls = adapter.use_mtls(ex.cluster, send.endpoint)
             upstream = adapter.upstream(request, ex, send, mtls=mtls)
-            response = self._pool(upstream, _peer(mtls, send.endpoint)).handle_request(upstream)
+            pool = self._pools.get(upstream, _peer(mtls, send.endpoint), send.endpoint is not None)
+            response = pool.handle_request(upstream)
             if adapter.streams(ex, response):
                 return adapter.streamed(response, StreamedBody(response, ex, request, deadline))
             try:
@@ -148,13 +206,13 @@ class MeshTransport(httpx.BaseTransport):
                 self._mirrors = concurrent.futures.ThreadPoolExecutor(
                     MIRROR_WORKERS, thread_name_prefix="meshlib-mirror"
                 )
-            future = self._mirrors.submit(self._send_mirror, copy, peer)
+            future = self._mirrors.submit(self._send_mirror, copy, peer, mirror.endpoint is not None)
             self._mirroring.add(future)
         future.add_done_callback(self._mirror_done)
 
-    def _send_mirror(self, copy: httpcore.Request, peer: str | None) -> None:
+    def _send_mirror(self, copy: httpcore.Request, peer: str | None, endpoint: bool) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            response = self._pool(copy, peer).handle_request(copy)
+            response = self._pools.get(copy, peer, endpoint).handle_request(copy)
             try:
                 response.read()
             finally:
@@ -170,21 +228,9 @@ class MeshTransport(httpx.BaseTransport):
                 pending = set(self._mirroring)
             concurrent.futures.wait(pending, timeout=CLOSE_GRACE)
             self._mirrors.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
+        for pool in self._pools.take_all():
             pool.close()
         self._inner.close()
-
-    def _pool(self, request: httpcore.Request, peer: str | None) -> httpcore.ConnectionPool:
-        key = _key(request, peer)
-        pool = self._pools.get(key)
-        if pool is None:
-            with self._lock:
-                pool = self._pools.get(key)
-                if pool is None:
-                    pool = self._pools[key] = _sync_pool(self._adapter, peer)
-        return pool
 
 
 def _under_asyncio() -> bool:
@@ -199,9 +245,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     """For ``httpx.AsyncClient``: ``httpx.AsyncClient(transport=mesh.async_transport())``."""
 
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._adapter = HttpAdapter(mesh)
+        self._adapter = adapter = HttpAdapter(mesh)
         self._inner = inner or httpx.AsyncHTTPTransport()
-        self._pools: dict[PoolKey, httpcore.AsyncConnectionPool] = {}  # one per endpoint (see above)
+        self._pools: _Pools[httpcore.AsyncConnectionPool] = _Pools(lambda peer: _async_pool(adapter, peer))
         self._mirrors: set[asyncio.Task[None]] = set()
         self._asyncio: bool | None = None  # running under asyncio (not trio)? known on first use
 
@@ -213,6 +259,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         fqdn = plane.resolve(request.url.host)
         if fqdn is None:
             return await self._inner.handle_async_request(request)
+        if plane.version != self._pools.version:
+            for pool in self._pools.retire(plane):
+                await pool.aclose()
         ex = adapter.exchange(request, plane, fqdn)
         flow = adapter.stack(ex)
         value: Any = None
@@ -246,7 +295,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         try:
             mtls = adapter.use_mtls(ex.cluster, send.endpoint)
             upstream = adapter.upstream(request, ex, send, mtls=mtls)
-            response = await self._pool(upstream, _peer(mtls, send.endpoint)).handle_async_request(upstream)
+            pool = self._pools.get(upstream, _peer(mtls, send.endpoint), send.endpoint is not None)
+            response = await pool.handle_async_request(upstream)
             if adapter.streams(ex, response):
                 return adapter.streamed(response, AsyncStreamedBody(response, ex, request, deadline))
             try:
@@ -259,13 +309,6 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             attempt_deadline.reset(token)
         return adapter.response(response, content)
 
-    def _pool(self, upstream: httpcore.Request, peer: str | None) -> httpcore.AsyncConnectionPool:
-        key = _key(upstream, peer)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = _async_pool(self._adapter, peer)
-        return pool
-
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream) or len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
             return
@@ -273,13 +316,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return  # under trio there is no loop to leave a background task on: no mirroring
         mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
         copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
-        task = asyncio.get_running_loop().create_task(self._send_mirror(copy, _peer(mtls, mirror.endpoint)))
+        sending = self._send_mirror(copy, _peer(mtls, mirror.endpoint), mirror.endpoint is not None)
+        task = asyncio.get_running_loop().create_task(sending)
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
 
-    async def _send_mirror(self, copy: httpcore.Request, peer: str | None) -> None:
+    async def _send_mirror(self, copy: httpcore.Request, peer: str | None, endpoint: bool) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            response = await self._pool(copy, peer).handle_async_request(copy)
+            response = await self._pools.get(copy, peer, endpoint).handle_async_request(copy)
             try:
                 await response.aread()
             finally:
@@ -290,7 +334,6 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             await asyncio.wait(set(self._mirrors), timeout=CLOSE_GRACE)
         for task in list(self._mirrors):
             task.cancel()
-        pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
+        for pool in self._pools.take_all():
             await pool.aclose()
         await self._inner.aclose()
