@@ -90,5 +90,9 @@ class TokenRegistry:
         self._tokens[token_id] = revoked
         return revoked
 
+    def issued_for(self, namespace: str, service: str) -> bool:
+        """Has this identity ever had a token (even one since revoked or expired)?"""
+        return any(t.namespace == namespace and t.service == service for t in self._tokens.values())
+
     def list(self) -> list[BootstrapToken]:
         return sorted(self._tokens.values(), key=lambda t: t.created)

@@ -9,8 +9,8 @@
 | DELETE /v1/resources/{kind}/{ns}/{name}  | admin    | remove one resource                    |
 | GET    /v1/snapshot                      | anyone   | the current snapshot                   |
 | POST   /v1/watch                         | workload | long poll for a newer snapshot; ACK/NACK |
-| PUT    /v1/workloads/{id}                | workload | register or update a workload          |
-| DELETE /v1/workloads/{id}                | workload | deregister                             |
+| PUT    /v1/workloads/{id}                | workload | register or update a workload (token*) |
+| DELETE /v1/workloads/{id}                | workload | deregister (token*)                    |
 | GET    /v1/workloads                     | anyone   | registry and acknowledged versions     |
 """
 
@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..ca.tokens import TokenError, TokenRegistry
 from ..errors import ConfigError
 from ..policy.resources import ResourceKey, find_kind
 from ..policy.validate import format_path
@@ -164,9 +165,40 @@ def create_app(
     *,
     reap_interval: float = 5.0,
     extra_routes: list[Route] | None = None,
+    tokens: TokenRegistry | None = None,
 ) -> Starlette:
-    """The /v1 API over ``state``; writes need ``Authorization: Bearer <admin token>``."""
+    """The /v1 API over ``state``; writes need ``Authorization: Bearer <admin token>``.
+
+    With ``tokens``, the registry is bound to identities: a workload that sends its
+    bootstrap token may register (or deregister) only as the token's identity, and once an
+    identity has tokens, nobody registers or deregisters it without one. So no caller on
+    the network can announce itself as, or withdraw, a service that uses mesh identity
+    (clients would otherwise send it plaintext). Identities without tokens stay open, for
+    meshes that do not use the CA."""
     notifier = VersionNotifier()
+
+    def check_identity(request: Request, namespace: str, service: str) -> None:
+        if tokens is None:
+            return
+        header = request.headers.get("authorization")
+        if header:
+            scheme, _, secret = header.partition(" ")
+            try:
+                record = tokens.verify(secret if scheme.lower() == "bearer" else None)
+            except TokenError as exc:
+                raise HTTPError(401, str(exc)) from None
+            if (record.namespace, record.service) != (namespace, service):
+                raise HTTPError(
+                    403,
+                    f"bootstrap token {record.id} is for {record.namespace}/{record.service}, "
+                    f"not {namespace}/{service}",
+                )
+        elif tokens.issued_for(namespace, service):
+            raise HTTPError(
+                401,
+                f"{namespace}/{service} has bootstrap tokens: its workloads must send theirs "
+                "(Authorization: Bearer <token>)",
+            )
 
     admin = require_admin(admin_token)
     errors = json_errors
@@ -251,11 +283,21 @@ def create_app(
         registration = parse_model(WorkloadRegistration, await read_json(request))
         if registration.id != request.path_params["id"]:
             raise HTTPError(400, f"workload id {registration.id!r} does not match the URL")
+        check_identity(request, registration.namespace, registration.service)
+        previous = state.registration(registration.id)
+        if previous is not None and (previous.namespace, previous.service) != (
+            registration.namespace,
+            registration.service,
+        ):
+            check_identity(request, previous.namespace, previous.service)
         if state.register(registration):
             notifier.notify_soon()
         return JSONResponse({"version": state.version, "identity": registration.identity(state.trust_domain)})
 
     async def delete_workload(request: Request) -> Response:
+        previous = state.registration(request.path_params["id"])
+        if previous is not None:
+            check_identity(request, previous.namespace, previous.service)
         if state.deregister(request.path_params["id"]):
             notifier.notify_soon()
         return JSONResponse({"version": state.version})

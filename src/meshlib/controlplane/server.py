@@ -61,8 +61,9 @@ def build_app(
     state = ConfigState(
         store, trust_domain=trust_domain, workload_ttl=workload_ttl, trust_bundle=tuple(ca.trust_bundle())
     )
-    routes = ca_routes(ca, TokenRegistry(store), token)
-    app = create_app(state, token, reap_interval=reap_interval, extra_routes=routes)
+    tokens = TokenRegistry(store)
+    routes = ca_routes(ca, tokens, token)
+    app = create_app(state, token, reap_interval=reap_interval, extra_routes=routes, tokens=tokens)
     app.state.ca_key_id = ca.key_id
     return (
         app,

@@ -239,6 +239,10 @@ class ConfigState:
         current.lost = False
         return self._save_registry([current.stored], visible=visible)
 
+    def registration(self, workload_id: str) -> WorkloadRegistration | None:
+        current = self._workloads.get(workload_id)
+        return current.registration if current is not None else None
+
     def deregister(self, workload_id: str) -> bool:
         current = self._workloads.pop(workload_id, None)
         if current is None:
