@@ -263,3 +263,62 @@ def test_rotation_under_200_rps_fails_no_request(mesh_ca, tmp_path: Path) -> Non
             assert len(server_serials) >= 2, "the server certificate rotated"
     finally:
         stop(proc)
+
+
+def test_strict_fails_closed_after_expiry_and_recovers_when_the_ca_is_back(tmp_path: Path) -> None:
+    """Config service down: certificates expire; a STRICT server never falls back to
+    plaintext (a client without a valid certificate is refused, and nobody accepts the
+    server's expired one); renewal resumes once the CA is back."""
+    data = tmp_path / "cp"
+    server = ConfigServer(data).start()
+    port = server.port
+    admin = ControlPlaneClient(server.url, server.admin_token)
+    admin.apply(
+        [
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "PeerAuthentication",
+                "metadata": {"name": "default", "namespace": "istio-system"},
+                "spec": {"mtls": {"mode": "STRICT"}},
+            }
+        ]
+    )
+    proc = start_reviews(server, admin, tmp_path, ttl=3.0)
+    roots = httpx.get(f"{server.url}/v1/trust-bundle").json()["roots"]
+    from meshlib.ca.authority import CertificateAuthority
+
+    ca = CertificateAuthority.load_or_create(data, "cluster.local")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    fresh = issue_svid(ca.material, csr, FRONTEND_ID, dt.timedelta(hours=1))
+    try:
+        with frontend(server, admin, tmp_path, certificate_ttl=3.0) as mesh, mesh.http_client() as client:
+            identity = mesh.workload_identity
+            assert identity is not None
+            assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
+            assert client.get("http://reviews/").json()["peer"] == FRONTEND_ID
+            url = endpoint_url(mesh)
+
+            server.stop()  # no renewals from here on
+            assert wait_for(lambda: not identity.valid(), 10), "the frontend's certificate expired"
+            time.sleep(0.5)  # the server's, issued at about the same time, has too
+            refused = client.get("http://reviews/")
+            assert refused.status_code == 403, "no certificate: plaintext, which STRICT refuses"
+            assert "mutual TLS required" in refused.text
+            with pytest.raises(httpx.TransportError):  # a valid client refuses the expired server
+                httpx.get(f"https://{url}/", verify=client_context(roots, fresh, key, tmp_path))
+
+            server = ConfigServer(data, port=port).start()
+            assert wait_for(lambda: identity.valid(), 40), "renewal resumed when the CA came back"
+
+            def served() -> bool:
+                try:
+                    return bool(client.get("http://reviews/").json()["peer"] == FRONTEND_ID)
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return False
+
+            assert wait_for(served, 40), "the server renewed too: mTLS works again"
+    finally:
+        stop(proc)
+        admin.close()
+        server.stop()
