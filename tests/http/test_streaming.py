@@ -5,6 +5,9 @@ and a body cut midway or running past the route timeout is an httpx error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -14,6 +17,7 @@ import httpx
 import pytest
 
 from meshlib import Mesh
+from meshlib.controlplane.server import bind
 from meshlib.http.errors import MeshTimeoutError, UpstreamOverflowError
 from tests.servers import serve
 
@@ -59,9 +63,6 @@ class Streams:
             await body(b"y" * 100_000)
             await asyncio.sleep(0.05)
             raise RuntimeError("the backend died mid-body")
-        elif path == "/small":  # chunked, but all of it in one go
-            await start()
-            await body(b"ok", more=False)
         elif path == "/flaky":  # a long 503 first (chunked), then a long 200
             if self.hits[path] == 1:
                 await start(503)
@@ -201,23 +202,79 @@ def test_an_answer_the_route_retries_is_read_whole_and_retried(streams) -> None:
     assert app.hits["/flaky"] == 2
 
 
+WHOLE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+)
+
+
+@contextlib.contextmanager
+def one_write_server() -> Iterator[int]:
+    """A raw HTTP/1.1 server that writes each whole chunked response in one send, so the
+    client reads the head and the last chunk together (uvicorn writes them apart, and
+    whether they arrive together depends on timing)."""
+    listener = bind("127.0.0.1", 0)
+    listener.listen(16)
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def connection(sock: socket.socket) -> None:
+        with sock:
+            sock.settimeout(10)
+            seen = b""
+            while not done.is_set():
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                seen += data
+                while b"\r\n\r\n" in seen:
+                    _, seen = seen.split(b"\r\n\r\n", 1)
+                    sock.sendall(WHOLE)
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=connection, args=(sock,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        acceptor.join(5)
+        listener.close()
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_a_small_chunked_body_already_in_is_read_whole(streams, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_chunked_body_already_in_is_read_whole(make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]
     """Its last chunk came with the headers: reading it cannot wait, so the attempt reads it
     and frees the slot at once (the cheap path), even while the caller holds the response."""
-    mesh, _ = streams(pool_of_one())
-    if mode == "sync":
-        with mesh.http_client(timeout=10) as client, client.stream("GET", "http://files/small") as held:
-            assert held.status_code == 200
-            assert client.get("http://files/small").text == "ok", "read in the attempt: the slot is free"
-    else:
-
-        async def main() -> None:
-            async with (
-                mesh.async_http_client(timeout=10) as client,
-                client.stream("GET", "http://files/small") as held,
-            ):
+    with one_write_server() as port:
+        entry = (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: files}\n"
+            "spec:\n  hosts: [files]\n  location: MESH_INTERNAL\n  resolution: STATIC\n"
+            "  ports: [{number: 80, name: http}]\n"
+            f"  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n"
+        )
+        mesh = make_mesh(entry + pool_of_one())
+        if mode == "sync":
+            with mesh.http_client(timeout=10) as client, client.stream("GET", "http://files/") as held:
                 assert held.status_code == 200
-                assert (await client.get("http://files/small")).text == "ok"
+                assert client.get("http://files/").text == "ok", "read in the attempt: the slot is free"
+        else:
 
-        asyncio.run(main())
+            async def main() -> None:
+                async with (
+                    mesh.async_http_client(timeout=10) as client,
+                    client.stream("GET", "http://files/") as held,
+                ):
+                    assert held.status_code == 200
+                    assert (await client.get("http://files/")).text == "ok"
+
+            asyncio.run(main())

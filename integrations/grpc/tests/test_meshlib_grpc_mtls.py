@@ -36,11 +36,20 @@ REPLICA = textwrap.dedent("""\
         serial = mesh.workload_identity.certificate.serial_number
         return json.dumps({"peer": str(peer) if peer else None, "serial": serial}).encode()
 
+    async def aio_unary(request, context):
+        return unary(request, context)
+
+    aio = os.environ.get("KIND") == "aio"
+
     def register(server):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}),))
+            "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(aio_unary if aio else unary)}),))
 
-    meshlib_grpc.serve(register, mesh=mesh, port=0, drain_delay=0.2)
+    if aio:
+        import asyncio
+        asyncio.run(meshlib_grpc.aio_serve(register, mesh=mesh, port=0, drain_delay=0.2))
+    else:
+        meshlib_grpc.serve(register, mesh=mesh, port=0, drain_delay=0.2)
 """)
 
 
@@ -51,7 +60,7 @@ def mesh_ca(tmp_path: Path) -> Iterator[tuple[ConfigServer, ControlPlaneClient]]
 
 
 def start(
-    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, ttl: float = 0
+    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, ttl: float = 0, kind: str = "sync"
 ) -> subprocess.Popen[str]:
     script = tmp_path / "reviews.py"
     script.write_text(REPLICA)
@@ -60,6 +69,7 @@ def start(
         "TOKEN": admin.create_token("reviews")["token"],
         "CERT_TTL": str(ttl),
         "PYTHONUNBUFFERED": "1",
+        "KIND": kind,
     }
     return subprocess.Popen(
         [sys.executable, str(script), server.url, str(tmp_path / "reviews")],
@@ -89,11 +99,12 @@ def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyp
     return False
 
 
-def test_grpc_calls_are_mtls_with_the_callers_verified_identity(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("kind", ["sync", "aio"])
+def test_grpc_calls_are_mtls_with_the_callers_verified_identity(mesh_ca, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
     import json
 
     server, admin = mesh_ca
-    proc = start(server, admin, tmp_path)
+    proc = start(server, admin, tmp_path, kind=kind)
     try:
         token = admin.create_token("frontend")["token"]
         with Mesh("frontend", control_plane=server.url, token=token, data_dir=tmp_path / "f") as mesh:

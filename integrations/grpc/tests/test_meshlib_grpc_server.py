@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import meshlib_grpc
+import pytest
 from grpc_backends import UNARY, GrpcBackend, grpc_server, grpc_service_entry
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -62,7 +63,7 @@ def test_the_inbound_deadline_bounds_the_handlers_outbound_calls(tmp_path: Path)
 
 
 REPLICA = textwrap.dedent("""\
-    import sys
+    import asyncio, os, sys
     import grpc
     import meshlib, meshlib_grpc
 
@@ -72,11 +73,18 @@ REPLICA = textwrap.dedent("""\
     def unary(request, context):
         return name.encode()
 
-    def register(server):
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}),))
+    async def aio_unary(request, context):
+        return name.encode()
 
-    meshlib_grpc.serve(register, mesh=mesh, port=0, drain_delay=1.0)
+    def register(server):
+        handler = aio_unary if os.environ["KIND"] == "aio" else unary
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(handler)}),))
+
+    if os.environ["KIND"] == "aio":
+        asyncio.run(meshlib_grpc.aio_serve(register, mesh=mesh, port=0, drain_delay=1.0))
+    else:
+        meshlib_grpc.serve(register, mesh=mesh, port=0, drain_delay=1.0)
     print("drained and stopped", flush=True)
 """)
 
@@ -90,10 +98,11 @@ def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyp
     return False
 
 
-def test_drain_under_100_calls_per_second_fails_no_call(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sync", "aio"])
+def test_drain_under_100_calls_per_second_fails_no_call(tmp_path: Path, kind: str) -> None:
     script = tmp_path / "replica.py"
     script.write_text(REPLICA)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KIND": kind}
     with ConfigServer(tmp_path / "cp") as server:
         replicas = {
             name: subprocess.Popen(

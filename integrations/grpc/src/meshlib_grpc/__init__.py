@@ -4,6 +4,7 @@ channel = meshlib_grpc.channel(mesh, "reviews:50051")     # a grpc.Channel; stub
 stub = ReviewsStub(channel)
 
 meshlib_grpc.serve(lambda server: add_ReviewsServicer_to_server(Reviews(), server), mesh=mesh)
+await meshlib_grpc.aio_serve(lambda server: add_ReviewsServicer_to_server(Reviews(), server), mesh=mesh)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from meshlib import Mesh
 
 from ._aio import AioMeshChannel, AioMeshServerInterceptor
+from ._aio_server import aio_serve
 from ._channel import MeshChannel
 from ._common import MeshRpcError
 from ._server import MeshServerInterceptor, serve
@@ -24,6 +26,7 @@ __all__ = [
     "MeshRpcError",
     "MeshServerInterceptor",
     "aio_channel",
+    "aio_serve",
     "channel",
     "serve",
 ]

@@ -36,7 +36,7 @@ from meshlib.serving import advertise_address
 
 from ._common import _MetadataLookup, http_status
 
-__all__ = ["MeshServerInterceptor", "peer_of", "serve", "server_credentials"]
+__all__ = ["MeshServerInterceptor", "listen", "peer_of", "serve", "server_credentials"]
 
 log = logging.getLogger("meshlib")
 _NO_DEADLINE = 10 * 365 * 24 * 3600.0
@@ -165,6 +165,18 @@ def peer_of(context: Any) -> PeerIdentity | None:
     return None
 
 
+def listen(server: grpc.Server | grpc.aio.Server, mesh: Mesh, host: str, port: int) -> AnnouncedEndpoint:
+    """Add the port (mTLS with the mesh identity when there is one); the endpoint to announce."""
+    credentials = server_credentials(mesh)
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    return AnnouncedEndpoint(
+        address=advertise_address(host), port=bound, protocol="grpc", tls=credentials is not None
+    )
+
+
 def serve(
     register: Callable[[grpc.Server], None],
     *,
@@ -187,18 +199,11 @@ def serve(
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    credentials = server_credentials(mesh)
-    if credentials is None:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    else:
-        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    endpoint = listen(server, mesh, host, port)
     server.start()
-    endpoint = AnnouncedEndpoint(
-        address=advertise_address(host), port=bound, protocol="grpc", tls=credentials is not None
-    )
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     mesh.announce([endpoint])
-    log.info("gRPC serving on %s:%d as %s", endpoint.address, bound, mesh.identity)
+    log.info("gRPC serving on %s:%d as %s", endpoint.address, endpoint.port, mesh.identity)
     stopping = threading.Event()
 
     def drain(signum: int, frame: FrameType | None) -> None:
