@@ -1,5 +1,6 @@
-"""The workload identity's trust bundle on real TLS handshakes: roots added to live contexts,
-roots removed no longer trusted by new connections, on the server side and the client side."""
+"""The workload identity: its trust bundle on real TLS handshakes (roots added to live contexts,
+roots removed no longer trusted by new connections, on the server side and the client side)
+and the back-off between failed renewals."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import ssl
 import threading
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -120,3 +122,19 @@ def test_key_ids_name_the_signing_ca(tmp_path: Path) -> None:
     assert key_id(root.certificate) == ski.digest.hex()[:16]
     assert issuer_key_id(cert) == key_id(root.certificate)
     assert key_id(cert) != key_id(root.certificate)
+
+
+def test_failed_renewals_back_off_less_once_the_certificate_expired() -> None:
+    import random
+
+    from meshlib.workload_identity import RETRY_CAP, RETRY_CAP_EXPIRED, retry_delay
+
+    class Top(random.Random):
+        def random(self) -> float:
+            return 0.999999  # the largest jittered pause
+
+    assert retry_delay(1, True, Top()) == pytest.approx(1.0, rel=1e-3)
+    assert retry_delay(20, True, Top()) == pytest.approx(RETRY_CAP, rel=1e-3)
+    assert retry_delay(20, False, Top()) == pytest.approx(RETRY_CAP_EXPIRED, rel=1e-3)
+    assert RETRY_CAP_EXPIRED < RETRY_CAP
+    assert 0 <= retry_delay(3, False, random.Random(1)) <= 4.0

@@ -35,6 +35,7 @@ __all__ = ["WorkloadIdentity"]
 
 log = logging.getLogger("meshlib")
 KEY_FILE, CERT_FILE, BUNDLE_FILE = "key.pem", "cert.pem", "roots.pem"
+RETRY_CAP, RETRY_CAP_EXPIRED = 30.0, 5.0  # seconds: longest pause between failed renewals
 
 
 class WorkloadIdentity:
@@ -254,6 +255,13 @@ def _error(response: httpx.Response) -> str:
         return response.text[:200]
 
 
+def retry_delay(failures: int, valid: bool, rng: random.Random) -> float:
+    """Fully jittered exponential back-off after ``failures`` failed renewals. Without a
+    valid certificate mTLS is down, so the pause is capped lower than while it still works."""
+    cap = RETRY_CAP if valid else RETRY_CAP_EXPIRED
+    return rng.random() * min(cap, 0.5 * 2.0**failures)
+
+
 async def keep_renewed(
     identity: WorkloadIdentity,
     urls: list[str],
@@ -262,12 +270,13 @@ async def keep_renewed(
     renewed: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Renew at half-life (with jitter) until cancelled. A failed renewal is retried after a
-    fully jittered exponential back-off (up to 30 s), moving through the config service URLs;
+    fully jittered exponential back-off (up to 30 s, 5 s once the certificate has expired),
+    moving through the config service URLs;
     meanwhile the current certificate stays in use. ``renewed`` runs after each renewal."""
     failures = 0
     while True:
         if failures:
-            delay = rng.random() * min(30.0, 0.5 * 2**failures)
+            delay = retry_delay(failures, identity.valid(), rng)
         else:
             due = identity.renew_at(rng)
             delay = 0.0 if due is None else (due - dt.datetime.now(dt.UTC)).total_seconds()
