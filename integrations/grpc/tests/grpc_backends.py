@@ -6,7 +6,7 @@ import concurrent.futures
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,3 +87,13 @@ def grpc_service_entry(host: str, ports: dict[str, int]) -> str:
         f"spec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n"
         "  ports: [{number: 50051, name: grpc, protocol: GRPC}]\n  endpoints:\n" + items + "\n"
     )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes (bounded: never hangs a test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import meshlib_grpc
 import pytest
-from grpc_backends import STREAM, UNARY, GrpcBackend, grpc_server, grpc_service_entry
+from grpc_backends import STREAM, UNARY, GrpcBackend, grpc_server, grpc_service_entry, wait_for
 
 from meshlib import Mesh
 
@@ -199,3 +199,45 @@ def test_a_target_outside_the_mesh_passes_through(backends, make_mesh) -> None: 
     with meshlib_grpc.channel(mesh, f"127.0.0.1:{port}") as channel:
         assert channel.unary_unary(UNARY)(b"x", timeout=5) == b"v2-a"
     assert mesh.metrics.requests_total() == 0
+
+
+MIRROR = vs(
+    "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+    "    mirror: {host: reviews, subset: v2}\n"
+    "    mirrorPercentage: {value: 100}\n"
+)
+
+
+@pytest.mark.parametrize("mode", ["sync", "aio"])
+def test_unary_calls_are_mirrored_and_never_wait_for_the_copy(backends, make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import time
+
+    shadow = backends["v2-a"][0]
+    shadow.delay = 0.5  # a slow mirror: the caller must not feel it
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}") + MIRROR)
+    started = time.monotonic()
+    if mode == "sync":
+        with meshlib_grpc.channel(mesh, "reviews") as channel:
+            answers = [channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(20)]
+            elapsed = time.monotonic() - started
+            streams = [list(channel.unary_stream(STREAM)(b"x", timeout=5)) for _ in range(5)]
+            assert wait_for(lambda: shadow.hits >= 20), shadow.hits
+    else:
+
+        async def main() -> tuple[list[bytes], float, list[list[bytes]]]:
+            async with meshlib_grpc.aio_channel(mesh, "reviews") as channel:
+                got = [await channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(20)]
+                took = time.monotonic() - started
+                flows = [[m async for m in channel.unary_stream(STREAM)(b"x", timeout=5)] for _ in range(5)]
+                for _ in range(500):  # the copies run as tasks on this loop
+                    if shadow.hits >= 20:
+                        break
+                    await asyncio.sleep(0.02)
+                return got, took, flows
+
+        answers, elapsed, streams = asyncio.run(main())
+    assert {a.decode() for a in answers} <= {"v1-a", "v1-b"}, "the caller got the primary's answers"
+    assert elapsed < 5.0, f"20 calls took {elapsed:.1f}s: the caller waited for a 0.5 s mirror"
+    assert shadow.hits == 20, "every unary call was copied once; response streams are not copied"
+    assert all(len(s) == 3 for s in streams)

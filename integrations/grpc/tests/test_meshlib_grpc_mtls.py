@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import meshlib_grpc
 import pytest
+from grpc_backends import wait_for
 
 from meshlib import Mesh
 from meshlib.controlplane.client import ControlPlaneClient
@@ -88,15 +89,6 @@ def stop(proc: subprocess.Popen[str]) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
     return proc.stdout.read() if proc.stdout else ""
-
-
-def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("kind", ["sync", "aio"])

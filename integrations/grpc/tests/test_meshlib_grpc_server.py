@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import meshlib_grpc
 import pytest
-from grpc_backends import UNARY, GrpcBackend, grpc_server, grpc_service_entry
+from grpc_backends import UNARY, GrpcBackend, grpc_server, grpc_service_entry, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import meshlib
@@ -87,15 +87,6 @@ REPLICA = textwrap.dedent("""\
         meshlib_grpc.serve(register, mesh=mesh, port=0, drain_delay=1.0)
     print("drained and stopped", flush=True)
 """)
-
-
-def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.parametrize("kind", ["sync", "aio"])

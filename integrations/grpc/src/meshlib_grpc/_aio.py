@@ -8,8 +8,9 @@ each attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import grpc
@@ -24,12 +25,24 @@ from meshlib.core.snapshot import Endpoint
 from meshlib.peer import _peer
 
 from ._channel import RETIRE_AFTER
-from ._common import GrpcAdapter, Metadata, _MetadataLookup, http_status
+from ._common import (
+    MAX_MIRRORS_IN_FLIGHT,
+    MIRROR_TIMEOUT,
+    ChannelKey,
+    GrpcAdapter,
+    Metadata,
+    _MetadataLookup,
+    channel_key,
+    channel_settings,
+    http_status,
+    stale_keys,
+)
 from ._server import peer_of
 
 __all__ = ["AioMeshChannel", "AioMeshServerInterceptor"]
 
 _NO_DEADLINE = 10 * 365 * 24 * 3600.0
+AioMirrorSend = Callable[[grpc.aio.Channel, Metadata | None], Coroutine[Any, Any, None]]
 _KINDS = {
     (False, False): "unary_unary",
     (False, True): "unary_stream",
@@ -43,7 +56,8 @@ class AioMeshChannel(grpc.aio.Channel):
         self._adapter = GrpcAdapter(mesh, target)
         self._target = target
         self._options = options or []
-        self._channels: dict[tuple[str, int, int], grpc.aio.Channel] = {}
+        self._channels: dict[ChannelKey, grpc.aio.Channel] = {}
+        self._mirrors: set[asyncio.Task[None]] = set()  # mirrored calls on their way
 
     def unary_unary(
         self,
@@ -101,30 +115,40 @@ class AioMeshChannel(grpc.aio.Channel):
     async def channel_ready(self) -> None:
         return None
 
-    def endpoint_channel(self, endpoint: Endpoint | None, cluster: Cluster | None = None) -> grpc.aio.Channel:
+    def endpoint_channel(
+        self, endpoint: Endpoint | None, cluster: Cluster | None = None, shadow: bool = False
+    ) -> grpc.aio.Channel:
         secure = self._adapter.credentials(cluster, endpoint)
-        generation = secure[2] if secure is not None else -1
-        key = (endpoint.address, endpoint.port, generation) if endpoint is not None else (self._target, 0, -1)
+        key = channel_key(self._target, endpoint, secure, shadow)
         channel = self._channels.get(key)
         if channel is None:
-            address = f"{key[0]}:{key[1]}" if endpoint is not None else self._target
+            address, options = channel_settings(self._target, endpoint, secure, shadow, self._options)
             if secure is None:
-                channel = grpc.aio.insecure_channel(address, options=self._options)
+                channel = grpc.aio.insecure_channel(address, options=options)
             else:
-                options = [*self._options, ("grpc.ssl_target_name_override", secure[1])]
                 channel = grpc.aio.secure_channel(address, secure[0], options=options)
                 loop = asyncio.get_running_loop()
-                for stale in [k for k in self._channels if k[:2] == key[:2] and k != key]:
+                for stale in stale_keys(self._channels, key):
                     old = self._channels.pop(stale)  # rotated out: closed once its calls are done
                     loop.call_later(RETIRE_AFTER, _close_later, loop, old)
             self._channels[key] = channel
         return channel
+
+    def _mirror(self, ex: Exchange, action: Mirror, metadata: Metadata | None, send: AioMirrorSend) -> None:
+        """Fire and forget: a task nobody awaits carries the copy; its fate is ignored."""
+        if len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
+            return  # shed copies rather than let them pile up behind a slow mirror
+        channel = self.endpoint_channel(action.endpoint, action.cluster, shadow=True)
+        task = asyncio.get_running_loop().create_task(send(channel, self._adapter.metadata(ex, metadata)))
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
 
     async def run(
         self,
         ex: Exchange,
         metadata: Metadata | None,
         invoke: Callable[[grpc.aio.Channel, float | None, Any], Awaitable[Outcome]],
+        mirror: AioMirrorSend | None = None,
     ) -> Any:
         adapter = self._adapter
         flow = adapter.stack(ex)
@@ -142,7 +166,9 @@ class AioMeshChannel(grpc.aio.Channel):
                     await asyncio.sleep(action.seconds)
                     value = None
                 elif isinstance(action, Mirror):
-                    value = None  # mirroring gRPC is not supported yet
+                    if mirror is not None:
+                        self._mirror(ex, action, metadata, mirror)
+                    value = None
                 else:  # pragma: no cover
                     raise TypeError(f"unknown action {action!r}")
         except StopIteration as done:
@@ -233,7 +259,12 @@ class _AioCallable:
             except grpc.RpcError as error:
                 return adapter.failed(error)
 
-        return await channel.run(ex, metadata, invoke)
+        async def mirror(endpoint_channel: grpc.aio.Channel, upstream: Metadata | None) -> None:
+            with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):  # never reaches the caller
+                await self._stub(endpoint_channel)(request, timeout=MIRROR_TIMEOUT, metadata=upstream)
+
+        # Only calls with one request message are copied (a request stream is read once).
+        return await channel.run(ex, metadata, invoke, None if self._in or self._out else mirror)
 
     def _stub(self, endpoint_channel: grpc.aio.Channel) -> Any:
         stub = self._stubs.get(id(endpoint_channel))

@@ -22,12 +22,22 @@ from meshlib.core.dataplane import Cluster
 from meshlib.core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
 from meshlib.core.snapshot import Endpoint
 
-from ._common import GrpcAdapter, Metadata
+from ._common import (
+    MAX_MIRRORS_IN_FLIGHT,
+    MIRROR_TIMEOUT,
+    ChannelKey,
+    GrpcAdapter,
+    Metadata,
+    channel_key,
+    channel_settings,
+    stale_keys,
+)
 
 __all__ = ["MeshChannel"]
 
 RETIRE_AFTER = 60.0  # seconds a channel of a rotated-out certificate stays open for its calls
 Invoke = Callable[[grpc.Channel, float | None, list[tuple[str, str | bytes]]], Outcome]
+MirrorSend = Callable[[grpc.Channel, Metadata | None], grpc.Future]
 
 
 class MeshChannel(grpc.Channel):  # type: ignore[misc]
@@ -35,8 +45,9 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         self._adapter = GrpcAdapter(mesh, target)
         self._target = target
         self._options = options or []
-        self._channels: dict[tuple[str, int, int], grpc.Channel] = {}
+        self._channels: dict[ChannelKey, grpc.Channel] = {}
         self._lock = threading.Lock()
+        self._mirroring = 0  # mirrored calls on their way
 
     # --- the grpc.Channel interface ---------------------------------------------------
 
@@ -104,37 +115,57 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
 
     # --- per endpoint -----------------------------------------------------------------
 
-    def endpoint_channel(self, endpoint: Endpoint | None, cluster: Cluster | None = None) -> grpc.Channel:
+    def endpoint_channel(
+        self, endpoint: Endpoint | None, cluster: Cluster | None = None, shadow: bool = False
+    ) -> grpc.Channel:
         """One channel per endpoint (and per certificate generation when it speaks mTLS:
-        grpcio credentials are fixed, so a rotation brings a new channel)."""
+        grpcio credentials are fixed, so a rotation brings a new channel); mirrored copies
+        go on their own, whose authority is marked ``-shadow`` as Envoy marks them."""
         secure = self._adapter.credentials(cluster, endpoint)
-        generation = secure[2] if secure is not None else -1
-        key = (endpoint.address, endpoint.port, generation) if endpoint is not None else (self._target, 0, -1)
+        key = channel_key(self._target, endpoint, secure, shadow)
         channel = self._channels.get(key)
         if channel is None:
             with self._lock:
                 channel = self._channels.get(key)
                 if channel is None:
-                    address = f"{key[0]}:{key[1]}" if endpoint is not None else self._target
+                    address, options = channel_settings(self._target, endpoint, secure, shadow, self._options)
                     if secure is None:
-                        channel = grpc.insecure_channel(address, options=self._options)
+                        channel = grpc.insecure_channel(address, options=options)
                     else:
-                        options = [*self._options, ("grpc.ssl_target_name_override", secure[1])]
                         channel = grpc.secure_channel(address, secure[0], options=options)
                         self._retire(key)
                     self._channels[key] = channel
         return channel
 
-    def _retire(self, key: tuple[str, int, int]) -> None:
+    def _retire(self, key: ChannelKey) -> None:
         """Close the channels of older certificate generations for this endpoint, later: calls
         still running on them finish first (closing a grpc channel cancels its calls)."""
-        old = [k for k in self._channels if k[:2] == key[:2] and k != key]
-        for stale in old:
+        for stale in stale_keys(self._channels, key):
             timer = threading.Timer(RETIRE_AFTER, self._channels.pop(stale).close)
             timer.daemon = True
             timer.start()
 
-    def run(self, ex: Exchange, metadata: Metadata | None, invoke: Invoke) -> Any:
+    def _mirror(self, ex: Exchange, action: Mirror, metadata: Metadata | None, send: MirrorSend) -> None:
+        """Fire and forget: grpc's own threads carry the copy; nobody waits for it."""
+        with self._lock:
+            if self._mirroring >= MAX_MIRRORS_IN_FLIGHT:
+                return  # shed copies rather than let them pile up behind a slow mirror
+            self._mirroring += 1
+        try:
+            channel = self.endpoint_channel(action.endpoint, action.cluster, shadow=True)
+            future = send(channel, self._adapter.metadata(ex, metadata))
+        except Exception:
+            self._mirror_done(None)
+            return
+        future.add_done_callback(self._mirror_done)
+
+    def _mirror_done(self, future: object) -> None:
+        with self._lock:
+            self._mirroring -= 1
+
+    def run(
+        self, ex: Exchange, metadata: Metadata | None, invoke: Invoke, mirror: MirrorSend | None = None
+    ) -> Any:
         adapter = self._adapter
         flow = adapter.stack(ex)
         value: Any = None
@@ -150,7 +181,9 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
                     time.sleep(action.seconds)
                     value = None
                 elif isinstance(action, Mirror):
-                    value = None  # mirroring gRPC is not supported yet: the copy is skipped
+                    if mirror is not None:
+                        self._mirror(ex, action, metadata, mirror)
+                    value = None
                 else:  # pragma: no cover
                     raise TypeError(f"unknown action {action!r}")
         except StopIteration as done:
@@ -213,7 +246,14 @@ class _Callable(
             except grpc.RpcError as error:
                 return adapter.failed(error)
 
-        return channel.run(ex, metadata, invoke)
+        def mirror(endpoint_channel: grpc.Channel, upstream: Metadata | None) -> grpc.Future:
+            future: grpc.Future = self._stub(endpoint_channel).future(
+                request, timeout=MIRROR_TIMEOUT, metadata=upstream
+            )
+            return future
+
+        # Only calls with one request message are copied (a request stream is read once).
+        return channel.run(ex, metadata, invoke, None if self._in or self._out else mirror)
 
     def with_call(
         self,

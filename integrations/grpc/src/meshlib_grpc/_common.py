@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -16,8 +16,9 @@ from meshlib.core.deadline import current_deadline
 from meshlib.core.exchange import Exchange, Outcome, Reply, record_outbound
 from meshlib.core.hosts import host_candidates
 from meshlib.core.snapshot import Endpoint
+from meshlib.http.adapter import shadow_host
 
-__all__ = ["GrpcAdapter", "MeshRpcError", "http_status"]
+__all__ = ["GrpcAdapter", "MeshRpcError", "channel_key", "channel_settings", "http_status", "stale_keys"]
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -49,6 +50,43 @@ _FLAG_CODES = {
     "UT": grpc.StatusCode.DEADLINE_EXCEEDED,
     "URX": grpc.StatusCode.UNAVAILABLE,
 }
+
+
+MAX_MIRRORS_IN_FLIGHT = 64  # per mesh channel, as for HTTP: beyond it copies are shed
+MIRROR_TIMEOUT = 5.0  # a mirrored call never holds resources longer than this
+ChannelKey = tuple[str, int, int, bool]  # address, port, certificate generation, shadow
+
+
+def channel_key(
+    target: str, endpoint: Endpoint | None, secure: tuple[Any, str, int] | None, shadow: bool
+) -> ChannelKey:
+    generation = secure[2] if secure is not None else -1
+    if endpoint is None:
+        return (target, 0, generation, shadow)
+    return (endpoint.address, endpoint.port, generation, shadow)
+
+
+def channel_settings(
+    target: str,
+    endpoint: Endpoint | None,
+    secure: tuple[Any, str, int] | None,
+    shadow: bool,
+    options: list[tuple[str, Any]],
+) -> tuple[str, list[tuple[str, Any]]]:
+    """Address and options of an endpoint's channel: the name its certificate must carry
+    under mTLS, and Envoy's ``-shadow`` authority for mirrored copies."""
+    address = f"{endpoint.address}:{endpoint.port}" if endpoint is not None else target
+    extra: list[tuple[str, Any]] = []
+    if secure is not None:
+        extra.append(("grpc.ssl_target_name_override", secure[1]))
+    if shadow:
+        extra.append(("grpc.default_authority", shadow_host(target.encode()).decode()))
+    return address, [*options, *extra] if extra else options
+
+
+def stale_keys(channels: Mapping[ChannelKey, Any], key: ChannelKey) -> list[ChannelKey]:
+    """Channels of the same endpoint (and kind) made for an older certificate generation."""
+    return [k for k in channels if k[:2] == key[:2] and k[3] == key[3] and k != key]
 
 
 def http_status(code: grpc.StatusCode) -> int:
