@@ -244,10 +244,10 @@ class _AioCallable:
     async def _call(self, request: Any, timeout: float | None, metadata: Metadata | None) -> Any:  # noqa: ASYNC109 - grpc API
         channel = self._channel
         adapter = channel._adapter
-        if adapter.resolve() is None:
+        ex = adapter.exchange(self._method, metadata, timeout, replayable=not self._in)
+        if ex is None:  # not a mesh service: straight through
             call = self._stub(channel.endpoint_channel(None))(request, timeout=timeout, metadata=metadata)
             return call if self._out else await call
-        ex = adapter.exchange(self._method, metadata, timeout, replayable=not self._in)
 
         async def invoke(endpoint_channel: grpc.aio.Channel, limit: float | None, upstream: Any) -> Outcome:
             stub = self._stub(endpoint_channel)

@@ -230,9 +230,9 @@ class _Callable(
     ) -> Any:
         channel = self._channel
         adapter = channel._adapter
-        if adapter.resolve() is None:  # not a mesh service: straight through
-            return self._stub(channel.endpoint_channel(None))(request, timeout=timeout, metadata=metadata)
         ex = adapter.exchange(self._method, metadata, timeout, replayable=not self._in)
+        if ex is None:  # not a mesh service: straight through
+            return self._stub(channel.endpoint_channel(None))(request, timeout=timeout, metadata=metadata)
 
         def invoke(
             endpoint_channel: grpc.Channel, limit: float | None, upstream: list[tuple[str, str | bytes]]

@@ -14,7 +14,6 @@ from meshlib.core.call import Call
 from meshlib.core.dataplane import Cluster
 from meshlib.core.deadline import current_deadline
 from meshlib.core.exchange import Exchange, Outcome, Reply, record_outbound
-from meshlib.core.hosts import host_candidates
 from meshlib.core.snapshot import Endpoint
 from meshlib.http.adapter import shadow_host
 
@@ -156,14 +155,15 @@ class GrpcAdapter:
         self.port = int(port) if port.isdigit() else None
         self.stack = mesh.client_stack_runner
 
-    def resolve(self) -> str | None:
-        return self.mesh.grpc_plane.resolve(self.host)
-
     def exchange(
         self, method: str, metadata: Metadata | None, timeout: float | None, replayable: bool
-    ) -> Exchange:
+    ) -> Exchange | None:
+        """The call as the client stack sees it; None when the target is not a mesh service
+        (the call then goes straight through)."""
         plane = self.mesh.grpc_plane
-        fqdn = plane.resolve(self.host) or host_candidates(self.host, self.mesh.namespace)[0]
+        fqdn = plane.resolve(self.host)
+        if fqdn is None:
+            return None
         call = Call(
             method="POST",
             scheme="http",
