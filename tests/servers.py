@@ -54,7 +54,13 @@ class Backend:
     delay: float = 0.0
     hits: int = 0
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    # Seeded by name: replicas sharing one seed would fail in lockstep (a retry that moves
+    # to the next replica draws the same number), so a 30% failure rate would not be
+    # independent per attempt.
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(f"backend-{self.name}")
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"

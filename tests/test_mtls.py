@@ -301,7 +301,13 @@ def test_strict_fails_closed_after_expiry_and_recovers_when_the_ca_is_back(tmp_p
 
             server.stop()  # no renewals from here on
             assert wait_for(lambda: not identity.valid(), 10), "the frontend's certificate expired"
-            time.sleep(0.5)  # the server's, issued at about the same time, has too
+            # The server renewed on its own schedule (half-life plus jitter), so its last
+            # certificate may outlive the frontend's by up to a TTL: wait for it explicitly.
+            saved = (tmp_path / "reviews" / "cert.pem").read_bytes()
+            served_until = x509.load_pem_x509_certificates(saved)[0]
+            left = (served_until.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()
+            assert left < 4.0, "the server's certificate is one of the 3 s ones"
+            time.sleep(max(0.0, left) + 0.2)
             refused = client.get("http://reviews/")
             assert refused.status_code == 403, "no certificate: plaintext, which STRICT refuses"
             assert "mutual TLS required" in refused.text

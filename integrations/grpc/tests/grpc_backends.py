@@ -27,8 +27,13 @@ class GrpcBackend:
     hits: int = 0
     metadata: list[dict[str, str]] = field(default_factory=list)
     remaining: list[float | None] = field(default_factory=list)
-    rng: random.Random = field(default_factory=lambda: random.Random(11))
+    rng: random.Random = field(init=False, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        # Seeded by name: replicas sharing a seed fail in lockstep, so a retry moving to the
+        # next replica would draw the same number and failures would not be independent.
+        self.rng = random.Random(f"grpc-backend-{self.name}")
 
     def _enter(self, context: grpc.ServicerContext) -> None:
         with self.lock:
