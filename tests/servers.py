@@ -54,6 +54,7 @@ class Backend:
     delay: float = 0.0
     hits: int = 0
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    clients: list[tuple[str, int] | None] = field(default_factory=list)  # the caller's address, per request
     # Seeded by name: replicas sharing one seed would fail in lockstep (a retry that moves
     # to the next replica draws the same number), so a 30% failure rate would not be
     # independent per attempt.
@@ -74,6 +75,8 @@ class Backend:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         path = scope["path"] + (("?" + scope["query_string"].decode()) if scope["query_string"] else "")
         self.seen.append((scope["method"], path, headers))
+        client = scope.get("client")
+        self.clients.append(tuple(client) if client else None)
         if self.delay:
             await asyncio.sleep(self.delay)
         status = self.status

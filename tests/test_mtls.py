@@ -308,8 +308,14 @@ def test_strict_fails_closed_after_expiry_and_recovers_when_the_ca_is_back(tmp_p
             left = (served_until.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()
             assert left < 4.0, "the server's certificate is one of the 3 s ones"
             time.sleep(max(0.0, left) + 0.2)
-            refused = client.get("http://reviews/")
-            assert refused.status_code == 403, "no certificate: plaintext, which STRICT refuses"
+            # The frontend never falls back to plaintext: it refuses to send, and says why.
+            with pytest.raises(
+                httpx.ConnectError, match=r"certificate expired at .* not sending in plaintext"
+            ):
+                client.get("http://reviews/")
+            assert mesh.metrics.requests_total(code=0) >= 1
+            refused = httpx.get(f"http://{url}/")  # a client that does send plaintext
+            assert refused.status_code == 403, "STRICT refuses plaintext"
             assert "mutual TLS required" in refused.text
             with pytest.raises(httpx.TransportError):  # a valid client refuses the expired server
                 httpx.get(f"https://{url}/", verify=client_context(roots, fresh, key, tmp_path))

@@ -4,6 +4,7 @@ import meshlib
 
 EXPECTED = [
     "AnnouncedEndpoint",
+    "CertificateUnavailableError",
     "ConfigError",
     "ConfigIssue",
     "ControlPlaneError",

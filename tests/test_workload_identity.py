@@ -8,6 +8,7 @@ import datetime as dt
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshlib.ca.svid import CaMaterial, issue_svid, issuer_key_id, key_id, make_ca
-from meshlib.workload_identity import WorkloadIdentity
+from meshlib.core.snapshot import Endpoint
+from meshlib.errors import CertificateUnavailableError
+from meshlib.workload_identity import WorkloadIdentity, outbound_mtls
 
 DOMAIN = "cluster.local"
 
@@ -138,3 +141,57 @@ def test_failed_renewals_back_off_less_once_the_certificate_expired() -> None:
     assert retry_delay(20, False, Top()) == pytest.approx(RETRY_CAP_EXPIRED, rel=1e-3)
     assert RETRY_CAP_EXPIRED < RETRY_CAP
     assert 0 <= retry_delay(3, False, random.Random(1)) <= 4.0
+
+
+def endpoint(
+    tls: bool = True, identity: str | None = "spiffe://cluster.local/ns/default/sa/reviews"
+) -> Endpoint:
+    return Endpoint("reviews.default.svc.cluster.local", "127.0.0.1", 8080, identity=identity, tls=tls)
+
+
+def expired_identity(tmp_path: Path, ca: CaMaterial) -> WorkloadIdentity:
+    spiffe = f"spiffe://{DOMAIN}/ns/default/sa/old"
+    ident = WorkloadIdentity(tmp_path / "old", spiffe)
+    csr = x509.load_pem_x509_csr(ident.csr_pem().encode())
+    cert = issue_svid(ca, csr, spiffe, dt.timedelta(seconds=1))
+    ident.install([cert], [pem(ca.certificate)])
+    return ident
+
+
+def test_outbound_mtls_follows_tls_mode_then_the_endpoint_and_never_downgrades(tmp_path: Path) -> None:
+    ca = make_ca(DOMAIN)
+    good = identity(tmp_path, "frontend", ca, [ca])
+    assert good.valid()
+    # Not a mesh workload, or mTLS switched off: plaintext whatever this workload holds.
+    assert outbound_mtls(good, None, None) is False
+    assert outbound_mtls(good, None, endpoint(identity=None)) is False
+    assert outbound_mtls(good, "DISABLE", endpoint()) is False
+    # Automatic: mTLS toward endpoints that serve it, from workloads with an identity.
+    assert outbound_mtls(good, None, endpoint()) is True
+    assert outbound_mtls(good, "SIMPLE", endpoint()) is True  # a mode meshlib leaves to auto
+    assert outbound_mtls(good, None, endpoint(tls=False)) is False
+    assert outbound_mtls(None, None, endpoint()) is False  # no identity at all: nothing to prove
+    assert outbound_mtls(good, "ISTIO_MUTUAL", endpoint(tls=False)) is True
+    # ISTIO_MUTUAL without an identity, or an identity whose certificate is gone: refused.
+    with pytest.raises(CertificateUnavailableError, match=r"ISTIO_MUTUAL .* no mesh identity"):
+        outbound_mtls(None, "ISTIO_MUTUAL", endpoint())
+    fresh = WorkloadIdentity(tmp_path / "fresh", f"spiffe://{DOMAIN}/ns/default/sa/fresh")
+    with pytest.raises(CertificateUnavailableError, match="has none yet"):
+        outbound_mtls(fresh, None, endpoint())
+    assert good.valid(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=59))
+    assert not good.valid(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=61)), "valid() knows the expiry"
+
+
+def test_an_expired_certificate_is_refused_with_its_expiry_in_the_message(tmp_path: Path) -> None:
+    ca = make_ca(DOMAIN)
+    old = expired_identity(tmp_path, ca)
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+    while old.valid() and dt.datetime.now(dt.UTC) < deadline:
+        time.sleep(0.05)
+    assert not old.valid()
+    with pytest.raises(
+        CertificateUnavailableError, match=r"certificate expired at \d{4}-\d\d-\d\d .* plaintext"
+    ):
+        outbound_mtls(old, None, endpoint())
+    with pytest.raises(CertificateUnavailableError, match="expired"):
+        outbound_mtls(old, "ISTIO_MUTUAL", endpoint(tls=False))

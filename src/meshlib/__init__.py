@@ -9,7 +9,14 @@ from . import asgi, wsgi
 from ._version import __version__
 from .core.deadline import current_deadline, deadline
 from .core.snapshot import Endpoint, Snapshot, WorkloadSecurity, compile_snapshot
-from .errors import ConfigError, ConfigIssue, ControlPlaneError, MeshError, UnauthorizedError
+from .errors import (
+    CertificateUnavailableError,
+    ConfigError,
+    ConfigIssue,
+    ControlPlaneError,
+    MeshError,
+    UnauthorizedError,
+)
 from .http.errors import (
     MeshRequestError,
     MeshTimeoutError,
@@ -28,6 +35,7 @@ from .settings import MeshSettings
 
 __all__ = [
     "AnnouncedEndpoint",
+    "CertificateUnavailableError",
     "ConfigError",
     "ConfigIssue",
     "ControlPlaneError",

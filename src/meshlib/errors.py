@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "CertificateUnavailableError",
     "ConfigError",
     "ConfigIssue",
     "ControlPlaneError",
@@ -80,3 +81,7 @@ class ControlPlaneError(MeshError):
 
 class UnauthorizedError(ControlPlaneError):
     """The config service refused the credentials (missing or wrong token)."""
+
+
+class CertificateUnavailableError(MeshError):
+    """Mutual TLS is wanted toward an endpoint, but this workload holds no valid certificate."""

@@ -19,6 +19,7 @@ import os
 import random
 import ssl
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -29,9 +30,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .ca.svid import issuer_key_id, spiffe_id_of
 from .controlplane.auth import write_secret
-from .errors import ControlPlaneError, UnauthorizedError
+from .core.snapshot import Endpoint
+from .errors import CertificateUnavailableError, ControlPlaneError, UnauthorizedError
 
-__all__ = ["WorkloadIdentity"]
+__all__ = ["WorkloadIdentity", "outbound_mtls"]
 
 log = logging.getLogger("meshlib")
 KEY_FILE, CERT_FILE, BUNDLE_FILE = "key.pem", "cert.pem", "roots.pem"
@@ -47,6 +49,7 @@ class WorkloadIdentity:
         self.ttl = ttl
         self._key = self._load_or_make_key()
         self.chain: list[x509.Certificate] = []
+        self._window = (0.0, 0.0)  # the leaf's validity as POSIX times: valid() is per request
         self.roots: list[str] = []
         self._server: ssl.SSLContext | None = None
         self._client: ssl.SSLContext | None = None
@@ -72,9 +75,26 @@ class WorkloadIdentity:
         return cert.not_valid_after_utc if cert is not None else None
 
     def valid(self, now: dt.datetime | None = None) -> bool:
+        start, end = self._window
+        moment = time.time() if now is None else now.timestamp()
+        return start <= moment < end
+
+    def unusable(self) -> str:
+        """Why there is no certificate to present, for error messages."""
         cert = self.certificate
-        moment = now or dt.datetime.now(dt.UTC)
-        return cert is not None and cert.not_valid_before_utc <= moment < cert.not_valid_after_utc
+        if cert is None:
+            return "it has none yet (the CA has not issued one)"
+        if time.time() < self._window[0]:
+            return f"its certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+        return (
+            f"its certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC "
+            "(renewal resumes when the CA is reachable)"
+        )
+
+    def _set_chain(self, chain: list[x509.Certificate]) -> None:
+        self.chain = chain
+        leaf = chain[0]
+        self._window = (leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp())
 
     def renew_at(self, rng: random.Random) -> dt.datetime | None:
         """Half-way through the certificate's life, give or take 5% of it."""
@@ -123,7 +143,7 @@ class WorkloadIdentity:
         got = spiffe_id_of(chain[0])
         if got != self.expected_id:
             raise ControlPlaneError(f"the CA issued {got}, but this workload is {self.expected_id}")
-        self.chain = chain
+        self._set_chain(chain)
         self.generation += 1
         self.update_roots(roots, persist=False)
         self._save()
@@ -230,7 +250,7 @@ class WorkloadIdentity:
             return  # a certificate for another key: useless
         if spiffe_id_of(chain[0]) != self.expected_id:
             return
-        self.chain = chain
+        self._set_chain(chain)
         self.roots = [
             f"-----BEGIN CERTIFICATE-----{part}" for part in roots.split("-----BEGIN CERTIFICATE-----")[1:]
         ]
@@ -239,6 +259,33 @@ class WorkloadIdentity:
         pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
         _atomic_write(self.data_dir / CERT_FILE, pem)
         _atomic_write(self.data_dir / BUNDLE_FILE, "".join(self.roots))
+
+
+def outbound_mtls(identity: WorkloadIdentity | None, tls_mode: str | None, endpoint: Endpoint | None) -> bool:
+    """Speak mutual TLS to ``endpoint``? The DestinationRule's tls.mode decides when it is
+    DISABLE or ISTIO_MUTUAL; otherwise it is automatic: yes toward an endpoint that serves
+    mTLS, from a workload that has a mesh identity. Shared by the HTTP and gRPC clients.
+
+    A workload with an identity never falls back to plaintext because its certificate is
+    missing or expired (the request would cross the network in the clear, and carry no
+    identity): like Envoy, whose handshake would fail, it refuses, and says why."""
+    if endpoint is None or endpoint.identity is None:
+        return False  # not a mesh workload: mesh mTLS does not apply
+    if tls_mode == "DISABLE":
+        return False
+    if tls_mode != "ISTIO_MUTUAL" and (not endpoint.tls or identity is None):
+        return False
+    if identity is None:
+        raise CertificateUnavailableError(
+            f"DestinationRule tls.mode ISTIO_MUTUAL toward {endpoint.identity}, but this workload "
+            "has no mesh identity (no bootstrap token): not sending in plaintext"
+        )
+    if not identity.valid():
+        raise CertificateUnavailableError(
+            f"mTLS to {endpoint.identity} needs this workload's certificate, and {identity.unusable()}: "
+            "not sending in plaintext"
+        )
+    return True
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -54,6 +54,42 @@ def service_entry(endpoints: Endpoints, host: str = "reviews", names: Sequence[s
     )
 
 
+def rule(traffic_policy: str) -> str:
+    """A DestinationRule for reviews: ``traffic_policy`` (indented four spaces) and subsets v1/v2."""
+    return f"""\
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  trafficPolicy:
+{traffic_policy}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"""
+
+
+def virtual_service(http: str) -> str:
+    """A VirtualService for reviews whose ``http`` routes are given as YAML (indented two spaces)."""
+    return f"""\
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+{http}"""
+
+
+def route(extra: str = "", subset: str | None = None) -> str:
+    """A VirtualService for reviews with one route; ``extra`` adds lines (indented four spaces) to it."""
+    destination = "{host: reviews" + (f", subset: {subset}" if subset else "") + "}"
+    return virtual_service(f"  - route:\n    - destination: {destination}\n{extra}")
+
+
 SUBSETS = """\
 ---
 apiVersion: networking.istio.io/v1

@@ -14,23 +14,14 @@ import pytest
 from meshlib import Mesh, MeshError
 from meshlib.http.errors import MeshTimeoutError, RetriesExhaustedError
 from tests.http.conftest import SUBSETS, Endpoints, run_requests, service_entry
+from tests.http.conftest import route as one_route
 from tests.servers import free_port
 
 MODES = ["sync", "async"]
 
 
 def route(extra: str, subset: str = "v2") -> str:
-    return f"""\
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {{host: reviews, subset: {subset}}}
-{extra}"""
+    return one_route(extra, subset)
 
 
 class Boom(Exception):

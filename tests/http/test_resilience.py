@@ -12,40 +12,9 @@ import pytest
 
 import meshlib
 from meshlib.http.errors import MeshTimeoutError, UpstreamOverflowError
-from tests.http.conftest import SUBSETS, Endpoints, backend_of, run_requests, service_entry
+from tests.http.conftest import SUBSETS, Endpoints, backend_of, route, rule, run_requests, service_entry
 
 MODES = ["sync", "async"]
-
-
-def rule(traffic_policy: str) -> str:
-    return f"""\
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: reviews}}
-spec:
-  host: reviews
-  trafficPolicy:
-{traffic_policy}
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-"""
-
-
-def route(extra: str = "", subset: str | None = None) -> str:
-    destination = "{host: reviews" + (f", subset: {subset}" if subset else "") + "}"
-    return f"""\
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {destination}
-{extra}"""
 
 
 NO_RETRIES = "    retries: {attempts: 0}\n"

@@ -10,20 +10,9 @@ import pytest
 
 from meshlib.http.errors import NoHealthyUpstreamError, NoRouteError
 from tests.http.conftest import SUBSETS, Endpoints, backend_of, run_requests, service_entry
+from tests.http.conftest import virtual_service as vs
 
 MODES = ["sync", "async"]
-
-
-def vs(http: str) -> str:
-    return f"""\
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-{http}"""
 
 
 CANARY = vs("""\

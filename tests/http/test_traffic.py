@@ -14,21 +14,10 @@ from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
 from meshlib.registry import AnnouncedEndpoint
 from tests.http.conftest import SUBSETS, Endpoints, backend_of, run_requests, service_entry
+from tests.http.conftest import virtual_service as vs
 from tests.servers import Backend, serve
 
 MODES = ["sync", "async"]
-
-
-def vs(body: str) -> str:
-    return f"""\
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-{body}"""
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -154,3 +154,42 @@ def test_grpc_rotation_under_200_calls_per_second_fails_no_call(mesh_ca, tmp_pat
             assert len(serials) >= 2, "the server certificate rotated"
     finally:
         stop(proc)
+
+
+def test_an_expired_client_certificate_fails_the_call_instead_of_going_plaintext(
+    mesh_ca, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The CA is gone and the caller's certificate expired: calls toward an mTLS endpoint fail
+    with UNAVAILABLE naming the reason (sync and aio); nothing is sent in plaintext."""
+    import asyncio
+
+    server, admin = mesh_ca
+    proc = start(server, admin, tmp_path)
+    try:
+        token = admin.create_token("frontend")["token"]
+        options = {"token": token, "data_dir": tmp_path / "f", "certificate_ttl": 2.0}
+        with Mesh("frontend", control_plane=server.url, **options) as mesh:  # type: ignore[arg-type]
+            identity = mesh.workload_identity
+            assert identity is not None
+            assert wait_for(lambda: bool(mesh.grpc_plane.snapshot.endpoints(REVIEWS))), stop(proc)
+            with meshlib_grpc.channel(mesh, "reviews") as channel:
+                assert channel.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+                server.stop()  # no renewal from here on
+                assert wait_for(lambda: not identity.valid(), 10)
+                with pytest.raises(grpc.RpcError) as refused:
+                    channel.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "not sending in plaintext" in refused.value.details()
+            assert "certificate expired at" in refused.value.details()
+
+            async def aio_call() -> grpc.RpcError:
+                async with meshlib_grpc.aio_channel(mesh, "reviews") as aio:
+                    with pytest.raises(grpc.RpcError) as caught:
+                        await aio.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+                    return caught.value
+
+            error = asyncio.run(aio_call())
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "not sending in plaintext" in error.details()
+    finally:
+        stop(proc)

@@ -5,7 +5,7 @@ Adapters (httpx, ASGI, WSGI, gRPC) fill it in; the core never touches a socket.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -43,21 +43,34 @@ class Call:
 
 class RawHeaders:
     """Lookups by lower-case name over raw (bytes, bytes) header pairs, as httpx, httpcore and
-    ASGI carry them. The dict is built on first use only: most requests never look, and
+    ASGI carry them (a list: it may be read more than once). The first lookups scan the list
+    (a route usually asks for one header or none); from the third on, a dict is built once.
     httpx.Headers.get would scan and decode every header on each lookup."""
 
-    __slots__ = ("_map", "_raw")
+    __slots__ = ("_lookups", "_map", "_raw")
 
-    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
         self._raw = raw
         self._map: dict[str, str] | None = None
+        self._lookups = 0
 
     def __call__(self, name: str) -> str | None:
         found = self._map
-        if found is None:
-            found = self._map = {}
-            for key, value in self._raw:
-                lower = key.decode("latin-1").lower()
-                text = value.decode("latin-1")
-                found[lower] = f"{found[lower]},{text}" if lower in found else text
+        if found is not None:
+            return found.get(name)
+        if self._lookups < 2:
+            self._lookups += 1
+            try:
+                key = name.encode("latin-1")
+            except UnicodeEncodeError:
+                return None  # no header on the wire can carry this name
+            values = [v for k, v in self._raw if k.lower() == key]
+            if not values:
+                return None
+            return values[0].decode("latin-1") if len(values) == 1 else b",".join(values).decode("latin-1")
+        found = self._map = {}
+        for key, value in self._raw:
+            lower = key.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            found[lower] = f"{found[lower]},{text}" if lower in found else text
         return found.get(name)

@@ -12,6 +12,7 @@ from typing import Any
 from ..policy.destination_rule import ConsistentHashLB
 from .balancer import hash_key_for
 from .call import Call
+from .dataplane import Fault, Target
 from .exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
 from .flags import DI, FI, NR, UF, UH, UO, URX, UT
 from .outlier import Outcome as Health
@@ -46,35 +47,50 @@ def route(ex: Exchange, next: ClientNext) -> ClientFlow:
     return (yield from next(ex))
 
 
+# Filters with nothing to do for a request hand back the rest of the stack's flow itself
+# (a plain function returning ``next(ex)``) instead of wrapping it in a generator of their
+# own: every action and every answer would otherwise pass through one more frame.
+
+
 def fault(ex: Exchange, next: ClientNext) -> ClientFlow:
     """Fault injection: before mirroring and retries, as Envoy's fault filter sits before the router."""
     spec = ex.route.fault if ex.route is not None else None
-    if spec is not None:
-        if spec.delay is not None and ex.rng.random() < spec.delay_fraction:
-            ex.flags.append(DI)
-            yield Sleep(spec.delay)
-        if (
-            spec.abort_status is not None or spec.abort_grpc is not None
-        ) and ex.rng.random() < spec.abort_fraction:
-            ex.flags.append(FI)
-            return Reply(
-                synthetic=Synthetic(
-                    spec.abort_status or 200, body=b"fault filter abort", grpc_status=spec.abort_grpc
-                )
+    if spec is None:
+        return next(ex)
+    return _fault(ex, next, spec)
+
+
+def _fault(ex: Exchange, next: ClientNext, spec: Fault) -> ClientFlow:
+    if spec.delay is not None and ex.rng.random() < spec.delay_fraction:
+        ex.flags.append(DI)
+        yield Sleep(spec.delay)
+    if (
+        spec.abort_status is not None or spec.abort_grpc is not None
+    ) and ex.rng.random() < spec.abort_fraction:
+        ex.flags.append(FI)
+        return Reply(
+            synthetic=Synthetic(
+                spec.abort_status or 200, body=b"fault filter abort", grpc_status=spec.abort_grpc
             )
+        )
     return (yield from next(ex))
 
 
 def mirror(ex: Exchange, next: ClientNext) -> ClientFlow:
     """Mirroring: fire-and-forget copies; the adapter never waits for them."""
-    if ex.route is not None:
-        for target, share in ex.route.mirrors:
-            if share >= 1.0 or ex.rng.random() < share:
-                cluster = ex.plane.cluster(target, ex.call.port)
-                state = ex.clusters.get(cluster, ex.plane.version)
-                endpoint = state.pick(cluster, None) if cluster.endpoints else None
-                if endpoint is not None or not cluster.known:
-                    yield Mirror(endpoint, target, cluster)
+    if ex.route is None or not ex.route.mirrors:
+        return next(ex)
+    return _mirror(ex, next, ex.route.mirrors)
+
+
+def _mirror(ex: Exchange, next: ClientNext, mirrors: tuple[tuple[Target, float], ...]) -> ClientFlow:
+    for target, share in mirrors:
+        if share >= 1.0 or ex.rng.random() < share:
+            cluster = ex.plane.cluster(target, ex.call.port)
+            state = ex.clusters.get(cluster, ex.plane.version)
+            endpoint = state.pick(cluster, None) if cluster.endpoints else None
+            if endpoint is not None or not cluster.known:
+                yield Mirror(endpoint, target, cluster)
     return (yield from next(ex))
 
 
@@ -85,7 +101,14 @@ def timeout(ex: Exchange, next: ClientNext) -> ClientFlow:
         candidate = ex.started + limit
         if ex.deadline is None or candidate < ex.deadline:
             ex.deadline = candidate
-    if ex.deadline is not None and ex.clock() >= ex.deadline:
+    if ex.deadline is None:
+        return next(ex)
+    return _timeout(ex, next)
+
+
+def _timeout(ex: Exchange, next: ClientNext) -> ClientFlow:
+    assert ex.deadline is not None
+    if ex.clock() >= ex.deadline:
         ex.flags.append(UT)
         return Reply(error=UT, message=f"deadline for {ex.fqdn} passed before the request was sent")
     reply = yield from next(ex)

@@ -32,6 +32,15 @@ class Limits:
     max_active: int = _UNLIMITED  # http2MaxRequests: requests in flight
     max_in_flight: int = _UNLIMITED  # maxConnections + http1MaxPendingRequests
     max_retries: int = _UNLIMITED  # maxRetries: retries in flight
+    # How long a connection may serve (the adapter retires it from reuse past any of these):
+    requests_per_connection: int = 0  # maxRequestsPerConnection (0: unlimited)
+    idle_timeout: float | None = None  # http.idleTimeout (else tcp.idleTimeout): idle this long
+    max_connection_duration: float | None = None  # tcp.maxConnectionDuration: since it opened
+    connect_timeout: float | None = None  # tcp.connectTimeout (None: Istio's default, 10 s)
+
+    @property
+    def shapes_connections(self) -> bool:
+        return bool(self.requests_per_connection or self.idle_timeout or self.max_connection_duration)
 
     @staticmethod
     def from_cluster(cluster: Cluster) -> Limits:
@@ -39,6 +48,12 @@ class Limits:
         if pool is None:
             return Limits()
         tcp, http = pool.tcp, pool.http
+        per_connection = http.max_requests_per_connection or 0 if http is not None else 0
+        idle = (http.idle_timeout if http is not None else None) or (
+            tcp.idle_timeout if tcp is not None else None
+        )
+        lifetime = tcp.max_connection_duration if tcp is not None else None
+        connect = tcp.connect_timeout if tcp is not None else None
         connections = tcp.max_connections if tcp is not None and tcp.max_connections else None
         # Istio copies these only when above 0; 0 means "unset", as for the others.
         pending = (
@@ -51,7 +66,15 @@ class Limits:
             # Envoy's HTTP/1 pool: one request per connection, the rest wait in a pending
             # queue of http1MaxPendingRequests (unset: effectively unbounded).
             in_flight = connections + (pending if pending is not None else _UNLIMITED)
-        return Limits(max_active=active, max_in_flight=in_flight, max_retries=retries)
+        return Limits(
+            max_active=active,
+            max_in_flight=in_flight,
+            max_retries=retries,
+            requests_per_connection=per_connection,
+            idle_timeout=idle or None,
+            max_connection_duration=lifetime or None,
+            connect_timeout=connect or None,
+        )
 
 
 @dataclass

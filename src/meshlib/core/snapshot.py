@@ -49,11 +49,12 @@ class Endpoint:
     identity: str | None = None  # SPIFFE ID of a mesh workload; None for external endpoints
     service_port: int | None = None  # the ServiceEntry port this endpoint serves, if any
     tls: bool = False  # the endpoint serves mutual TLS with its mesh identity
+    # What outlier detection and load counts follow across snapshots (made once: it is
+    # looked up several times per request).
+    key: tuple[str, int] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, int]:
-        """What outlier detection and load counts follow across snapshots."""
-        return (self.address, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.address, self.port))
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(self.labels.get(k) == v for k, v in labels.items())

@@ -26,7 +26,7 @@ from cryptography import x509
 
 from ..ca.svid import spiffe_id_of
 
-__all__ = ["AsyncMeshBackend", "MeshBackend", "attempt_deadline", "peer_spiffe_id"]
+__all__ = ["AsyncMeshBackend", "Lifetime", "MeshBackend", "attempt_deadline", "peer_spiffe_id"]
 
 ContextSource = Callable[[], ssl.SSLContext]  # the live mTLS client context
 attempt_deadline: ContextVar[float | None] = ContextVar("meshlib_attempt_deadline", default=None)
@@ -61,12 +61,43 @@ def _check(stream: typing.Any, expected: str | None) -> None:
         raise httpcore.ConnectError(f"mTLS peer is {got or 'without a SPIFFE ID'}, expected {expected}")
 
 
-class _Stream(httpcore.NetworkStream):
+class Lifetime:
+    """How much longer a pooled connection may be reused (DestinationRule connectionPool:
+    maxRequestsPerConnection, idleTimeout, maxConnectionDuration). A spent connection reports
+    itself readable while idle, which is how httpcore learns that a server closed one: the
+    pool then closes it instead of reusing it, as Envoy drains such a connection."""
+
+    served = 0
+    retire_at: float | None = None  # monotonic time from which it is not reused
+    spent = False
+
+    def __init__(self) -> None:
+        self.opened = time.monotonic()
+
+    def used(self, per_connection: int, idle: float | None, lifetime: float | None) -> None:
+        """One more response came over this connection (called only when a limit is set)."""
+        self.served += 1
+        if per_connection and self.served >= per_connection:
+            self.spent = True
+            return
+        ends = []
+        if idle is not None:
+            ends.append(time.monotonic() + idle)
+        if lifetime is not None:
+            ends.append(self.opened + lifetime)
+        self.retire_at = min(ends) if ends else None
+
+    def expired(self) -> bool:
+        return self.spent or (self.retire_at is not None and time.monotonic() >= self.retire_at)
+
+
+class _Stream(httpcore.NetworkStream, Lifetime):
     tail = b""  # the last bytes read: the adapter sees from them whether a body has all arrived
 
     def __init__(
         self, inner: httpcore.NetworkStream, expected: str | None, context: ContextSource | None = None
     ) -> None:
+        Lifetime.__init__(self)
         self._inner = inner
         self._expected = expected
         self._context = context
@@ -96,6 +127,8 @@ class _Stream(httpcore.NetworkStream):
         return _Stream(stream, None)
 
     def get_extra_info(self, info: str) -> typing.Any:
+        if info == "is_readable" and self.expired():
+            return True
         return self._inner.get_extra_info(info)
 
 
@@ -130,12 +163,13 @@ class MeshBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-class _AsyncStream(httpcore.AsyncNetworkStream):
+class _AsyncStream(httpcore.AsyncNetworkStream, Lifetime):
     tail = b""  # as _Stream's
 
     def __init__(
         self, inner: httpcore.AsyncNetworkStream, expected: str | None, context: ContextSource | None = None
     ) -> None:
+        Lifetime.__init__(self)
         self._inner = inner
         self._expected = expected
         self._context = context
@@ -167,6 +201,8 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
         return _AsyncStream(stream, None)
 
     def get_extra_info(self, info: str) -> typing.Any:
+        if info == "is_readable" and self.expired():
+            return True
         return self._inner.get_extra_info(info)
 
 

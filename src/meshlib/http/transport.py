@@ -181,6 +181,7 @@ class MeshTransport(httpx.BaseTransport):
             upstream = adapter.upstream(request, ex, send, mtls=mtls)
             pool = self._pools.get(upstream, _peer(mtls, send.endpoint), send.endpoint is not None)
             response = pool.handle_request(upstream)
+            adapter.served(ex, response)
             if adapter.streams(ex, response):
                 return adapter.streamed(response, StreamedBody(response, ex, request, deadline))
             try:
@@ -196,7 +197,10 @@ class MeshTransport(httpx.BaseTransport):
     def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
         if not isinstance(request.stream, httpx.ByteStream):
             return  # a streamed body can be read once only: it belongs to the real request
-        mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
+        try:
+            mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
+        except httpcore.ConnectError:
+            return  # no certificate to send it with: a mirror is never sent in plaintext either
         copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
         peer = _peer(mtls, mirror.endpoint)
         with self._lock:
@@ -297,6 +301,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             upstream = adapter.upstream(request, ex, send, mtls=mtls)
             pool = self._pools.get(upstream, _peer(mtls, send.endpoint), send.endpoint is not None)
             response = await pool.handle_async_request(upstream)
+            adapter.served(ex, response)
             if adapter.streams(ex, response):
                 return adapter.streamed(response, AsyncStreamedBody(response, ex, request, deadline))
             try:
@@ -314,7 +319,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return
         if not self._asyncio:
             return  # under trio there is no loop to leave a background task on: no mirroring
-        mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
+        try:
+            mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
+        except httpcore.ConnectError:
+            return  # as in the sync driver: never in plaintext
         copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
         sending = self._send_mirror(copy, _peer(mtls, mirror.endpoint), mirror.endpoint is not None)
         task = asyncio.get_running_loop().create_task(sending)

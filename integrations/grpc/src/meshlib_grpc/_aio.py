@@ -30,6 +30,7 @@ from ._common import (
     MIRROR_TIMEOUT,
     ChannelKey,
     GrpcAdapter,
+    MeshRpcError,
     Metadata,
     _MetadataLookup,
     channel_key,
@@ -138,7 +139,10 @@ class AioMeshChannel(grpc.aio.Channel):
         """Fire and forget: a task nobody awaits carries the copy; its fate is ignored."""
         if len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
             return  # shed copies rather than let them pile up behind a slow mirror
-        channel = self.endpoint_channel(action.endpoint, action.cluster, shadow=True)
+        try:
+            channel = self.endpoint_channel(action.endpoint, action.cluster, shadow=True)
+        except MeshRpcError:
+            return  # no certificate to send it with: never in plaintext
         task = asyncio.get_running_loop().create_task(send(channel, self._adapter.metadata(ex, metadata)))
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
@@ -157,11 +161,12 @@ class AioMeshChannel(grpc.aio.Channel):
             while True:
                 action = flow.send(value)
                 if isinstance(action, Send):
-                    value = await invoke(
-                        self.endpoint_channel(action.endpoint, ex.cluster),
-                        action.timeout,
-                        adapter.metadata(ex, metadata),
-                    )
+                    try:
+                        channel = self.endpoint_channel(action.endpoint, ex.cluster)
+                    except MeshRpcError as error:
+                        value = adapter.unsendable(error)
+                        continue
+                    value = await invoke(channel, action.timeout, adapter.metadata(ex, metadata))
                 elif isinstance(action, Sleep):
                     await asyncio.sleep(action.seconds)
                     value = None

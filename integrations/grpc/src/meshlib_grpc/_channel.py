@@ -27,6 +27,7 @@ from ._common import (
     MIRROR_TIMEOUT,
     ChannelKey,
     GrpcAdapter,
+    MeshRpcError,
     Metadata,
     channel_key,
     channel_settings,
@@ -174,9 +175,12 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
                 action = flow.send(value)
                 if isinstance(action, Send):
                     upstream = adapter.metadata(ex, metadata)
-                    value = invoke(
-                        self.endpoint_channel(action.endpoint, ex.cluster), action.timeout, upstream
-                    )
+                    try:
+                        channel = self.endpoint_channel(action.endpoint, ex.cluster)
+                    except MeshRpcError as error:
+                        value = adapter.unsendable(error)
+                        continue
+                    value = invoke(channel, action.timeout, upstream)
                 elif isinstance(action, Sleep):
                     time.sleep(action.seconds)
                     value = None

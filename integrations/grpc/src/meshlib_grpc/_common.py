@@ -14,8 +14,11 @@ from meshlib.core.call import Call
 from meshlib.core.dataplane import Cluster
 from meshlib.core.deadline import current_deadline
 from meshlib.core.exchange import Exchange, Outcome, Reply, record_outbound
+from meshlib.core.retry_policy import Failure
 from meshlib.core.snapshot import Endpoint
+from meshlib.errors import CertificateUnavailableError
 from meshlib.http.adapter import shadow_host
+from meshlib.workload_identity import outbound_mtls
 
 __all__ = ["GrpcAdapter", "MeshRpcError", "channel_key", "channel_settings", "http_status", "stale_keys"]
 
@@ -201,17 +204,21 @@ class GrpcAdapter:
         grpcio checks host names, not SPIFFE URIs: the certificate's DNS SAN ``<sa>.<ns>.svc``
         (issued with every SVID) is what it verifies, via ``ssl_target_name_override``."""
         identity = self.mesh.workload_identity
-        if endpoint is None or endpoint.identity is None or identity is None or not identity.valid():
-            return None
         tls = cluster.policy.tls if cluster is not None else None
-        wanted = (
-            tls.mode == "ISTIO_MUTUAL"
-            if tls is not None and tls.mode in ("DISABLE", "ISTIO_MUTUAL")
-            else (endpoint.tls)
-        )
-        name = service_dns_name(endpoint.identity)
-        if not wanted or name is None:
+        try:
+            wanted = outbound_mtls(identity, tls.mode if tls is not None else None, endpoint)
+        except CertificateUnavailableError as exc:
+            raise MeshRpcError(grpc.StatusCode.UNAVAILABLE, str(exc), "UF") from exc
+        if not wanted:
             return None
+        assert identity is not None
+        assert endpoint is not None
+        assert endpoint.identity is not None
+        name = service_dns_name(endpoint.identity)
+        if name is None:
+            raise MeshRpcError(
+                grpc.StatusCode.UNAVAILABLE, f"{endpoint.identity} is not a SPIFFE ID of this mesh", "UF"
+            )
         key, chain, roots = identity.pem()
         creds = grpc.ssl_channel_credentials(
             root_certificates=roots, private_key=key, certificate_chain=chain
@@ -221,6 +228,11 @@ class GrpcAdapter:
     @staticmethod
     def ok(response: Any) -> Outcome:
         return Outcome(status=200, grpc_status="OK", response=response)
+
+    @staticmethod
+    def unsendable(error: MeshRpcError) -> Outcome:
+        """An attempt that could not open its channel (no certificate for mTLS): a connect failure."""
+        return Outcome(failure=Failure.CONNECT, grpc_status=error.code().name, error=error)
 
     @staticmethod
     def failed(error: grpc.RpcError) -> Outcome:
