@@ -16,6 +16,8 @@ import grpc
 SERVICE = "test.Echo"
 UNARY = f"/{SERVICE}/Unary"
 STREAM = f"/{SERVICE}/Stream"
+UPLOAD = f"/{SERVICE}/Upload"  # stream-unary: answers "<name>:<messages read>"
+CHAT = f"/{SERVICE}/Chat"  # stream-stream: answers "<name>-<message>" to each message
 
 
 @dataclass
@@ -57,12 +59,23 @@ class GrpcBackend:
         for i in range(3):
             yield f"{self.name}-{i}".encode()
 
+    def upload(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        self._enter(context)
+        return f"{self.name}:{sum(1 for _ in requests)}".encode()
+
+    def chat(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._enter(context)
+        for message in requests:
+            yield f"{self.name}-".encode() + message
+
     def handler(self) -> Any:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
                 "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
                 "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
+                "Upload": grpc.stream_unary_rpc_method_handler(self.upload),
+                "Chat": grpc.stream_stream_rpc_method_handler(self.chat),
             },
         )
 

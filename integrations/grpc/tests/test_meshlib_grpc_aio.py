@@ -5,28 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
 import meshlib_grpc
-import pytest
 from grpc_backends import STREAM, UNARY, GrpcBackend, grpc_server, grpc_service_entry
 from test_meshlib_grpc_channel import SUBSETS, vs
 
 import meshlib
 from meshlib import Mesh
-
-
-@pytest.fixture
-def backends() -> Iterator[dict[str, tuple[GrpcBackend, int]]]:
-    with ExitStack() as stack:
-        found = {}
-        for name in ("v1-a", "v1-b", "v2-a"):
-            backend = GrpcBackend(name)
-            found[name] = (backend, stack.enter_context(grpc_server(backend.handler())))
-        yield found
 
 
 def start_mesh(

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
 
 import grpc
 import meshlib_grpc
 import pytest
-from grpc_backends import STREAM, UNARY, GrpcBackend, grpc_server, grpc_service_entry, wait_for
+from grpc_backends import STREAM, UNARY, GrpcBackend, grpc_service_entry, wait_for
 
 from meshlib import Mesh
 
@@ -34,33 +31,6 @@ def vs(http: str) -> str:
         f"---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\n"
         f"spec:\n  hosts: [reviews]\n  http:\n{http}"
     )
-
-
-@pytest.fixture
-def backends() -> Iterator[dict[str, tuple[GrpcBackend, int]]]:
-    with ExitStack() as stack:
-        found = {}
-        for name in ("v1-a", "v1-b", "v2-a"):
-            backend = GrpcBackend(name)
-            found[name] = (backend, stack.enter_context(grpc_server(backend.handler())))
-        yield found
-
-
-@pytest.fixture
-def make_mesh(tmp_path: Path) -> Iterator[Callable[[str], Mesh]]:
-    meshes: list[Mesh] = []
-
-    def start(policy: str) -> Mesh:
-        path = tmp_path / f"policy-{len(meshes)}.yaml"
-        path.write_text(policy)
-        mesh = Mesh("frontend", config=path).start()
-        mesh.rng.seed(20261122)  # rate checks allow about 2 standard deviations: keep them repeatable
-        meshes.append(mesh)
-        return mesh
-
-    yield start
-    for mesh in meshes:
-        mesh.close()
 
 
 def entry(backends: dict[str, tuple[GrpcBackend, int]]) -> str:
