@@ -24,7 +24,7 @@ py=.venv/bin/python
     --title-suffix "every workload registers an endpoint"
 
 # HTTP client data plane: meshlib's transport against plain httpx, sync and async.
-"$py" benchmarks/http_client.py --requests 2000 --rounds 5
+"$py" benchmarks/http_client.py --requests 2000 --rounds 9
 
 # Server middleware: ASGI and WSGI middleware against the bare app, in-process.
 "$py" benchmarks/server_middleware.py --requests 20000 --rounds 7
