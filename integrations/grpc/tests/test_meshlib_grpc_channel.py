@@ -211,3 +211,56 @@ def test_unary_calls_are_mirrored_and_never_wait_for_the_copy(backends, make_mes
     assert elapsed < 5.0, f"20 calls took {elapsed:.1f}s: the caller waited for a 0.5 s mirror"
     assert shadow.hits == 20, "every unary call was copied once; response streams are not copied"
     assert all(len(s) == 3 for s in streams)
+
+
+def test_with_call_returns_the_answering_attempts_call(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    flaky = backends["v1-a"][0]
+    flaky.code = grpc.StatusCode.UNAVAILABLE
+    route = vs(
+        "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+        "    retries: {attempts: 3, retryOn: unavailable, backoff: 1ms}\n"
+    )
+    policy = "    loadBalancer: {simple: ROUND_ROBIN}"
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy=policy) + route)
+    with meshlib_grpc.channel(mesh, "reviews") as channel:
+        unary = channel.unary_unary(UNARY)
+        answers = [unary.with_call(b"x", timeout=5) for _ in range(6)]
+        with pytest.raises(TypeError, match="streams"):
+            channel.unary_stream(STREAM).with_call(b"x")
+    assert {response for response, _ in answers} == {b"v1-b"}, "retried past the failing endpoint"
+    assert all(call.code() == grpc.StatusCode.OK for _, call in answers)
+    assert flaky.hits > 0
+
+
+def test_future_runs_the_call_in_the_callers_context(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    import meshlib
+
+    broken = backends["v2-a"][0]
+    broken.code = grpc.StatusCode.PERMISSION_DENIED
+    rule = vs("""\
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}") + rule)
+    with meshlib_grpc.channel(mesh, "reviews") as channel:
+        unary = channel.unary_unary(UNARY)
+        done = threading.Event()
+        with meshlib.deadline(0.5):
+            ok = unary.future(b"x", timeout=5)
+        ok.add_done_callback(lambda f: done.set() if f.result() else None)
+        assert ok.result(5) in (b"v1-a", b"v1-b")
+        assert done.wait(5), "the done callback ran with the future"
+        assert ok.done()
+        assert not ok.cancelled()
+        refused = unary.future(b"x", timeout=5, metadata=(("end-user", "jason"),))
+        error = refused.exception(5)
+        assert isinstance(error, grpc.RpcError)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError):
+            refused.result()
+    seen = [r for b, _ in backends.values() for r in b.remaining]
+    assert seen[0] is not None
+    assert 0.3 < seen[0] <= 0.51, "the deadline being served travelled with the future"

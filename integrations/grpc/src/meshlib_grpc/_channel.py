@@ -9,6 +9,8 @@ request streams are never resent.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import itertools
 import threading
 import time
@@ -36,6 +38,7 @@ from ._common import (
 
 __all__ = ["MeshChannel"]
 
+FUTURE_WORKERS = 32  # calls made with future() that may run at once per mesh channel
 RETIRE_AFTER = 60.0  # seconds a channel of a rotated-out certificate stays open for its calls
 Invoke = Callable[[grpc.Channel, float | None, list[tuple[str, str | bytes]]], Outcome]
 MirrorSend = Callable[[grpc.Channel, Metadata | None], grpc.Future]
@@ -49,6 +52,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         self._channels: dict[ChannelKey, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._mirroring = 0  # mirrored calls on their way
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None  # for future()
 
     # --- the grpc.Channel interface ---------------------------------------------------
 
@@ -102,9 +106,22 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
     def unsubscribe(self, callback: Any) -> None:
         return None
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> grpc.Future:
+        """Run ``fn`` on this channel's worker threads (made on first use) in the caller's context."""
+        with self._lock:
+            if self._workers is None:
+                self._workers = concurrent.futures.ThreadPoolExecutor(
+                    FUTURE_WORKERS, thread_name_prefix="meshlib-grpc-future"
+                )
+            workers = self._workers
+        return CallFuture(workers.submit(contextvars.copy_context().run, fn, *args))
+
     def close(self) -> None:
         with self._lock:
             channels, self._channels = list(self._channels.values()), {}
+            workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=False, cancel_futures=True)
         for channel in channels:
             channel.close()
 
@@ -232,17 +249,23 @@ class _Callable(
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
+        return self._run(request, timeout, metadata, with_call=False)
+
+    def _run(self, request: Any, timeout: float | None, metadata: Metadata | None, with_call: bool) -> Any:
         channel = self._channel
         adapter = channel._adapter
         ex = adapter.exchange(self._method, metadata, timeout, replayable=not self._in)
         if ex is None:  # not a mesh service: straight through
-            return self._stub(channel.endpoint_channel(None))(request, timeout=timeout, metadata=metadata)
+            stub = self._stub(channel.endpoint_channel(None))
+            return (stub.with_call if with_call else stub)(request, timeout=timeout, metadata=metadata)
 
         def invoke(
             endpoint_channel: grpc.Channel, limit: float | None, upstream: list[tuple[str, str | bytes]]
         ) -> Outcome:
             stub = self._stub(endpoint_channel)
             try:
+                if with_call:  # (response, the grpc.Call of the attempt that answered)
+                    return adapter.ok(stub.with_call(request, timeout=limit, metadata=upstream))
                 if not self._out:
                     return adapter.ok(stub(request, timeout=limit, metadata=upstream))
                 stream = stub(request, timeout=limit, metadata=upstream)
@@ -268,7 +291,10 @@ class _Callable(
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        raise NotImplementedError("with_call is not supported by mesh channels yet; call the method directly")
+        """(response, call) as grpcio's ``with_call``: the call of the attempt that answered
+        carries its trailing metadata and status."""
+        self._unary_response("with_call")
+        return self._run(request, timeout, metadata, with_call=True)
 
     def future(
         self,
@@ -279,9 +305,14 @@ class _Callable(
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        raise NotImplementedError(
-            "future() is not supported by mesh channels yet; use grpc.aio for concurrency"
-        )
+        """The call on the mesh channel's worker threads, as a ``grpc.Future``; the caller's
+        context (a deadline being served) goes with it."""
+        self._unary_response("future")
+        return self._channel.submit(self._run, request, timeout, metadata, False)
+
+    def _unary_response(self, what: str) -> None:
+        if self._out:
+            raise TypeError(f"{what}() is for calls with one response message; {self._method} streams")
 
     def _stub(self, endpoint_channel: grpc.Channel) -> Any:
         """The endpoint channel's multicallable for this method, made once (grpc registers the
@@ -309,3 +340,48 @@ def _peeked(stream: Iterator[Any]) -> Iterator[Any]:
     except StopIteration:
         return iter(())
     return itertools.chain((first,), stream)
+
+
+class CallFuture(grpc.Future):  # type: ignore[misc]
+    """A ``concurrent.futures.Future`` of a mesh call, behind grpc's Future interface."""
+
+    def __init__(self, inner: concurrent.futures.Future[Any]) -> None:
+        self._inner = inner
+
+    def cancel(self) -> bool:
+        return self._inner.cancel()  # only a call that has not started yet can be cancelled
+
+    def cancelled(self) -> bool:
+        return self._inner.cancelled()
+
+    def running(self) -> bool:
+        return self._inner.running()
+
+    def done(self) -> bool:
+        return self._inner.done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return self._inner.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise grpc.FutureTimeoutError() from None
+        except concurrent.futures.CancelledError:
+            raise grpc.FutureCancelledError() from None
+
+    def exception(self, timeout: float | None = None) -> Exception | None:
+        try:
+            error = self._inner.exception(timeout)
+            if error is None or isinstance(error, Exception):
+                return error
+            raise error  # KeyboardInterrupt and the like are not a call's outcome
+        except concurrent.futures.TimeoutError:
+            raise grpc.FutureTimeoutError() from None
+        except concurrent.futures.CancelledError:
+            raise grpc.FutureCancelledError() from None
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        error = self.exception(timeout)
+        return error.__traceback__ if error is not None else None
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._inner.add_done_callback(lambda _: fn(self))
