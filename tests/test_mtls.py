@@ -25,6 +25,7 @@ from meshlib import Mesh
 from meshlib.ca.svid import issue_svid, make_ca
 from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
+from meshlib.policy.resources import ResourceKey
 
 REVIEWS = "reviews.default.svc.cluster.local"
 FRONTEND_ID = "spiffe://cluster.local/ns/default/sa/frontend"
@@ -334,3 +335,85 @@ def test_strict_fails_closed_after_expiry_and_recovers_when_the_ca_is_back(tmp_p
         stop(proc)
         admin.close()
         server.stop()
+
+
+def peer_auth(name: str, namespace: str, spec: dict[str, object]) -> dict[str, object]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def test_scopes_narrowest_wins_port_level_modes_and_tls_disable_on_the_wire(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """On real connections: a workload's PeerAuthentication beats the namespace's, which beats the
+    mesh's; a port-level mode beats the workload's; DestinationRule tls.mode DISABLE sends plaintext."""
+    server, admin = mesh_ca
+    admin.apply([peer_auth("default", "istio-system", {"mtls": {"mode": "STRICT"}})])
+    workload_permissive = peer_auth(
+        "reviews",
+        "default",
+        {"selector": {"matchLabels": {"app": "reviews"}}, "mtls": {"mode": "PERMISSIVE"}},
+    )
+    admin.apply([workload_permissive])
+    proc = start_reviews(server, admin, tmp_path)
+    try:
+        with frontend(server, admin, tmp_path) as mesh, mesh.http_client() as client:
+            assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
+            url = endpoint_url(mesh)
+            port = int(url.rsplit(":", 1)[1])
+
+            def plain_status() -> int:
+                return httpx.get(f"http://{url}/").status_code
+
+            assert plain_status() == 200, "the workload's PERMISSIVE beats the mesh's STRICT"
+            assert client.get("http://reviews/").json()["peer"] == FRONTEND_ID
+
+            admin.apply([peer_auth("default", "default", {"mtls": {"mode": "PERMISSIVE"}})])
+            admin.delete(ResourceKey("PeerAuthentication", "default", "reviews"))
+            assert wait_for(lambda: mesh.version >= 4)
+            assert wait_for(lambda: plain_status() == 200), "the namespace's PERMISSIVE beats the mesh's"
+
+            strict_but_port = peer_auth(
+                "reviews",
+                "default",
+                {
+                    "selector": {"matchLabels": {"app": "reviews"}},
+                    "mtls": {"mode": "STRICT"},
+                    "portLevelMtls": {str(port): {"mode": "PERMISSIVE"}},
+                },
+            )
+            version = admin.apply([strict_but_port])["version"]
+
+            def reviews_has(version: int) -> bool:
+                acked = [
+                    w["ackedVersion"]
+                    for w in admin.workloads()["items"]
+                    if w["registration"]["service"] == "reviews"
+                ]
+                return bool(acked) and (acked[0] or 0) >= version
+
+            assert wait_for(lambda: reviews_has(version)), "the server runs on the new policy"
+            assert plain_status() == 200, "the port-level PERMISSIVE beats the workload's STRICT"
+            admin.apply([{**strict_but_port, "spec": {**strict_but_port["spec"], "portLevelMtls": {}}}])  # type: ignore[dict-item]
+            assert wait_for(lambda: plain_status() == 403), "the workload's STRICT beats the namespace's"
+
+            admin.apply(
+                [
+                    {
+                        "apiVersion": "networking.istio.io/v1",
+                        "kind": "DestinationRule",
+                        "metadata": {"name": "reviews", "namespace": "default"},
+                        "spec": {"host": "reviews", "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
+                    }
+                ]
+            )
+            assert wait_for(lambda: client.get("http://reviews/").status_code == 403), (
+                "tls.mode DISABLE: the mesh client sends plaintext, which STRICT refuses"
+            )
+            admin.apply([workload_permissive])
+            assert wait_for(lambda: client.get("http://reviews/").status_code == 200)
+            assert client.get("http://reviews/").json()["peer"] is None, "plaintext carries no identity"
+    finally:
+        stop(proc)

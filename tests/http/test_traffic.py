@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from pathlib import Path
 
@@ -79,7 +80,10 @@ def test_fault_delay_and_abort_rates_match_the_policy(backends: Endpoints, make_
     assert upstream == 1000 - aborted, "aborted requests never reach the service"
 
 
-def test_config_change_under_200_rps_loses_no_request(backends: Endpoints, make_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode", MODES)
+def test_config_change_under_200_rps_loses_no_request(
+    backends: Endpoints, make_mesh, tmp_path: Path, mode: str
+) -> None:  # type: ignore[no-untyped-def]
     def split(v1: int, v2: int) -> str:
         return (
             service_entry(backends)
@@ -109,16 +113,37 @@ def test_config_change_under_200_rps_loses_no_request(backends: Endpoints, make_
             tasks = []
             started = time.monotonic()
             for i in range(600):  # 200 requests/s for 3 s
-                if i == 200:
-                    policy.write_text(split(50, 50))
-                if i == 400:
-                    policy.write_text(split(0, 100))
+                change(i)
                 tasks.append(asyncio.create_task(one()))
                 await asyncio.sleep(max(0.0, started + (i + 1) / 200 - time.monotonic()))
             await asyncio.gather(*tasks)
         return results
 
-    results = asyncio.run(main())
+    def change(i: int) -> None:
+        if i == 200:
+            policy.write_text(split(50, 50))
+        if i == 400:
+            policy.write_text(split(0, 100))
+
+    def threaded() -> list[httpx.Response | Exception]:
+        """The sync client, shared by worker threads, at the same pace."""
+        with mesh.http_client() as client, concurrent.futures.ThreadPoolExecutor(16) as pool:
+
+            def one() -> httpx.Response | Exception:
+                try:
+                    return client.get("http://reviews/")
+                except httpx.HTTPError as exc:
+                    return exc
+
+            futures = []
+            started = time.monotonic()
+            for i in range(600):
+                change(i)
+                futures.append(pool.submit(one))
+                time.sleep(max(0.0, started + (i + 1) / 200 - time.monotonic()))
+            return [f.result(30) for f in futures]
+
+    results = asyncio.run(main()) if mode == "async" else threaded()
     assert len(results) == 600
     assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results), [
         r for r in results if not isinstance(r, httpx.Response)
