@@ -163,6 +163,7 @@ def compare(mesh: meshlib.Mesh, port: int, requests: int, rounds: int) -> str:
         p99 = statistics.median(pct(s[1], 0.99) for s in samples)
         summary[name] = cpu
         rows.append(f"| {name} | {cpu:.0f} | {p50:.3f} | {p99:.3f} |")
+
     # Rounds alternate plain/mesh, so each mesh round has a plain round measured just before it
     # under the same machine load: the median of those paired differences is the figure
     # (a difference of medians would mix rounds taken under different load).

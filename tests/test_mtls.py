@@ -139,6 +139,12 @@ def test_mesh_calls_carry_the_callers_verified_identity(mesh_ca, tmp_path: Path,
             # A plain client under the default PERMISSIVE mode: served, but with no identity.
             plain = httpx.get(f"http://{endpoint_url(mesh)}/").json()
             assert plain["peer"] is None
+            probe = httpx.get(f"http://{endpoint_url(mesh)}/.well-known/meshlib/ready")
+            assert probe.status_code == 200
+            report = probe.json()
+            assert report["ready"] is True
+            assert report["identity"] == "spiffe://cluster.local/ns/default/sa/reviews"
+            assert report["certificateExpires"] is not None, "readiness shows the certificate's expiry"
             health = mesh.health()
             assert health["identity"] == FRONTEND_ID
             assert health["certificateExpires"] is not None

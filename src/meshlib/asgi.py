@@ -75,7 +75,14 @@ class MeshMiddleware:
             query=query.decode("latin-1") if query else "",
             header=RawHeaders(scope["headers"]),
         )
-        ex = Inbound(call=call, clock=time.monotonic, started=now, ready=mesh.serving_ready, peer=peer)
+        ex = Inbound(
+            call=call,
+            clock=time.monotonic,
+            started=now,
+            ready=mesh.serving_ready,
+            peer=peer,
+            report=mesh.readiness_report,
+        )
         flow = mesh.server_stack_runner(ex)
         status = 500
         try:

@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import random
@@ -215,6 +216,11 @@ class Mesh:
             "identity": self.identity if self.workload_identity is not None else None,
             "certificateExpires": self._certificate_expiry(),
         }
+
+    def readiness_report(self, ready: bool) -> bytes:
+        """The readiness probe's body: the verdict and what it rests on (policy version,
+        draining, control plane, identity and certificate expiry), as JSON."""
+        return json.dumps({"ready": ready, **self.health()}, default=str).encode() + b"\n"
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(snapshot)`` after every swap (on the mesh's background thread)."""

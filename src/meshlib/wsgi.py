@@ -50,7 +50,14 @@ class MeshMiddleware:
             query=environ.get("QUERY_STRING", ""),
             header=_EnvironHeaders(environ),
         )
-        ex = Inbound(call=call, clock=time.monotonic, started=now, ready=mesh.serving_ready, peer=peer)
+        ex = Inbound(
+            call=call,
+            clock=time.monotonic,
+            started=now,
+            ready=mesh.serving_ready,
+            peer=peer,
+            report=mesh.readiness_report,
+        )
         flow = mesh.server_stack_runner(ex)
         status = [500]
         try:

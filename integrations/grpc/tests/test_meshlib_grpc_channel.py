@@ -264,3 +264,39 @@ def test_future_runs_the_call_in_the_callers_context(backends, make_mesh) -> Non
     seen = [r for b, _ in backends.values() for r in b.remaining]
     assert seen[0] is not None
     assert 0.3 < seen[0] <= 0.51, "the deadline being served travelled with the future"
+
+
+@pytest.mark.parametrize("mode", ["sync", "aio"])
+def test_fault_delay_at_its_rate_and_for_its_length(backends, make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import time
+
+    route = vs("""\
+  - fault: {delay: {fixedDelay: 5ms, percentage: {value: 30}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+""")
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}") + route)
+    took: list[float] = []
+    if mode == "sync":
+        with meshlib_grpc.channel(mesh, "reviews") as channel:
+            unary = channel.unary_unary(UNARY)
+            for _ in range(1000):
+                started = time.monotonic()
+                unary(b"x", timeout=5)
+                took.append(time.monotonic() - started)
+    else:
+
+        async def main() -> None:
+            async with meshlib_grpc.aio_channel(mesh, "reviews") as channel:
+                unary = channel.unary_unary(UNARY)
+                for _ in range(1000):
+                    started = time.monotonic()
+                    await unary(b"x", timeout=5)
+                    took.append(time.monotonic() - started)
+
+        asyncio.run(main())
+    snapshot = mesh.metrics.snapshot()
+    delayed = sum(count for (_, _, _, flags), (count, _, _) in snapshot.items() if "DI" in flags)
+    assert abs(delayed / 10 - 30) <= 3, f"{delayed / 10:.1f}% delayed"
+    assert sum(t >= 0.005 for t in took) >= delayed, "every delayed call took at least the 5 ms delay"
+    assert backends["v1-a"][0].hits + backends["v1-b"][0].hits == 1000, "a delay still sends the call"

@@ -27,6 +27,7 @@ __all__ = [
 
 READY_PATH = "/.well-known/meshlib/ready"
 LIVE_PATH = "/.well-known/meshlib/live"
+_JSON = (("content-type", "application/json"),)
 
 
 @dataclass(slots=True)
@@ -51,6 +52,7 @@ class Inbound:
     started: float
     ready: Callable[[], bool]
     peer: PeerIdentity | None = None
+    report: Callable[[bool], bytes] | None = None  # the readiness probe's body (details for people)
     deadline: float | None = None
     flags: list[str] = field(default_factory=list)
 
@@ -64,7 +66,10 @@ def health(ex: Inbound, next: ServerNext) -> ServerFlow:
     path = ex.call.path
     if path == READY_PATH:
         ok = ex.ready()
-        return Answer(200 if ok else 503, local=True, body=b"ready\n" if ok else b"not ready\n")
+        status = 200 if ok else 503
+        if ex.report is not None:
+            return Answer(status, local=True, body=ex.report(ok), headers=_JSON)
+        return Answer(status, local=True, body=b"ready\n" if ok else b"not ready\n")
     if path == LIVE_PATH:
         return Answer(200, local=True, body=b"live\n")
     return (yield from next(ex))
