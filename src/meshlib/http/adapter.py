@@ -348,8 +348,9 @@ def _timeouts(
 
 
 def _set(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
+    size = len(name)
     for key, _ in headers:
-        if key.lower() == name:  # rare: replace every copy
+        if len(key) == size and key.lower() == name:  # rare: replace every copy
             headers[:] = [(k, v) for k, v in headers if k.lower() != name]
             break
     headers.append((name, value))
