@@ -163,11 +163,15 @@ def test_pool_overflow_fails_fast_sync(backends: Endpoints, make_mesh) -> None: 
     outcomes: list[str] = []
     with mesh.http_client() as client:
 
+        refusals: list[float] = []
+
         def one() -> None:
+            started = time.monotonic()
             try:
                 client.get("http://reviews/")
                 outcomes.append("ok")
             except UpstreamOverflowError:
+                refusals.append(time.monotonic() - started)
                 outcomes.append("UO")
 
         threads = [threading.Thread(target=one) for _ in range(6)]
@@ -176,6 +180,7 @@ def test_pool_overflow_fails_fast_sync(backends: Endpoints, make_mesh) -> None: 
         for t in threads:
             t.join()
     assert Counter(outcomes) == {"ok": 2, "UO": 4}
+    assert max(refusals) < 0.3, f"overflow fails fast, never waits for the 0.5 s requests: {refusals}"
 
 
 @pytest.mark.parametrize("mode", MODES)

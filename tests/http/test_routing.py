@@ -45,10 +45,12 @@ def test_weighted_split_is_80_20_within_3_points(backends: Endpoints, make_mesh,
 def test_header_rule_routes_every_request(backends: Endpoints, make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]
     mesh = make_mesh(service_entry(backends) + SUBSETS + CANARY)
     jason = run_requests(mesh, mode, 200, headers={"end-user": "jason"})
-    assert {backend_of(r) for r in jason if isinstance(r, httpx.Response)} == {"v2-a"}
     assert len(jason) == 200
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in jason)
+    assert {backend_of(r) for r in jason if isinstance(r, httpx.Response)} == {"v2-a"}
     others = run_requests(mesh, mode, 200, headers={"end-user": "maria"})
-    assert all(isinstance(r, httpx.Response) for r in others)
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in others)
+    assert {backend_of(r) for r in others if isinstance(r, httpx.Response)} <= {"v1-a", "v1-b", "v2-a"}
 
 
 def test_the_upstream_sees_the_original_host_and_path(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
