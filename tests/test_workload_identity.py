@@ -195,3 +195,22 @@ def test_an_expired_certificate_is_refused_with_its_expiry_in_the_message(tmp_pa
         outbound_mtls(old, None, endpoint())
     with pytest.raises(CertificateUnavailableError, match="expired"):
         outbound_mtls(old, "ISTIO_MUTUAL", endpoint(tls=False))
+
+
+def test_the_workload_key_is_p256_made_here_and_kept_0600(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ident = identity(tmp_path, "keyed", make_ca(DOMAIN), [])
+    key_file = tmp_path / "keyed" / "key.pem"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.curve.name == "secp256r1"
+    cert = ident.certificate
+    assert cert is not None
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers(), "the SVID is for this key"
+    again = WorkloadIdentity(tmp_path / "keyed", ident.expected_id)
+    assert again.certificate == cert, "a restart reuses the saved key and certificate"

@@ -162,7 +162,6 @@ def test_pool_overflow_fails_fast_sync(backends: Endpoints, make_mesh) -> None: 
     mesh = make_mesh(service_entry(backends) + policy + route(NO_RETRIES, subset="v2"))
     outcomes: list[str] = []
     with mesh.http_client() as client:
-
         refusals: list[float] = []
 
         def one() -> None:
