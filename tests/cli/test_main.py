@@ -294,3 +294,43 @@ def test_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, result.stderr
     assert "canary shifted to 50/50" in result.stdout
     assert "last-known-good copy, config version 2" in result.stdout
+
+
+def test_token_create_list_revoke_and_the_ca_refuses_a_revoked_token(
+    ctl, server: ConfigServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import stat
+
+    import httpx
+
+    out_file = tmp_path / "orders.token"
+    code, out, _ = ctl("token", "create", "--service", "orders", "-n", "shop", "-o", str(out_file))
+    assert code == 0
+    assert "spiffe://cluster.local/ns/shop/sa/orders" in out
+    secret = out_file.read_text().strip()
+    assert secret not in out, "a token written to a file is not printed"
+    assert stat.S_IMODE(os.stat(out_file).st_mode) == 0o600
+    code, listed, _ = ctl("token", "list")
+    assert code == 0
+    assert "orders" in listed
+    assert "shop" in listed
+    assert secret not in listed, "list never shows a secret"
+    token_id = out.split()[1]
+    code, out, _ = ctl("token", "revoke", token_id)
+    assert code == 0
+    assert "revoked" in out
+    refused = httpx.post(
+        f"{server.url}/v1/certificates", json={"csr": "x"}, headers={"authorization": f"Bearer {secret}"}
+    )
+    assert refused.status_code == 401, "a revoked token gets no certificate"
+    code, live, _ = ctl("token", "create", "--service", "orders", "-n", "shop")
+    checked = httpx.post(
+        f"{server.url}/v1/certificates",
+        json={"csr": "x"},
+        headers={"authorization": f"Bearer {live.strip()}"},
+    )
+    assert checked.status_code not in (200, 401), "a live token passes and the bad CSR is what fails"
+    code, _, err = ctl("token", "revoke")
+    assert code != 0
+    assert "needs the token ID" in err
