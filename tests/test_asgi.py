@@ -155,7 +155,10 @@ def test_health_paths(served: tuple[int, list[object]], mesh: Mesh) -> None:
     assert httpx.get(f"http://127.0.0.1:{port}/.well-known/meshlib/ready").status_code == 200
     assert httpx.get(f"http://127.0.0.1:{port}/.well-known/meshlib/live").status_code == 200
     mesh.draining = True
-    assert httpx.get(f"http://127.0.0.1:{port}/.well-known/meshlib/ready").status_code == 503
+    refused = httpx.get(f"http://127.0.0.1:{port}/.well-known/meshlib/ready")
+    assert refused.status_code == 503
+    report = refused.json()
+    assert (report["ready"], report["draining"], report["policyLoaded"]) == (False, True, True)
     assert httpx.get(f"http://127.0.0.1:{port}/.well-known/meshlib/live").status_code == 200
     assert calls == [], "probes never reach the application"
 

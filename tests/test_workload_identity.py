@@ -172,6 +172,11 @@ def test_outbound_mtls_follows_tls_mode_then_the_endpoint_and_never_downgrades(t
     assert outbound_mtls(good, None, endpoint(tls=False)) is False
     assert outbound_mtls(None, None, endpoint()) is False  # no identity at all: nothing to prove
     assert outbound_mtls(good, "ISTIO_MUTUAL", endpoint(tls=False)) is True
+    with pytest.raises(CertificateUnavailableError, match="no mesh identity to verify"):
+        outbound_mtls(good, "ISTIO_MUTUAL", endpoint(identity=None))
+    assert (
+        outbound_mtls(good, "ISTIO_MUTUAL", None) is False
+    )  # the requested host itself: not a mesh endpoint
     # ISTIO_MUTUAL without an identity, or an identity whose certificate is gone: refused.
     with pytest.raises(CertificateUnavailableError, match=r"ISTIO_MUTUAL .* no mesh identity"):
         outbound_mtls(None, "ISTIO_MUTUAL", endpoint())

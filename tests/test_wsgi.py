@@ -74,7 +74,10 @@ def test_health_and_metrics(served: tuple[int, Mesh]) -> None:
     port, mesh = served
     assert httpx.get(f"http://127.0.0.1:{port}/.well-known/meshlib/ready").status_code == 200
     mesh.draining = True
-    assert httpx.get(f"http://127.0.0.1:{port}/.well-known/meshlib/ready").status_code == 503
+    refused = httpx.get(f"http://127.0.0.1:{port}/.well-known/meshlib/ready")
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json()["ready"] is False, "the body's verdict is the probe's"
     assert httpx.get(f"http://127.0.0.1:{port}/boom").status_code == 500
     assert mesh.metrics.requests_total("reviews.default.svc.cluster.local", 500, direction="inbound") == 1
     assert mesh.metrics.requests_total(direction="inbound") == 3

@@ -117,7 +117,7 @@ class MeshMiddleware:
 
 async def _respond(send: Send, answer: Answer) -> None:
     headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-type", answer.content_type.encode()),
         (b"content-length", str(len(answer.body)).encode()),
     ]
     headers.extend((k.encode(), v.encode()) for k, v in answer.headers)

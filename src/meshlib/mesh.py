@@ -45,6 +45,8 @@ from .workload_identity import WorkloadIdentity, keep_renewed
 
 __all__ = ["Mesh", "SnapshotSource"]
 
+_REPORTED = ("draining", "version", "source", "connected", "identity", "certificateExpires")
+
 log = logging.getLogger("meshlib")
 
 MESH_CLIENT_TIMEOUT = httpx.Timeout(None, connect=10.0)  # Istio: no request timeout by default
@@ -218,9 +220,13 @@ class Mesh:
         }
 
     def readiness_report(self, ready: bool) -> bytes:
-        """The readiness probe's body: the verdict and what it rests on (policy version,
-        draining, control plane, identity and certificate expiry), as JSON."""
-        return json.dumps({"ready": ready, **self.health()}, default=str).encode() + b"\n"
+        """The readiness probe's body: the verdict and what it rests on (policy version and
+        source, draining, control-plane connection, identity and certificate expiry), as JSON."""
+        health = self.health()
+        # Anyone who reaches the port reads this: no control-plane address, no error texts.
+        report = {key: health[key] for key in _REPORTED}
+        report.update(ready=ready, policyLoaded=self.ready)  # the verdict, not health()'s "ready"
+        return json.dumps(report, default=str).encode() + b"\n"
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(snapshot)`` after every swap (on the mesh's background thread)."""

@@ -269,10 +269,15 @@ def outbound_mtls(identity: WorkloadIdentity | None, tls_mode: str | None, endpo
     A workload with an identity never falls back to plaintext because its certificate is
     missing or expired (the request would cross the network in the clear, and carry no
     identity): like Envoy, whose handshake would fail, it refuses, and says why."""
-    if endpoint is None or endpoint.identity is None:
+    if tls_mode == "DISABLE" or endpoint is None:
+        return False  # endpoint None: the requested host as it is, not a mesh endpoint
+    if endpoint.identity is None:
+        if tls_mode == "ISTIO_MUTUAL":
+            raise CertificateUnavailableError(
+                f"DestinationRule tls.mode ISTIO_MUTUAL toward {endpoint.address}:{endpoint.port}, which has "
+                "no mesh identity to verify: not sending in plaintext"
+            )
         return False  # not a mesh workload: mesh mTLS does not apply
-    if tls_mode == "DISABLE":
-        return False
     if tls_mode != "ISTIO_MUTUAL" and (not endpoint.tls or identity is None):
         return False
     if identity is None:

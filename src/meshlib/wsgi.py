@@ -109,7 +109,7 @@ class _EnvironHeaders:
 
 
 def _respond(start_response: StartResponse, answer: Answer) -> list[bytes]:
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(answer.body)))]
+    headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
     headers.extend(answer.headers)
     start_response(f"{answer.status} {_REASONS.get(answer.status, 'Unknown')}", headers)
     return [answer.body]

@@ -25,10 +25,13 @@ EXPECTED = {
 
 
 def test_every_lookup_agrees_with_the_expected_value_on_both_paths() -> None:
+    for name in NAMES:  # a fresh view per name: its first lookup scans the raw list
+        assert RawHeaders(RAW)(name) == EXPECTED[name], name
     headers = RawHeaders(RAW)
     # The first two lookups scan, the rest use the dict: ask each name twice, in two orders.
     for name in [*NAMES, *reversed(NAMES)]:
         assert headers(name) == EXPECTED[name], name
+    assert headers._map is not None
 
 
 def test_a_scan_lookup_and_a_dict_lookup_see_the_same_joined_value() -> None:

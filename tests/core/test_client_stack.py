@@ -976,3 +976,23 @@ def test_locality_failover_settings_do_not_break_requests() -> None:
     reply, actions, _ = mesh.run(OK)
     assert kinds(actions) == ["Send"]
     assert reply.outcome is OK
+
+
+def test_a_local_failure_is_uf_and_retried_but_never_held_against_the_endpoint() -> None:
+    """No certificate to open mTLS with: the attempt never left the process, so outlier
+    detection must not eject healthy endpoints for it."""
+    mesh = Mesh(
+        vs("  - retries: {attempts: 0}\n    route: [{destination: {host: reviews}}]\n"),
+        DR_SUBSETS + "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2}\n",
+        workloads=[workload("only", "10.0.0.1")],
+    )
+    local = Outcome(failure=Failure.CONNECT, local=True)
+    for _ in range(5):
+        reply, _, ex = mesh.run(local)
+        assert reply.outcome is local
+        assert ex.flags == ["UF"]
+    reply, _, _ = mesh.run(OK)
+    assert reply.outcome is OK, "still in rotation after five local failures"
+    for _ in range(2):
+        mesh.run(Outcome(failure=Failure.CONNECT))  # a real connect failure does count
+    assert mesh.run()[0].error == "UH"

@@ -5,14 +5,16 @@ a real uvicorn backend came from."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import time
+from collections import Counter
 
 import httpx
 import pytest
 
 from meshlib import Mesh
-from tests.http.conftest import Endpoints, route, rule, service_entry
+from tests.http.conftest import Endpoints, route, rule, run_requests, service_entry
 
 MODES = ["sync", "async"]
 
@@ -96,7 +98,9 @@ def test_a_connection_retires_after_max_connection_duration(
     assert ports[4] == ports[3]
 
 
-def test_connect_timeout_comes_from_the_destination_rule(make_mesh) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("route_timeout", [True, False])
+def test_connect_timeout_comes_from_the_destination_rule(make_mesh, mode: str, route_timeout: bool) -> None:  # type: ignore[no-untyped-def]
     # A listener whose accept queue (backlog 0) is already full: further SYNs go unanswered,
     # so only a timeout ends a connect.
     listener = socket.socket()
@@ -105,18 +109,34 @@ def test_connect_timeout_comes_from_the_destination_rule(make_mesh) -> None:  # 
     port = listener.getsockname()[1]
     filler = socket.create_connection(("127.0.0.1", port))
     unanswered: Endpoints = {"v1-a": (None, port)}  # type: ignore[dict-item]
-    vs = route("    retries: {attempts: 0}\n    timeout: 5s\n")
+    # With a route timeout the connect is bounded by both; without one (Istio's default) only
+    # by connectTimeout: either way, 200 ms.
+    vs = route("    retries: {attempts: 0}\n" + ("    timeout: 5s\n" if route_timeout else ""))
     try:
         mesh = make_mesh(
             service_entry(unanswered) + rule("    connectionPool: {tcp: {connectTimeout: 200ms}}\n") + vs
         )
-        with mesh.http_client() as client:
-            started = time.monotonic()
-            with pytest.raises(httpx.ConnectTimeout):
-                client.get("http://reviews/")
-            elapsed = time.monotonic() - started
-        assert elapsed < 2.0, f"connectTimeout 200ms, not the 5 s route timeout: {elapsed:.2f} s"
+        started = time.monotonic()
+        (result,) = run_requests(mesh, mode, 1)
+        elapsed = time.monotonic() - started
+        assert isinstance(result, httpx.ConnectTimeout), repr(result)
+        assert elapsed < 2.0, f"connectTimeout 200ms: {elapsed:.2f} s"
         assert mesh.metrics.requests_total(flags="UF") == 1
     finally:
         filler.close()
         listener.close()
+
+
+def test_max_requests_per_connection_holds_under_concurrent_threads(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """Many threads on one sync client: no connection ever serves more than the limit (the sync
+    pool can hand a connection out just as another thread's response spends it)."""
+    mesh = make_mesh(
+        service_entry(backends, names=["v1-a"])
+        + rule("    connectionPool: {http: {maxRequestsPerConnection: 3}}\n")
+    )
+    with mesh.http_client() as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: client.get("http://reviews/").status_code, range(240)))
+    assert statuses == [200] * 240
+    per_connection = Counter(connections(backends))
+    assert sum(per_connection.values()) == 240
+    assert max(per_connection.values()) <= 3, per_connection.most_common(3)

@@ -37,9 +37,9 @@ def identity(tmp_path: Path, spiffe: str, ca: CaMaterial) -> WorkloadIdentity:
 
 @contextmanager
 def tls_server(context: ssl.SSLContext) -> Iterator[tuple[int, list[bytes]]]:
-    """Accepts one TLS connection at a time and records every byte a client sends."""
+    """Accepts TLS connections one at a time, records what a client sends, answers 200."""
     listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(5)
+    listener.settimeout(0.1)
     received: list[bytes] = []
     stop = threading.Event()
 
@@ -47,15 +47,22 @@ def tls_server(context: ssl.SSLContext) -> Iterator[tuple[int, list[bytes]]]:
         while not stop.is_set():
             try:
                 raw, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             try:
                 with context.wrap_socket(raw, server_side=True) as tls:
                     tls.settimeout(2)
-                    while data := tls.recv(4096):
+                    data = b""
+                    while not _whole(data) and (chunk := tls.recv(65536)):
+                        data += chunk
+                    if data:
                         received.append(data)
+                    if _whole(data):
+                        tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
             except (ssl.SSLError, OSError):
-                pass
+                pass  # a refused handshake, or a client that hung up: what it sent is recorded
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -63,35 +70,54 @@ def tls_server(context: ssl.SSLContext) -> Iterator[tuple[int, list[bytes]]]:
         yield listener.getsockname()[1], received
     finally:
         stop.set()
-        listener.close()
         thread.join(5)
+        listener.close()
+
+
+def _whole(data: bytes) -> bool:
+    """A whole request: its head, and as much body as its Content-Length says."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
+
+
+def mesh_pool(client: WorkloadIdentity, expected: str) -> httpcore.ConnectionPool:
+    """A pool like the HTTP transport's for an mTLS endpoint: the network layer checks the peer."""
+    return httpcore.ConnectionPool(
+        ssl_context=client.client_context(), network_backend=MeshBackend(expected, client.client_context)
+    )
 
 
 def test_a_server_with_another_mesh_identity_is_refused_before_the_request(tmp_path: Path) -> None:
     ca = make_ca(DOMAIN)
     client = identity(tmp_path, f"spiffe://{DOMAIN}/ns/default/sa/frontend", ca)
     impostor = identity(tmp_path, RATINGS, ca)  # a valid mesh certificate, of the wrong service
-    with tls_server(impostor.server_context()) as (port, received):
-        backend = MeshBackend(REVIEWS, client.client_context)
-        stream = backend.connect_tcp("127.0.0.1", port, timeout=5)
+    with tls_server(impostor.server_context()) as (port, received), mesh_pool(client, REVIEWS) as pool:
         with pytest.raises(httpcore.ConnectError, match=f"mTLS peer is {RATINGS}, expected {REVIEWS}"):
-            stream.start_tls(client.client_context(), timeout=5)
-    assert b"".join(received) == b"", "not a byte of the request reached the impostor"
+            pool.request("POST", f"https://127.0.0.1:{port}/orders", content=b"secret order")
+        with mesh_pool(client, RATINGS) as right:  # the control: the same server, expected as itself
+            assert (
+                right.request("POST", f"https://127.0.0.1:{port}/orders", content=b"secret order").status
+                == 200
+            )
+    sent = b"".join(received)
+    assert sent.startswith(b"POST /orders"), "the control request did reach the server"
+    assert sent.count(b"secret order") == 1, "only the control's: nothing of the refused request arrived"
 
 
 def test_the_expected_server_passes_and_gets_the_request(tmp_path: Path) -> None:
     ca = make_ca(DOMAIN)
     client = identity(tmp_path, f"spiffe://{DOMAIN}/ns/default/sa/frontend", ca)
     reviews = identity(tmp_path, REVIEWS, ca)
-    with tls_server(reviews.server_context()) as (port, received):
-        backend = MeshBackend(REVIEWS, client.client_context)
-        stream = backend.connect_tcp("127.0.0.1", port, timeout=5)
-        tls = stream.start_tls(client.client_context(), timeout=5)
-        tls.write(b"GET / HTTP/1.1\r\n\r\n", timeout=5)
-        tls.close()
-        deadline = dt.datetime.now() + dt.timedelta(seconds=5)
-        while not received and dt.datetime.now() < deadline:
-            threading.Event().wait(0.02)
+    with tls_server(reviews.server_context()) as (port, received), mesh_pool(client, REVIEWS) as pool:
+        response = pool.request("GET", f"https://127.0.0.1:{port}/")
+    assert response.status == 200
+    assert response.content == b"ok"
     assert b"".join(received).startswith(b"GET / HTTP/1.1")
 
 
@@ -99,8 +125,10 @@ def test_a_server_from_a_foreign_ca_fails_the_handshake(tmp_path: Path) -> None:
     ca, foreign = make_ca(DOMAIN), make_ca(DOMAIN)
     client = identity(tmp_path, f"spiffe://{DOMAIN}/ns/default/sa/frontend", ca)
     impostor = identity(tmp_path / "foreign", REVIEWS, foreign)  # the right name, the wrong CA
-    with tls_server(impostor.server_context(require_client_cert=False)) as (port, received):
-        stream = MeshBackend(REVIEWS, client.client_context).connect_tcp("127.0.0.1", port, timeout=5)
-        with pytest.raises(httpcore.ConnectError):
-            stream.start_tls(client.client_context(), timeout=5)
+    with (
+        tls_server(impostor.server_context(require_client_cert=False)) as (port, received),
+        mesh_pool(client, REVIEWS) as pool,
+        pytest.raises(httpcore.ConnectError),
+    ):
+        pool.request("GET", f"https://127.0.0.1:{port}/")
     assert b"".join(received) == b""

@@ -298,5 +298,34 @@ def test_fault_delay_at_its_rate_and_for_its_length(backends, make_mesh, mode: s
     snapshot = mesh.metrics.snapshot()
     delayed = sum(count for (_, _, _, flags), (count, _, _) in snapshot.items() if "DI" in flags)
     assert abs(delayed / 10 - 30) <= 3, f"{delayed / 10:.1f}% delayed"
-    assert sum(t >= 0.005 for t in took) >= delayed, "every delayed call took at least the 5 ms delay"
+    slow = sum(t >= 0.005 for t in took)
+    assert slow >= delayed, "every delayed call took at least the 5 ms delay"
+    assert slow <= delayed + 100, (
+        f"{slow} calls took 5 ms or more, {delayed} were delayed: the rest are quick"
+    )
     assert backends["v1-a"][0].hits + backends["v1-b"][0].hits == 1000, "a delay still sends the call"
+
+
+def test_future_timeout_runs_from_the_call_and_the_future_answers_call_questions(  # type: ignore[no-untyped-def]
+    backends, make_mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshlib_grpc._channel as channel_module
+
+    monkeypatch.setattr(channel_module, "FUTURE_WORKERS", 2)
+    backends["v2-a"][0].delay = 0.3
+    route = vs("  - route: [{destination: {host: reviews, subset: v2}}]\n    retries: {attempts: 0}\n")
+    mesh = make_mesh(entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}") + route)
+    channel = meshlib_grpc.channel(mesh, "reviews")
+    with channel:
+        unary = channel.unary_unary(UNARY)
+        # 4 calls of 0.3 s on 2 workers: the last 2 wait 0.3 s in the queue, which their 0.5 s
+        # timeout counts, as grpcio's would (given the full 0.5 s again, they would pass).
+        futures = [unary.future(b"x", timeout=0.5) for _ in range(4)]
+        codes = [f.code() for f in futures]
+        assert codes[:2] == [grpc.StatusCode.OK] * 2
+        assert codes[2:] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
+        assert futures[3].details()
+        assert futures[0].details() is None
+        assert futures[0].result() == b"v2-a"
+    with pytest.raises(ValueError, match="closed channel"):
+        unary.future(b"x", timeout=1)

@@ -64,10 +64,12 @@ class RawHeaders:
                 key = name.encode("latin-1")
             except UnicodeEncodeError:
                 return None  # no header on the wire can carry this name
-            values = [v for k, v in self._raw if k.lower() == key]
-            if not values:
-                return None
-            return values[0].decode("latin-1") if len(values) == 1 else b",".join(values).decode("latin-1")
+            size = len(key)
+            found_raw: bytes | None = None
+            for k, v in self._raw:
+                if len(k) == size and k.lower() == key:
+                    found_raw = v if found_raw is None else found_raw + b"," + v
+            return found_raw.decode("latin-1") if found_raw is not None else None
         found = self._map = {}
         for key, value in self._raw:
             lower = key.decode("latin-1").lower()

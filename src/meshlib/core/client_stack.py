@@ -240,7 +240,8 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     if outcome.failure is not None:
         if outcome.failure is Failure.CONNECT:
             ex.flags.append(UF)
-        state.record(endpoint, Health.LOCAL_ORIGIN_FAILURE)
+        if not outcome.local:
+            state.record(endpoint, Health.LOCAL_ORIGIN_FAILURE)
     elif outcome.status is not None:
         state.record(endpoint, outcome_for_status(outcome.status))
     return Reply(outcome=outcome)

@@ -38,9 +38,7 @@ class Limits:
     max_connection_duration: float | None = None  # tcp.maxConnectionDuration: since it opened
     connect_timeout: float | None = None  # tcp.connectTimeout (None: Istio's default, 10 s)
 
-    @property
-    def shapes_connections(self) -> bool:
-        return bool(self.requests_per_connection or self.idle_timeout or self.max_connection_duration)
+    shapes_connections: bool = False  # any of the three above: responses are counted per connection
 
     @staticmethod
     def from_cluster(cluster: Cluster) -> Limits:
@@ -49,9 +47,9 @@ class Limits:
             return Limits()
         tcp, http = pool.tcp, pool.http
         per_connection = http.max_requests_per_connection or 0 if http is not None else 0
-        idle = (http.idle_timeout if http is not None else None) or (
-            tcp.idle_timeout if tcp is not None else None
-        )
+        idle = http.idle_timeout if http is not None else None
+        if idle is None:  # http's own setting wins, 0s (off) included
+            idle = tcp.idle_timeout if tcp is not None else None
         lifetime = tcp.max_connection_duration if tcp is not None else None
         connect = tcp.connect_timeout if tcp is not None else None
         connections = tcp.max_connections if tcp is not None and tcp.max_connections else None
@@ -74,6 +72,7 @@ class Limits:
             idle_timeout=idle or None,
             max_connection_duration=lifetime or None,
             connect_timeout=connect or None,
+            shapes_connections=bool(per_connection or idle or lifetime),
         )
 
 

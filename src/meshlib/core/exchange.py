@@ -56,6 +56,9 @@ class Outcome:
     # stays taken until the adapter calls ``release`` when the stream closes.
     streaming: bool = False
     release: Callable[[], None] | None = None
+    # The attempt never left this process (no certificate to open mTLS with): a connect
+    # failure for retries and flags (UF), but nothing outlier detection holds against the endpoint.
+    local: bool = False
 
 
 @dataclass(slots=True)

@@ -27,7 +27,6 @@ __all__ = [
 
 READY_PATH = "/.well-known/meshlib/ready"
 LIVE_PATH = "/.well-known/meshlib/live"
-_JSON = (("content-type", "application/json"),)
 
 
 @dataclass(slots=True)
@@ -43,6 +42,7 @@ class Answer:
     local: bool = False
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "text/plain; charset=utf-8"  # of a local answer's body
 
 
 @dataclass(slots=True)
@@ -68,7 +68,7 @@ def health(ex: Inbound, next: ServerNext) -> ServerFlow:
         ok = ex.ready()
         status = 200 if ok else 503
         if ex.report is not None:
-            return Answer(status, local=True, body=ex.report(ok), headers=_JSON)
+            return Answer(status, local=True, body=ex.report(ok), content_type="application/json")
         return Answer(status, local=True, body=b"ready\n" if ok else b"not ready\n")
     if path == LIVE_PATH:
         return Answer(200, local=True, body=b"live\n")

@@ -4,7 +4,11 @@ A filter is a generator function ``filter(exchange, next)``: it may look at and 
 the exchange, yield *actions* for the adapter to perform (send this attempt, sleep,
 mirror), and delegate to the rest of the stack with ``yield from next(exchange)``.
 Because the stack only yields actions and never does I/O itself, one stack serves the
-sync and the async adapters alike (the way httpx drives one auth flow from both).
+sync and the async adapters alike (the way httpx drives one auth flow from both). A
+filter with nothing to do for a request may be a plain function that returns
+``next(exchange)`` itself: the flow is then one generator frame shorter. Such a filter's
+code runs when the filter outside it calls it (for the outermost, when the stack is
+called), so it must not raise.
 
 The stack is addressed by role, as Finagle's ``Stack`` is: insert before or after a
 role, replace or remove one, then ``compose`` once per configuration, not per request.

@@ -17,6 +17,7 @@ import httpx
 
 from ..core.call import Call, RawHeaders
 from ..core.client_stack import retriable
+from ..core.cluster_state import Limits
 from ..core.dataplane import Cluster, DataPlane, HeaderOps
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, record_outbound
@@ -155,7 +156,7 @@ class HttpAdapter:
         try:
             return outbound_mtls(self.mesh.workload_identity, tls.mode if tls is not None else None, endpoint)
         except CertificateUnavailableError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
+            raise _NoCertificate(str(exc)) from exc
 
     def upstream(
         self,
@@ -198,12 +199,14 @@ class HttpAdapter:
             core_url = httpcore.URL(
                 scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=target_path
             )
-        timeout = send.timeout if isinstance(send, Send) else MIRROR_TIMEOUT
-        if timeout is not None:
-            connect = _CONNECT_TIMEOUT
-            if ex.state is not None and ex.cluster is not None:
-                connect = ex.state.limits(ex.cluster).connect_timeout or _CONNECT_TIMEOUT
-            extensions = {**extensions, "timeout": _timeouts(timeout, extensions.get("timeout"), connect)}
+        if isinstance(send, Send):
+            timeout = send.timeout
+            limits = ex.state.limits(ex.cluster) if ex.state is not None and ex.cluster is not None else None
+        else:
+            timeout = MIRROR_TIMEOUT
+            limits = Limits.from_cluster(send.cluster) if send.cluster is not None else None
+        connect = (limits.connect_timeout if limits is not None else None) or _CONNECT_TIMEOUT
+        extensions = {**extensions, "timeout": _timeouts(timeout, extensions.get("timeout"), connect)}
         return _UpstreamRequest(request.method.encode(), core_url, headers, request.stream, extensions)
 
     @staticmethod
@@ -267,7 +270,7 @@ class HttpAdapter:
         failure = failure_of(error)
         if failure is None:
             raise as_httpx_error(error, request)
-        return Outcome(failure=failure, error=error)
+        return Outcome(failure=failure, error=error, local=isinstance(error, _NoCertificate))
 
     def finish(self, request: httpx.Request, ex: Exchange, reply: Reply) -> httpx.Response:
         """The reply as the caller sees it: a response, or a mesh error named after its flag."""
@@ -308,6 +311,10 @@ class HttpAdapter:
         record_outbound(self.mesh.metrics, ex, reply)
 
 
+class _NoCertificate(httpcore.ConnectError):
+    """mTLS is needed and this workload holds no valid certificate: nothing was sent."""
+
+
 class _UpstreamRequest(httpcore.Request):
     """An httpcore.Request from parts that are valid already (an httpx.Request's method,
     headers and stream, a URL built here): httpcore's constructor would check every header
@@ -332,19 +339,26 @@ _NO_TIMEOUTS: dict[str, float | None] = {}
 
 
 def _timeouts(
-    limit: float, own: dict[str, float | None] | None, connect_limit: float
+    limit: float | None, own: dict[str, float | None] | None, connect_limit: float
 ) -> dict[str, float | None]:
-    """Per phase, the tighter of the caller's own httpx timeout and the mesh's limit (for
-    connecting, also the DestinationRule's connectTimeout, Istio's 10 s by default)."""
+    """Per phase, the tighter of the caller's own httpx timeout and the attempt's limit (None:
+    no limit); connecting is bounded by the DestinationRule's connectTimeout (Istio's 10 s
+    by default) in any case."""
     own = own or _NO_TIMEOUTS
     connect, read, write, pool = own.get("connect"), own.get("read"), own.get("write"), own.get("pool")
-    first = min(limit, connect_limit)
+    first = connect_limit if limit is None else min(limit, connect_limit)
     return {
         "connect": first if connect is None else min(first, connect),
-        "read": limit if read is None else min(limit, read),
-        "write": limit if write is None else min(limit, write),
-        "pool": limit if pool is None else min(limit, pool),
+        "read": _tighter(limit, read),
+        "write": _tighter(limit, write),
+        "pool": _tighter(limit, pool),
     }
+
+
+def _tighter(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _set(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:

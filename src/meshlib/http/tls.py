@@ -70,6 +70,7 @@ class Lifetime:
     served = 0
     retire_at: float | None = None  # monotonic time from which it is not reused
     spent = False
+    between = False  # a response came and no new request was written since
 
     def __init__(self) -> None:
         self.opened = time.monotonic()
@@ -77,6 +78,7 @@ class Lifetime:
     def used(self, per_connection: int, idle: float | None, lifetime: float | None) -> None:
         """One more response came over this connection (called only when a limit is set)."""
         self.served += 1
+        self.between = True
         if per_connection and self.served >= per_connection:
             self.spent = True
             return
@@ -89,6 +91,15 @@ class Lifetime:
 
     def expired(self) -> bool:
         return self.spent or (self.retire_at is not None and time.monotonic() >= self.retire_at)
+
+    def starting_request(self) -> None:
+        """Before the first byte of a request on a connection that served one already. The sync
+        pool can hand an idle connection to a request between its expiry check and its
+        assignment (another thread's response ended in between); refused here, the pool
+        tries the request again on another connection, as it does for a lost race."""
+        self.between = False
+        if self.expired():
+            raise httpcore.ConnectionNotAvailable()
 
 
 class _Stream(httpcore.NetworkStream, Lifetime):
@@ -108,6 +119,8 @@ class _Stream(httpcore.NetworkStream, Lifetime):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if buffer:  # h11 hands over b"" for an empty body and its end: nothing to send or time
+            if self.between:
+                self.starting_request()
             self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
@@ -180,6 +193,8 @@ class _AsyncStream(httpcore.AsyncNetworkStream, Lifetime):
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if buffer:
+            if self.between:
+                self.starting_request()
             await self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
 
     async def aclose(self) -> None:

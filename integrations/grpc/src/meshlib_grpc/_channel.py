@@ -53,6 +53,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         self._lock = threading.Lock()
         self._mirroring = 0  # mirrored calls on their way
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None  # for future()
+        self._closed = False
 
     # --- the grpc.Channel interface ---------------------------------------------------
 
@@ -109,6 +110,8 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
     def submit(self, fn: Callable[..., Any], *args: Any) -> grpc.Future:
         """Run ``fn`` on this channel's worker threads (made on first use) in the caller's context."""
         with self._lock:
+            if self._closed:
+                raise ValueError("Cannot invoke RPC on closed channel!")  # grpcio's words
             if self._workers is None:
                 self._workers = concurrent.futures.ThreadPoolExecutor(
                     FUTURE_WORKERS, thread_name_prefix="meshlib-grpc-future"
@@ -118,6 +121,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             channels, self._channels = list(self._channels.values()), {}
             workers, self._workers = self._workers, None
         if workers is not None:
@@ -308,7 +312,17 @@ class _Callable(
         """The call on the mesh channel's worker threads, as a ``grpc.Future``; the caller's
         context (a deadline being served) goes with it."""
         self._unary_response("future")
-        return self._channel.submit(self._run, request, timeout, metadata, False)
+        # The timeout runs from now, as grpcio's does, not from when a worker takes the call.
+        due = time.monotonic() + timeout if timeout is not None else None
+        return self._channel.submit(self._run_by, request, due, metadata)
+
+    def _run_by(self, request: Any, due: float | None, metadata: Metadata | None) -> Any:
+        left = None if due is None else due - time.monotonic()
+        if left is not None and left <= 0:
+            raise MeshRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{self._method}: deadline passed in the queue"
+            )
+        return self._run(request, left, metadata, with_call=False)
 
     def _unary_response(self, what: str) -> None:
         if self._out:
@@ -343,7 +357,9 @@ def _peeked(stream: Iterator[Any]) -> Iterator[Any]:
 
 
 class CallFuture(grpc.Future):  # type: ignore[misc]
-    """A ``concurrent.futures.Future`` of a mesh call, behind grpc's Future interface."""
+    """A ``concurrent.futures.Future`` of a mesh call, behind grpc's Future interface, with the
+    ``grpc.Call`` questions a caller asks of the finished call (they wait for it to finish).
+    ``cancel`` stops a call only before a worker takes it up."""
 
     def __init__(self, inner: concurrent.futures.Future[Any]) -> None:
         self._inner = inner
@@ -385,3 +401,21 @@ class CallFuture(grpc.Future):  # type: ignore[misc]
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         self._inner.add_done_callback(lambda _: fn(self))
+
+    def code(self) -> grpc.StatusCode:
+        error = self._finished()
+        return error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.OK
+
+    def details(self) -> str | None:
+        error = self._finished()
+        return error.details() if isinstance(error, grpc.Call) else None
+
+    def trailing_metadata(self) -> Any:
+        error = self._finished()
+        return error.trailing_metadata() if isinstance(error, grpc.Call) else None
+
+    def _finished(self) -> Exception | None:
+        try:
+            return self.exception()
+        except grpc.FutureCancelledError:
+            return MeshRpcError(grpc.StatusCode.CANCELLED, "cancelled before it started")

@@ -232,7 +232,7 @@ class GrpcAdapter:
     @staticmethod
     def unsendable(error: MeshRpcError) -> Outcome:
         """An attempt that could not open its channel (no certificate for mTLS): a connect failure."""
-        return Outcome(failure=Failure.CONNECT, grpc_status=error.code().name, error=error)
+        return Outcome(failure=Failure.CONNECT, grpc_status=error.code().name, error=error, local=True)
 
     @staticmethod
     def failed(error: grpc.RpcError) -> Outcome:
