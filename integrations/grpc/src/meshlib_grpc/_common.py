@@ -157,6 +157,7 @@ class GrpcAdapter:
         self.host = host
         self.port = int(port) if port.isdigit() else None
         self.stack = mesh.client_stack_runner
+        self._credentials: tuple[int, Any] | None = None  # (identity generation, channel credentials)
 
     def exchange(
         self, method: str, metadata: Metadata | None, timeout: float | None, replayable: bool
@@ -219,11 +220,15 @@ class GrpcAdapter:
             raise MeshRpcError(
                 grpc.StatusCode.UNAVAILABLE, f"{endpoint.identity} is not a SPIFFE ID of this mesh", "UF"
             )
-        key, chain, roots = identity.pem()
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=roots, private_key=key, certificate_chain=chain
-        )
-        return creds, name, identity.generation
+        generation = identity.generation
+        made = self._credentials
+        if made is None or made[0] != generation:  # once per certificate or bundle, not per call
+            key, chain, roots = identity.pem()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=roots, private_key=key, certificate_chain=chain
+            )
+            made = self._credentials = (generation, creds)
+        return made[1], name, generation
 
     @staticmethod
     def ok(response: Any) -> Outcome:
