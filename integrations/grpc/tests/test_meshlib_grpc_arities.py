@@ -13,7 +13,7 @@ import grpc
 import meshlib_grpc
 import pytest
 from grpc_backends import CHAT, STREAM, UPLOAD, GrpcBackend
-from test_meshlib_grpc_channel import SUBSETS, entry, vs
+from test_meshlib_grpc_channel import SPLIT_80_20, SUBSETS, entry, vs
 
 from meshlib import Mesh
 
@@ -86,15 +86,8 @@ def run_calls(
 def test_streams_split_80_20_within_3_points(
     backends: Backends, make_mesh: Callable[[str], Mesh], arity: str, mode: str
 ) -> None:
-    split = vs("""\
-  - route:
-    - destination: {host: reviews, subset: v1}
-      weight: 80
-    - destination: {host: reviews, subset: v2}
-      weight: 20
-""")
     mesh = make_mesh(
-        entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: ROUND_ROBIN}") + split
+        entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: ROUND_ROBIN}") + SPLIT_80_20
     )
     results = run_calls(mesh, mode, arity, 2000)
     assert not [r for r in results if r.startswith("error")], Counter(results)

@@ -49,16 +49,18 @@ def call_many(mesh: Mesh, n: int, metadata: tuple[tuple[str, str], ...] = ()) ->
     return out
 
 
-def test_weighted_split_within_3_points(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
-    split = vs("""\
+SPLIT_80_20 = vs("""\
   - route:
     - destination: {host: reviews, subset: v1}
       weight: 80
     - destination: {host: reviews, subset: v2}
       weight: 20
 """)
+
+
+def test_weighted_split_within_3_points(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
     mesh = make_mesh(
-        entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: ROUND_ROBIN}") + split
+        entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: ROUND_ROBIN}") + SPLIT_80_20
     )
     results = call_many(mesh, 2000)
     assert not [r for r in results if r.startswith("error")]
