@@ -20,7 +20,7 @@ from typing import Any
 from .core.call import Call, RawHeaders
 from .core.deadline import _deadline
 from .core.flags import flags_label
-from .core.server_stack import Answer, Handle, Inbound
+from .core.server_stack import Answer, Handle
 from .identity import PeerIdentity
 from .mesh import Mesh
 from .peer import _peer
@@ -75,14 +75,7 @@ class MeshMiddleware:
             query=query.decode("latin-1") if query else "",
             header=RawHeaders(scope["headers"]),
         )
-        ex = Inbound(
-            call=call,
-            clock=time.monotonic,
-            started=now,
-            ready=mesh.serving_ready,
-            peer=peer,
-            report=mesh.readiness_report,
-        )
+        ex = mesh.inbound(call, now, peer)
         flow = mesh.server_stack_runner(ex)
         status = 500
         try:

@@ -25,6 +25,7 @@ import httpx
 from ._loop import LoopThread
 from ._version import __version__
 from .controlplane.protocol import decode_snapshot
+from .core.call import Call
 from .core.client_stack import default_client_stack
 from .core.cluster_state import Clusters
 from .core.dataplane import DataPlane
@@ -36,6 +37,7 @@ from .core.snapshot import Snapshot, compile_snapshot
 from .core.stack import Flow, Stack
 from .errors import ConfigError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
+from .identity import PeerIdentity
 from .last_known_good import load_last_known_good, save_last_known_good
 from .policy.loader import load_paths
 from .registry import AnnouncedEndpoint, WorkloadRegistration
@@ -197,6 +199,17 @@ class Mesh:
     def ready(self) -> bool:
         """True once the process has policy to apply (from anywhere but nowhere)."""
         return self._source != "none"
+
+    def inbound(self, call: Call, started: float, peer: PeerIdentity | None = None) -> Inbound:
+        """The server stack's view of one inbound request (ASGI, WSGI and gRPC adapters alike)."""
+        return Inbound(
+            call=call,
+            clock=time.monotonic,
+            started=started,
+            ready=self.serving_ready,
+            peer=peer,
+            report=self.readiness_report,
+        )
 
     def serving_ready(self) -> bool:
         """Readiness of this workload's servers: policy loaded, not draining, and (once it has

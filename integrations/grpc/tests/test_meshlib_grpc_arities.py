@@ -13,7 +13,7 @@ import grpc
 import meshlib_grpc
 import pytest
 from grpc_backends import CHAT, STREAM, UPLOAD, GrpcBackend
-from test_meshlib_grpc_channel import SPLIT_80_20, SUBSETS, entry, vs
+from test_meshlib_grpc_channel import EJECT_AT_FIFTH, SPLIT_80_20, SUBSETS, entry, vs
 
 from meshlib import Mesh
 
@@ -119,13 +119,7 @@ def test_a_failing_endpoint_is_ejected_by_stream_calls(
 ) -> None:
     broken = backends["v2-a"][0]
     broken.code = grpc.StatusCode.UNAVAILABLE
-    policy = (
-        "    loadBalancer: {simple: ROUND_ROBIN}\n"
-        "    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 30s, "
-        "maxEjectionPercent: 100}"
-    )
-    route = vs("  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 0}\n")
-    mesh = make_mesh(entry(backends) + SUBSETS.format(policy=policy) + route)
+    mesh = make_mesh(entry(backends) + EJECT_AT_FIFTH)
     results = run_calls(mesh, mode, arity, 60) if mode == "sync" else []
     if mode == "aio":  # one at a time, so that the 5th failure is seen before the next pick
         for _ in range(60):

@@ -49,6 +49,11 @@ def call_many(mesh: Mesh, n: int, metadata: tuple[tuple[str, str], ...] = ()) ->
     return out
 
 
+EJECT_AT_FIFTH = SUBSETS.format(
+    policy="    loadBalancer: {simple: ROUND_ROBIN}\n"
+    "    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 30s, "
+    "maxEjectionPercent: 100}"
+) + vs("  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 0}\n")
 SPLIT_80_20 = vs("""\
   - route:
     - destination: {host: reviews, subset: v1}
@@ -82,13 +87,7 @@ def test_metadata_routes_every_call(backends, make_mesh) -> None:  # type: ignor
 def test_a_failing_endpoint_is_ejected_at_its_fifth_error(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
     broken = backends["v2-a"][0]
     broken.code = grpc.StatusCode.UNAVAILABLE
-    policy = (
-        "    loadBalancer: {simple: ROUND_ROBIN}\n"
-        "    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 30s, "
-        "maxEjectionPercent: 100}"
-    )
-    route = vs("  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 0}\n")
-    mesh = make_mesh(entry(backends) + SUBSETS.format(policy=policy) + route)
+    mesh = make_mesh(entry(backends) + EJECT_AT_FIFTH)
     results = call_many(mesh, 60)
     assert broken.hits == 5
     assert Counter(results)["error UNAVAILABLE"] == 5

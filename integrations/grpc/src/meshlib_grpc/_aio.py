@@ -335,7 +335,7 @@ class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
                 header=_MetadataLookup(metadata),
                 protocol="grpc",
             )
-            ex = Inbound(call=call, clock=time.monotonic, started=now, ready=mesh.serving_ready)
+            ex = mesh.inbound(call, now)
             remaining = context.time_remaining()
             if remaining is not None and remaining < _NO_DEADLINE:
                 ex.deadline = now + remaining

@@ -77,7 +77,7 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 header=_MetadataLookup(metadata),
                 protocol="grpc",
             )
-            ex = Inbound(call=call, clock=time.monotonic, started=now, ready=mesh.serving_ready)
+            ex = mesh.inbound(call, now)
             remaining: float | None = context.time_remaining()
             if remaining is not None and remaining > _NO_DEADLINE:
                 remaining = None  # grpc reports "no deadline" as ~9.2e18 s
