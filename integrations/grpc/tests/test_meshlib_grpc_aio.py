@@ -152,7 +152,9 @@ def test_aio_interceptor_passes_the_inbound_deadline_on(tmp_path: Path) -> None:
             answer, seen = asyncio.run(main())
         assert answer == b"reviews"
         assert seen is not None
-        assert 0.3 < seen <= 0.6
+        # grpc rounds the deadline on the wire and the server reads it on its own clock: a
+        # fraction of a millisecond above 0.6 s has been seen (as in the sync twin).
+        assert 0.3 < seen <= 0.61
         assert reviews.remaining[0] is not None
         assert reviews.remaining[0] <= 0.65
 
