@@ -111,7 +111,8 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 want = 65536 if hard == resource.RLIM_INFINITY else hard
 resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 from meshlib.controlplane.server import serve_forever
-serve_forever(Path(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]))
+# The simulated workloads carry no bootstrap tokens: the open registry mode (loopback only).
+serve_forever(Path(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]), open_registry=True)
 """
 
 

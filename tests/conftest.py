@@ -60,7 +60,18 @@ def destination_rule(name: str = "reviews", host: str | None = None) -> dict[str
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ConfigServer]:
-    """A config service on a free port of 127.0.0.1, with its data in tmp_path/config-service."""
+    """A config service on a free port of 127.0.0.1, with its data in tmp_path/config-service.
+
+    In the open registry mode: these tests are about routing, the registry and the API, and
+    their workloads use no bootstrap tokens. The default (every workload proves its identity)
+    has its own tests: ``secure_server``, tests/controlplane/test_workload_auth.py."""
+    with ConfigServer(tmp_path / "config-service", reap_interval=0.2, insecure_open_registry=True) as running:
+        yield running
+
+
+@pytest.fixture
+def secure_server(tmp_path: Path) -> Iterator[ConfigServer]:
+    """A config service in the default mode: the workload API needs a bootstrap token."""
     with ConfigServer(tmp_path / "config-service", reap_interval=0.2) as running:
         yield running
 

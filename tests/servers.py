@@ -93,6 +93,16 @@ class Backend:
         await send({"type": "http.response.body", "body": payload})
 
 
+def wait_for(condition: Any, timeout: float = 15.0) -> bool:
+    """Poll ``condition()`` until it holds or ``timeout`` passes (bounded: never hangs a test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def free_port() -> int:
     """A port nothing listens on right now (for servers started in subprocesses)."""
     sock = bind("127.0.0.1", 0)

@@ -26,6 +26,7 @@ from meshlib.ca.svid import issue_svid, make_ca
 from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
 from meshlib.policy.resources import ResourceKey
+from tests.servers import wait_for
 
 REVIEWS = "reviews.default.svc.cluster.local"
 FRONTEND_ID = "spiffe://cluster.local/ns/default/sa/frontend"
@@ -102,15 +103,6 @@ def stop(proc: subprocess.Popen[str]) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
     return proc.stdout.read() if proc.stdout else ""
-
-
-def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def frontend(server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, **options: object) -> Mesh:
@@ -206,7 +198,8 @@ def test_foreign_and_expired_client_certificates_are_refused(mesh_ca, tmp_path: 
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
     foreign = issue_svid(make_ca("cluster.local"), csr, FRONTEND_ID, dt.timedelta(hours=1))
     try:
-        with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "f") as mesh:
+        token = admin.create_token("frontend")["token"]
+        with Mesh("frontend", control_plane=server.url, token=token, data_dir=tmp_path / "f") as mesh:
             assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS))), stop(proc)
             url = f"https://{endpoint_url(mesh)}/"
             # TLS 1.3: the client's handshake ends before the server checks its certificate, so
@@ -423,3 +416,21 @@ def test_scopes_narrowest_wins_port_level_modes_and_tls_disable_on_the_wire(mesh
             assert client.get("http://reviews/").json()["peer"] is None, "plaintext carries no identity"
     finally:
         stop(proc)
+
+
+def test_a_certificate_saved_from_another_ca_is_replaced_at_start(tmp_path: Path) -> None:
+    """The workload's data dir outlives a config service (its data replaced, a new CA): the saved
+    certificate, still fresh, is not presented to peers who trust only the new CA."""
+    data = tmp_path / "wl"
+    for name in ("first", "second"):
+        with (
+            ConfigServer(tmp_path / name) as server,
+            ControlPlaneClient(server.url, server.admin_token) as admin,
+        ):
+            token = admin.create_token("frontend")["token"]
+            roots = httpx.get(f"{server.url}/v1/trust-bundle").json()["roots"]
+            with Mesh("frontend", control_plane=server.url, token=token, data_dir=data) as mesh:
+                identity = mesh.workload_identity
+                assert identity is not None
+                assert identity.valid()
+                assert identity.anchored(roots), f"{name}: the certificate chains to this CA"

@@ -25,6 +25,7 @@ EXPECTED = [
     "deadline",
     "MeshSettings",
     "Resource",
+    "ServerLimits",
     "Snapshot",
     "UnauthorizedError",
     "WorkloadRegistration",

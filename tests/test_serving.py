@@ -17,6 +17,7 @@ import pytest
 
 from meshlib import Mesh
 from meshlib.controlplane.server import ConfigServer
+from tests.servers import wait_for
 
 REVIEWS = "reviews.default.svc.cluster.local"
 
@@ -62,18 +63,9 @@ def start_replica(kind: str, name: str, url: str, tmp_path: Path) -> subprocess.
     )
 
 
-def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
 def test_drain_under_100_rps_fails_no_request(kind: str, tmp_path: Path) -> None:
-    with ConfigServer(tmp_path / "cp") as server:
+    with ConfigServer(tmp_path / "cp", insecure_open_registry=True) as server:
         replicas = {name: start_replica(kind, name, server.url, tmp_path) for name in ("a", "b")}
         try:
             with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "frontend") as mesh:
@@ -117,7 +109,7 @@ def test_drain_under_100_rps_fails_no_request(kind: str, tmp_path: Path) -> None
 
 
 def test_readiness_turns_off_during_the_drain(tmp_path: Path) -> None:
-    with ConfigServer(tmp_path / "cp") as server:
+    with ConfigServer(tmp_path / "cp", insecure_open_registry=True) as server:
         proc = start_replica("asgi", "a", server.url, tmp_path)
         try:
             with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "frontend") as mesh:

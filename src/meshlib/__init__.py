@@ -30,6 +30,7 @@ from .mesh import Mesh
 from .peer import current_peer
 from .policy import LoadedResource, Resource, load_paths, load_text
 from .registry import AnnouncedEndpoint, WorkloadRegistration
+from .server_limits import ServerLimits
 from .serving import serve_asgi, serve_wsgi
 from .settings import MeshSettings
 
@@ -51,6 +52,7 @@ __all__ = [
     "PeerIdentity",
     "Resource",
     "RetriesExhaustedError",
+    "ServerLimits",
     "Snapshot",
     "UnauthorizedError",
     "UpstreamOverflowError",

@@ -403,6 +403,12 @@ class Mesh:
             s.resolved_data_dir, self.identity, ttl=self._certificate_ttl
         )
         due = identity.renew_at(self.rng)
+        if (
+            due is not None
+            and due > dt.datetime.now(dt.UTC)
+            and not self._saved_certificate_trusted(identity)
+        ):
+            due = None  # saved from another CA: get one from this config service's now
         if due is None or due <= dt.datetime.now(dt.UTC):
             try:
                 with httpx.Client() as client:
@@ -415,6 +421,20 @@ class Mesh:
                 )
                 log.error("could not get a certificate: %s; %s", exc, state)
         self._loop.submit(keep_renewed(identity, list(s.control_plane), s.token, self.rng, self._renewed))
+
+    def _saved_certificate_trusted(self, identity: WorkloadIdentity) -> bool:
+        """Is a saved certificate anchored in the config service's trust bundle? True when the
+        bundle cannot be fetched now (the saved certificate is then the best there is)."""
+        url = self.settings.control_plane[0]
+        try:
+            response = httpx.get(f"{url}/v1/trust-bundle", timeout=2.0)
+            roots = [str(r) for r in response.json()["roots"]] if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return True
+        if not roots or identity.anchored(roots):
+            return True
+        log.warning("the saved certificate is not from this config service's CA: requesting a new one")
+        return False
 
     async def _renewed(self) -> None:
         """A new certificate: the registry (``meshctl status``) learns its expiry and issuer."""

@@ -27,6 +27,7 @@ from .asgi import MeshMiddleware as AsgiMiddleware
 from .controlplane.server import bind
 from .mesh import Mesh
 from .registry import AnnouncedEndpoint
+from .server_limits import ServerLimits
 from .tls_server import mesh_protocol_class
 from .wsgi import MeshMiddleware as WsgiMiddleware
 from .wsgi import WSGIApp
@@ -127,9 +128,11 @@ def serve_asgi(
     drain_timeout: float = 20.0,
     wrap: bool = True,
     log_level: str = "warning",
+    limits: ServerLimits | None = None,
     **uvicorn_options: Any,
 ) -> None:
-    """Serve an ASGI app with uvicorn as a mesh workload until SIGTERM/SIGINT, then drain."""
+    """Serve an ASGI app with uvicorn as a mesh workload until SIGTERM/SIGINT, then drain.
+    ``limits`` bound what a client may send before the app runs (Envoy's defaults)."""
     if wrap and not _asgi_wrapped(app):
         app = AsgiMiddleware(app, mesh)
     own_mesh = not mesh.started
@@ -142,9 +145,11 @@ def serve_asgi(
         AnnouncedEndpoint(address=advertise_address(host), port=bound, protocol="http", tls=tls),
         drain_delay,
     )
-    if tls:
-        # mTLS per PeerAuthentication on this one port, with the workload's rotating identity.
-        uvicorn_options["http"] = mesh_protocol_class(mesh, lambda: bound)
+    # mTLS per PeerAuthentication on this one port, with the workload's rotating identity,
+    # and the limits on request heads.
+    limits = limits or ServerLimits()
+    uvicorn_options["http"] = mesh_protocol_class(mesh, lambda: bound, limits)
+    uvicorn_options.setdefault("timeout_keep_alive", max(1, round(limits.idle_timeout)))
     config = uvicorn.Config(
         app, log_level=log_level, timeout_graceful_shutdown=max(1, round(drain_timeout)), **uvicorn_options
     )
@@ -167,22 +172,28 @@ def serve_wsgi(
     drain_delay: float = 2.0,
     drain_timeout: float = 20.0,
     wrap: bool = True,
+    limits: ServerLimits | None = None,
 ) -> None:
-    """Serve a WSGI app with cheroot (threaded) as a mesh workload until SIGTERM/SIGINT, then drain."""
-    from cheroot import wsgi
+    """Serve a WSGI app with cheroot (threaded) as a mesh workload until SIGTERM/SIGINT, then drain.
+    ``limits`` bound what a client may send before the app runs (Envoy's defaults)."""
+    from .tls_wsgi import MeshSSLAdapter, MeshWSGIServer
 
     if wrap and not _wsgi_wrapped(app):
         app = WsgiMiddleware(app, mesh)
     own_mesh = not mesh.started
     mesh.start()
-    server = wsgi.Server((host, port), app, numthreads=threads, shutdown_timeout=max(1, round(drain_timeout)))
+    server = MeshWSGIServer(
+        (host, port),
+        app,
+        numthreads=threads,
+        request_queue_size=1024,  # cheroot's 5 leaves bursts of new connections waiting seconds
+        shutdown_timeout=max(1, round(drain_timeout)),
+        limits=limits or ServerLimits(),
+    )
     server.prepare()  # binds; with port 0 the kernel picks
     bound = server.bind_addr[1] if isinstance(server.bind_addr, tuple) else port
     tls = mesh.workload_identity is not None
-    if tls:
-        from .tls_wsgi import MeshSSLAdapter
-
-        server.ssl_adapter = MeshSSLAdapter(mesh, bound)  # mTLS per PeerAuthentication, one port
+    server.ssl_adapter = MeshSSLAdapter(mesh, bound)  # mTLS per PeerAuthentication, one port
     drain = _Drain(
         mesh,
         AnnouncedEndpoint(address=advertise_address(host), port=bound, protocol="http", tls=tls),

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.hosts import CLUSTER_DOMAIN
 from .errors import ConfigError, ConfigIssue
+from .names import check_dns_label, check_label_key, check_label_value
 from .paths import default_workload_dir
 
 __all__ = ["MeshSettings", "parse_labels"]
-
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_KEY = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
 def parse_labels(text: str, variable: str = "MESH_LABELS") -> dict[str, str]:
@@ -23,10 +20,13 @@ def parse_labels(text: str, variable: str = "MESH_LABELS") -> dict[str, str]:
     labels: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not _LABEL_KEY.match(key):
+        key, value = key.strip(), value.strip()
+        if not sep:
             raise ConfigError(ConfigIssue(f"{variable}: {item!r} is not key=value (e.g. version=v1,zone=a)"))
-        labels[key] = value.strip()
+        try:
+            labels[check_label_key(key)] = check_label_value(value)
+        except ValueError as exc:
+            raise ConfigError(ConfigIssue(f"{variable}: {exc}")) from None
     return labels
 
 
@@ -45,12 +45,16 @@ class MeshSettings:
 
     def __post_init__(self) -> None:
         for variable, value in (("MESH_SERVICE", self.service), ("MESH_NAMESPACE", self.namespace)):
-            if not value or len(value) > 63 or not _NAME.match(value):
-                raise ConfigError(
-                    ConfigIssue(
-                        f"{variable}: {value!r} is not a valid name (lower-case letters, digits and '-')"
-                    )
-                )
+            try:
+                check_dns_label(value)
+            except ValueError as exc:
+                raise ConfigError(ConfigIssue(f"{variable}: {exc}")) from None
+        for key, value in self.labels.items():
+            try:
+                check_label_key(key)
+                check_label_value(value)
+            except ValueError as exc:
+                raise ConfigError(ConfigIssue(f"MESH_LABELS: {exc}")) from None
         for url in self.control_plane:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(ConfigIssue(f"MESH_CONTROL_PLANE: {url!r} is not an http(s) URL"))

@@ -1,38 +1,57 @@
-"""Mutual TLS for uvicorn, per PeerAuthentication: STRICT, PERMISSIVE or DISABLE on one port.
+"""uvicorn's connections for ``serve_asgi``: mTLS per PeerAuthentication on one port, and
+Envoy's limits on what a client may send before the application runs.
 
-uvicorn is given a protocol class that looks at the first byte of each connection before
-anything reads it (MSG_PEEK on a duplicate of the socket): 0x16 opens a TLS handshake,
-anything else is plaintext. Then, by the mode the current snapshot gives this workload
-and port: TLS is upgraded with the workload's live server context (client certificates
-verified against the mesh roots); plaintext is served under PERMISSIVE and DISABLE, and
-refused under STRICT with a short HTTP answer saying why. The verified peer's SPIFFE ID is
-put into the ASGI TLS extension of every request on that connection (neither uvicorn nor
-hypercorn fills it in), where the middleware turns it into ``meshlib.current_peer()``.
+Each connection's first bytes decide: 0x16 opens a TLS handshake, anything else is
+plaintext. Then, by the mode the current snapshot gives this workload and port, TLS is
+completed with the workload's live server context (client certificates verified against the
+mesh roots), plaintext is served under PERMISSIVE and DISABLE, and refused under STRICT
+with a short HTTP answer saying why — also when the workload has no certificate to offer,
+so STRICT never serves plaintext. The bytes that decided are handed to the TLS layer or the
+HTTP parser as they are: nothing is peeked, and no connection costs a second descriptor.
+
+The verified peer's SPIFFE ID goes into the ASGI TLS extension of every request on that
+connection (uvicorn does not fill it in), where the middleware turns it into
+``meshlib.current_peer()``. Request heads are bounded by ``ServerLimits``: size and header
+count (431) and the time they take to arrive (408, or a silent close if nothing came).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
 from .http.tls import peer_spiffe_id
 from .mesh import Mesh
+from .server_limits import ServerLimits
 
-__all__ = ["STRICT_REFUSAL", "TLS_HANDSHAKE", "mesh_protocol_class", "mode_for"]
+__all__ = ["STRICT_REFUSAL", "TLS_HANDSHAKE", "mesh_protocol_class", "mode_for", "strict_refusal"]
 
 log = logging.getLogger("meshlib")
 
 TLS_HANDSHAKE = 0x16
-_REASON = b"mutual TLS required: this workload's PeerAuthentication is STRICT; plaintext is refused\n"
-STRICT_REFUSAL = (
-    b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n"
-    + f"content-length: {len(_REASON)}\r\n\r\n".encode()
-    + _REASON
-)
+HANDSHAKE_TIMEOUT = 10  # seconds
+
+
+def strict_refusal(detail: str = "") -> bytes:
+    """The answer to a plaintext request under STRICT (``detail``: why mTLS cannot happen)."""
+    reason = (
+        "mutual TLS required: this workload's PeerAuthentication is STRICT; plaintext is refused" + detail
+    ).encode() + b"\n"
+    return (
+        b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+        + f"content-length: {len(reason)}\r\n\r\n".encode()
+        + reason
+    )
+
+
+STRICT_REFUSAL = strict_refusal()
+NO_CERTIFICATE = "; this workload has no certificate to offer yet"
 
 
 def mode_for(mesh: Mesh, port: int) -> str:
@@ -40,162 +59,222 @@ def mode_for(mesh: Mesh, port: int) -> str:
     return mesh.snapshot.security_for(mesh.namespace, mesh.source_labels).mode_for_port(port)
 
 
-def _base_protocol() -> type[asyncio.Protocol]:
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+def _answer(status: int, message: str) -> bytes:
+    body = message.encode() + b"\n"
+    return (
+        STATUS_LINE[status]
+        + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
 
-        return HttpToolsProtocol
-    except ImportError:  # pragma: no cover - httptools is a dependency
-        from uvicorn.protocols.http.h11_impl import H11Protocol
 
-        return H11Protocol
+def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with ``limits`` on request heads."""
+    too_big = f"request head larger than {limits.max_header_bytes // 1024} KiB"
+    too_many = f"more than {limits.max_headers} header fields"
+
+    class LimitedProtocol(HttpToolsProtocol):
+        _head = 0  # bytes of the current request head fed so far
+        _in_head = True  # between requests or reading a head (not a body)
+        _heads = 0  # request heads completed on this connection
+        _fields = 0
+        _refused: str | None = None
+        _timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._timer is None:
+                self._timer = self.loop.call_later(limits.header_timeout, self._late)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _late(self) -> None:
+            self._timer = None
+            if self._head:
+                self.transport.write(_answer(408, "request head not received in time"))
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            # Count what arrives while a head is being read; never feed the parser more than
+            # one byte past the limit of one head (so it never buffers more than that).
+            while data:
+                if not self._in_head:
+                    super().data_received(data)
+                    return
+                room = limits.max_header_bytes - self._head
+                if len(data) <= room:
+                    self._head += len(data)
+                    super().data_received(data)
+                    return
+                piece, data = data[: room + 1], data[room + 1 :]
+                heads = self._heads
+                self._head += len(piece)
+                super().data_received(piece)
+                if self.transport.is_closing():
+                    return
+                if self._heads == heads:  # the head is still not complete: too large
+                    self._refuse(too_big)
+                    return
+
+        def _refuse(self, why: str) -> None:
+            log.info("refused a request from %s: %s", self.client, why)
+            self._disarm()
+            self.transport.write(_answer(431, why))
+            self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            if self._refused is not None:  # a limit, reported through the parser's error
+                self._refuse(self._refused)
+            else:
+                super().send_400_response(msg)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._fields = 0
+            self._arm()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._fields += 1
+            if self._fields > limits.max_headers:
+                self._refused = too_many
+                raise ValueError(too_many)  # stops the parser; send_400_response answers 431
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            self._in_head = False
+            self._heads += 1
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_head = True
+            self._head = 0
+            super().on_message_complete()
+
+    return LimitedProtocol
 
 
-def mesh_protocol_class(mesh: Mesh, port_of: Callable[[], int]) -> type[asyncio.Protocol]:
+def mesh_protocol_class(
+    mesh: Mesh, port_of: Callable[[], int], limits: ServerLimits
+) -> type[asyncio.Protocol]:
     """A uvicorn ``http`` protocol class bound to ``mesh`` (its identity and policy)."""
-    base = _base_protocol()
+    inner_class = limited_protocol_class(limits)
 
     class MeshProtocol(asyncio.Protocol):
+        """Stands in front of uvicorn's protocol until the first bytes decide what follows."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self._inner: Any = base(*args, **kwargs)
+            self._inner: Any = inner_class(*args, **kwargs)
             self._loop = asyncio.get_running_loop()
             self._transport: asyncio.Transport | None = None
-            self._plain = False
-
-        # -- deciding ------------------------------------------------------------------
+            self._timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             assert isinstance(transport, asyncio.Transport)
             self._transport = transport
-            transport.pause_reading()
-            raw = transport.get_extra_info("socket")
-            self._peeker = raw.dup() if raw is not None else None  # peeking never consumes
-            if self._peeker is None:
-                self._serve_plain()
-                return
-            self._loop.add_reader(self._peeker.fileno(), self._peek)
-
-        def _peek(self) -> None:
-            assert self._peeker is not None
-            assert self._transport is not None
-            self._loop.remove_reader(self._peeker.fileno())
-            try:
-                first = self._peeker.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                self._loop.add_reader(self._peeker.fileno(), self._peek)
-                return
-            except OSError:
-                first = b""
-            self._peeker.close()
-            self._peeker = None
-            if not first:
-                self._transport.close()
-                return
-            identity = mesh.workload_identity
-            mode = mode_for(mesh, port_of())
-            if first[0] == TLS_HANDSHAKE and identity is not None and mode != "DISABLE":
-                self._loop.create_task(self._serve_tls(identity.server_context(require_client_cert=True)))
-            elif mode == "STRICT":
-                log.info("refused a plaintext connection: PeerAuthentication is STRICT")
-                # Read the request before answering: closing with unread data would reset the
-                # connection, and the client would never see why.
-                self._transport.set_protocol(_Refusal(self._transport))
-                self._transport.resume_reading()
-            else:
-                self._serve_plain()
-
-        def _serve_plain(self) -> None:
-            assert self._transport is not None
-            self._plain = True
-            self._inner.connection_made(self._transport)
-            self._transport.resume_reading()
-
-        async def _serve_tls(self, context: ssl.SSLContext) -> None:
-            transport = self._transport
-            assert transport is not None
-            # Application data can arrive in the same turn the handshake ends, before uvicorn's
-            # protocol is attached: a shim holds it and hands it over in order.
-            shim = _Holding()
-            try:
-                upgraded = await self._loop.start_tls(
-                    transport, shim, context, server_side=True, ssl_handshake_timeout=10.0
-                )
-            except (OSError, ssl.SSLError, ConnectionError) as exc:
-                log.info("mTLS handshake refused: %s", exc)
-                transport.close()
-                return
-            if upgraded is None:  # pragma: no cover - the peer went away mid-handshake
-                return
-            self._inner.app = _with_tls(self._inner.app, upgraded.get_extra_info("ssl_object"))
-            upgraded.set_protocol(self._inner)
-            self._inner.connection_made(upgraded)
-            shim.hand_over(self._inner)
-
-        # -- plaintext: everything goes to uvicorn's protocol --------------------------
+            self._timer = self._loop.call_later(limits.header_timeout, transport.close)  # sent nothing
 
         def data_received(self, data: bytes) -> None:
-            self._inner.data_received(data)
+            transport = self._transport
+            assert transport is not None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            identity = mesh.workload_identity
+            mode = mode_for(mesh, port_of())
+            if data[0] == TLS_HANDSHAKE and identity is not None and mode != "DISABLE":
+                self._serve_tls(transport, identity.server_context(require_client_cert=True), data)
+            elif mode == "STRICT":
+                log.info("refused a plaintext connection: PeerAuthentication is STRICT")
+                refusal = _Refusal(transport, NO_CERTIFICATE if identity is None else "")
+                transport.set_protocol(refusal)
+                refusal.data_received(data)
+            else:
+                transport.set_protocol(self._inner)
+                self._inner.connection_made(transport)
+                self._inner.data_received(data)
+
+        def _serve_tls(self, transport: asyncio.Transport, context: ssl.SSLContext, first: bytes) -> None:
+            """What ``loop.start_tls`` does, with the bytes already read handed to the TLS layer."""
+            waiter = self._loop.create_future()
+            waiter.add_done_callback(_handshake_done)
+            tls = sslproto.SSLProtocol(
+                self._loop,
+                _Handover(self._inner),
+                context,
+                waiter,
+                server_side=True,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+            transport.set_protocol(tls)
+            tls.connection_made(transport)
+            view = memoryview(first)
+            while view:
+                buffer = tls.get_buffer(len(view))
+                size = min(len(buffer), len(view))
+                buffer[:size] = view[:size]
+                tls.buffer_updated(size)
+                view = view[size:]
 
         def eof_received(self) -> bool | None:
-            result: bool | None = self._inner.eof_received() if self._plain else None
-            return result
+            return None
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._peeker is not None:
-                self._loop.remove_reader(self._peeker.fileno())
-                self._peeker.close()
-                self._peeker = None
-            if self._plain:
-                self._inner.connection_lost(exc)
-
-        def pause_writing(self) -> None:
-            self._inner.pause_writing()
-
-        def resume_writing(self) -> None:
-            self._inner.resume_writing()
+            if self._timer is not None:  # closed before sending a byte
+                self._timer.cancel()
+                self._timer = None
 
     return MeshProtocol
 
 
-class _Holding(asyncio.Protocol):
-    """Keeps what arrives on a fresh TLS connection until the HTTP protocol takes over."""
+def _handshake_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.cancelled() and waiter.exception() is not None:
+        log.info("mTLS handshake refused: %s", waiter.exception())
 
-    def __init__(self) -> None:
-        self._data: list[bytes] = []
-        self._eof = False
-        self._lost: tuple[Exception | None] | None = None
 
-    def data_received(self, data: bytes) -> None:
-        self._data.append(data)
+class _Handover(asyncio.Protocol):
+    """The TLS layer's application protocol until the handshake ends: then uvicorn's takes
+    the connection, with the verified peer in the ASGI TLS extension of every request."""
 
-    def eof_received(self) -> bool | None:
-        self._eof = True
-        return None
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = (exc,)
-
-    def hand_over(self, protocol: Any) -> None:
-        for chunk in self._data:
-            protocol.data_received(chunk)
-        if self._eof:
-            protocol.eof_received()
-        if self._lost is not None:
-            protocol.connection_lost(self._lost[0])
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        inner = self._inner
+        inner.app = _with_tls(inner.app, transport.get_extra_info("ssl_object"))
+        transport.set_protocol(inner)
+        inner.connection_made(transport)
 
 
 class _Refusal(asyncio.Protocol):
-    """Answers a plaintext request under STRICT with the reason, then closes."""
+    """Answers a plaintext request under STRICT with the reason, then closes. It reads the
+    request head first: closing with unread data would reset the connection, and the client
+    would never see why."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, detail: str) -> None:
         self._transport = transport
-        self._seen = b""
+        self._detail = detail
+        self._tail = b""
+        self._size = 0
 
     def data_received(self, data: bytes) -> None:
-        self._seen = (self._seen + data)[-4:]
-        if b"\r\n\r\n" in self._seen or (len(data) >= 4 and data.endswith(b"\r\n\r\n")):
-            self._transport.write(STRICT_REFUSAL)
+        window = self._tail + data
+        self._size += len(data)
+        if b"\r\n\r\n" in window or self._size > 65536:
+            self._transport.write(strict_refusal(self._detail))
             self._transport.close()
+        self._tail = window[-3:]
 
 
 App = Callable[[Any, Any, Any], Awaitable[None]]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -95,6 +96,26 @@ class WorkloadIdentity:
         self.chain = chain
         leaf = chain[0]
         self._window = (leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp())
+
+    def anchored(self, roots: list[str]) -> bool:
+        """Does the certificate chain up to one of ``roots`` (PEM)? A certificate saved from
+        another CA (the config service's data was replaced) must not be presented."""
+        if not self.chain:
+            return False
+        try:
+            anchors = [x509.load_pem_x509_certificate(r.encode()) for r in roots]
+        except ValueError:
+            return False
+        top = self.chain[-1]
+        for root in anchors:
+            if top == root:
+                return True
+            try:
+                top.verify_directly_issued_by(root)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
 
     def renew_at(self, rng: random.Random) -> dt.datetime | None:
         """Half-way through the certificate's life, give or take 5% of it."""

@@ -420,7 +420,9 @@ def test_registry_endpoint_details() -> None:
     assert snap.endpoints("orders.default.svc.cluster.local") == ()
 
 
-def test_service_entry_and_registry_endpoints_add_up() -> None:
+def test_the_registry_cannot_add_endpoints_to_a_service_entry_host() -> None:
+    """A ServiceEntry declares its host's endpoints: a registration for the same name is not
+    one of them (else anyone who may register could take the declared service's traffic)."""
     entry = res(
         "ServiceEntry",
         "reviews-vm",
@@ -435,8 +437,27 @@ def test_service_entry_and_registry_endpoints_add_up() -> None:
     snap = compile_snapshot(1, [entry], [workload("reviews-v1-a", "reviews", "10.1.0.1", version="v1")])
     assert {(e.address, e.source) for e in snap.endpoints(REVIEWS, None)} == {
         ("192.0.2.1", "ServiceEntry default/reviews-vm"),
-        ("10.1.0.1", "reviews-v1-a"),
     }
+
+
+def test_a_service_entry_workload_selector_takes_the_registered_workloads_it_selects() -> None:
+    entry = res(
+        "ServiceEntry",
+        "reviews",
+        {
+            "hosts": ["reviews"],
+            "location": "MESH_INTERNAL",
+            "resolution": "STATIC",
+            "ports": [{"number": 9080, "name": "http"}],
+            "workloadSelector": {"labels": {"version": "v1"}},
+        },
+    )
+    registry = [
+        workload("reviews-v1-a", "reviews", "10.1.0.1", version="v1"),
+        workload("reviews-v2-a", "reviews", "10.1.0.2", version="v2"),
+    ]
+    snap = compile_snapshot(1, [entry], registry)
+    assert {(e.address, e.source) for e in snap.endpoints(REVIEWS, None)} == {("10.1.0.1", "reviews-v1-a")}
 
 
 def test_endpoint_matches() -> None:

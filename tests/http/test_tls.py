@@ -132,3 +132,95 @@ def test_a_server_from_a_foreign_ca_fails_the_handshake(tmp_path: Path) -> None:
     ):
         pool.request("GET", f"https://127.0.0.1:{port}/")
     assert b"".join(received) == b""
+
+
+# --- TLS to a non-mesh endpoint proves the requested host, not the endpoint's address ------
+
+
+def _web_pki(tmp_path: Path, names: list[str]) -> tuple[ssl.SSLContext, Path]:
+    """A server context whose certificate (from a CA of its own) names ``names`` and 127.0.0.1,
+    and the CA's file for clients to trust."""
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test web CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder = tmp_path / f"pki-{names[0]}"
+    folder.mkdir()
+    (folder / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "leaf.pem", folder / "key.pem")
+    return context, folder / "ca.pem"
+
+
+EXTERNAL = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: bank}}
+spec:
+  hosts: [api.bank.example]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{https: {port}}}}}]
+"""
+
+
+@pytest.mark.parametrize(("names", "accepted"), [(["localhost"], False), (["api.bank.example"], True)])
+def test_an_https_endpoint_must_prove_the_requested_host_not_its_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str], accepted: bool
+) -> None:
+    import httpx
+
+    from meshlib import Mesh
+
+    context, ca_file = _web_pki(tmp_path, names)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the client trusts the test CA
+    with tls_server(context) as (port, received):
+        policy = tmp_path / "bank.yaml"
+        policy.write_text(EXTERNAL.format(port=port))
+        with Mesh("frontend", config=policy) as mesh, mesh.http_client() as client:
+            if accepted:
+                answer = client.get("https://api.bank.example/accounts", headers={"x-api-key": "secret"})
+                assert answer.status_code == 200
+                assert b"x-api-key: secret" in received[0]
+            else:
+                # The certificate is valid for 127.0.0.1, where the endpoint is: no matter.
+                with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+                    client.get("https://api.bank.example/accounts", headers={"x-api-key": "secret"})
+                assert received == [], "nothing of the request (or its API key) was sent"

@@ -158,7 +158,7 @@ def test_endpoints_from_the_registry(tmp_path: Path) -> None:
     with (
         serve(Backend("reg-v1")) as p1,
         serve(Backend("reg-v2")) as p2,
-        ConfigServer(tmp_path / "cp") as server,
+        ConfigServer(tmp_path / "cp", insecure_open_registry=True) as server,
         ControlPlaneClient(server.url, server.admin_token) as admin,
     ):
         admin.apply(

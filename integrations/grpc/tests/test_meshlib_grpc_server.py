@@ -94,7 +94,7 @@ def test_drain_under_100_calls_per_second_fails_no_call(tmp_path: Path, kind: st
     script = tmp_path / "replica.py"
     script.write_text(REPLICA)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KIND": kind}
-    with ConfigServer(tmp_path / "cp") as server:
+    with ConfigServer(tmp_path / "cp", insecure_open_registry=True) as server:
         replicas = {
             name: subprocess.Popen(
                 [sys.executable, str(script), name, server.url, str(tmp_path / name)],
@@ -153,3 +153,64 @@ def test_drain_under_100_calls_per_second_fails_no_call(tmp_path: Path, kind: st
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait(10)
+
+
+def test_served_ports_bound_metadata_and_close_silent_connections(tmp_path: Path) -> None:
+    """aio_serve (and serve, with the same options) as Envoy bounds a port: 60 KiB of metadata,
+    and a connection that sends nothing is closed after the header timeout."""
+    import asyncio
+    import socket
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(grpc_service_entry("elsewhere", {"v1-a": 1}))
+    mesh = Mesh("reviews", config=policy, data_dir=tmp_path / "wl")
+
+    async def unary(request: bytes, context: object) -> bytes:
+        return b"reviews"
+
+    handler = grpc.method_handlers_generic_handler(
+        UNARY.split("/")[1], {"Unary": grpc.unary_unary_rpc_method_handler(unary)}
+    )
+    loop = asyncio.new_event_loop()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    port = _free_port()
+    serving = loop.create_task(
+        meshlib_grpc.aio_serve(
+            lambda server: server.add_generic_rpc_handlers((handler,)),
+            mesh=mesh,
+            port=port,
+            drain_delay=0.0,
+            ready=ready,
+            stop=stop,
+            limits=meshlib.ServerLimits(header_timeout=0.5),
+        )
+    )
+    thread = threading.Thread(target=loop.run_until_complete, args=(serving,), daemon=True)
+    thread.start()
+    try:
+        assert wait_for(ready.is_set, 10)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as plain:
+            call = plain.unary_unary(UNARY)
+            assert call(b"x", metadata=[("x-big", "a" * 50_000)], timeout=5) == b"reviews"
+            with pytest.raises(grpc.RpcError) as caught:
+                call(b"x", metadata=[("x-big", "a" * 70_000)], timeout=5)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        silent = socket.create_connection(("127.0.0.1", port))
+        silent.settimeout(5)
+        started = time.monotonic()
+        while silent.recv(4096):
+            pass  # the server's SETTINGS frame, then its close
+        assert time.monotonic() - started < 3.0
+        silent.close()
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -20,10 +20,11 @@ from ..controlplane.auth import write_secret
 from ..errors import MeshError
 from .svid import CaMaterial, issue_svid, key_id, make_ca
 
-__all__ = ["DEFAULT_TTL", "MAX_TTL", "CertificateAuthority", "CertificateRefused"]
+__all__ = ["DEFAULT_TTL", "MAX_TTL", "MIN_TTL", "CertificateAuthority", "CertificateRefused"]
 
 DEFAULT_TTL = dt.timedelta(hours=24)
 MAX_TTL = dt.timedelta(days=7)
+MIN_TTL = dt.timedelta(seconds=1)  # X.509 validity counts whole seconds: less is no certificate
 
 
 class CertificateRefused(MeshError):
@@ -94,11 +95,11 @@ class CertificateAuthority:
         self, csr_pem: str, namespace: str, service_account: str, ttl: dt.timedelta | None = None
     ) -> tuple[list[str], dt.datetime]:
         """A chain (leaf first) for the token's identity, whatever the CSR says."""
-        ttl = ttl or self.default_ttl
+        ttl = self.default_ttl if ttl is None else ttl
         if ttl > self.max_ttl:
             raise CertificateRefused(f"requested TTL {ttl} is above the maximum {self.max_ttl}")
-        if ttl <= dt.timedelta(0):
-            raise CertificateRefused("requested TTL must be positive")
+        if ttl < MIN_TTL:
+            raise CertificateRefused(f"requested TTL {ttl.total_seconds():g}s is below the minimum of 1s")
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
         except ValueError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -16,10 +17,12 @@ from dataclasses import asdict, dataclass
 
 from ..controlplane.store import Store
 from ..errors import MeshError
+from ..names import check_dns_label
 
-__all__ = ["BootstrapToken", "TokenError", "TokenRegistry"]
+__all__ = ["MAX_TOKEN_TTL", "MIN_TOKEN_TTL", "BootstrapToken", "TokenError", "TokenRegistry"]
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MIN_TOKEN_TTL = 1.0  # seconds
+MAX_TOKEN_TTL = 366 * 24 * 3600.0
 
 
 class TokenError(MeshError):
@@ -56,10 +59,14 @@ class TokenRegistry:
 
     def create(self, service: str, namespace: str, ttl: float) -> tuple[BootstrapToken, str]:
         for label, value in (("service", service), ("namespace", namespace)):
-            if not _NAME.match(value) or len(value) > 63:
-                raise MeshError(f"invalid {label} {value!r}: lower-case letters, digits and '-'")
-        if ttl <= 0:
-            raise MeshError("token TTL must be positive")
+            try:
+                check_dns_label(value, label)
+            except ValueError as exc:
+                raise MeshError(str(exc)) from None
+        if not (math.isfinite(ttl) and MIN_TOKEN_TTL <= ttl <= MAX_TOKEN_TTL):
+            raise MeshError(
+                f"token TTL {ttl:g}s is out of range: from {MIN_TOKEN_TTL:g}s to {MAX_TOKEN_TTL / 3600:g}h"
+            )
         token_id = secrets.token_hex(6)
         secret = f"mtk_{token_id}.{secrets.token_urlsafe(32)}"
         now = self._clock()

@@ -90,8 +90,14 @@ def run_demo(keep: bool = False) -> int:
         for item in result["results"]:
             print(f"   {item['kind']} {item['namespace']}/{item['name']} {item['action']}")
 
+        # The workload proves who it is with a bootstrap token (the config service's default).
+        token = client.create_token("productpage")["token"]
         mesh = Mesh(
-            "productpage", labels={"version": "v1"}, control_plane=server.url, data_dir=work / "productpage"
+            "productpage",
+            labels={"version": "v1"},
+            control_plane=server.url,
+            token=token,
+            data_dir=work / "productpage",
         )
         with mesh:
             print(f"\n2. workload productpage connected; it applied config version {mesh.version}:")
@@ -125,7 +131,11 @@ def run_demo(keep: bool = False) -> int:
 
         print("\n5. config service stopped; productpage restarts:")
         with Mesh(
-            "productpage", control_plane=server.url, data_dir=work / "productpage", startup_timeout=1.0
+            "productpage",
+            control_plane=server.url,
+            token=token,
+            data_dir=work / "productpage",
+            startup_timeout=1.0,
         ) as restarted:
             print(f"   it runs on its {restarted.source} copy, config version {restarted.version}")
         print("\nNext: meshctl serve, then meshctl apply -f examples/policy/ — see README.md.")

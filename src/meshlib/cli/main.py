@@ -29,7 +29,7 @@ from ..policy.loader import load_paths
 from ..policy.resources import KINDS, KindInfo, Resource, ResourceKey, find_kind
 from ..policy.validate import parse_resource
 from ..registry import WorkloadRegistration
-from .output import age, dump, table
+from .output import age, dump, printable, table
 
 __all__ = ["main"]
 
@@ -78,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ca_cert=path(args.ca_cert),
         ca_key=path(args.ca_key),
         ca_bundle=path(args.ca_bundle),
+        open_registry=args.insecure_open_registry,
     )
     return 0
 
@@ -92,7 +93,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for item in result["results"]:
         info = KINDS[item["kind"]]
         ns = "" if item["namespace"] == args.namespace else f" -n {item['namespace']}"
-        print(f"{info.resource_type}/{item['name']}{ns} {item['action']}{suffix}")
+        print(printable(f"{info.resource_type}/{item['name']}{ns} {item['action']}{suffix}"))
     return 0
 
 
@@ -186,7 +187,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
             except MeshError as exc:
                 if getattr(exc, "status_code", None) == 404 and args.ignore_not_found:
                     continue
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"error: {printable(str(exc))}", file=sys.stderr)
                 failed += 1
                 continue
             print(f'{info.resource_type} "{key.name}" deleted')
@@ -216,7 +217,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         resources = [r for r in (parse_resource(m)[0] for m in manifests) if r is not None]
     findings = analyze(resources, workloads)
     for finding in findings:
-        print(finding)
+        print(printable(str(finding)))
     if not findings:
         scope = "files" if args.filename else args.server
         print(f"No problems found in {len(resources)} resource(s) ({scope}).")
@@ -385,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-cert", help="sign with this CA certificate (e.g. an intermediate under your root)")
     p.add_argument("--ca-key", help="the key of --ca-cert")
     p.add_argument("--ca-bundle", help="roots workloads trust (default: --ca-cert itself)")
+    p.add_argument(
+        "--insecure-open-registry",
+        action="store_true",
+        help="INSECURE: let callers without a bootstrap token read policy and register, watch and "
+        "withdraw workloads of identities that have no token (for meshes without mTLS)",
+    )
 
     p = add("token", cmd_token, "bootstrap tokens: each proves one workload identity to the CA")
     p.add_argument("action", choices=["create", "list", "revoke"])
@@ -443,10 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except ConfigError as exc:
         for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
+            print(f"error: {printable(str(issue))}", file=sys.stderr)
         return 1
     except MeshError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,12 +10,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["age", "dump", "table"]
+from ..names import printable
+
+__all__ = ["age", "dump", "printable", "table"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned columns separated by three spaces, like kubectl."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    """Left-aligned columns separated by three spaces, like kubectl; control characters in
+    cells (a NACK reason, a host from the network) are shown escaped, never sent raw."""
+    cells = [[str(h) for h in headers], *[[printable(str(c)) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join(
         "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells

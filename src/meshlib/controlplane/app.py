@@ -4,14 +4,20 @@
 |-----------------------------------------|----------|----------------------------------------|
 | GET    /v1/healthz                       | anyone   | liveness and current version           |
 | POST   /v1/apply                         | admin    | validate and store resources, atomic   |
-| GET    /v1/resources[?kind=&namespace=]  | anyone   | list stored resources                  |
-| GET    /v1/resources/{kind}/{ns}/{name}  | anyone   | one resource                           |
+| GET    /v1/resources[?kind=&namespace=]  | reader   | list stored resources                  |
+| GET    /v1/resources/{kind}/{ns}/{name}  | reader   | one resource                           |
 | DELETE /v1/resources/{kind}/{ns}/{name}  | admin    | remove one resource                    |
-| GET    /v1/snapshot                      | anyone   | the current snapshot                   |
+| GET    /v1/snapshot                      | reader   | the current snapshot                   |
 | POST   /v1/watch                         | workload | long poll for a newer snapshot; ACK/NACK |
-| PUT    /v1/workloads/{id}                | workload | register or update a workload (token*) |
-| DELETE /v1/workloads/{id}                | workload | deregister (token*)                    |
-| GET    /v1/workloads                     | anyone   | registry and acknowledged versions     |
+| PUT    /v1/workloads/{id}                | workload | register or update a workload          |
+| DELETE /v1/workloads/{id}                | workload | deregister                             |
+| GET    /v1/workloads                     | reader   | registry and acknowledged versions     |
+
+"workload": the caller's bootstrap token must be for the workload's own identity (the admin
+token may act for any); "reader": any valid token. With ``--insecure-open-registry``,
+callers without credentials are readers and workloads of identities that never had a token
+(workload_auth.py has the table). Every write is checked whole before anything is stored:
+a refusal, and an unexpected error too, changes nothing.
 """
 
 from __future__ import annotations
@@ -30,17 +36,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..ca.tokens import TokenError, TokenRegistry
+from ..ca.tokens import TokenRegistry
 from ..errors import ConfigError
 from ..policy.resources import ResourceKey, find_kind
 from ..policy.validate import format_path
 from ..registry import WorkloadRegistration
 from .auth import check_bearer
-from .protocol import MAX_BODY_BYTES, ApplyRequest, WatchRequest
-from .state import ConfigState
+from .errors import HTTPError
+from .protocol import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_REGISTRATION_BYTES, ApplyRequest, WatchRequest
+from .state import ConfigState, RegistryFull
+from .workload_auth import WorkloadGate
 
 __all__ = [
-    "HTTPError",
+    "HTTPError",  # re-exported: the CA routes raise it too
     "VersionNotifier",
     "create_app",
     "json_errors",
@@ -93,21 +101,51 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-async def read_json(request: Request) -> Any:
+def _size(limit: int) -> str:
+    return f"{limit // 1048576} MiB" if limit >= 1048576 else f"{limit // 1024} KiB"
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+    """The request body as JSON: at most ``limit`` bytes and ``MAX_JSON_DEPTH`` levels deep."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPError(413, f"request body is larger than {MAX_BODY_BYTES // 1048576} MiB")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(413, f"request body is larger than {_size(limit)}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HTTPError(413, f"request body is larger than {MAX_BODY_BYTES // 1048576} MiB")
+        if size > limit:
+            raise HTTPError(413, f"request body is larger than {_size(limit)}")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks) or b"null")
+        data = json.loads(b"".join(chunks) or b"null")
+    except RecursionError:
+        data = _TOO_DEEP
     except ValueError as exc:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    if data is _TOO_DEEP or _depth(data) > MAX_JSON_DEPTH:
+        raise HTTPError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+_TOO_DEEP = object()
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and objects nest (iterative: a deep document cannot exhaust the stack)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_JSON_DEPTH:
+            break
+        pending.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def parse_model(model: type[M], data: Any) -> M:
@@ -116,12 +154,6 @@ def parse_model(model: type[M], data: Any) -> M:
     except ValidationError as exc:
         detail = "; ".join(f"{format_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors())
         raise HTTPError(400, f"invalid {model.__name__}: {detail}") from None
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def require_admin(admin_token: str) -> Callable[[Handler], Handler]:
@@ -146,7 +178,9 @@ def require_admin(admin_token: str) -> Callable[[Handler], Handler]:
 
 
 def json_errors(handler: Handler) -> Handler:
-    """Errors the handler raises on purpose become JSON answers with their status."""
+    """Errors the handler raises on purpose become JSON answers with their status; anything
+    else is logged and answered 500 without details (handlers check a write whole before
+    storing it, so an unexpected error leaves the state as it was)."""
 
     async def wrapped(request: Request) -> Response:
         try:
@@ -155,6 +189,9 @@ def json_errors(handler: Handler) -> Handler:
             return _error(exc.status, str(exc))
         except ConfigError as exc:
             return _error(422, "invalid resources", issues=[i.to_json() for i in exc.issues])
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return _error(500, "internal error in the config service; nothing was changed")
 
     return wrapped
 
@@ -166,39 +203,18 @@ def create_app(
     reap_interval: float = 5.0,
     extra_routes: list[Route] | None = None,
     tokens: TokenRegistry | None = None,
+    open_registry: bool = False,
 ) -> Starlette:
     """The /v1 API over ``state``; writes need ``Authorization: Bearer <admin token>``.
 
-    With ``tokens``, the registry is bound to identities: a workload that sends its
-    bootstrap token may register (or deregister) only as the token's identity, and once an
-    identity has tokens, nobody registers or deregisters it without one. So no caller on
-    the network can announce itself as, or withdraw, a service that uses mesh identity
-    (clients would otherwise send it plaintext). Identities without tokens stay open, for
-    meshes that do not use the CA."""
+    The workload API (registration, watch, ACK/NACK) is bound to identities: a workload
+    proves its identity with its bootstrap token and acts only as that identity, so no
+    caller on the network can announce itself as, or withdraw, or speak for another
+    workload. ``open_registry`` (``meshctl serve --insecure-open-registry``) lets callers
+    without credentials register identities that never had a token, for meshes that do not
+    use the CA; identities with tokens stay protected in that mode too."""
     notifier = VersionNotifier()
-
-    def check_identity(request: Request, namespace: str, service: str) -> None:
-        if tokens is None:
-            return
-        header = request.headers.get("authorization")
-        if header:
-            scheme, _, secret = header.partition(" ")
-            try:
-                record = tokens.verify(secret if scheme.lower() == "bearer" else None)
-            except TokenError as exc:
-                raise HTTPError(401, str(exc)) from None
-            if (record.namespace, record.service) != (namespace, service):
-                raise HTTPError(
-                    403,
-                    f"bootstrap token {record.id} is for {record.namespace}/{record.service}, "
-                    f"not {namespace}/{service}",
-                )
-        elif tokens.issued_for(namespace, service):
-            raise HTTPError(
-                401,
-                f"{namespace}/{service} has bootstrap tokens: its workloads must send theirs "
-                "(Authorization: Bearer <token>)",
-            )
+    gate = WorkloadGate(admin_token, tokens, open_registry=open_registry)
 
     admin = require_admin(admin_token)
     errors = json_errors
@@ -228,6 +244,7 @@ def create_app(
         )
 
     async def list_resources(request: Request) -> Response:
+        gate.reader(request)
         kind = request.query_params.get("kind")
         if kind is not None:
             info = find_kind(kind)
@@ -238,6 +255,7 @@ def create_app(
         return JSONResponse({"version": state.version, "items": [i.manifest for i in items]})
 
     async def get_resource(request: Request) -> Response:
+        gate.reader(request)
         item = state.get(key_of(request))
         if item is None:
             raise HTTPError(404, f"{key_of(request)} not found")
@@ -252,12 +270,18 @@ def create_app(
         return JSONResponse({"version": state.version, "deleted": key._asdict()})
 
     async def snapshot(request: Request) -> Response:
+        gate.reader(request)
         return Response(state.payload(), media_type="application/json")
 
     async def watch(request: Request) -> Response:
-        body = parse_model(WatchRequest, await read_json(request))
+        caller = gate.reader(request)
+        body = parse_model(WatchRequest, await read_json(request, MAX_REGISTRATION_BYTES))
         workload = body.workload
         if workload is not None:
+            # Reports on a workload (it is alive, it acked or refused a version) come from it.
+            registered = state.registration(workload)
+            if registered is not None:
+                gate.speaks_for(caller, registered.namespace, registered.service)
             nacked = (body.nack.version, body.nack.reason) if body.nack is not None else None
             if state.seen(workload, acked=body.ack, nacked=nacked, watching=1):
                 notifier.notify_soon()
@@ -280,29 +304,38 @@ def create_app(
                 state.seen(workload, watching=-1)
 
     async def put_workload(request: Request) -> Response:
-        registration = parse_model(WorkloadRegistration, await read_json(request))
+        caller = gate.caller(request)
+        registration = parse_model(WorkloadRegistration, await read_json(request, MAX_REGISTRATION_BYTES))
         if registration.id != request.path_params["id"]:
             raise HTTPError(400, f"workload id {registration.id!r} does not match the URL")
-        check_identity(request, registration.namespace, registration.service)
+        gate.speaks_for(caller, registration.namespace, registration.service)
         previous = state.registration(registration.id)
         if previous is not None and (previous.namespace, previous.service) != (
             registration.namespace,
             registration.service,
         ):
-            check_identity(request, previous.namespace, previous.service)
-        if state.register(registration):
+            gate.speaks_for(caller, previous.namespace, previous.service)
+        try:
+            changed = state.register(registration)
+        except RegistryFull as exc:
+            raise HTTPError(exc.status, str(exc)) from None
+        if changed:
             notifier.notify_soon()
         return JSONResponse({"version": state.version, "identity": registration.identity(state.trust_domain)})
 
     async def delete_workload(request: Request) -> Response:
+        caller = gate.caller(request)
         previous = state.registration(request.path_params["id"])
         if previous is not None:
-            check_identity(request, previous.namespace, previous.service)
+            gate.speaks_for(caller, previous.namespace, previous.service)
+        elif caller.anonymous and not gate.open_registry:
+            gate.reader(request)  # says what is missing
         if state.deregister(request.path_params["id"]):
             notifier.notify_soon()
         return JSONResponse({"version": state.version})
 
     async def list_workloads(request: Request) -> Response:
+        gate.reader(request)
         return JSONResponse({"version": state.version, "items": [w.to_json() for w in state.workloads()]})
 
     @contextlib.asynccontextmanager

@@ -17,6 +17,8 @@ from ..registry import WorkloadRegistration
 __all__ = [
     "DEFAULT_PORT",
     "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_REGISTRATION_BYTES",
     "MAX_WATCH_WAIT",
     "ApplyRequest",
     "Nack",
@@ -29,6 +31,8 @@ DEFAULT_PORT = 15010
 MAX_WATCH_WAIT = 60.0
 """Longest a watch request is held open; clients wait a little longer than they ask for."""
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_REGISTRATION_BYTES = 64 * 1024  # a registration or a watch request (32 endpoints fit in 8 KiB)
+MAX_JSON_DEPTH = 64  # policy nests about 12 deep; 100,000 levels would exhaust the parser's stack
 
 
 class ApplyRequest(MeshModel):

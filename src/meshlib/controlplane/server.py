@@ -22,7 +22,7 @@ from .protocol import DEFAULT_PORT
 from .state import ConfigState
 from .store import SQLiteStore
 
-__all__ = ["ConfigServer", "build_app", "serve_forever"]
+__all__ = ["INSECURE_WARNING", "ConfigServer", "build_app", "serve_forever"]
 
 log = logging.getLogger("meshlib.controlplane")
 DB_FILE = "meshlib.db"
@@ -49,6 +49,7 @@ def build_app(
     ca_cert: Path | None = None,
     ca_key: Path | None = None,
     ca_bundle: Path | None = None,
+    open_registry: bool = False,
 ) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``: (app, state, token path, token created)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,14 +64,23 @@ def build_app(
     )
     tokens = TokenRegistry(store)
     routes = ca_routes(ca, tokens, token)
-    app = create_app(state, token, reap_interval=reap_interval, extra_routes=routes, tokens=tokens)
-    app.state.ca_key_id = ca.key_id
-    return (
-        app,
+    app = create_app(
         state,
-        token_path,
-        created,
+        token,
+        reap_interval=reap_interval,
+        extra_routes=routes,
+        tokens=tokens,
+        open_registry=open_registry,
     )
+    app.state.ca_key_id = ca.key_id
+    return app, state, token_path, created
+
+
+INSECURE_WARNING = (
+    "WARNING: INSECURE: --insecure-open-registry: callers without credentials read policy and "
+    "register, watch and withdraw workloads of every identity that has no bootstrap token; "
+    "anyone who reaches this port can announce endpoints for those services"
+)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -94,6 +104,7 @@ def serve_forever(
     ca_cert: Path | None = None,
     ca_key: Path | None = None,
     ca_bundle: Path | None = None,
+    open_registry: bool = False,
 ) -> None:
     """``meshctl serve``: run until SIGINT/SIGTERM, then release watches and exit cleanly."""
     app, state, token_path, created = build_app(
@@ -103,9 +114,14 @@ def serve_forever(
         ca_cert=ca_cert,
         ca_key=ca_key,
         ca_bundle=ca_bundle,
+        open_registry=open_registry,
     )
     sock = bind(host, port)
     bound = sock.getsockname()[1]
+    state.reserved.add((host, bound))
+    if open_registry:
+        print(INSECURE_WARNING, flush=True)
+        log.warning(INSECURE_WARNING)
     verb = "created" if created else "in"
     print(f"meshlib config service on http://{host}:{bound} (version {state.version})", flush=True)
     print(f"data in {data_dir}; admin token {verb} {token_path}", flush=True)
@@ -136,8 +152,10 @@ class ConfigServer:
         ca_cert: Path | None = None,
         ca_key: Path | None = None,
         ca_bundle: Path | None = None,
+        insecure_open_registry: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.open_registry = insecure_open_registry
         self._ca = {"ca_cert": ca_cert, "ca_key": ca_key, "ca_bundle": ca_bundle}
         self.host = host
         self.port = port
@@ -164,10 +182,14 @@ class ConfigServer:
             trust_domain=self.trust_domain,
             workload_ttl=self.workload_ttl,
             reap_interval=self.reap_interval,
+            open_registry=self.open_registry,
             **self._ca,
         )
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
+        self.state.reserved.add((self.host, self.port))
+        if self.open_registry:
+            log.warning(INSECURE_WARNING)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, backlog=4096)
         self._server = server = _Server(config, app.state.notifier)
         self._thread = threading.Thread(

@@ -9,22 +9,39 @@ changes nothing anywhere.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ..core.hosts import CLUSTER_DOMAIN
+from ..core.hosts import CLUSTER_DOMAIN, normalize_host
+from ..core.snapshot import entry_selects
 from ..errors import ConfigError, ConfigIssue
-from ..policy.resources import Resource, ResourceKey
+from ..policy.resources import Resource, ResourceKey, ServiceEntry
 from ..policy.validate import format_path, parse_resource, resource_label
 from ..registry import WorkloadRegistration
 from .store import Store, StoredResource, StoredWorkload
 
-__all__ = ["ApplyResult", "ConfigState", "WorkloadView"]
+__all__ = [
+    "MAX_ENDPOINTS_PER_SERVICE",
+    "MAX_REGISTRY_ENDPOINTS",
+    "MAX_WORKLOADS",
+    "ApplyResult",
+    "ConfigState",
+    "RegistryFull",
+    "WorkloadView",
+]
+
+# What one registry may hold. A workload announces at most 32 endpoints (registry.py); these
+# bound what all of them together make every watcher download (about 150 bytes each).
+MAX_WORKLOADS = 10_000
+MAX_ENDPOINTS_PER_SERVICE = 1_000
+MAX_REGISTRY_ENDPOINTS = 20_000
 
 log = logging.getLogger("meshlib.controlplane")
 
@@ -43,6 +60,16 @@ class ApplyResult:
             "name": self.key.name,
             "action": self.action,
         }
+
+
+class RegistryFull(Exception):
+    """A registration the registry refuses as a whole (nothing is stored); ``status`` is the
+    HTTP answer: 409 for a host it may not claim or an address it may not use, 507 for a
+    limit."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -88,12 +115,20 @@ class ConfigState:
     workload_ttl: float = 90.0
     clock: Callable[[], float] = time.time
     trust_bundle: tuple[str, ...] = ()  # the CA roots (PEM) workloads must trust
+    max_workloads: int = MAX_WORKLOADS
+    max_endpoints_per_service: int = MAX_ENDPOINTS_PER_SERVICE
+    max_registry_endpoints: int = MAX_REGISTRY_ENDPOINTS
+    # Where the config service itself listens: no workload may announce an endpoint there
+    # (clients would send their requests, and their credentials, to the config service).
+    reserved: set[tuple[str, int]] = field(default_factory=set)
     version: int = field(init=False, default=0)
     _resources: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
     _parsed: dict[ResourceKey, Resource] = field(init=False, default_factory=dict)
     _workloads: dict[str, _Workload] = field(init=False, default_factory=dict)
     _dirty: set[str] = field(init=False, default_factory=set)
     _payload: tuple[int, bytes] | None = field(init=False, default=None)
+    _per_service: Counter[tuple[str, str]] = field(init=False, default_factory=Counter)  # endpoints
+    _entries: dict[str, ServiceEntry] | None = field(init=False, default=None)  # host -> its ServiceEntry
 
     def __post_init__(self) -> None:
         loaded = self.store.load()
@@ -114,6 +149,7 @@ class ConfigState:
             # Give every known workload a full TTL to reconnect after a restart.
             stored.last_seen = max(stored.last_seen, now)
             self._workloads[stored.id] = _Workload(stored, registration)
+            self._per_service[(registration.namespace, registration.service)] += len(registration.endpoints)
         self._note_trust_bundle(loaded.trust_bundle)
 
     def _note_trust_bundle(self, served: str) -> None:
@@ -169,7 +205,7 @@ class ConfigState:
         for item, (resource, _) in zip(put, changed, strict=True):
             self._resources[item.key] = item
             self._parsed[item.key] = resource
-        self._payload = None
+        self._payload = self._entries = None
         return results
 
     def delete(self, keys: Iterable[ResourceKey]) -> list[ResourceKey]:
@@ -183,7 +219,7 @@ class ConfigState:
         for key in present:
             del self._resources[key]
             del self._parsed[key]
-        self._payload = None
+        self._payload = self._entries = None
         return present
 
     def _validate(self, manifests: Sequence[object], namespace: str) -> list[Resource]:
@@ -225,9 +261,16 @@ class ConfigState:
     # --- registry ---------------------------------------------------------------------
 
     def register(self, registration: WorkloadRegistration) -> bool:
-        """Record a workload; True when what clients see (its endpoints, labels) changed."""
+        """Record a workload; True when what clients see (its endpoints, labels) changed.
+        Raises RegistryFull, storing nothing, for a registration the registry may not take."""
+        self._admit(registration)
         now = self.clock()
         current = self._workloads.get(registration.id)
+        service = (registration.namespace, registration.service)
+        if current is not None:
+            old = current.registration
+            self._per_service[(old.namespace, old.service)] -= len(old.endpoints)
+        self._per_service[service] += len(registration.endpoints)
         if current is None:
             stored = StoredWorkload(registration.model_dump(mode="json"), first_seen=now, last_seen=now)
             self._workloads[registration.id] = _Workload(stored, registration)
@@ -239,6 +282,59 @@ class ConfigState:
         current.lost = False
         return self._save_registry([current.stored], visible=visible)
 
+    def _admit(self, registration: WorkloadRegistration) -> None:
+        """The registry's rules for one registration, checked before anything changes."""
+        current = self._workloads.get(registration.id)
+        if current is None and len(self._workloads) >= self.max_workloads:
+            raise RegistryFull(507, f"the registry is full: {self.max_workloads} workloads")
+        service = (registration.namespace, registration.service)
+        before = len(current.registration.endpoints) if current is not None else 0
+        old = current.registration if current is not None else None
+        same = old is not None and (old.namespace, old.service) == service
+        count = len(registration.endpoints)
+        if self._per_service[service] - (before if same else 0) + count > self.max_endpoints_per_service:
+            raise RegistryFull(
+                507,
+                f"{registration.namespace}/{registration.service} would have more than "
+                f"{self.max_endpoints_per_service} endpoints",
+            )
+        if sum(self._per_service.values()) - before + count > self.max_registry_endpoints:
+            raise RegistryFull(507, f"the registry is full: {self.max_registry_endpoints} endpoints")
+        for endpoint in registration.endpoints:
+            if self._is_self(endpoint.address, endpoint.port):
+                raise RegistryFull(
+                    409, f"endpoint {endpoint.address}:{endpoint.port} is where the config service listens"
+                )
+        fqdn = normalize_host(registration.service, registration.namespace, self.trust_domain)
+        entry = self.service_entries().get(fqdn)
+        if entry is not None and not entry_selects(entry, registration):
+            raise RegistryFull(
+                409,
+                f"{fqdn} is declared by ServiceEntry {entry.namespace}/{entry.name}: its endpoints come "
+                "from there (registered workloads join it only through its workloadSelector)",
+            )
+
+    def _is_self(self, address: str, port: int) -> bool:
+        """Is ``address:port`` the config service? (Listening on every address, any loopback
+        address with its port is.)"""
+        return any(
+            port == own_port
+            and (address == host or (_local(address) and (_local(host) or _unspecified(host))))
+            for host, own_port in self.reserved
+        )
+
+    def service_entries(self) -> dict[str, ServiceEntry]:
+        """Every host a ServiceEntry declares, the oldest entry first (as the snapshot has it)."""
+        if self._entries is None:
+            entries: dict[str, ServiceEntry] = {}
+            for resource in self._parsed.values():
+                if isinstance(resource, ServiceEntry):
+                    for host in resource.spec.hosts:
+                        fqdn = normalize_host(host, resource.namespace, self.trust_domain)
+                        entries.setdefault(fqdn, resource)
+            self._entries = entries
+        return self._entries
+
     def registration(self, workload_id: str) -> WorkloadRegistration | None:
         current = self._workloads.get(workload_id)
         return current.registration if current is not None else None
@@ -247,6 +343,8 @@ class ConfigState:
         current = self._workloads.pop(workload_id, None)
         if current is None:
             return False
+        old = current.registration
+        self._per_service[(old.namespace, old.service)] -= len(old.endpoints)
         self._dirty.discard(workload_id)
         visible = bool(current.registration.endpoints) and not current.lost
         if visible:
@@ -355,6 +453,22 @@ class ConfigState:
             }
             self._payload = (self.version, json.dumps(body, separators=(",", ":")).encode())
         return self._payload[1]
+
+
+def _local(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_unspecified
+    except ValueError:
+        return address == ""
 
 
 def _visible(registration: WorkloadRegistration) -> Mapping[str, Any]:

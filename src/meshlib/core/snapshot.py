@@ -25,7 +25,14 @@ from ..policy.resources import (
 from ..registry import WorkloadRegistration
 from .hosts import CLUSTER_DOMAIN, host_candidates, host_matches, normalize_host
 
-__all__ = ["ROOT_NAMESPACE", "Endpoint", "Snapshot", "WorkloadSecurity", "compile_snapshot"]
+__all__ = [
+    "ROOT_NAMESPACE",
+    "Endpoint",
+    "Snapshot",
+    "WorkloadSecurity",
+    "compile_snapshot",
+    "entry_selects",
+]
 
 ROOT_NAMESPACE = "istio-system"
 """Policies here apply mesh-wide, as in Istio's default root namespace."""
@@ -257,6 +264,9 @@ def compile_snapshot(
                 endpoints.setdefault(fqdn, []).extend(_entry_endpoints(resource, fqdn))
     for workload in workloads:
         fqdn = normalize_host(workload.service, workload.namespace)
+        entry = entries.get(fqdn)
+        if entry is not None and not entry_selects(entry, workload):
+            continue  # a ServiceEntry's host: the registry cannot add endpoints to it
         labels = MappingProxyType(workload.effective_labels())
         for announced in workload.endpoints:
             endpoints.setdefault(fqdn, []).append(
@@ -289,6 +299,17 @@ def compile_snapshot(
         _authz=tuple(r for r in ordered if isinstance(r, AuthorizationPolicy)),
         _request_authn=tuple(r for r in ordered if isinstance(r, RequestAuthentication)),
     )
+
+
+def entry_selects(entry: ServiceEntry, registration: WorkloadRegistration) -> bool:
+    """Does a ServiceEntry take this registered workload's endpoints? Only through its
+    workloadSelector, in its own namespace, as Istio's ServiceEntry selects workloads; a
+    registration can never claim a host a ServiceEntry declares otherwise."""
+    selector = entry.spec.workload_selector
+    if selector is None or entry.namespace != registration.namespace:
+        return False
+    labels = registration.effective_labels()
+    return all(labels.get(k) == v for k, v in selector.labels.items())
 
 
 def _entry_endpoints(entry: ServiceEntry, fqdn: str) -> list[Endpoint]:

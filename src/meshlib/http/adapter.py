@@ -190,11 +190,19 @@ class HttpAdapter:
         if ex.deadline is not None:
             remaining = format_timeout_ms(max(0.0, ex.deadline - time.monotonic()))
             _set(headers, _DEADLINE_HEADER, remaining.encode())
+        sni: str | None = None
         if endpoint is not None:
             scheme = b"https" if mtls or endpoint.protocol == "https" else url.raw_scheme
             core_url = httpcore.URL(
                 scheme=scheme, host=endpoint.address.encode(), port=endpoint.port, target=target_path
             )
+            if scheme == b"https" and not mtls:
+                # TLS proves the host the application asked for (or the DestinationRule's sni),
+                # never the endpoint's address: a registry entry pointing a name at some
+                # address cannot borrow that address's certificate.
+                cluster = ex.cluster if isinstance(send, Send) else send.cluster
+                tls = cluster.policy.tls if cluster is not None else None
+                sni = tls.sni if tls is not None and tls.sni else url.host
         else:
             core_url = httpcore.URL(
                 scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=target_path
@@ -207,6 +215,8 @@ class HttpAdapter:
             limits = Limits.from_cluster(send.cluster) if send.cluster is not None else None
         connect = (limits.connect_timeout if limits is not None else None) or _CONNECT_TIMEOUT
         extensions = {**extensions, "timeout": _timeouts(timeout, extensions.get("timeout"), connect)}
+        if sni is not None:
+            extensions["sni_hostname"] = sni
         return _UpstreamRequest(request.method.encode(), core_url, headers, request.stream, extensions)
 
     @staticmethod

@@ -59,13 +59,15 @@ def _async_pool(adapter: HttpAdapter, peer: str | None) -> httpcore.AsyncConnect
     )
 
 
-# One pool per endpoint (and per identity it must prove over mTLS).
+# One pool per endpoint (and per identity or TLS server name it must prove).
 PoolKey = tuple[bytes, bytes, int, str | None]
 
 
 def _key(request: httpcore.Request, peer: str | None) -> PoolKey:
+    """Connections are shared only between requests whose server must prove the same name:
+    the SPIFFE ID over mTLS, the TLS server name (SNI) otherwise."""
     url = request.url
-    return (url.scheme, url.host, url.port or 0, peer)
+    return (url.scheme, url.host, url.port or 0, peer or request.extensions.get("sni_hostname"))
 
 
 def _peer(mtls: bool, endpoint: Endpoint | None) -> str | None:

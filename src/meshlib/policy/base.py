@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from ..names import check_address, check_host
+
 __all__ = [
+    "Address",
     "FieldPath",
+    "Host",
     "MeshModel",
     "Percent",
     "PolicyTargetReference",
@@ -21,6 +25,11 @@ __all__ = [
 ]
 
 FieldPath = tuple[str | int, ...]
+
+Host = Annotated[str, AfterValidator(check_host)]
+"""A host in a resource: a DNS name (short or fully qualified), ``*``/``*.suffix``, or an IP."""
+Address = Annotated[str, AfterValidator(check_address)]
+"""Where an endpoint is reached: an IP address or a DNS name."""
 
 
 class MeshModel(BaseModel):

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import FieldPath, MeshModel, PortSelector, WorkloadSelector
+from .base import FieldPath, Host, MeshModel, PortSelector, WorkloadSelector
 from .duration import Duration
 
 __all__ = [
@@ -187,7 +187,7 @@ class PortTrafficPolicy(MeshModel):
 
 class TunnelSettings(MeshModel):
     protocol: Literal["CONNECT", "POST"] | None = None
-    target_host: str
+    target_host: Host
     target_port: int = Field(ge=1, le=65535)
 
 
@@ -238,7 +238,7 @@ class Subset(MeshModel):
 
 
 class DestinationRuleSpec(MeshModel):
-    host: str = Field(min_length=1)
+    host: Host
     traffic_policy: TrafficPolicy | None = None
     subsets: tuple[Subset, ...] = ()
     export_to: tuple[str, ...] = ()

@@ -6,6 +6,7 @@ seconds (what the data plane computes with) and write it back in a canonical for
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -15,6 +16,7 @@ __all__ = ["Duration", "format_duration", "parse_duration"]
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_MAX = (2**63 - 1) / 1e9  # Go's time.Duration: int64 nanoseconds, about 292 years
 _HINT = "expected a number with a unit (h, m, s, ms, us, ns), e.g. 1.5s, 250ms, 1m"
 
 
@@ -38,6 +40,8 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"invalid duration {value!r}: {_HINT}")
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
+    if not math.isfinite(total) or total > _MAX:
+        raise ValueError(f"invalid duration {value!r}: longer than the largest duration (about 292 years)")
     return total
 
 

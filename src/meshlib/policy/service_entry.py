@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import FieldPath, MeshModel
+from .base import Address, FieldPath, Host, MeshModel
 
 __all__ = ["ServiceEntrySpec", "ServicePort", "WorkloadEntry"]
 
@@ -22,7 +22,7 @@ class ServicePort(MeshModel):
 class WorkloadEntry(MeshModel):
     """One endpoint: an address, per-port-name port overrides and labels for subsets."""
 
-    address: str | None = None
+    address: Address | None = None
     ports: dict[str, int] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     network: str | None = None
@@ -38,7 +38,7 @@ class EntryWorkloadSelector(MeshModel):
 
 
 class ServiceEntrySpec(MeshModel):
-    hosts: tuple[str, ...] = Field(min_length=1)
+    hosts: tuple[Host, ...] = Field(min_length=1)
     addresses: tuple[str, ...] = ()
     ports: tuple[ServicePort, ...] = ()
     location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] | None = None

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import FieldPath, MeshModel, Percent, PortSelector, StringMatch
+from .base import FieldPath, Host, MeshModel, Percent, PortSelector, StringMatch
 from .duration import Duration
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
 
 
 class Destination(MeshModel):
-    host: str = Field(min_length=1)
+    host: Host
     subset: str | None = None
     port: PortSelector | None = None
 
@@ -366,7 +366,7 @@ def _check_weights(
 
 
 class TLSMatchAttributes(MeshModel):
-    sni_hosts: tuple[str, ...] = Field(min_length=1)
+    sni_hosts: tuple[Host, ...] = Field(min_length=1)
     destination_subnets: tuple[str, ...] = ()
     port: int | None = None
     source_labels: dict[str, str] = Field(default_factory=dict)
@@ -400,7 +400,7 @@ class TCPRoute(MeshModel):
 
 
 class VirtualServiceSpec(MeshModel):
-    hosts: tuple[str, ...] = Field(min_length=1)
+    hosts: tuple[Host, ...] = Field(min_length=1)
     gateways: tuple[str, ...] = ()
     http: tuple[HTTPRoute, ...] = ()
     tls: tuple[TLSRoute, ...] = ()

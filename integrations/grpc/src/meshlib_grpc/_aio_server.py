@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from meshlib import Mesh
+from meshlib.server_limits import ServerLimits, grpc_server_options
 
 from ._aio import AioMeshServerInterceptor
 from ._server import listen
@@ -37,12 +38,15 @@ async def aio_serve(
     drain_timeout: float = 20.0,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    limits: ServerLimits | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT or ``stop``, then drain. ``register(server)`` adds your
-    servicers; ``ready`` (optional) is set once serving."""
+    servicers; ``ready`` (optional) is set once serving; ``limits`` as for ``serve``."""
     own_mesh = not mesh.started
     await asyncio.to_thread(mesh.start)  # waits for the first snapshot: not on the loop
-    server = grpc.aio.server(interceptors=[AioMeshServerInterceptor(mesh)])
+    server = grpc.aio.server(
+        interceptors=[AioMeshServerInterceptor(mesh)], options=grpc_server_options(limits or ServerLimits())
+    )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -32,6 +32,7 @@ from meshlib.core.flags import flags_label
 from meshlib.core.server_stack import Answer, Handle, Inbound
 from meshlib.peer import _peer
 from meshlib.registry import AnnouncedEndpoint
+from meshlib.server_limits import ServerLimits, grpc_server_options
 from meshlib.serving import advertise_address
 
 from ._common import _MetadataLookup, http_status
@@ -187,14 +188,18 @@ def serve(
     drain_delay: float = 2.0,
     drain_timeout: float = 20.0,
     ready: threading.Event | None = None,
+    limits: ServerLimits | None = None,
 ) -> None:
     """Run a gRPC server as a mesh workload until SIGTERM/SIGINT, then drain.
 
-    ``register(server)`` adds your servicers. ``ready`` (optional) is set once serving."""
+    ``register(server)`` adds your servicers. ``ready`` (optional) is set once serving.
+    ``limits`` bound metadata size and the time a silent or idle connection is kept."""
     own_mesh = not mesh.started
     mesh.start()
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max_workers=threads), interceptors=[MeshServerInterceptor(mesh)]
+        concurrent.futures.ThreadPoolExecutor(max_workers=threads),
+        interceptors=[MeshServerInterceptor(mesh)],
+        options=grpc_server_options(limits or ServerLimits()),
     )
     register(server)
     health_servicer = health.HealthServicer()

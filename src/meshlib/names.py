@@ -1,0 +1,131 @@
+"""Names as they enter meshlib, checked once at the door: service and namespace names
+(DNS-1123 labels), hosts (DNS names, wildcards, IP literals), endpoint addresses, labels —
+and any text from outside made safe to print on a terminal.
+
+Pure and dependency-free: the policy models, the registry, the CA, the settings and the
+command line all check names with these, so that one spelling means one thing everywhere
+(``Reviews``, `` reviews``, ``reviews.`` and ``reviews:1`` are not names of ``reviews``:
+they are refused, never normalised into it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+__all__ = [
+    "check_address",
+    "check_dns_label",
+    "check_host",
+    "check_label_key",
+    "check_label_value",
+    "printable",
+]
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")  # Istio lets hosts be any case
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def check_dns_label(value: str, what: str = "name") -> str:
+    """A Kubernetes-style name: lower-case letters, digits and '-', at most 63 characters."""
+    if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use lower-case letters, digits and '-' (at most 63, "
+            "starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+
+
+def _dns_name(value: str) -> bool:
+    """RFC 1123 labels separated by dots (a trailing dot allowed), at most 253 characters,
+    and not an all-numeric last label (which would read as an IP address)."""
+    name = value.removesuffix(".")
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if labels[-1].isdigit():
+        return False
+    return all(len(label) <= 63 and _HOST_LABEL.fullmatch(label) for label in labels)
+
+
+def check_host(value: str, what: str = "host", *, wildcard: bool = True, ip: bool = True) -> str:
+    """A host as Istio's resources write it: a DNS name (``reviews``, ``reviews.prod.svc``,
+    ``api.example.com``), with ``wildcard`` also ``*`` or ``*.example.com`` (and ``*foo.com``,
+    a wildcard first label, as Istio allows), with ``ip`` also an IP literal."""
+    if wildcard and value == "*":
+        return value
+    if ip and _ip(value) is not None:
+        return value
+    name = value
+    if wildcard and name.startswith("*"):
+        first, dot, rest = name.partition(".")
+        head = first[1:].removeprefix("-")
+        if (head and not _HOST_LABEL.fullmatch(head)) or (dot and not _dns_name(rest)):
+            name = "\x00"  # refused below
+        else:
+            return value
+    if not _dns_name(name):
+        allowed = "a DNS name (letters, digits and '-' in dot-separated labels)"
+        if wildcard:
+            allowed += ", optionally with a leading '*.'"
+        if ip:
+            allowed += ", or an IP address"
+        raise ValueError(f"invalid {what} {value!r}: use {allowed}")
+    return value
+
+
+def check_address(value: str, what: str = "address") -> str:
+    """Where an endpoint can be reached: an IP address or a DNS name, never a wildcard, the
+    unspecified address (0.0.0.0, ::), a multicast or a broadcast address."""
+    address = _ip(value)
+    if address is None:
+        if value.startswith("unix://"):
+            raise ValueError(f"invalid {what} {value!r}: Unix domain socket endpoints are not supported")
+        return check_host(value, what, wildcard=False, ip=False)
+    if address.is_unspecified or address.is_multicast or str(address) == "255.255.255.255":
+        raise ValueError(f"invalid {what} {value!r}: not an address a client can connect to")
+    return value
+
+
+def check_label_key(value: str) -> str:
+    """A Kubernetes label key: an optional DNS subdomain prefix and '/', then a name of letters,
+    digits, '-', '_' and '.' (at most 63)."""
+    prefix, slash, name = value.rpartition("/")
+    if (slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix))) or not (
+        len(name) <= 63 and _LABEL_NAME.fullmatch(name)
+    ):
+        raise ValueError(
+            f"invalid label key {value!r}: an optional DNS prefix and '/', then letters, digits, "
+            "'-', '_' and '.' (at most 63)"
+        )
+    return value
+
+
+def check_label_value(value: str) -> str:
+    """A Kubernetes label value: empty, or letters, digits, '-', '_' and '.' (at most 63)."""
+    if value and not (len(value) <= 63 and _LABEL_NAME.fullmatch(value)):
+        raise ValueError(f"invalid label value {value!r}: letters, digits, '-', '_' and '.' (at most 63)")
+    return value
+
+
+# C0 and C1 controls, DEL, and the Unicode bidirectional overrides and isolates (which can
+# make a terminal show text in another order than it is: "Trojan Source").
+_UNPRINTABLE = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))},
+    **{c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F)},
+}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character escaped (``\\x1b``, ``\\u202e``), for terminals:
+    names, reasons and messages that came from the network are shown, never obeyed."""
+    return text.translate(_UNPRINTABLE)

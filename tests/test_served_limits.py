@@ -1,0 +1,242 @@
+"""What a served port takes from a client before the application runs (serve_asgi and
+serve_wsgi as real processes): Envoy's header limits, a header timeout that also closes
+connections that send nothing, no second file descriptor per connection, and STRICT that
+never serves plaintext."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshlib import Mesh
+from meshlib.controlplane.client import ControlPlaneClient
+from meshlib.controlplane.server import ConfigServer
+from tests.servers import free_port, wait_for
+
+SERVER = textwrap.dedent("""\
+    import os
+    import sys
+    import meshlib
+
+    kind, port, policy = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if len(sys.argv) > 4:  # a config service and a bootstrap token: the port serves mTLS
+        mesh = meshlib.Mesh(
+            "reviews", control_plane=sys.argv[4], token=sys.argv[5], data_dir=os.environ["MESH_DATA_DIR"]
+        )
+    else:
+        mesh = meshlib.Mesh("reviews", config=policy, data_dir=os.environ["MESH_DATA_DIR"])
+    limits = meshlib.ServerLimits(header_timeout=1.0)
+
+    async def asgi_app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def wsgi_app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    if kind == "asgi":
+        meshlib.serve_asgi(asgi_app, mesh=mesh, port=port, limits=limits, drain_delay=0.1)
+    else:
+        meshlib.serve_wsgi(wsgi_app, mesh=mesh, port=port, limits=limits, drain_delay=0.1)
+""")
+
+PERMISSIVE = (  # no PeerAuthentication: the mesh default
+    "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: none}\nspec:\n"
+    "  {hosts: [none.example], location: MESH_EXTERNAL, resolution: DNS, ports: [{number: 80, name: http}]}\n"
+)
+STRICT = (
+    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+    "metadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n"
+)
+
+
+def start(kind: str, tmp_path: Path, policy: str, *mtls: str) -> tuple[subprocess.Popen[str], int]:
+    (tmp_path / "server.py").write_text(SERVER)
+    (tmp_path / "policy.yaml").write_text(policy)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "server.py"), kind, str(port), str(tmp_path / "policy.yaml"), *mtls],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "MESH_DATA_DIR": str(tmp_path / "data")},
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {proc.communicate()[0]}")
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, int]]:
+    proc, port = start(request.param, tmp_path, PERMISSIVE)
+    try:
+        yield proc.pid, port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def raw(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send ``data`` on a new connection; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(wait)
+        sock.sendall(data)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and answer.startswith(b"HTTP/1.1 2"):
+                    break
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return answer
+
+
+def request(headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"{k}: {v}" for k, v in [("Host", "reviews"), *headers, ("Connection", "close")]]
+    return ("GET / HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else 0
+
+
+def test_header_size_and_count_limits(served: tuple[int, int]) -> None:
+    _, port = served
+    assert status(raw(port, request([("x-big", "a" * 50_000)]))) == 200
+    too_big = raw(port, request([("x-big", "a" * 70_000)]))
+    assert status(too_big) == 431, too_big[:200]
+    # Host and Connection are two of the hundred.
+    assert status(raw(port, request([(f"x-h{i}", "1") for i in range(98)]))) == 200
+    too_many = raw(port, request([(f"x-h{i}", "1") for i in range(99)]))
+    assert status(too_many) == 431, too_many[:200]
+    assert b"more than 100 header fields" in too_many
+
+
+def test_a_64_mib_header_is_refused_without_being_read(served: tuple[int, int]) -> None:
+    pid, port = served
+    before = _rss(pid)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: reviews\r\nx-big: ")
+        chunk = b"a" * 65536
+        sent = 0
+        try:
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the server answered and closed: the rest is never read
+        answer = sock.recv(65536)
+    assert status(answer) == 431
+    assert sent < 16 * 1024 * 1024, "the server stopped reading long before 64 MiB"
+    assert _rss(pid) - before < 16 * 1024 * 1024
+
+
+def test_silent_connections_hold_one_descriptor_no_worker_and_are_closed(served: tuple[int, int]) -> None:
+    pid, port = served
+    assert_silence_is_cheap(pid, port, f"http://127.0.0.1:{port}/", None)
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_silent_connections_on_an_mtls_port(secure_server: ConfigServer, tmp_path: Path, kind: str) -> None:
+    """The port that serves mTLS and plaintext side by side decides on the first bytes it
+    reads: no peek on a duplicate descriptor."""
+    with ControlPlaneClient(secure_server.url, secure_server.admin_token) as admin:
+        token = admin.create_token("reviews")["token"]
+        client = admin.create_token("frontend")["token"]
+    proc, port = start(kind, tmp_path, PERMISSIVE, secure_server.url, token)
+    try:
+        with Mesh("frontend", control_plane=secure_server.url, token=client, data_dir=tmp_path / "f") as mesh:
+            assert wait_for(lambda: bool(mesh.snapshot.endpoints(REVIEWS)), 15)
+            with mesh.http_client() as http:
+                assert_silence_is_cheap(proc.pid, port, "http://reviews/", http)
+    finally:
+        proc.terminate()
+        print(proc.communicate(timeout=10)[0])
+
+
+def assert_silence_is_cheap(pid: int, port: int, url: str, client: httpx.Client | None) -> None:
+    get = client.get if client is not None else httpx.get
+    assert get(url, timeout=5).status_code == 200  # warm: pools and contexts exist
+    baseline = _fds(pid)
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+    try:
+        time.sleep(0.3)
+        held = _fds(pid) - baseline
+        assert 30 <= held <= 45, f"{held} descriptors for 40 connections"
+        # The port still serves while they sit there (cheroot's 16 workers are not theirs).
+        started = time.monotonic()
+        assert get(url, timeout=5, headers={"connection": "close"}).status_code == 200
+        assert time.monotonic() - started < 0.9, "served before any silent connection was closed"
+        for sock in silent:
+            sock.settimeout(5)
+            assert sock.recv(1) == b"", "the server closed the silent connection"
+    finally:
+        for sock in silent:
+            sock.close()
+    assert wait_for(lambda: _fds(pid) - baseline <= 3)
+
+
+REVIEWS = "reviews.default.svc.cluster.local"
+
+
+def test_a_head_that_stalls_gets_408(served: tuple[int, int]) -> None:
+    _, port = served
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: reviews\r\n")
+        for _ in range(3):  # a byte now and then does not keep the head's deadline away
+            time.sleep(0.3)
+            sock.sendall(b"x")
+        answer = sock.recv(65536)
+    assert status(answer) == 408, answer[:200]
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_strict_without_a_certificate_refuses_plaintext(kind: str, tmp_path: Path) -> None:
+    proc, port = start(kind, tmp_path, STRICT)
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert answer.status_code == 403
+        assert "STRICT" in answer.text
+        assert "no certificate" in answer.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status_file:
+        for line in status_file:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
