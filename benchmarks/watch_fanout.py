@@ -13,7 +13,7 @@ Method
   takes the receipt time (``time.monotonic()``: CLOCK_MONOTONIC, system-wide on Linux,
   so comparable across the processes of one host), then handles the snapshot:
   ``--decode compile`` (default) parses and compiles it with
-  ``meshlib.controlplane.protocol.decode_snapshot`` like a real workload, ``json`` only
+  ``meshlib.protocol.decode_snapshot`` like a real workload, ``json`` only
   parses it, ``none`` only reads the version at its head. With ``--endpoints`` every
   snapshot lists all N workloads, and compiling N snapshots of N entries on two cores
   would measure the simulated workloads rather than the service; the cost of one
@@ -432,7 +432,7 @@ def decode(data: bytes, mode: str) -> int:
         return int(data[len(VERSION_HEAD) : data.index(b",")])
     payload = json.loads(data)
     if mode == "compile":
-        from meshlib.controlplane.protocol import decode_snapshot
+        from meshlib.protocol import decode_snapshot
 
         decode_snapshot(payload)
     return int(payload["version"])
@@ -729,7 +729,7 @@ class Driver:
 
 def compile_cost(payload: bytes, repeat: int = 5) -> float:
     """Seconds one workload spends on ``payload``: JSON parsing plus decode_snapshot (median)."""
-    from meshlib.controlplane.protocol import decode_snapshot
+    from meshlib.protocol import decode_snapshot
 
     times = []
     for _ in range(repeat):

@@ -132,7 +132,7 @@ def test_serve_does_not_wrap_an_app_twice(tmp_path: Path) -> None:
     from flask import Flask
 
     import meshlib
-    from meshlib.serving import _asgi_wrapped, _wsgi_wrapped
+    from meshlib.server.serving import _asgi_wrapped, _wsgi_wrapped
 
     mesh = Mesh("reviews", config=tmp_path)
     fastapi_app = FastAPI()

@@ -25,13 +25,12 @@ from .http.errors import (
     RetriesExhaustedError,
     UpstreamOverflowError,
 )
-from .identity import PeerIdentity
 from .mesh import Mesh
-from .peer import current_peer
+from .peer import PeerIdentity, current_peer
 from .policy import LoadedResource, Resource, load_paths, load_text
 from .registry import AnnouncedEndpoint, WorkloadRegistration
-from .server_limits import ServerLimits
-from .serving import serve_asgi, serve_wsgi
+from .server.limits import ServerLimits
+from .server.serving import serve_asgi, serve_wsgi
 from .settings import MeshSettings
 
 __all__ = [

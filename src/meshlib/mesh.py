@@ -24,22 +24,22 @@ import httpx
 
 from ._loop import LoopThread
 from ._version import __version__
-from .controlplane.protocol import decode_snapshot
 from .core.call import Call
 from .core.client_stack import default_client_stack
 from .core.cluster_state import Clusters
-from .core.dataplane import DataPlane
 from .core.exchange import Exchange, Reply
 from .core.hosts import CLUSTER_DOMAIN, normalize_host
 from .core.metrics import RequestMetrics
+from .core.routing_table import RoutingTable
 from .core.server_stack import Answer, Inbound, default_server_stack
 from .core.snapshot import Snapshot, compile_snapshot
 from .core.stack import Flow, Stack
 from .errors import ConfigError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
-from .identity import PeerIdentity
 from .last_known_good import load_last_known_good, save_last_known_good
+from .peer import PeerIdentity
 from .policy.loader import load_paths
+from .protocol import decode_snapshot
 from .registry import AnnouncedEndpoint, WorkloadRegistration
 from .settings import MeshSettings
 from .watcher import Watcher
@@ -102,8 +102,8 @@ class Mesh:
         )
         self._snapshot = Snapshot.empty(trust_domain)
         self._source_labels = {"app": service, **self.settings.labels}  # what sourceLabels see
-        self._http_plane = DataPlane.build(self._snapshot, namespace, self._source_labels)
-        self._grpc_plane: DataPlane | None = None
+        self._http_plane = RoutingTable.build(self._snapshot, namespace, self._source_labels)
+        self._grpc_plane: RoutingTable | None = None
         self.clusters = Clusters(time.monotonic)
         self.metrics = RequestMetrics()
         self.rng = random.Random()
@@ -148,17 +148,17 @@ class Mesh:
         return self._snapshot
 
     @property
-    def http_plane(self) -> DataPlane:
+    def http_table(self) -> RoutingTable:
         """Compiled routes and clusters of the current snapshot, for HTTP clients."""
         return self._http_plane
 
     @property
-    def grpc_plane(self) -> DataPlane:
+    def grpc_table(self) -> RoutingTable:
         """The same for gRPC clients (endpoints that serve gRPC); built on first use per snapshot."""
         plane = self._grpc_plane
         snapshot = self._snapshot
         if plane is None or plane.snapshot is not snapshot:
-            plane = DataPlane.build(snapshot, self.settings.namespace, self._source_labels, family="grpc")
+            plane = RoutingTable.build(snapshot, self.settings.namespace, self._source_labels, family="grpc")
             self._grpc_plane = plane
         return plane
 
@@ -460,7 +460,7 @@ class Mesh:
             log.warning("could not save last-known-good config: %s", exc)
 
     def _install(self, snapshot: Snapshot, source: SnapshotSource) -> None:
-        plane = DataPlane.build(snapshot, self.settings.namespace, self._source_labels)
+        plane = RoutingTable.build(snapshot, self.settings.namespace, self._source_labels)
         self.clusters.current_version = snapshot.version
         with self._changed:
             self._http_plane = plane

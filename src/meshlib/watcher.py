@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import tenacity
 
-from .controlplane.protocol import MAX_WATCH_WAIT, WorkloadRegistration, decode_snapshot
 from .core.snapshot import Snapshot
 from .errors import ConfigError, ControlPlaneError, UnauthorizedError
+from .protocol import MAX_WATCH_WAIT, WorkloadRegistration, decode_snapshot
 
 __all__ = ["Watcher"]
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import random
 import ssl
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,8 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ._files import atomic_write, write_secret
 from .ca.svid import issuer_key_id, spiffe_id_of
-from .controlplane.auth import write_secret
 from .core.snapshot import Endpoint
 from .errors import CertificateUnavailableError, ControlPlaneError, UnauthorizedError
 
@@ -278,8 +276,8 @@ class WorkloadIdentity:
 
     def _save(self) -> None:
         pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
-        _atomic_write(self.data_dir / CERT_FILE, pem)
-        _atomic_write(self.data_dir / BUNDLE_FILE, "".join(self.roots))
+        atomic_write(self.data_dir / CERT_FILE, pem)
+        atomic_write(self.data_dir / BUNDLE_FILE, "".join(self.roots))
 
 
 def outbound_mtls(identity: WorkloadIdentity | None, tls_mode: str | None, endpoint: Endpoint | None) -> bool:
@@ -312,13 +310,6 @@ def outbound_mtls(identity: WorkloadIdentity | None, tls_mode: str | None, endpo
             "not sending in plaintext"
         )
     return True
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _error(response: httpx.Response) -> str:

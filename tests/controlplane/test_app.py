@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from meshlib.controlplane.client import ControlPlaneClient
-from meshlib.controlplane.protocol import MAX_BODY_BYTES
 from meshlib.controlplane.server import ConfigServer
 from meshlib.errors import ConfigError, UnauthorizedError
+from meshlib.protocol import MAX_BODY_BYTES
 from tests.conftest import destination_rule, virtual_service
 
 

@@ -1,6 +1,6 @@
 """The default client stack driven by hand: a fake clock, a seeded rng and scripted outcomes.
 
-Each test builds a DataPlane from YAML and registry entries, makes an Exchange the way
+Each test builds a RoutingTable from YAML and registry entries, makes an Exchange the way
 the HTTP adapter does, and runs the composed stack as the transports do: an Outcome
 goes back for each Send, None for Sleep and Mirror, and the generator returns a Reply.
 """
@@ -19,9 +19,9 @@ from meshlib.core import cluster_state
 from meshlib.core.call import Call
 from meshlib.core.client_stack import default_client_stack
 from meshlib.core.cluster_state import Clusters
-from meshlib.core.dataplane import DataPlane
 from meshlib.core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
 from meshlib.core.retry_policy import Failure
+from meshlib.core.routing_table import RoutingTable
 from meshlib.core.snapshot import compile_snapshot
 from meshlib.policy import load_text
 from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
@@ -76,11 +76,13 @@ def terminal(ex: Exchange) -> Any:  # the upstream filter never calls on
 RUN = default_client_stack().compose(terminal)
 
 
-def plane_of(version: int, *docs: str, workloads: Sequence[WorkloadRegistration] = REVIEWS_PODS) -> DataPlane:
-    """The DataPlane of snapshot ``version`` built from YAML documents and registry entries."""
+def plane_of(
+    version: int, *docs: str, workloads: Sequence[WorkloadRegistration] = REVIEWS_PODS
+) -> RoutingTable:
+    """The RoutingTable of snapshot ``version`` built from YAML documents and registry entries."""
     text = "---\n".join(HEADER + doc for doc in docs)
     resources = [item.resource for item in load_text(text)] if docs else []
-    return DataPlane.build(compile_snapshot(version, resources, workloads), "default", {"app": "me"})
+    return RoutingTable.build(compile_snapshot(version, resources, workloads), "default", {"app": "me"})
 
 
 class Mesh:
@@ -104,7 +106,7 @@ class Mesh:
         headers: dict[str, str] | None = None,
         deadline: float | None = None,
         seed: int = 5,
-        plane: DataPlane | None = None,
+        plane: RoutingTable | None = None,
         replayable: bool = True,
     ) -> Exchange:
         found = headers or {}
@@ -845,7 +847,7 @@ def test_consistent_hash_keeps_a_user_on_one_endpoint() -> None:
 
 def test_wildcard_virtual_service_applies() -> None:
     # Istio applies a VirtualService for "*.example.com" to api.example.com; the snapshot
-    # resolves the host through it (Snapshot.virtual_service), the DataPlane must route by it.
+    # resolves the host through it (Snapshot.virtual_service), the RoutingTable must route by it.
     entry = (
         "kind: ServiceEntry\nmetadata: {name: api}\nspec:\n  hosts: [api.example.com]\n"
         "  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n"

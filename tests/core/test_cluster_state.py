@@ -14,8 +14,8 @@ import pytest
 
 from meshlib.core.balancer import LeastRequest, RandomBalancer, RoundRobin
 from meshlib.core.cluster_state import Clusters, ClusterState, Limits
-from meshlib.core.dataplane import Cluster
 from meshlib.core.outlier import Outcome
+from meshlib.core.routing_table import Cluster
 from meshlib.core.snapshot import Endpoint
 from meshlib.policy.destination_rule import TrafficPolicy
 

@@ -1,4 +1,4 @@
-"""The DataPlane compiled from a snapshot: routes per host, weighted targets, clusters."""
+"""The RoutingTable compiled from a snapshot: routes per host, weighted targets, clusters."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import pytest
 
 from meshlib.core.call import Call
-from meshlib.core.dataplane import DataPlane, HeaderOps, Target
 from meshlib.core.retry_policy import DEFAULT_RETRY
+from meshlib.core.routing_table import HeaderOps, RoutingTable, Target
 from meshlib.core.snapshot import compile_snapshot
 from meshlib.policy import load_text
 from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
@@ -62,10 +62,10 @@ def build(
     namespace: str = "default",
     labels: dict[str, str] | None = None,
     family: str = "http",
-) -> DataPlane:
+) -> RoutingTable:
     resources = [item.resource for item in load_text(text)] if text.strip() else []
     snap = compile_snapshot(1, resources, workloads)
-    return DataPlane.build(snap, namespace, labels or {}, family)  # type: ignore[arg-type]
+    return RoutingTable.build(snap, namespace, labels or {}, family)  # type: ignore[arg-type]
 
 
 def call(path: str = "/", headers: dict[str, str] | None = None, method: str = "GET") -> Call:
@@ -349,7 +349,7 @@ def test_cluster_is_built_once_per_host_subset_port() -> None:
 
 
 def test_cluster_key_names_the_family() -> None:
-    # One process may hold an http and a grpc DataPlane: their clusters must not share state.
+    # One process may hold an http and a grpc RoutingTable: their clusters must not share state.
     http = build(DR, reviews_workloads()).cluster(target(subset="v1"), 9080)
     grpc = build(DR, reviews_workloads(), family="grpc").cluster(target(subset="v1"), 9080)
     assert (http.family, grpc.family) == ("http", "grpc")
@@ -425,8 +425,8 @@ def test_service_entry_target_port_and_endpoint_port_override() -> None:
         ("10.9.0.2", 9999, 8080),
     ]
     assert plane.cluster(target("billing.internal", port=8081)).endpoints == ()  # grpc, http plane
-    grpc_plane = build(SERVICE_ENTRY, family="grpc")
-    grpc = grpc_plane.cluster(target("billing.internal", port=8081))
+    grpc_table = build(SERVICE_ENTRY, family="grpc")
+    grpc = grpc_table.cluster(target("billing.internal", port=8081))
     assert [(e.address, e.port) for e in grpc.endpoints] == [("10.9.0.1", 8081), ("10.9.0.2", 8081)]
 
 

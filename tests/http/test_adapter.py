@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from meshlib import Mesh
-from meshlib.core.dataplane import Target
 from meshlib.core.exchange import Mirror, Send
+from meshlib.core.routing_table import Target
 from meshlib.http.adapter import _HTTPX_ERRORS, HttpAdapter, _exhausted, _rewrite_path
 from meshlib.http.errors import RetriesExhaustedError
 from meshlib.policy.virtual_service import HTTPRewrite

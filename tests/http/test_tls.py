@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshlib.ca.svid import CaMaterial, issue_svid, make_ca
-from meshlib.http.tls import MeshBackend
+from meshlib.http.network import MeshBackend
 from meshlib.workload_identity import WorkloadIdentity
 
 DOMAIN = "cluster.local"

@@ -213,8 +213,8 @@ def test_endpoints_from_the_registry(tmp_path: Path) -> None:
             assert seen == {"reg-v1", "reg-v2"}
             r2.announce([AnnouncedEndpoint(address="127.0.0.1", port=p2, ready=False)])
             while len(
-                frontend.http_plane.cluster(
-                    frontend.http_plane.routes["ratings.default.svc.cluster.local"].routes[0].targets[1]
+                frontend.http_table.cluster(
+                    frontend.http_table.routes["ratings.default.svc.cluster.local"].routes[0].targets[1]
                 ).endpoints
             ):
                 assert time.monotonic() < deadline + 5

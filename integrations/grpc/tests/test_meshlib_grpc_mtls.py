@@ -100,7 +100,7 @@ def test_grpc_calls_are_mtls_with_the_callers_verified_identity(mesh_ca, tmp_pat
     try:
         token = admin.create_token("frontend")["token"]
         with Mesh("frontend", control_plane=server.url, token=token, data_dir=tmp_path / "f") as mesh:
-            assert wait_for(lambda: bool(mesh.grpc_plane.snapshot.endpoints(REVIEWS))), stop(proc)
+            assert wait_for(lambda: bool(mesh.grpc_table.snapshot.endpoints(REVIEWS))), stop(proc)
             (endpoint,) = mesh.snapshot.endpoints(REVIEWS)
             assert endpoint.tls
             with meshlib_grpc.channel(mesh, "reviews") as channel:
@@ -125,7 +125,7 @@ def test_grpc_rotation_under_200_calls_per_second_fails_no_call(mesh_ca, tmp_pat
         with Mesh(
             "frontend", control_plane=server.url, token=token, data_dir=tmp_path / "f", certificate_ttl=3.0
         ) as mesh:
-            assert wait_for(lambda: bool(mesh.grpc_plane.snapshot.endpoints(REVIEWS))), stop(proc)
+            assert wait_for(lambda: bool(mesh.grpc_table.snapshot.endpoints(REVIEWS))), stop(proc)
             identity = mesh.workload_identity
             assert identity is not None
             first = identity.generation
@@ -171,7 +171,7 @@ def test_an_expired_client_certificate_fails_the_call_instead_of_going_plaintext
         with Mesh("frontend", control_plane=server.url, **options) as mesh:  # type: ignore[arg-type]
             identity = mesh.workload_identity
             assert identity is not None
-            assert wait_for(lambda: bool(mesh.grpc_plane.snapshot.endpoints(REVIEWS))), stop(proc)
+            assert wait_for(lambda: bool(mesh.grpc_table.snapshot.endpoints(REVIEWS))), stop(proc)
             with meshlib_grpc.channel(mesh, "reviews") as channel:
                 assert channel.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
                 server.stop()  # no renewal from here on

@@ -107,7 +107,7 @@ def test_drain_under_100_calls_per_second_fails_no_call(tmp_path: Path, kind: st
         }
         try:
             with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "frontend") as mesh:
-                assert wait_for(lambda: len(mesh.grpc_plane.snapshot.endpoints(REVIEWS)) == 2)
+                assert wait_for(lambda: len(mesh.grpc_table.snapshot.endpoints(REVIEWS)) == 2)
                 (a,) = [e for e in mesh.snapshot.endpoints(REVIEWS) if e.labels["version"] == "a"]
                 health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"{a.address}:{a.port}"))
                 assert (

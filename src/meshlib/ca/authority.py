@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..controlplane.auth import write_secret
+from .._files import write_secret
 from ..errors import MeshError
 from .svid import CaMaterial, issue_svid, key_id, make_ca
 

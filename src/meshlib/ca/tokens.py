@@ -14,15 +14,23 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
-from ..controlplane.store import Store
 from ..errors import MeshError
 from ..names import check_dns_label
 
-__all__ = ["MAX_TOKEN_TTL", "MIN_TOKEN_TTL", "BootstrapToken", "TokenError", "TokenRegistry"]
+__all__ = ["MAX_TOKEN_TTL", "MIN_TOKEN_TTL", "BootstrapToken", "TokenError", "TokenRegistry", "TokenStore"]
 
 MIN_TOKEN_TTL = 1.0  # seconds
 MAX_TOKEN_TTL = 366 * 24 * 3600.0
+
+
+class TokenStore(Protocol):
+    """Where token records live (the config service's store)."""
+
+    def load_tokens(self) -> list[dict[str, Any]]: ...
+
+    def put_token(self, token: dict[str, Any]) -> None: ...
 
 
 class TokenError(MeshError):
@@ -52,7 +60,7 @@ def _digest(token: str) -> str:
 
 
 class TokenRegistry:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: TokenStore, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
         self._tokens = {t["id"]: BootstrapToken(**t) for t in store.load_tokens()}

@@ -17,10 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .._files import write_secret
 from .._version import __version__
-from ..controlplane.auth import write_secret
 from ..controlplane.client import ControlPlaneClient
-from ..controlplane.protocol import DEFAULT_PORT
 from ..core.analyze import analyze
 from ..core.hosts import CLUSTER_DOMAIN
 from ..errors import ConfigError, MeshError
@@ -28,6 +27,7 @@ from ..paths import default_server_dir
 from ..policy.loader import load_paths
 from ..policy.resources import KINDS, KindInfo, Resource, ResourceKey, find_kind
 from ..policy.validate import parse_resource
+from ..protocol import DEFAULT_PORT
 from ..registry import WorkloadRegistration
 from .output import age, dump, printable, table
 

@@ -40,10 +40,10 @@ from ..ca.tokens import TokenRegistry
 from ..errors import ConfigError
 from ..policy.resources import ResourceKey, find_kind
 from ..policy.validate import format_path
+from ..protocol import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_REGISTRATION_BYTES, ApplyRequest, WatchRequest
 from ..registry import WorkloadRegistration
 from .auth import check_bearer
 from .errors import HTTPError
-from .protocol import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_REGISTRATION_BYTES, ApplyRequest, WatchRequest
 from .state import ConfigState, RegistryFull
 from .workload_auth import WorkloadGate
 

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from pathlib import Path
 
-__all__ = ["ADMIN_TOKEN_FILE", "check_bearer", "ensure_admin_token", "write_secret"]
+from .._files import write_secret
+
+__all__ = ["ADMIN_TOKEN_FILE", "check_bearer", "ensure_admin_token"]
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Create a file readable by its owner only; never widen an existing file's mode."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
 
 
 def ensure_admin_token(data_dir: Path) -> tuple[str, Path, bool]:

@@ -12,13 +12,14 @@ from types import TracebackType
 import uvicorn
 from starlette.applications import Starlette
 
+from .._net import bind
 from ..ca.authority import CertificateAuthority
 from ..ca.tokens import TokenRegistry
 from ..core.hosts import CLUSTER_DOMAIN
+from ..protocol import DEFAULT_PORT
 from .app import VersionNotifier, create_app
 from .auth import ensure_admin_token
 from .ca_routes import ca_routes
-from .protocol import DEFAULT_PORT
 from .state import ConfigState
 from .store import SQLiteStore
 
@@ -81,17 +82,6 @@ INSECURE_WARNING = (
     "register, watch and withdraw workloads of every identity that has no bootstrap token; "
     "anyone who reaches this port can announce endpoints for those services"
 )
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP: asyncio only turns Nagle off (TCP_NODELAY) for sockets that
-    # say so, and with proto 0 every response waited ~40 ms for the peer's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    return sock
 
 
 def serve_forever(

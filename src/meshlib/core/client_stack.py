@@ -12,12 +12,12 @@ from typing import Any
 from ..policy.destination_rule import ConsistentHashLB
 from .balancer import hash_key_for
 from .call import Call
-from .dataplane import Fault, Target
 from .exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
 from .flags import DI, FI, NR, UF, UH, UO, URX, UT
 from .outlier import Outcome as Health
 from .outlier import outcome_for_status
 from .retry_policy import Failure, RetryPolicy
+from .routing_table import Fault, Target
 from .stack import Flow, Next, Stack
 
 __all__ = ["default_client_stack", "retriable"]

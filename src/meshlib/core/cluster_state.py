@@ -1,6 +1,6 @@
 """What the data plane remembers about a cluster between requests and across snapshots.
 
-A ``Cluster`` (from the DataPlane) is configuration and changes with every snapshot;
+A ``Cluster`` (from the RoutingTable) is configuration and changes with every snapshot;
 its ``ClusterState`` lives as long as the process: active request counts, outlier
 ejections, the retry budget and the load balancer's position carry over when policy
 or endpoints change, so a config push neither forgets an ejection nor resets counts.
@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .balancer import Balancer, build_balancer
-from .dataplane import Cluster
 from .outlier import Outcome, OutlierDetector
 from .retry_budget import RetryBudget
+from .routing_table import Cluster
 from .snapshot import Endpoint
 
 __all__ = ["ClusterState", "Clusters", "Limits"]

@@ -9,10 +9,10 @@ from typing import Any
 
 from .call import Call
 from .cluster_state import Clusters, ClusterState
-from .dataplane import Cluster, DataPlane, Route, Target
 from .flags import flags_label
 from .metrics import RequestMetrics
 from .retry_policy import Failure
+from .routing_table import Cluster, Route, RoutingTable, Target
 from .snapshot import Endpoint
 
 __all__ = ["Exchange", "Mirror", "Outcome", "Reply", "Send", "Sleep", "Synthetic", "record_outbound"]
@@ -84,7 +84,7 @@ class Reply:
 @dataclass(slots=True)
 class Exchange:
     call: Call
-    plane: DataPlane
+    plane: RoutingTable
     clusters: Clusters
     rng: random.Random
     clock: Callable[[], float]
@@ -93,7 +93,7 @@ class Exchange:
     replayable: bool = True  # the request body can be sent again (not a one-shot stream)
     route: Route | None = None
     target: Target | None = None
-    cluster: Cluster | None = None  # from this request's own DataPlane: endpoints, limits, policy
+    cluster: Cluster | None = None  # from this request's own RoutingTable: endpoints, limits, policy
     state: ClusterState | None = None  # shared with every request to the cluster: counters
     deadline: float | None = None
     started: float = 0.0

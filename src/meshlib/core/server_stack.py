@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..identity import PeerIdentity
+from ..peer import PeerIdentity
 from .call import Call
 from .deadline import DEADLINE_HEADER, parse_timeout_ms
 from .flags import UT

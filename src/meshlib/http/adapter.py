@@ -18,10 +18,10 @@ import httpx
 from ..core.call import Call, RawHeaders
 from ..core.client_stack import retriable
 from ..core.cluster_state import Limits
-from ..core.dataplane import Cluster, DataPlane, HeaderOps
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, record_outbound
 from ..core.retry_policy import Failure
+from ..core.routing_table import Cluster, HeaderOps, RoutingTable
 from ..core.snapshot import Endpoint
 from ..errors import CertificateUnavailableError
 from ..policy.virtual_service import re2_template
@@ -34,7 +34,7 @@ from .errors import (
     RetriesExhaustedError,
     UpstreamOverflowError,
 )
-from .tls import Lifetime
+from .network import Lifetime
 
 if TYPE_CHECKING:
     from ..mesh import Mesh
@@ -102,10 +102,10 @@ class HttpAdapter:
         self.stack = mesh.client_stack_runner
         self._default_ssl: ssl.SSLContext | None = None
 
-    def plane(self) -> DataPlane:
-        return self.mesh.http_plane
+    def plane(self) -> RoutingTable:
+        return self.mesh.http_table
 
-    def exchange(self, request: httpx.Request, plane: DataPlane, fqdn: str) -> Exchange:
+    def exchange(self, request: httpx.Request, plane: RoutingTable, fqdn: str) -> Exchange:
         url = request.url
         scheme = url.scheme
         path, _, query = url.raw_path.partition(b"?")  # as sent: %2F stays %2F

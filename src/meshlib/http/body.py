@@ -20,7 +20,7 @@ import httpx
 from ..core.exchange import Exchange, Outcome
 from ..core.flags import UT
 from .errors import MeshTimeoutError
-from .tls import attempt_deadline
+from .network import attempt_deadline
 
 __all__ = ["AsyncStreamedBody", "StreamedBody"]
 

@@ -22,12 +22,12 @@ import anyio
 import httpcore
 import httpx
 
-from ..core.dataplane import DataPlane
 from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
+from ..core.routing_table import RoutingTable
 from ..core.snapshot import Endpoint
 from .adapter import HttpAdapter
 from .body import AsyncStreamedBody, StreamedBody
-from .tls import AsyncMeshBackend, MeshBackend, attempt_deadline
+from .network import AsyncMeshBackend, MeshBackend, attempt_deadline
 
 if TYPE_CHECKING:
     from ..mesh import Mesh
@@ -107,7 +107,7 @@ class _Pools(Generic[P]):
                         self._endpoints.add(key)
         return pool
 
-    def retire(self, plane: DataPlane) -> list[P]:
+    def retire(self, plane: RoutingTable) -> list[P]:
         """Note ``plane``'s endpoints; the retired pools that can be closed now."""
         live = {
             (e.address.encode(), e.port) for group in plane.snapshot.endpoints_by_host.values() for e in group

@@ -17,9 +17,9 @@ import grpc
 
 from meshlib import Mesh
 from meshlib.core.call import Call
-from meshlib.core.dataplane import Cluster
 from meshlib.core.deadline import _deadline
 from meshlib.core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
+from meshlib.core.routing_table import Cluster
 from meshlib.core.server_stack import Inbound
 from meshlib.core.snapshot import Endpoint
 from meshlib.peer import _peer

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from meshlib import Mesh
-from meshlib.server_limits import ServerLimits, grpc_server_options
+from meshlib.server.limits import ServerLimits, grpc_server_options
 
 from ._aio import AioMeshServerInterceptor
 from ._server import listen

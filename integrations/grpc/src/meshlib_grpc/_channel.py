@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 
 from meshlib import Mesh
-from meshlib.core.dataplane import Cluster
 from meshlib.core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
+from meshlib.core.routing_table import Cluster
 from meshlib.core.snapshot import Endpoint
 
 from ._common import (

@@ -11,10 +11,10 @@ import grpc
 from meshlib import Mesh
 from meshlib.ca.svid import service_dns_name
 from meshlib.core.call import Call
-from meshlib.core.dataplane import Cluster
 from meshlib.core.deadline import current_deadline
 from meshlib.core.exchange import Exchange, Outcome, Reply, record_outbound
 from meshlib.core.retry_policy import Failure
+from meshlib.core.routing_table import Cluster
 from meshlib.core.snapshot import Endpoint
 from meshlib.errors import CertificateUnavailableError
 from meshlib.http.adapter import shadow_host
@@ -164,7 +164,7 @@ class GrpcAdapter:
     ) -> Exchange | None:
         """The call as the client stack sees it; None when the target is not a mesh service
         (the call then goes straight through)."""
-        plane = self.mesh.grpc_plane
+        plane = self.mesh.grpc_table
         fqdn = plane.resolve(self.host)
         if fqdn is None:
             return None

@@ -32,8 +32,8 @@ from meshlib.core.flags import flags_label
 from meshlib.core.server_stack import Answer, Handle, Inbound
 from meshlib.peer import _peer
 from meshlib.registry import AnnouncedEndpoint
-from meshlib.server_limits import ServerLimits, grpc_server_options
-from meshlib.serving import advertise_address
+from meshlib.server.limits import ServerLimits, grpc_server_options
+from meshlib.server.serving import advertise_address
 
 from ._common import _MetadataLookup, http_status
 

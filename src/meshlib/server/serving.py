@@ -22,13 +22,13 @@ from typing import Any
 
 import uvicorn
 
+from .._net import bind
+from ..mesh import Mesh
+from ..registry import AnnouncedEndpoint
 from .asgi import ASGIApp
 from .asgi import MeshMiddleware as AsgiMiddleware
-from .controlplane.server import bind
-from .mesh import Mesh
-from .registry import AnnouncedEndpoint
-from .server_limits import ServerLimits
-from .tls_server import mesh_protocol_class
+from .limits import ServerLimits
+from .uvicorn_server import mesh_protocol_class
 from .wsgi import MeshMiddleware as WsgiMiddleware
 from .wsgi import WSGIApp
 
@@ -176,7 +176,7 @@ def serve_wsgi(
 ) -> None:
     """Serve a WSGI app with cheroot (threaded) as a mesh workload until SIGTERM/SIGINT, then drain.
     ``limits`` bound what a client may send before the app runs (Envoy's defaults)."""
-    from .tls_wsgi import MeshSSLAdapter, MeshWSGIServer
+    from .cheroot_server import MeshSSLAdapter, MeshWSGIServer
 
     if wrap and not _wsgi_wrapped(app):
         app = WsgiMiddleware(app, mesh)

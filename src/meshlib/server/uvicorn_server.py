@@ -26,9 +26,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .http.tls import peer_spiffe_id
-from .mesh import Mesh
-from .server_limits import ServerLimits
+from ..http.network import peer_spiffe_id
+from ..mesh import Mesh
+from .limits import ServerLimits
 
 __all__ = ["STRICT_REFUSAL", "TLS_HANDSHAKE", "mesh_protocol_class", "mode_for", "strict_refusal"]
 

@@ -25,10 +25,10 @@ from typing import Any
 from cheroot import errors, server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from .http.tls import peer_spiffe_id
-from .mesh import Mesh
-from .server_limits import ServerLimits
-from .tls_server import NO_CERTIFICATE, TLS_HANDSHAKE, mode_for, strict_refusal
+from ..http.network import peer_spiffe_id
+from ..mesh import Mesh
+from .limits import ServerLimits
+from .uvicorn_server import NO_CERTIFICATE, TLS_HANDSHAKE, mode_for, strict_refusal
 
 __all__ = ["MeshSSLAdapter", "MeshWSGIServer"]
 

@@ -1,6 +1,6 @@
 """The data plane's view of one snapshot for one workload: compiled routes and clusters.
 
-Built once per snapshot, off the request path; a request takes the DataPlane once and
+Built once per snapshot, off the request path; a request takes the RoutingTable once and
 uses it throughout. Routes that cannot apply to this caller (other gateways, other
 ``sourceLabels`` or ``sourceNamespace``) are dropped here, so the request path only
 evaluates what it can match at run time.
@@ -33,7 +33,7 @@ from .matching import Predicate, compile_matches
 from .retry_policy import RetryPolicy, compile_retry_policy
 from .snapshot import Endpoint, Snapshot
 
-__all__ = ["Cluster", "DataPlane", "HeaderOps", "HostRoutes", "Route", "Target"]
+__all__ = ["Cluster", "HeaderOps", "HostRoutes", "Route", "RoutingTable", "Target"]
 
 NON_IDEMPOTENT_ANNOTATION = "retry.meshlib.io/non-idempotent"
 Family = Literal["http", "grpc"]
@@ -164,7 +164,7 @@ def _always(_: Call) -> bool:
 
 
 @dataclass
-class DataPlane:
+class RoutingTable:
     """Routes and clusters of one snapshot as seen by one workload (namespace + labels)."""
 
     snapshot: Snapshot
@@ -180,7 +180,7 @@ class DataPlane:
     @classmethod
     def build(
         cls, snapshot: Snapshot, namespace: str, labels: Mapping[str, str], family: Family = "http"
-    ) -> DataPlane:
+    ) -> RoutingTable:
         plane = cls(snapshot, namespace, dict(labels), family)
         compiled: dict[ResourceKey, HostRoutes | None] = {}
         owners = [*snapshot.virtual_services.items(), *snapshot.wildcard_virtual_services]

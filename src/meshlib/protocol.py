@@ -6,13 +6,13 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from ..core.hosts import CLUSTER_DOMAIN
-from ..core.snapshot import Snapshot, compile_snapshot
-from ..errors import ConfigError, ConfigIssue
-from ..policy.base import MeshModel
-from ..policy.resources import Resource
-from ..policy.validate import format_path, parse_resource, resource_label
-from ..registry import WorkloadRegistration
+from .core.hosts import CLUSTER_DOMAIN
+from .core.snapshot import Snapshot, compile_snapshot
+from .errors import ConfigError, ConfigIssue
+from .policy.base import MeshModel
+from .policy.resources import Resource
+from .policy.validate import format_path, parse_resource, resource_label
+from .registry import WorkloadRegistration
 
 __all__ = [
     "DEFAULT_PORT",

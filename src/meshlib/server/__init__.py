@@ -1,0 +1,1 @@
+"""The server side: ASGI and WSGI middleware, the mesh's servers (uvicorn, cheroot), limits."""

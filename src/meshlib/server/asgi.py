@@ -1,0 +1,129 @@
+"""``meshlib.asgi.MeshMiddleware``: the mesh's inbound stack for any ASGI application.
+
+    app.add_middleware(meshlib.asgi.MeshMiddleware, mesh=mesh)    # Starlette / FastAPI
+    app = meshlib.asgi.MeshMiddleware(app, mesh=mesh)             # any ASGI app
+
+Per HTTP request: health probes on reserved paths, the caller's deadline (an expired
+request gets 504 and never reaches the app; otherwise it bounds the app's outbound mesh
+calls), the verified peer identity for handlers (``scope["meshlib.peer"]`` and
+``meshlib.current_peer()``), inbound metrics. ``x-forwarded-client-cert`` arriving from
+the network is removed: identity comes only from the verified peer certificate.
+Websockets pass through with the same header hygiene; lifespan passes through untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ..core.call import Call, RawHeaders
+from ..core.deadline import _deadline
+from ..core.flags import flags_label
+from ..core.server_stack import Answer, Handle
+from ..mesh import Mesh
+from ..peer import PeerIdentity, _peer
+
+__all__ = ["MeshMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_XFCC = b"x-forwarded-client-cert"
+
+
+class MeshMiddleware:
+    def __init__(self, app: ASGIApp, mesh: Mesh) -> None:
+        self.app = app
+        self.mesh = mesh
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan and anything newer
+            return
+        headers = scope["headers"]
+        if any(name == _XFCC for name, _ in headers):
+            scope = dict(scope)
+            scope["headers"] = [(n, v) for n, v in headers if n != _XFCC]
+        peer = peer_from_scope(scope)
+        scope["meshlib.peer"] = peer
+        token = _peer.set(peer)
+        try:
+            if kind == "http":
+                await self._http(scope, receive, send, peer)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            _peer.reset(token)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, peer: PeerIdentity | None) -> None:
+        mesh = self.mesh
+        now = time.monotonic()
+        server = scope.get("server") or ("", None)
+        query = scope.get("query_string", b"")
+        call = Call(
+            method=scope["method"],
+            scheme=scope.get("scheme", "http"),
+            host=str(server[0] or ""),
+            port=server[1],
+            path=scope["path"],
+            query=query.decode("latin-1") if query else "",
+            header=RawHeaders(scope["headers"]),
+        )
+        ex = mesh.inbound(call, now, peer)
+        flow = mesh.server_stack_runner(ex)
+        status = 500
+        try:
+            action = flow.send(None)
+            assert isinstance(action, Handle)
+            started = False
+
+            async def watch_status(message: Message) -> None:
+                nonlocal status, started
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    started = True
+                await send(message)
+
+            token = _deadline.set(ex.deadline) if ex.deadline is not None else None
+            try:
+                await self.app(scope, receive, watch_status)
+            finally:
+                if token is not None:
+                    _deadline.reset(token)
+            flow.send(status if started else 500)
+        except StopIteration as done:
+            answer: Answer = done.value
+            if answer.local:
+                await _respond(send, answer)
+            status = answer.status
+        finally:
+            mesh.metrics.record(
+                "inbound", mesh.fqdn, status, flags_label(ex.flags), (time.monotonic() - now) * 1000.0
+            )
+
+
+async def _respond(send: Send, answer: Answer) -> None:
+    headers = [
+        (b"content-type", answer.content_type.encode()),
+        (b"content-length", str(len(answer.body)).encode()),
+    ]
+    headers.extend((k.encode(), v.encode()) for k, v in answer.headers)
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+def peer_from_scope(scope: Scope) -> PeerIdentity | None:
+    """The caller's identity from the verified client certificate of the TLS connection.
+
+    Only the ASGI TLS extension (filled by meshlib's own server) counts; with plaintext
+    there is no identity. Issue #6 (mTLS) supplies the certificate."""
+    tls = (scope.get("extensions") or {}).get("tls")
+    if not tls:
+        return None
+    spiffe = tls.get("meshlib.peer_spiffe_id")
+    return PeerIdentity.parse(spiffe) if isinstance(spiffe, str) else None

@@ -1,0 +1,116 @@
+"""``meshlib.wsgi.MeshMiddleware``: the mesh's inbound stack for any WSGI application.
+
+    app.wsgi_app = meshlib.wsgi.MeshMiddleware(app.wsgi_app, mesh=mesh)   # Flask
+    application = meshlib.wsgi.MeshMiddleware(application, mesh=mesh)     # any WSGI app
+
+The same stack as the ASGI middleware: health probes, the caller's deadline (504 without
+running the app when it has passed), peer identity (``environ["meshlib.peer"]`` and
+``meshlib.current_peer()``), inbound metrics; ``HTTP_X_FORWARDED_CLIENT_CERT`` from the
+network is removed before the application sees the environ.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..core.call import Call
+from ..core.deadline import _deadline
+from ..core.flags import flags_label
+from ..core.server_stack import Answer, Handle
+from ..mesh import Mesh
+from ..peer import PeerIdentity, _peer
+
+__all__ = ["MeshMiddleware"]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class MeshMiddleware:
+    def __init__(self, app: WSGIApp, mesh: Mesh) -> None:
+        self.app = app
+        self.mesh = mesh
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        mesh = self.mesh
+        now = time.monotonic()
+        environ.pop("HTTP_X_FORWARDED_CLIENT_CERT", None)
+        peer = peer_from_environ(environ)
+        environ["meshlib.peer"] = peer
+        call = Call(
+            method=environ.get("REQUEST_METHOD", "GET"),
+            scheme=environ.get("wsgi.url_scheme", "http"),
+            host=environ.get("SERVER_NAME", ""),
+            port=int(environ["SERVER_PORT"]) if str(environ.get("SERVER_PORT", "")).isdigit() else None,
+            path=environ.get("PATH_INFO", "") or "/",
+            query=environ.get("QUERY_STRING", ""),
+            header=_EnvironHeaders(environ),
+        )
+        ex = mesh.inbound(call, now, peer)
+        flow = mesh.server_stack_runner(ex)
+        status = [500]
+        try:
+            action = flow.send(None)
+            assert isinstance(action, Handle)
+
+            def watch_status(status_line: str, headers: Any, exc_info: Any = None) -> Any:
+                status[0] = int(status_line.split(" ", 1)[0])
+                return (
+                    start_response(status_line, headers, exc_info)
+                    if exc_info
+                    else start_response(status_line, headers)
+                )
+
+            peer_token = _peer.set(peer)
+            deadline_token = _deadline.set(ex.deadline) if ex.deadline is not None else None
+            try:
+                body = self.app(environ, watch_status)
+            finally:
+                if deadline_token is not None:
+                    _deadline.reset(deadline_token)
+                _peer.reset(peer_token)
+            flow.send(status[0])
+        except StopIteration as done:
+            answer: Answer = done.value
+            if answer.local:
+                body = _respond(start_response, answer)
+            status[0] = answer.status
+        finally:
+            mesh.metrics.record(
+                "inbound", mesh.fqdn, status[0], flags_label(ex.flags), (time.monotonic() - now) * 1000.0
+            )
+        return body
+
+
+class _EnvironHeaders:
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Environ) -> None:
+        self._environ = environ
+
+    def __call__(self, name: str) -> str | None:
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            value = self._environ.get(key)
+        else:
+            value = self._environ.get("HTTP_" + key)
+        return value if isinstance(value, str) else None
+
+
+def _respond(start_response: StartResponse, answer: Answer) -> list[bytes]:
+    headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
+    headers.extend(answer.headers)
+    start_response(f"{answer.status} {_REASONS.get(answer.status, 'Unknown')}", headers)
+    return [answer.body]
+
+
+_REASONS = {200: "OK", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def peer_from_environ(environ: Environ) -> PeerIdentity | None:
+    """The caller's identity from the verified client certificate (issue #6 fills it in)."""
+    spiffe = environ.get("meshlib.peer_spiffe_id")
+    return PeerIdentity.parse(spiffe) if isinstance(spiffe, str) else None
