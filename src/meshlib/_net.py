@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
-__all__ = ["bind"]
+__all__ = ["advertise_address", "bind"]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -16,3 +17,17 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     return sock
+
+
+def advertise_address(host: str) -> str:
+    """The address other workloads should use: ``MESH_ADVERTISE_ADDRESS``, the bound host,
+    or (for a wildcard bind) this machine's address."""
+    configured = os.environ.get("MESH_ADVERTISE_ADDRESS", "").strip()
+    if configured:
+        return configured
+    if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+        return host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"

@@ -107,10 +107,8 @@ class Mesh:
         self.clusters = Clusters(time.monotonic)
         self.metrics = RequestMetrics()
         self.rng = random.Random()
-        self.client_stack: Stack[Exchange, Reply] = default_client_stack()
-        self.client_stack_runner = self.client_stack.compose(_no_terminal)
-        self.server_stack: Stack[Inbound, Answer] = default_server_stack()
-        self.server_stack_runner = self.server_stack.compose(_no_server_terminal)
+        self.client_stack = default_client_stack()
+        self.server_stack = default_server_stack()
         self.draining = False
         self.workload_identity: WorkloadIdentity | None = None
         self.fqdn = normalize_host(service, namespace)
@@ -139,6 +137,29 @@ class Mesh:
         }
         values.update(options)
         return cls(s.service, **values)
+
+    # --- the stacks ---------------------------------------------------------------------
+
+    @property
+    def client_stack(self) -> Stack[Exchange, Reply]:
+        """The filters every outbound request runs through (``stack.insert_before(...)`` and
+        assign it back to change them; it is composed once, here)."""
+        return self._client_stack
+
+    @client_stack.setter
+    def client_stack(self, stack: Stack[Exchange, Reply]) -> None:
+        self._client_stack = stack
+        self.client_stack_runner = stack.compose(_no_terminal)
+
+    @property
+    def server_stack(self) -> Stack[Inbound, Answer]:
+        """The filters every inbound request runs through, on every server (ASGI, WSGI, gRPC)."""
+        return self._server_stack
+
+    @server_stack.setter
+    def server_stack(self, stack: Stack[Inbound, Answer]) -> None:
+        self._server_stack = stack
+        self.server_stack_runner = stack.compose(_no_server_terminal)
 
     # --- what the data plane reads ------------------------------------------------------
 

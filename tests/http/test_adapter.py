@@ -6,10 +6,11 @@ import httpx
 import pytest
 
 from meshlib import Mesh
-from meshlib.core.exchange import Mirror, Send
+from meshlib.core.attempt import rewrite_path, shadow_authority
+from meshlib.core.exchange import Send
 from meshlib.core.routing_table import Target
-from meshlib.http.adapter import _HTTPX_ERRORS, HttpAdapter, _exhausted, _rewrite_path
-from meshlib.http.errors import RetriesExhaustedError
+from meshlib.http.adapter import HttpAdapter, _exhausted
+from meshlib.http.errors import _HTTPX_ERRORS, RetriesExhaustedError
 from meshlib.policy.virtual_service import HTTPRewrite
 
 HTTPX_TYPES = sorted({httpx_type for _, httpx_type in _HTTPX_ERRORS}, key=lambda t: t.__name__)
@@ -51,19 +52,24 @@ def test_exhausted_error_for_other_types_is_plain(base: type[BaseException]) -> 
 def test_prefix_rewrite_keeps_the_rest_of_the_path(
     raw: str, prefixes: tuple[tuple[str, bool], ...], expected: str
 ) -> None:
-    assert _rewrite_path(raw, HTTPRewrite(uri="/v2/"), prefixes) == expected
+    path, _, query = raw.partition("?")
+    assert rewrite_path(path, query, HTTPRewrite(uri="/v2/"), prefixes) == expected
 
 
 def test_regex_rewrite_uses_numbered_groups_and_keeps_the_query() -> None:
     rewrite = HTTPRewrite.model_validate(
         {"uriRegexRewrite": {"match": "^/service/([^/]+)(/.*)$", "rewrite": "\\2/instance/\\1"}}
     )
-    assert _rewrite_path("/service/foo/v1/api?q=1", rewrite, ()) == "/v1/api/instance/foo?q=1"
+    assert rewrite_path("/service/foo/v1/api", "q=1", rewrite) == "/v1/api/instance/foo?q=1"
 
 
 def test_regex_rewrite_backslash_zero_is_the_whole_match() -> None:
     rewrite = HTTPRewrite.model_validate({"uriRegexRewrite": {"match": "^/v1/.*$", "rewrite": "/all\\0"}})
-    assert _rewrite_path("/v1/x", rewrite, ()) == "/all/v1/x"
+    assert rewrite_path("/v1/x", "", rewrite) == "/all/v1/x"
+
+
+def test_an_authority_only_rewrite_keeps_the_path() -> None:
+    assert rewrite_path("/v1/x", "a=b", HTTPRewrite(authority="reviews.internal")) is None
 
 
 # --- the request an attempt sends -----------------------------------------------------------------
@@ -78,7 +84,7 @@ def attempt_timeouts(
     adapter: HttpAdapter, own: httpx.Timeout, limit: float | None
 ) -> dict[str, float | None]:
     request = httpx.Request("GET", "http://reviews/", extensions={"timeout": own.as_dict()})
-    ex = adapter.exchange(request, adapter.plane(), "reviews")
+    ex = adapter.exchange(request, adapter.table(), "reviews")
     upstream = adapter.upstream(request, ex, Send(None, Target("reviews", None, None, 100), limit))
     timeouts: dict[str, float | None] = upstream.extensions["timeout"]
     return timeouts
@@ -104,14 +110,15 @@ def test_attempt_with_a_loose_caller_takes_the_mesh_limit(adapter: HttpAdapter) 
 
 
 @pytest.mark.parametrize(
-    ("url", "host"),
-    [("http://reviews/", "reviews-shadow"), ("http://reviews:9080/", "reviews-shadow:9080")],
+    ("authority", "shadow"),
+    [
+        ("reviews", "reviews-shadow"),
+        ("reviews:9080", "reviews-shadow:9080"),
+        ("[fd00::1]:80", "[fd00::1]-shadow:80"),
+    ],
 )
-def test_mirror_copy_marks_the_host_and_keeps_the_port(adapter: HttpAdapter, url: str, host: str) -> None:
-    request = httpx.Request("GET", url)
-    ex = adapter.exchange(request, adapter.plane(), "reviews")
-    copy = adapter.upstream(request, ex, Mirror(None, Target("reviews", None, None, 100)), mirror=True)
-    assert [v for k, v in copy.headers if k.lower() == b"host"] == [host.encode()]
+def test_mirror_copy_marks_the_host_and_keeps_the_port(authority: str, shadow: str) -> None:
+    assert shadow_authority(authority) == shadow
 
 
 def test_httpcore_finds_sniffio_installed() -> None:

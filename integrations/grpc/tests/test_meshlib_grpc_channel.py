@@ -310,7 +310,7 @@ def test_fault_delay_at_its_rate_and_for_its_length(backends, make_mesh, mode: s
 def test_future_timeout_runs_from_the_call_and_the_future_answers_call_questions(  # type: ignore[no-untyped-def]
     backends, make_mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import meshlib_grpc._channel as channel_module
+    import meshlib.grpc.sync_channel as channel_module
 
     monkeypatch.setattr(channel_module, "FUTURE_WORKERS", 2)
     backends["v2-a"][0].delay = 0.3

@@ -7,29 +7,33 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from ..errors import CertificateUnavailableError
 from ..policy.destination_rule import ConsistentHashLB
+from .attempt import CONNECT_TIMEOUT, MIRROR_TIMEOUT, needs_mtls, request_ops, rewrite_path, shadow_authority
 from .balancer import hash_key_for
 from .call import Call
-from .exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
+from .exchange import Attempt, Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
 from .flags import DI, FI, NR, UF, UH, UO, URX, UT
 from .outlier import Outcome as Health
 from .outlier import outcome_for_status
 from .retry_policy import Failure, RetryPolicy
-from .routing_table import Fault, Target
+from .routing_table import Cluster, Fault, Target
+from .snapshot import Endpoint
 from .stack import Flow, Next, Stack
 
 __all__ = ["default_client_stack", "retriable"]
 
 ClientFlow = Flow[Reply]
+A = TypeVar("A", bound=Attempt)
 ClientNext = Next[Exchange, Reply]
 
 
 def route(ex: Exchange, next: ClientNext) -> ClientFlow:
     """VirtualService: the first matching route, then a weighted target; or a redirect."""
-    host_routes = ex.plane.host_routes(ex.fqdn)
-    chosen = ex.plane.default_route(ex.fqdn) if host_routes is None else host_routes.match(ex.call)
+    host_routes = ex.table.host_routes(ex.fqdn)
+    chosen = ex.table.default_route(ex.fqdn) if host_routes is None else host_routes.match(ex.call)
     if chosen is None:
         ex.flags.append(NR)
         return Reply(
@@ -86,11 +90,15 @@ def mirror(ex: Exchange, next: ClientNext) -> ClientFlow:
 def _mirror(ex: Exchange, next: ClientNext, mirrors: tuple[tuple[Target, float], ...]) -> ClientFlow:
     for target, share in mirrors:
         if share >= 1.0 or ex.rng.random() < share:
-            cluster = ex.plane.cluster(target, ex.call.port)
-            state = ex.clusters.get(cluster, ex.plane.version)
+            cluster = ex.table.cluster(target, ex.call.port)
+            state = ex.clusters.get(cluster, ex.table.version)
             endpoint = state.pick(cluster, None) if cluster.endpoints else None
             if endpoint is not None or not cluster.known:
-                yield Mirror(endpoint, target, cluster)
+                try:
+                    copy = decide(ex, Mirror, endpoint, target, cluster, MIRROR_TIMEOUT, None)
+                except CertificateUnavailableError:
+                    continue  # a copy is never sent in plaintext either
+                yield copy
     return (yield from next(ex))
 
 
@@ -133,8 +141,8 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
     assert ex.route is not None
     assert ex.target is not None
     policy = ex.route.retry
-    cluster = ex.cluster = ex.plane.cluster(ex.target, ex.call.port)
-    state = ex.state = ex.clusters.get(cluster, ex.plane.version)
+    cluster = ex.cluster = ex.table.cluster(ex.target, ex.call.port)
+    state = ex.state = ex.clusters.get(cluster, ex.table.version)
     budget = state.budget
     if budget is not None:
         budget.deposit()
@@ -230,7 +238,14 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
         limit = remaining if limit is None else min(limit, remaining)
     handed_over = False
     try:
-        outcome: Outcome = yield Send(endpoint, target, limit)
+        try:
+            send = decide(ex, Send, endpoint, target, cluster, limit, ex.route.retry if ex.route else None)
+        except CertificateUnavailableError as refused:
+            # Nothing leaves the process: a connect failure (UF) for retries, never held
+            # against the endpoint by outlier detection.
+            outcome = Outcome(failure=Failure.CONNECT, error=refused, local=True)
+        else:
+            outcome = yield send
         if outcome.streaming:  # the slot is held until the caller closes the body (as Envoy
             outcome.release = functools.partial(state.release, endpoint)  # counts open streams)
             handed_over = True
@@ -245,6 +260,44 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     elif outcome.status is not None:
         state.record(endpoint, outcome_for_status(outcome.status))
     return Reply(outcome=outcome)
+
+
+def decide(
+    ex: Exchange,
+    kind: type[A],
+    endpoint: Endpoint | None,
+    target: Target,
+    cluster: Cluster,
+    limit: float | None,
+    retry: RetryPolicy | None,
+) -> A:
+    """One attempt (or a mirrored copy) decided whole: raises CertificateUnavailableError
+    when it would need mTLS this workload cannot speak now."""
+    tls = cluster.policy.tls
+    mtls = needs_mtls(ex.identity, tls.mode if tls is not None else None, endpoint)
+    call, route = ex.call, ex.route
+    server_name = None
+    if endpoint is not None and not mtls and endpoint.protocol == "https":
+        server_name = tls.sni if tls is not None and tls.sni else call.host
+    path = rewrite_path(call.path, call.query, route.rewrite, route.prefixes) if route is not None else None
+    authority = route.rewrite.authority if route is not None and route.rewrite is not None else None
+    if kind is Mirror:
+        authority = shadow_authority(authority or call.header("host") or call.authority or call.host)
+    state = ex.state if kind is Send else None
+    limits = state.limits(cluster) if state is not None else None
+    connect = (limits.connect_timeout if limits is not None else None) or CONNECT_TIMEOUT
+    return kind(
+        endpoint,
+        target,
+        limit,
+        connect_timeout=connect,
+        mtls=mtls,
+        server_name=server_name,
+        path=path,
+        authority=authority or None,
+        headers=request_ops(route, target),
+        retry=retry if retry is not None and retry.attempts > 0 else None,
+    )
 
 
 class _Headers(Mapping[str, str]):

@@ -7,24 +7,70 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .attempt import CONNECT_TIMEOUT, CertificateState
 from .call import Call
 from .cluster_state import Clusters, ClusterState
 from .flags import flags_label
 from .metrics import RequestMetrics
-from .retry_policy import Failure
-from .routing_table import Cluster, Route, RoutingTable, Target
+from .retry_policy import Failure, RetryPolicy
+from .routing_table import Cluster, HeaderOps, Route, RoutingTable, Target
 from .snapshot import Endpoint
 
-__all__ = ["Exchange", "Mirror", "Outcome", "Reply", "Send", "Sleep", "Synthetic", "record_outbound"]
+__all__ = [
+    "Attempt",
+    "Exchange",
+    "Mirror",
+    "Outcome",
+    "Reply",
+    "Send",
+    "Sleep",
+    "Synthetic",
+    "record_outbound",
+]
 
 
 @dataclass(slots=True)
-class Send:
-    """Action: send one attempt to ``endpoint`` (None: to the requested host as it is)."""
+class Attempt:
+    """One request to go upstream, fully decided (the adapter translates, it does not choose).
+
+    ``endpoint`` None: to the requested host as it is (not a mesh endpoint). ``mtls``: speak
+    mutual TLS and check that the peer proves ``endpoint.identity``. ``server_name``: TLS to a
+    non-mesh endpoint must prove this host (the requested one, or the DestinationRule's sni).
+    ``path`` / ``authority``: the request target and authority after the route's rewrite
+    (None: as the caller sent them). ``headers``: request header edits, applied in order.
+    ``timeout``: this attempt's time (per-try timeout, bounded by the deadline); connecting is
+    bounded by ``connect_timeout`` as well. ``retry``: the policy that could still retry this
+    attempt's answer (None: no retry is left), so an adapter reads such an answer whole."""
 
     endpoint: Endpoint | None
     target: Target
     timeout: float | None
+    connect_timeout: float = CONNECT_TIMEOUT
+    mtls: bool = False
+    server_name: str | None = None
+    path: str | None = None
+    authority: str | None = None
+    headers: tuple[HeaderOps, ...] = ()
+    retry: RetryPolicy | None = None
+
+    def retriable(self, status: int | None, grpc_status: str | None = None) -> bool:
+        """Could the stack retry an answer with this status? (Read it whole, then.)"""
+        policy = self.retry
+        if policy is None:
+            return False
+        if grpc_status is not None and grpc_status != "OK":
+            return bool(policy.retriable_grpc(grpc_status))
+        return status is not None and policy.retriable_status(status)
+
+
+@dataclass(slots=True)
+class Send(Attempt):
+    """Action: send this attempt; the adapter sends back its ``Outcome``."""
+
+
+@dataclass(slots=True)
+class Mirror(Attempt):
+    """Action: send a copy in the background (authority marked ``-shadow``); never wait for it."""
 
 
 @dataclass(slots=True)
@@ -32,15 +78,6 @@ class Sleep:
     """Action: wait (fault delay, retry back-off)."""
 
     seconds: float
-
-
-@dataclass(slots=True)
-class Mirror:
-    """Action: send a copy to ``endpoint`` in the background; never wait for it."""
-
-    endpoint: Endpoint | None
-    target: Target
-    cluster: Cluster | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +96,17 @@ class Outcome:
     # The attempt never left this process (no certificate to open mTLS with): a connect
     # failure for retries and flags (UF), but nothing outlier detection holds against the endpoint.
     local: bool = False
+    # Set by the client driver for a streamed answer: the request is counted when it ends.
+    on_end: Callable[[], None] | None = None
+
+    def end(self) -> None:
+        """A streamed answer ended (read or closed): give its pool slot back, count the request."""
+        release, self.release = self.release, None
+        on_end, self.on_end = self.on_end, None
+        if release is not None:
+            release()
+        if on_end is not None:
+            on_end()
 
 
 @dataclass(slots=True)
@@ -84,12 +132,14 @@ class Reply:
 @dataclass(slots=True)
 class Exchange:
     call: Call
-    plane: RoutingTable
+    table: RoutingTable
     clusters: Clusters
     rng: random.Random
     clock: Callable[[], float]
     fqdn: str
     source: str = ""  # this workload, for consistentHash useSourceIp
+    identity: CertificateState | None = None  # this workload's certificate (None: no mesh identity)
+    request: Any = None  # the adapter's own request object; the stack never looks at it
     replayable: bool = True  # the request body can be sent again (not a one-shot stream)
     route: Route | None = None
     target: Target | None = None

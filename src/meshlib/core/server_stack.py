@@ -43,6 +43,7 @@ class Answer:
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
     content_type: str = "text/plain; charset=utf-8"  # of a local answer's body
+    grpc_status: str | None = None  # a local answer to a gRPC call (None: from the HTTP status)
 
 
 @dataclass(slots=True)
@@ -53,6 +54,7 @@ class Inbound:
     ready: Callable[[], bool]
     peer: PeerIdentity | None = None
     report: Callable[[bool], bytes] | None = None  # the readiness probe's body (details for people)
+    timeout: float | None = None  # the caller's remaining time, from the protocol (gRPC's deadline)
     deadline: float | None = None
     flags: list[str] = field(default_factory=list)
 
@@ -76,12 +78,18 @@ def health(ex: Inbound, next: ServerNext) -> ServerFlow:
 
 
 def deadline(ex: Inbound, next: ServerNext) -> ServerFlow:
-    """The caller's remaining time: bounds the handler's own outbound calls; none left, 504."""
-    remaining = parse_timeout_ms(ex.call.header(DEADLINE_HEADER))
+    """The caller's remaining time (gRPC's deadline, or Envoy's header): bounds the handler's
+    own outbound calls; none left, 504 (gRPC: DEADLINE_EXCEEDED) without running it."""
+    remaining = ex.timeout if ex.timeout is not None else parse_timeout_ms(ex.call.header(DEADLINE_HEADER))
     if remaining is not None:
         if remaining <= 0:
             ex.flags.append(UT)
-            return Answer(504, local=True, body=b"deadline exceeded before the request was handled\n")
+            return Answer(
+                504,
+                local=True,
+                body=b"deadline exceeded before the request was handled\n",
+                grpc_status="DEADLINE_EXCEEDED",
+            )
         ex.deadline = ex.started + remaining
     return (yield from next(ex))
 

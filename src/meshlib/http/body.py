@@ -11,7 +11,7 @@ and a UT flag when time ran out midway. Errors are the httpx ones a caller catch
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextvars import Token
 
 import httpcore
@@ -19,7 +19,7 @@ import httpx
 
 from ..core.exchange import Exchange, Outcome
 from ..core.flags import UT
-from .errors import MeshTimeoutError
+from .errors import MeshTimeoutError, as_httpx_error
 from .network import attempt_deadline
 
 __all__ = ["AsyncStreamedBody", "StreamedBody"]
@@ -33,8 +33,7 @@ class _Body:
         self._ex = ex
         self._request = request
         self._deadline = deadline
-        self.outcome: Outcome | None = None  # set by the adapter: its slot is released on close
-        self.on_close: Callable[[], None] | None = None  # set by the adapter: metrics
+        self.outcome: Outcome | None = None  # set by the adapter: ended (slot, metrics) on close
         self._closed = False
         self._token: Token[float | None] | None = None
 
@@ -51,8 +50,6 @@ class _Body:
             raise self._error(error) from error
 
     def _error(self, error: Exception) -> Exception:
-        from .adapter import as_httpx_error
-
         deadline = self._deadline
         timed_out = isinstance(error, httpcore.TimeoutException | TimeoutError)
         if timed_out and deadline is not None and time.monotonic() >= deadline - 0.001:
@@ -71,12 +68,8 @@ class _Body:
         if self._closed:
             return
         self._closed = True
-        outcome = self.outcome
-        if outcome is not None and outcome.release is not None:
-            release, outcome.release = outcome.release, None
-            release()
-        if self.on_close is not None:
-            self.on_close()
+        if self.outcome is not None:
+            self.outcome.end()
 
 
 class StreamedBody(_Body, httpx.SyncByteStream):

@@ -3,9 +3,11 @@ would already catch, named after the Envoy response flag it stands for."""
 
 from __future__ import annotations
 
+import httpcore
 import httpx
 
-from ..errors import MeshError
+from ..core.retry_policy import Failure
+from ..errors import CertificateUnavailableError, MeshError
 
 __all__ = [
     "MeshRequestError",
@@ -14,6 +16,8 @@ __all__ = [
     "NoRouteError",
     "RetriesExhaustedError",
     "UpstreamOverflowError",
+    "as_httpx_error",
+    "failure_of",
 ]
 
 
@@ -29,25 +33,65 @@ class NoRouteError(MeshRequestError):
     flag = "NR"
 
 
-class NoHealthyUpstreamError(MeshError, httpx.ConnectError):
+class NoHealthyUpstreamError(MeshRequestError, httpx.ConnectError):
     """UH: the destination has no endpoint that is ready and not ejected."""
 
     flag = "UH"
 
 
-class UpstreamOverflowError(MeshError, httpx.PoolTimeout):
+class UpstreamOverflowError(MeshRequestError, httpx.PoolTimeout):
     """UO: the destination's connection pool limits are reached; refused without queueing."""
 
     flag = "UO"
 
 
-class RetriesExhaustedError(MeshError, httpx.TransportError):
+class RetriesExhaustedError(MeshRequestError, httpx.TransportError):
     """URX: every allowed attempt failed, or the retry budget allowed no more."""
 
     flag = "URX"
 
 
-class MeshTimeoutError(MeshError, httpx.TimeoutException):
+class MeshTimeoutError(MeshRequestError, httpx.TimeoutException):
     """UT: the route timeout or the inbound deadline passed."""
 
     flag = "UT"
+
+
+def failure_of(error: BaseException) -> Failure | None:
+    """An httpcore error as a retry/outlier failure; None for errors that are the caller's own."""
+    if isinstance(error, httpcore.ConnectError | httpcore.ConnectTimeout | httpcore.PoolTimeout):
+        return Failure.CONNECT
+    if isinstance(error, httpcore.TimeoutException | TimeoutError):
+        return Failure.TIMEOUT
+    if isinstance(error, httpcore.NetworkError | httpcore.RemoteProtocolError):
+        return Failure.RESET
+    return None
+
+
+_HTTPX_ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (TimeoutError, httpx.ReadTimeout),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+    (CertificateUnavailableError, httpx.ConnectError),  # refused before sending (UF)
+)
+
+
+def as_httpx_error(error: BaseException, request: httpx.Request) -> BaseException:
+    """httpcore's exception as the httpx one a caller catches (most specific first)."""
+    for core_type, httpx_type in _HTTPX_ERRORS:
+        if isinstance(error, core_type):
+            mapped = httpx_type(str(error) or type(error).__name__, request=request)
+            mapped.__cause__ = error
+            return mapped
+    return error

@@ -16,21 +16,18 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import httpcore
 import httpx
 
-from ..core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep
+from ..core.exchange import Attempt, Exchange, Mirror, Outcome, Send
 from ..core.routing_table import RoutingTable
-from ..core.snapshot import Endpoint
-from .adapter import HttpAdapter
+from ..drivers import drive_client, drive_client_async
+from .adapter import HttpAdapter, HttpMesh
 from .body import AsyncStreamedBody, StreamedBody
 from .network import AsyncMeshBackend, MeshBackend, attempt_deadline
-
-if TYPE_CHECKING:
-    from ..mesh import Mesh
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
@@ -70,8 +67,9 @@ def _key(request: httpcore.Request, peer: str | None) -> PoolKey:
     return (url.scheme, url.host, url.port or 0, peer or request.extensions.get("sni_hostname"))
 
 
-def _peer(mtls: bool, endpoint: Endpoint | None) -> str | None:
-    return endpoint.identity if mtls and endpoint is not None else None
+def _peer(send: Attempt) -> str | None:
+    """The SPIFFE ID the endpoint must prove over mTLS (None: not mTLS)."""
+    return send.endpoint.identity if send.mtls and send.endpoint is not None else None
 
 
 P = TypeVar("P", httpcore.ConnectionPool, httpcore.AsyncConnectionPool)
@@ -132,8 +130,9 @@ class _Pools(Generic[P]):
 class MeshTransport(httpx.BaseTransport):
     """For ``httpx.Client``: ``httpx.Client(transport=mesh.transport())``."""
 
-    def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, mesh: HttpMesh, inner: httpx.BaseTransport | None = None) -> None:
         self._adapter = adapter = HttpAdapter(mesh)
+        self._metrics = mesh.metrics
         self._inner = inner or httpx.HTTPTransport()
         self._pools: _Pools[httpcore.ConnectionPool] = _Pools(lambda peer: _sync_pool(adapter, peer))
         self._mirrors: concurrent.futures.ThreadPoolExecutor | None = None
@@ -142,49 +141,29 @@ class MeshTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         adapter = self._adapter
-        plane = adapter.plane()
-        fqdn = plane.resolve(request.url.host)
+        table = adapter.table()
+        fqdn = table.resolve(request.url.host)
         if fqdn is None:
             return self._inner.handle_request(request)
-        if plane.version != self._pools.version:
-            for pool in self._pools.retire(plane):
+        if table.version != self._pools.version:
+            for pool in self._pools.retire(table):
                 pool.close()
-        ex = adapter.exchange(request, plane, fqdn)
-        flow = adapter.stack(ex)
-        value: Any = None
-        try:
-            while True:
-                action = flow.send(value)
-                if isinstance(action, Send):
-                    value = self._send(request, ex, action)
-                elif isinstance(action, Sleep):
-                    time.sleep(action.seconds)
-                    value = None
-                elif isinstance(action, Mirror):
-                    self._mirror(request, ex, action)
-                    value = None
-                else:  # pragma: no cover - a filter yielded something no driver knows
-                    raise TypeError(f"unknown action {action!r}")
-        except StopIteration as done:
-            reply: Reply = done.value
-        except BaseException:
-            flow.close()  # the stack's finally blocks give back pool and retry slots now
-            adapter.escaped(ex)
-            raise
+        ex = adapter.exchange(request, table, fqdn)
+        reply = drive_client(adapter.flow(ex), ex, self, self._metrics)
         return adapter.finish(request, ex, reply)
 
-    def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
-        # The whole attempt, not each read: the network layer gives every operation the time left.
-        adapter = self._adapter
+    def send(self, ex: Exchange, send: Send) -> Outcome:
+        """One attempt on the endpoint's pool: the whole attempt, not each read, is bounded
+        (the network layer gives every operation the time left)."""
+        adapter, request = self._adapter, ex.request
         deadline = time.monotonic() + send.timeout if send.timeout is not None else None
         token = attempt_deadline.set(deadline)
         try:
-            mtls = adapter.use_mtls(ex.cluster, send.endpoint)
-            upstream = adapter.upstream(request, ex, send, mtls=mtls)
-            pool = self._pools.get(upstream, _peer(mtls, send.endpoint), send.endpoint is not None)
+            upstream = adapter.upstream(request, ex, send)
+            pool = self._pools.get(upstream, _peer(send), send.endpoint is not None)
             response = pool.handle_request(upstream)
             adapter.served(ex, response)
-            if adapter.streams(ex, response):
+            if adapter.streams(ex, send, response):
                 return adapter.streamed(response, StreamedBody(response, ex, request, deadline))
             try:
                 content = response.read()
@@ -196,15 +175,11 @@ class MeshTransport(httpx.BaseTransport):
             attempt_deadline.reset(token)
         return adapter.response(response, content)
 
-    def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
+    def mirror(self, ex: Exchange, copy: Mirror) -> None:
+        request = ex.request
         if not isinstance(request.stream, httpx.ByteStream):
             return  # a streamed body can be read once only: it belongs to the real request
-        try:
-            mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
-        except httpcore.ConnectError:
-            return  # no certificate to send it with: a mirror is never sent in plaintext either
-        copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
-        peer = _peer(mtls, mirror.endpoint)
+        upstream = self._adapter.upstream(request, ex, copy)
         with self._lock:
             if len(self._mirroring) >= MAX_MIRRORS_IN_FLIGHT:
                 return  # shed copies rather than let them pile up behind a slow mirror
@@ -212,7 +187,7 @@ class MeshTransport(httpx.BaseTransport):
                 self._mirrors = concurrent.futures.ThreadPoolExecutor(
                     MIRROR_WORKERS, thread_name_prefix="meshlib-mirror"
                 )
-            future = self._mirrors.submit(self._send_mirror, copy, peer, mirror.endpoint is not None)
+            future = self._mirrors.submit(self._send_mirror, upstream, _peer(copy), copy.endpoint is not None)
             self._mirroring.add(future)
         future.add_done_callback(self._mirror_done)
 
@@ -250,8 +225,9 @@ def _under_asyncio() -> bool:
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
     """For ``httpx.AsyncClient``: ``httpx.AsyncClient(transport=mesh.async_transport())``."""
 
-    def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, mesh: HttpMesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._adapter = adapter = HttpAdapter(mesh)
+        self._metrics = mesh.metrics
         self._inner = inner or httpx.AsyncHTTPTransport()
         self._pools: _Pools[httpcore.AsyncConnectionPool] = _Pools(lambda peer: _async_pool(adapter, peer))
         self._mirrors: set[asyncio.Task[None]] = set()
@@ -261,50 +237,28 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         if self._asyncio is None:
             self._asyncio = _under_asyncio()
         adapter = self._adapter
-        plane = adapter.plane()
-        fqdn = plane.resolve(request.url.host)
+        table = adapter.table()
+        fqdn = table.resolve(request.url.host)
         if fqdn is None:
             return await self._inner.handle_async_request(request)
-        if plane.version != self._pools.version:
-            for pool in self._pools.retire(plane):
+        if table.version != self._pools.version:
+            for pool in self._pools.retire(table):
                 await pool.aclose()
-        ex = adapter.exchange(request, plane, fqdn)
-        flow = adapter.stack(ex)
-        value: Any = None
-        try:
-            while True:
-                action = flow.send(value)
-                if isinstance(action, Send):
-                    value = await self._send(request, ex, action)
-                elif isinstance(action, Sleep):
-                    await anyio.sleep(action.seconds)
-                    value = None
-                elif isinstance(action, Mirror):
-                    self._mirror(request, ex, action)
-                    value = None
-                else:  # pragma: no cover
-                    raise TypeError(f"unknown action {action!r}")
-        except StopIteration as done:
-            reply: Reply = done.value
-        except BaseException:
-            flow.close()
-            adapter.escaped(ex)
-            raise
+        ex = adapter.exchange(request, table, fqdn)
+        reply = await drive_client_async(adapter.flow(ex), ex, self, self._metrics)
         return adapter.finish(request, ex, reply)
 
-    async def _send(self, request: httpx.Request, ex: Exchange, send: Send) -> Outcome:
-        adapter = self._adapter
-        # The whole attempt, not each read: the network layer gives every operation the
-        # time left (cheaper than asyncio.timeout, and the same as in the sync driver).
+    async def send(self, ex: Exchange, send: Send) -> Outcome:
+        """As the sync transport's (cheaper than asyncio.timeout, and the same in both)."""
+        adapter, request = self._adapter, ex.request
         deadline = time.monotonic() + send.timeout if send.timeout is not None else None
         token = attempt_deadline.set(deadline)
         try:
-            mtls = adapter.use_mtls(ex.cluster, send.endpoint)
-            upstream = adapter.upstream(request, ex, send, mtls=mtls)
-            pool = self._pools.get(upstream, _peer(mtls, send.endpoint), send.endpoint is not None)
+            upstream = adapter.upstream(request, ex, send)
+            pool = self._pools.get(upstream, _peer(send), send.endpoint is not None)
             response = await pool.handle_async_request(upstream)
             adapter.served(ex, response)
-            if adapter.streams(ex, response):
+            if adapter.streams(ex, send, response):
                 return adapter.streamed(response, AsyncStreamedBody(response, ex, request, deadline))
             try:
                 content = await response.aread()
@@ -316,17 +270,17 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             attempt_deadline.reset(token)
         return adapter.response(response, content)
 
-    def _mirror(self, request: httpx.Request, ex: Exchange, mirror: Mirror) -> None:
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    def mirror(self, ex: Exchange, copy: Mirror) -> None:
+        request = ex.request
         if not isinstance(request.stream, httpx.ByteStream) or len(self._mirrors) >= MAX_MIRRORS_IN_FLIGHT:
             return
         if not self._asyncio:
             return  # under trio there is no loop to leave a background task on: no mirroring
-        try:
-            mtls = self._adapter.use_mtls(mirror.cluster, mirror.endpoint)
-        except httpcore.ConnectError:
-            return  # as in the sync driver: never in plaintext
-        copy = self._adapter.upstream(request, ex, mirror, mirror=True, mtls=mtls)
-        sending = self._send_mirror(copy, _peer(mtls, mirror.endpoint), mirror.endpoint is not None)
+        upstream = self._adapter.upstream(request, ex, copy)
+        sending = self._send_mirror(upstream, _peer(copy), copy.endpoint is not None)
         task = asyncio.get_running_loop().create_task(sending)
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)

@@ -13,16 +13,13 @@ Websockets pass through with the same header hygiene; lifespan passes through un
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..core.call import Call, RawHeaders
-from ..core.deadline import _deadline
-from ..core.flags import flags_label
-from ..core.server_stack import Answer, Handle
-from ..mesh import Mesh
-from ..peer import PeerIdentity, _peer
+from ..core.server_stack import Answer
+from ..drivers import AsyncInboundRequest, ServingMesh
+from ..peer import PeerIdentity, reset_peer, set_peer
 
 __all__ = ["MeshMiddleware"]
 
@@ -36,7 +33,7 @@ _XFCC = b"x-forwarded-client-cert"
 
 
 class MeshMiddleware:
-    def __init__(self, app: ASGIApp, mesh: Mesh) -> None:
+    def __init__(self, app: ASGIApp, mesh: ServingMesh) -> None:
         self.app = app
         self.mesh = mesh
 
@@ -51,18 +48,16 @@ class MeshMiddleware:
             scope["headers"] = [(n, v) for n, v in headers if n != _XFCC]
         peer = peer_from_scope(scope)
         scope["meshlib.peer"] = peer
-        token = _peer.set(peer)
+        if kind == "http":
+            await self._http(scope, receive, send, peer)
+            return
+        token = set_peer(peer)
         try:
-            if kind == "http":
-                await self._http(scope, receive, send, peer)
-            else:
-                await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
         finally:
-            _peer.reset(token)
+            reset_peer(token)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, peer: PeerIdentity | None) -> None:
-        mesh = self.mesh
-        now = time.monotonic()
         server = scope.get("server") or ("", None)
         query = scope.get("query_string", b"")
         call = Call(
@@ -74,37 +69,31 @@ class MeshMiddleware:
             query=query.decode("latin-1") if query else "",
             header=RawHeaders(scope["headers"]),
         )
-        ex = mesh.inbound(call, now, peer)
-        flow = mesh.server_stack_runner(ex)
+        inbound = AsyncInboundRequest(self.mesh, call, peer)
+        answer = await inbound.admit_async()
+        if answer is not None:
+            await _respond(send, answer)
+            return
         status = 500
+        started = False
+
+        async def watch_status(message: Message) -> None:
+            nonlocal status, started
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                started = True
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                inbound.end(status)  # counted before the last bytes leave: the caller sees it
+            await send(message)
+
         try:
-            action = flow.send(None)
-            assert isinstance(action, Handle)
-            started = False
-
-            async def watch_status(message: Message) -> None:
-                nonlocal status, started
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    started = True
-                await send(message)
-
-            token = _deadline.set(ex.deadline) if ex.deadline is not None else None
-            try:
+            with inbound.scope():
                 await self.app(scope, receive, watch_status)
-            finally:
-                if token is not None:
-                    _deadline.reset(token)
-            flow.send(status if started else 500)
-        except StopIteration as done:
-            answer: Answer = done.value
-            if answer.local:
-                await _respond(send, answer)
-            status = answer.status
-        finally:
-            mesh.metrics.record(
-                "inbound", mesh.fqdn, status, flags_label(ex.flags), (time.monotonic() - now) * 1000.0
-            )
+        except BaseException:
+            inbound.end(status if started else 500)
+            raise
+        inbound.end(status if started else 500)  # no body sent (or the app ended without one)
 
 
 async def _respond(send: Send, answer: Answer) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 
 import uvicorn
 
-from .._net import bind
+from .._net import advertise_address, bind
 from ..mesh import Mesh
 from ..registry import AnnouncedEndpoint
 from .asgi import ASGIApp
@@ -35,20 +34,6 @@ from .wsgi import WSGIApp
 __all__ = ["advertise_address", "serve_asgi", "serve_wsgi"]
 
 log = logging.getLogger("meshlib")
-
-
-def advertise_address(host: str) -> str:
-    """The address other workloads should use: ``MESH_ADVERTISE_ADDRESS``, the bound host,
-    or (for a wildcard bind) this machine's address."""
-    configured = os.environ.get("MESH_ADVERTISE_ADDRESS", "").strip()
-    if configured:
-        return configured
-    if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
-        return host
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
 
 
 def _asgi_wrapped(app: Any) -> bool:

@@ -11,16 +11,13 @@ network is removed before the application sees the environ.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..core.call import Call
-from ..core.deadline import _deadline
-from ..core.flags import flags_label
-from ..core.server_stack import Answer, Handle
-from ..mesh import Mesh
-from ..peer import PeerIdentity, _peer
+from ..core.server_stack import Answer
+from ..drivers import InboundRequest, ServingMesh
+from ..peer import PeerIdentity
 
 __all__ = ["MeshMiddleware"]
 
@@ -30,13 +27,11 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
 class MeshMiddleware:
-    def __init__(self, app: WSGIApp, mesh: Mesh) -> None:
+    def __init__(self, app: WSGIApp, mesh: ServingMesh) -> None:
         self.app = app
         self.mesh = mesh
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        mesh = self.mesh
-        now = time.monotonic()
         environ.pop("HTTP_X_FORWARDED_CLIENT_CERT", None)
         peer = peer_from_environ(environ)
         environ["meshlib.peer"] = peer
@@ -49,40 +44,52 @@ class MeshMiddleware:
             query=environ.get("QUERY_STRING", ""),
             header=_EnvironHeaders(environ),
         )
-        ex = mesh.inbound(call, now, peer)
-        flow = mesh.server_stack_runner(ex)
+        inbound = InboundRequest(self.mesh, call, peer)
+        answer = inbound.admit()
+        if answer is not None:
+            return _respond(start_response, answer)
         status = [500]
-        try:
-            action = flow.send(None)
-            assert isinstance(action, Handle)
 
-            def watch_status(status_line: str, headers: Any, exc_info: Any = None) -> Any:
-                status[0] = int(status_line.split(" ", 1)[0])
-                return (
-                    start_response(status_line, headers, exc_info)
-                    if exc_info
-                    else start_response(status_line, headers)
-                )
-
-            peer_token = _peer.set(peer)
-            deadline_token = _deadline.set(ex.deadline) if ex.deadline is not None else None
-            try:
-                body = self.app(environ, watch_status)
-            finally:
-                if deadline_token is not None:
-                    _deadline.reset(deadline_token)
-                _peer.reset(peer_token)
-            flow.send(status[0])
-        except StopIteration as done:
-            answer: Answer = done.value
-            if answer.local:
-                body = _respond(start_response, answer)
-            status[0] = answer.status
-        finally:
-            mesh.metrics.record(
-                "inbound", mesh.fqdn, status[0], flags_label(ex.flags), (time.monotonic() - now) * 1000.0
+        def watch_status(status_line: str, headers: Any, exc_info: Any = None) -> Any:
+            status[0] = int(status_line.split(" ", 1)[0])
+            return (
+                start_response(status_line, headers, exc_info)
+                if exc_info
+                else start_response(status_line, headers)
             )
-        return body
+
+        try:
+            with inbound.scope():
+                body = self.app(environ, watch_status)
+        except BaseException:
+            inbound.end(500)
+            raise
+        if isinstance(body, list | tuple):  # the whole answer is made: count it now
+            inbound.end(status[0])
+            return body
+        # A body still being produced: counted when the server closes it (its whole duration).
+        return _Counted(body, lambda: inbound.end(status[0]))
+
+
+class _Counted:
+    """The application's body, and the end of the request when the server closes it (PEP 3333)."""
+
+    __slots__ = ("_body", "_done")
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], object]) -> None:
+        self._body = body
+        self._done = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
 
 
 class _EnvironHeaders:
@@ -107,7 +114,14 @@ def _respond(start_response: StartResponse, answer: Answer) -> list[bytes]:
     return [answer.body]
 
 
-_REASONS = {200: "OK", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    200: "OK",
+    403: "Forbidden",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 def peer_from_environ(environ: Environ) -> PeerIdentity | None:

@@ -13,15 +13,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
-from meshlib import Mesh
-from meshlib.server.limits import ServerLimits, grpc_server_options
-
-from ._aio import AioMeshServerInterceptor
-from ._server import listen
+from ..adapter import ServerLimits, grpc_server_options
+from .server import AioMeshServerInterceptor, listen
 
 __all__ = ["aio_serve"]
 
@@ -31,7 +29,7 @@ log = logging.getLogger("meshlib")
 async def aio_serve(
     register: Callable[[grpc.aio.Server], None],
     *,
-    mesh: Mesh,
+    mesh: Any,
     host: str = "127.0.0.1",
     port: int = 50051,
     drain_delay: float = 2.0,

@@ -1,0 +1,303 @@
+"""The drivers of the two stacks, one per concurrency model: every adapter runs its requests
+through these and nothing else.
+
+The client stack yields decided actions (``Send``, ``Sleep``, ``Mirror``); a client driver
+performs each with the adapter's I/O (``ClientIO`` blocking, ``AsyncClientIO`` awaiting) and
+sends the result back in. The server stack runs up to ``Handle``; the adapter runs the
+application and ends the request with its status. Both drivers close the flow on every way
+out (its ``finally`` blocks give back pool and retry slots), refuse an action they do not
+know, and count each request once, here: outbound when the reply is in (or when a streamed
+answer ends), inbound when the answer is decided.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from .core.attempt import CertificateState
+from .core.call import Call
+from .core.cluster_state import Clusters
+from .core.deadline import _deadline
+from .core.exchange import Exchange, Mirror, Outcome, Reply, Send, Sleep, record_outbound
+from .core.flags import flags_label
+from .core.metrics import RequestMetrics
+from .core.routing_table import RoutingTable
+from .core.server_stack import Answer, Handle, Inbound
+from .core.stack import Flow
+from .peer import PeerIdentity, _peer
+
+__all__ = [
+    "AsyncClientIO",
+    "AsyncInboundRequest",
+    "ClientIO",
+    "ClientMesh",
+    "InboundRequest",
+    "ServingMesh",
+    "drive_client",
+    "drive_client_async",
+    "outbound",
+]
+
+
+class ClientMesh(Protocol):
+    """What the client adapters need of a Mesh."""
+
+    clusters: Clusters
+    rng: random.Random
+    workload_id: str
+    metrics: RequestMetrics
+    client_stack_runner: Callable[[Exchange], Flow[Reply]]
+
+    @property
+    def workload_identity(self) -> CertificateState | None: ...
+
+
+def outbound(
+    mesh: ClientMesh,
+    call: Call,
+    table: RoutingTable,
+    fqdn: str,
+    *,
+    deadline: float | None,
+    replayable: bool,
+    request: Any = None,
+) -> Exchange:
+    """One outbound request's exchange, from any adapter (the adapter's own request rides along)."""
+    now = time.monotonic()
+    return Exchange(
+        call=call,
+        table=table,
+        clusters=mesh.clusters,
+        rng=mesh.rng,
+        clock=time.monotonic,
+        fqdn=fqdn,
+        source=mesh.workload_id,
+        identity=mesh.workload_identity,
+        started=now,
+        deadline=deadline,
+        replayable=replayable,
+        request=request,
+    )
+
+
+class ClientIO(Protocol):
+    """What a blocking adapter does for the client stack."""
+
+    def send(self, ex: Exchange, send: Send) -> Outcome: ...
+
+    def mirror(self, ex: Exchange, copy: Mirror) -> None:
+        """Start the copy in the background; never wait for it."""
+
+
+class AsyncClientIO(Protocol):
+    """What an asyncio (or anyio) adapter does for the client stack."""
+
+    async def send(self, ex: Exchange, send: Send) -> Outcome: ...
+
+    def mirror(self, ex: Exchange, copy: Mirror) -> None: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+def _unknown(action: object) -> TypeError:
+    return TypeError(f"the stack yielded {action!r}, which no driver performs")
+
+
+def drive_client(flow: Flow[Reply], ex: Exchange, io: ClientIO, metrics: RequestMetrics) -> Reply:
+    """Run one outbound request's flow to its reply, with blocking I/O."""
+    value: Any = None
+    try:
+        while True:
+            action = flow.send(value)
+            kind = type(action)
+            if kind is Send:
+                value = io.send(ex, action)
+            elif kind is Sleep:
+                time.sleep(action.seconds)
+                value = None
+            elif kind is Mirror:
+                io.mirror(ex, action)
+                value = None
+            else:
+                raise _unknown(action)
+    except StopIteration as done:
+        reply: Reply = done.value
+    except BaseException:
+        flow.close()
+        record_outbound(metrics, ex, None)
+        raise
+    _count(metrics, ex, reply)
+    return reply
+
+
+async def drive_client_async(
+    flow: Flow[Reply], ex: Exchange, io: AsyncClientIO, metrics: RequestMetrics
+) -> Reply:
+    """The same, awaiting the I/O (the flow itself never blocks)."""
+    value: Any = None
+    try:
+        while True:
+            action = flow.send(value)
+            kind = type(action)
+            if kind is Send:
+                value = await io.send(ex, action)
+            elif kind is Sleep:
+                await io.sleep(action.seconds)
+                value = None
+            elif kind is Mirror:
+                io.mirror(ex, action)
+                value = None
+            else:
+                raise _unknown(action)
+    except StopIteration as done:
+        reply: Reply = done.value
+    except BaseException:
+        flow.close()
+        record_outbound(metrics, ex, None)
+        raise
+    _count(metrics, ex, reply)
+    return reply
+
+
+def _count(metrics: RequestMetrics, ex: Exchange, reply: Reply) -> None:
+    outcome = reply.outcome
+    if outcome is not None and outcome.streaming:  # counted when the body ends, whole duration
+        outcome.on_end = lambda: record_outbound(metrics, ex, reply)
+    else:
+        record_outbound(metrics, ex, reply)
+
+
+class ServingMesh(Protocol):
+    """What the server drivers need of a Mesh."""
+
+    @property
+    def metrics(self) -> RequestMetrics: ...
+
+    @property
+    def fqdn(self) -> str: ...
+
+    def inbound(self, call: Call, started: float, peer: PeerIdentity | None = None) -> Inbound: ...
+
+    @property
+    def server_stack_runner(self) -> Callable[[Inbound], Flow[Answer]]: ...
+
+
+class InboundRequest:
+    """One inbound request through the server stack (blocking adapters: WSGI, grpc).
+
+    ``admit()`` runs the stack up to the application: an ``Answer`` means the mesh answered
+    itself (a probe, an expired deadline, a refusal) and the application must not run; None
+    means run it, inside ``scope()``, then ``end(status)``. ``fail()`` when it raised."""
+
+    __slots__ = ("_ended", "_flow", "_mesh", "answer", "ex")
+
+    def __init__(
+        self,
+        mesh: ServingMesh,
+        call: Call,
+        peer: PeerIdentity | None = None,
+        *,
+        timeout: float | None = None,
+        started: float | None = None,
+    ) -> None:
+        self._mesh = mesh
+        self.ex = ex = mesh.inbound(call, time.monotonic() if started is None else started, peer)
+        ex.timeout = timeout
+        self._flow = mesh.server_stack_runner(ex)
+        self._ended = False
+        self.answer: Answer | None = None  # how the request ended, once it has
+
+    @property
+    def peer(self) -> PeerIdentity | None:
+        return self.ex.peer
+
+    def admit(self) -> Answer | None:
+        return self._step(None)
+
+    def _step(self, value: Any) -> Answer | None:
+        try:
+            action = self._flow.send(value)
+        except StopIteration as done:
+            answer: Answer = done.value
+            self.answer = answer
+            self._count(answer.status)
+            return answer
+        except BaseException:
+            self.fail()
+            raise
+        if type(action) is not Handle:
+            self.fail()
+            raise _unknown(action)
+        return None
+
+    def end(self, status: int) -> Answer:
+        """The application answered ``status``: the rest of the stack sees it; counted. A
+        second call (the adapter saw the end twice) returns the same answer."""
+        if self.answer is not None:
+            return self.answer
+        try:
+            self._flow.send(status)
+        except StopIteration as done:
+            answer: Answer = done.value
+            self.answer = answer
+            self._count(answer.status)
+            return answer
+        except BaseException:
+            self.fail()
+            raise
+        self.fail()
+        raise RuntimeError("the server stack went on after the application answered")
+
+    def fail(self) -> None:
+        """The stack itself failed: close the flow, count a 500."""
+        self._flow.close()
+        if self.answer is None:
+            self.answer = Answer(500)
+        self._count(500)
+
+    def _count(self, status: int) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        ex, mesh = self.ex, self._mesh
+        mesh.metrics.record(
+            "inbound", mesh.fqdn, status, flags_label(ex.flags), (ex.clock() - ex.started) * 1000.0
+        )
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """The application's context: its outbound mesh calls carry the remaining deadline,
+        and ``meshlib.current_peer()`` names the verified caller."""
+        peer_token = _peer.set(self.ex.peer)
+        deadline = self.ex.deadline
+        token = _deadline.set(deadline) if deadline is not None else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                _deadline.reset(token)
+            _peer.reset(peer_token)
+
+    def context(self) -> contextvars.Context:
+        """A copy of the current context with the application's scope set (for code that runs
+        step by step, such as a response stream, possibly on other threads)."""
+        context = contextvars.copy_context()
+        context.run(_peer.set, self.ex.peer)
+        if self.ex.deadline is not None:
+            context.run(_deadline.set, self.ex.deadline)
+        return context
+
+
+class AsyncInboundRequest(InboundRequest):
+    """The same for asyncio adapters (ASGI, grpc.aio): stack actions other than ``Handle``
+    (an external authorization call) are awaited here."""
+
+    __slots__ = ()
+
+    async def admit_async(self) -> Answer | None:
+        return self._step(None)

@@ -1,0 +1,311 @@
+"""The gRPC server side: interceptors that run the mesh's server stack, and ``serve``.
+
+``MeshServerInterceptor`` (``grpc.server``) and ``AioMeshServerInterceptor``
+(``grpc.aio.server``) run every call through the same server stack as the ASGI and WSGI
+middleware: the caller's gRPC deadline bounds the handler's outbound mesh calls and an
+already-expired call is refused with DEADLINE_EXCEEDED without running the handler; the
+verified peer (``meshlib.current_peer()``); flags and inbound metrics recorded the same way.
+``serve`` runs a ``grpc.server`` as a mesh workload: the standard health service tied to
+readiness, registration when serving, and on SIGTERM: NOT_SERVING, endpoint marked not
+ready, a pause for clients to notice, in-flight calls finished (bounded), deregistration.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import logging
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import grpc
+from cryptography import x509
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from ..adapter import (
+    AnnouncedEndpoint,
+    Answer,
+    AsyncInboundRequest,
+    Call,
+    InboundRequest,
+    PeerIdentity,
+    ServerLimits,
+    ServingMesh,
+    advertise_address,
+    grpc_server_options,
+    grpc_status_for_http,
+    spiffe_id_of,
+)
+from .adapter import Metadata, http_status, metadata_lookup
+
+__all__ = [
+    "AioMeshServerInterceptor",
+    "MeshServerInterceptor",
+    "listen",
+    "peer_of",
+    "serve",
+    "server_credentials",
+]
+
+log = logging.getLogger("meshlib")
+_NO_DEADLINE = 10 * 365 * 24 * 3600.0
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def _inbound(
+    kind: type[InboundRequest], mesh: ServingMesh, method: str, metadata: Metadata | None, context: Any
+) -> Any:
+    call = Call(
+        method="POST",
+        scheme="http",
+        host="",
+        port=None,
+        path=method,
+        query="",
+        header=metadata_lookup(metadata),
+        protocol="grpc",
+    )
+    remaining: float | None = context.time_remaining()
+    if remaining is not None and remaining > _NO_DEADLINE:
+        remaining = None  # grpc reports "no deadline" as ~9.2e18 s
+    return kind(mesh, call, peer_of(context), timeout=remaining)
+
+
+def _refusal(answer: Answer) -> tuple[grpc.StatusCode, str]:
+    """A local answer of the server stack as the gRPC status the caller gets."""
+    code = grpc.StatusCode[answer.grpc_status or grpc_status_for_http(answer.status)]
+    return code, answer.body.decode(errors="replace").strip()
+
+
+def _status(context: Any, raised: bool) -> int:
+    """The HTTP status the call ended with (for the stack's filters and the metrics)."""
+    code = context.code() if hasattr(context, "code") else None
+    if isinstance(code, grpc.StatusCode):
+        return http_status(code)
+    return 500 if raised else 200
+
+
+def _wrap_sync(
+    mesh: ServingMesh, behavior: Callable[..., Any], method: str, metadata: Any, streaming_out: bool
+) -> Any:
+    """A handler that blocks (grpc.server, or a sync handler on grpc.aio.server)."""
+
+    def unary(request: Any, context: Any) -> Any:
+        inbound = _inbound(InboundRequest, mesh, method, metadata, context)
+        answer = inbound.admit()
+        if answer is not None:
+            context.abort(*_refusal(answer))
+        try:
+            with inbound.scope():
+                result = behavior(request, context)
+        except BaseException:
+            inbound.end(_status(context, raised=True))
+            raise
+        inbound.end(_status(context, raised=False))
+        return result
+
+    def stream(request: Any, context: Any) -> Iterator[Any]:
+        inbound = _inbound(InboundRequest, mesh, method, metadata, context)
+        answer = inbound.admit()
+        if answer is not None:
+            context.abort(*_refusal(answer))
+        scope = inbound.context()  # every step of the stream runs in the call's scope
+        raised = True
+        try:
+            responses = scope.run(behavior, request, context)
+            while True:
+                try:
+                    item = scope.run(next, responses)
+                except StopIteration:
+                    raised = False
+                    return
+                yield item
+        finally:
+            inbound.end(_status(context, raised))
+
+    return stream if streaming_out else unary
+
+
+def _wrap_async(mesh: ServingMesh, behavior: Callable[..., Any], method: str, metadata: Any) -> Any:
+    """A coroutine or async-generator handler on grpc.aio.server."""
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context)
+            answer = await inbound.admit_async()
+            if answer is not None:
+                await context.abort(*_refusal(answer))
+            raised = True
+            try:
+                with inbound.scope():  # this call's own task: the scope covers every step
+                    async for item in behavior(request, context):
+                        yield item
+                raised = False
+            finally:
+                inbound.end(_status(context, raised))
+
+        return stream
+
+    async def unary(request: Any, context: Any) -> Any:
+        inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context)
+        answer = await inbound.admit_async()
+        if answer is not None:
+            await context.abort(*_refusal(answer))
+        try:
+            with inbound.scope():
+                result = await behavior(request, context)
+        except BaseException:
+            inbound.end(_status(context, raised=True))
+            raise
+        inbound.end(_status(context, raised=False))
+        return result
+
+    return unary
+
+
+def _wrapped_handler(mesh: ServingMesh, handler: Any, details: Any) -> Any:
+    method: str = details.method
+    metadata = details.invocation_metadata
+    changes = {}
+    for kind in _KINDS:
+        behavior = getattr(handler, kind)
+        if behavior is None:
+            continue
+        if inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior):
+            changes[kind] = _wrap_async(mesh, behavior, method, metadata)
+        else:
+            changes[kind] = _wrap_sync(mesh, behavior, method, metadata, kind.endswith("stream"))
+    return handler._replace(**changes)
+
+
+class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """For ``grpc.server``: every call through the mesh's server stack."""
+
+    def __init__(self, mesh: ServingMesh) -> None:
+        self.mesh = mesh
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        return None if handler is None else _wrapped_handler(self.mesh, handler, details)
+
+
+class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
+    """For ``grpc.aio.server``: the same, for coroutine and plain handlers alike."""
+
+    def __init__(self, mesh: ServingMesh) -> None:
+        self.mesh = mesh
+
+    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = await continuation(details)
+        return None if handler is None else _wrapped_handler(self.mesh, handler, details)
+
+
+def peer_of(context: Any) -> PeerIdentity | None:
+    """The caller's identity from the verified client certificate of the call's TLS connection."""
+    try:
+        auth = context.auth_context()
+    except Exception:
+        return None
+    for pem in auth.get("x509_pem_cert", ()):
+        spiffe = spiffe_id_of(x509.load_pem_x509_certificate(pem))
+        if spiffe is not None:
+            return PeerIdentity.parse(spiffe)
+    return None
+
+
+def server_credentials(mesh: Any) -> grpc.ServerCredentials | None:
+    """mTLS with the workload's identity, following its rotation (grpcio asks for a new
+    configuration before each handshake; a new certificate is handed over when there is one).
+    gRPC serves TLS or plaintext per port, not both: with an identity the port is mTLS-only."""
+    identity = mesh.workload_identity
+    if identity is None:
+        return None
+    seen = {"generation": identity.generation}
+
+    def configuration() -> Any:
+        key, chain, roots = identity.pem()
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=roots)
+
+    def fetch() -> Any:
+        if identity.generation == seen["generation"]:
+            return None
+        seen["generation"] = identity.generation
+        return configuration()
+
+    return grpc.dynamic_ssl_server_credentials(configuration(), fetch, require_client_authentication=True)
+
+
+def listen(server: grpc.Server | grpc.aio.Server, mesh: Any, host: str, port: int) -> AnnouncedEndpoint:
+    """Add the port (mTLS with the mesh identity when there is one); the endpoint to announce."""
+    credentials = server_credentials(mesh)
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    return AnnouncedEndpoint(
+        address=advertise_address(host), port=bound, protocol="grpc", tls=credentials is not None
+    )
+
+
+def serve(
+    register: Callable[[grpc.Server], None],
+    *,
+    mesh: Any,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    threads: int = 16,
+    drain_delay: float = 2.0,
+    drain_timeout: float = 20.0,
+    ready: threading.Event | None = None,
+    limits: ServerLimits | None = None,
+) -> None:
+    """Run a gRPC server as a mesh workload until SIGTERM/SIGINT, then drain.
+
+    ``register(server)`` adds your servicers. ``ready`` (optional) is set once serving.
+    ``limits`` bound metadata size and the time a silent or idle connection is kept."""
+    own_mesh = not mesh.started
+    mesh.start()
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=threads),
+        interceptors=[MeshServerInterceptor(mesh)],
+        options=grpc_server_options(limits or ServerLimits()),
+    )
+    register(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    endpoint = listen(server, mesh, host, port)
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    mesh.announce([endpoint])
+    log.info("gRPC serving on %s:%d as %s", endpoint.address, endpoint.port, mesh.identity)
+    stopping = threading.Event()
+
+    def drain(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            server.stop(0)
+            return
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, drain) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if ready is not None:
+        ready.set()
+    try:
+        while not stopping.wait(0.2):
+            pass
+        log.info("draining: NOT_SERVING, endpoint not ready; stopping in %.1fs", drain_delay)
+        health_servicer.enter_graceful_shutdown()
+        mesh.draining = True
+        mesh.announce([endpoint.model_copy(update={"ready": False})])
+        time.sleep(drain_delay)
+        server.stop(drain_timeout).wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        mesh.announce([])
+        if own_mesh:
+            mesh.close()
