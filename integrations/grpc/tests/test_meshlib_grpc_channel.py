@@ -330,3 +330,70 @@ def test_future_timeout_runs_from_the_call_and_the_future_answers_call_questions
         assert futures[0].result() == b"v2-a"
     with pytest.raises(ValueError, match="closed channel"):
         unary.future(b"x", timeout=1)
+
+
+REWRITE_AND_EDIT = vs("""\
+  - match: [{uri: {prefix: /test.Legacy/}}]
+    rewrite: {uri: /test.Echo/, authority: reviews.internal}
+    headers:
+      request: {set: {x-mesh: "yes"}, add: {x-extra: one}, remove: [x-secret]}
+      response: {add: {x-served-by: mesh}}
+    route:
+    - destination: {host: reviews, subset: v2}
+      headers: {request: {add: {x-subset: v2}}}
+""")
+
+
+@pytest.mark.parametrize("mode", ["sync", "aio"])
+def test_rewrite_and_metadata_edits_mean_for_grpc_what_they_mean_for_http(  # type: ignore[no-untyped-def]
+    backends, make_mesh, mode: str
+) -> None:
+    """The route's rewrite changes the method called upstream (``:path``) and the authority;
+    request edits change the metadata sent (``add`` appends an entry, as Envoy does), answer
+    edits the initial metadata the caller sees."""
+    import asyncio
+
+    mesh = make_mesh(
+        entry(backends) + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}") + REWRITE_AND_EDIT
+    )
+    metadata = (("x-secret", "s3cret"), ("x-extra", "zero"))
+    if mode == "sync":
+        with meshlib_grpc.channel(mesh, "reviews") as channel:
+            response, call = channel.unary_unary("/test.Legacy/Unary").with_call(
+                b"x", metadata=metadata, timeout=5
+            )
+            assert dict(call.initial_metadata())["x-served-by"] == "mesh"
+    else:  # ``await`` gives the response only: the answer's metadata is not the caller's to see
+
+        async def main() -> bytes:
+            async with meshlib_grpc.aio_channel(mesh, "reviews") as channel:
+                return await channel.unary_unary("/test.Legacy/Unary")(b"x", metadata=metadata, timeout=5)
+
+        response = asyncio.run(main())
+    assert response == b"v2-a", "the legacy method name reached /test.Echo/Unary on v2"
+    seen = backends["v2-a"][0].metadata[-1]
+    assert (seen["x-mesh"], seen["x-subset"]) == ("yes", "v2")
+    assert "x-secret" not in seen
+
+
+def test_an_appended_metadata_entry_keeps_the_callers_own(backends, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    seen_all: list[list[tuple[str, str]]] = []
+
+    def record(request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen_all.append([(k, v) for k, v in context.invocation_metadata() if k == "x-extra"])
+        return b"ok"
+
+    from grpc_backends import grpc_server
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(record)}
+    )
+    with grpc_server(handler) as port:
+        mesh = make_mesh(
+            grpc_service_entry("reviews", {"v2-a": port})
+            + SUBSETS.format(policy="    loadBalancer: {simple: RANDOM}")
+            + REWRITE_AND_EDIT
+        )
+        with meshlib_grpc.channel(mesh, "reviews") as channel:
+            channel.unary_unary("/test.Legacy/Unary")(b"x", metadata=(("x-extra", "zero"),), timeout=5)
+    assert seen_all == [[("x-extra", "zero"), ("x-extra", "one")]]

@@ -80,7 +80,9 @@ def health(ex: Inbound, next: ServerNext) -> ServerFlow:
 def deadline(ex: Inbound, next: ServerNext) -> ServerFlow:
     """The caller's remaining time (gRPC's deadline, or Envoy's header): bounds the handler's
     own outbound calls; none left, 504 (gRPC: DEADLINE_EXCEEDED) without running it."""
-    remaining = ex.timeout if ex.timeout is not None else parse_timeout_ms(ex.call.header(DEADLINE_HEADER))
+    remaining = parse_timeout_ms(ex.call.header(DEADLINE_HEADER))
+    if ex.timeout is not None and (remaining is None or ex.timeout < remaining):
+        remaining = ex.timeout  # both: the tighter one (a gRPC deadline and Envoy's header)
     if remaining is not None:
         if remaining <= 0:
             ex.flags.append(UT)

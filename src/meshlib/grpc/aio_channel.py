@@ -29,7 +29,7 @@ from .adapter import (
     Metadata,
     Spec,
 )
-from .arities import Arities
+from .arities import Arities, CallableBase
 
 __all__ = ["AioMeshChannel"]
 
@@ -211,20 +211,8 @@ class _Stream:
         return await self._iterator.__anext__()
 
 
-class _AioCallable:
-    def __init__(
-        self,
-        channel: AioMeshChannel,
-        method: str,
-        serializers: tuple[Any, Any],
-        streaming_in: bool,
-        streaming_out: bool,
-    ) -> None:
-        self._channel = channel
-        self._method = method
-        self._serializers = serializers
-        self._in = streaming_in
-        self._out = streaming_out
+class _AioCallable(CallableBase):
+    _channel: AioMeshChannel
 
     def __call__(
         self,
@@ -236,8 +224,7 @@ class _AioCallable:
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        spec = Spec(self._method, request, metadata, self._in, self._out, self._serializers)
-        coroutine = self._channel.run(spec, timeout)
+        coroutine = self._channel.run(self._spec(request, metadata), timeout)
         return _Stream(coroutine) if self._out else _Awaitable(coroutine)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..adapter import HeaderOps, apply_header_ops
+from .adapter import Metadata, Spec
 
-__all__ = ["Arities", "edited_metadata"]
+__all__ = ["Arities", "CallableBase", "edited_metadata"]
 
 
 class Arities:
@@ -58,3 +59,19 @@ def edited_metadata(metadata: Any, edits: tuple[HeaderOps, ...]) -> Any:
     if not edits:
         return metadata
     return tuple(apply_header_ops([(k.lower(), v) for k, v in metadata or ()], edits))
+
+
+class CallableBase:
+    """A mesh channel's multicallable for one method: what a call of it is (its ``Spec``)."""
+
+    def __init__(
+        self, channel: Any, method: str, serializers: tuple[Any, Any], streaming_in: bool, streaming_out: bool
+    ) -> None:
+        self._channel = channel
+        self._method = method
+        self._serializers = serializers
+        self._in = streaming_in
+        self._out = streaming_out
+
+    def _spec(self, request: Any, metadata: Metadata | None, with_call: bool = False) -> Spec:
+        return Spec(self._method, request, metadata, self._in, self._out, self._serializers, with_call)

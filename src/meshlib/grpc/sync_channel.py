@@ -29,7 +29,7 @@ from .adapter import (
     Metadata,
     Spec,
 )
-from .arities import Arities, edited_metadata
+from .arities import Arities, CallableBase, edited_metadata
 
 __all__ = ["CallFuture", "MeshChannel"]
 
@@ -173,23 +173,9 @@ class _Callable(
     grpc.UnaryStreamMultiCallable,  # type: ignore[misc]
     grpc.StreamUnaryMultiCallable,
     grpc.StreamStreamMultiCallable,
+    CallableBase,
 ):
-    def __init__(
-        self,
-        channel: MeshChannel,
-        method: str,
-        serializers: tuple[Any, Any],
-        streaming_in: bool,
-        streaming_out: bool,
-    ) -> None:
-        self._channel = channel
-        self._method = method
-        self._serializers = serializers
-        self._in = streaming_in
-        self._out = streaming_out
-
-    def _spec(self, request: Any, metadata: Metadata | None, with_call: bool = False) -> Spec:
-        return Spec(self._method, request, metadata, self._in, self._out, self._serializers, with_call)
+    _channel: MeshChannel
 
     def __call__(
         self,

@@ -16,7 +16,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import httpcore
@@ -36,23 +36,18 @@ MIRROR_WORKERS = 16
 CLOSE_GRACE = 0.5  # closing a client waits this long at most for mirrors still on their way
 
 
+_POOL: dict[str, Any] = {"max_connections": 1000, "max_keepalive_connections": 100, "keepalive_expiry": 60.0}
+
+
 def _sync_pool(adapter: HttpAdapter, peer: str | None) -> httpcore.ConnectionPool:
-    return httpcore.ConnectionPool(
-        ssl_context=adapter.ssl_context(peer),
-        max_connections=1000,
-        max_keepalive_connections=100,
-        keepalive_expiry=60.0,
-        network_backend=MeshBackend(peer, adapter.mtls_context if peer else None),
-    )
+    backend = MeshBackend(peer, adapter.mtls_context if peer else None)
+    return httpcore.ConnectionPool(ssl_context=adapter.ssl_context(peer), network_backend=backend, **_POOL)
 
 
 def _async_pool(adapter: HttpAdapter, peer: str | None) -> httpcore.AsyncConnectionPool:
+    backend = AsyncMeshBackend(peer, adapter.mtls_context if peer else None)
     return httpcore.AsyncConnectionPool(
-        ssl_context=adapter.ssl_context(peer),
-        max_connections=1000,
-        max_keepalive_connections=100,
-        keepalive_expiry=60.0,
-        network_backend=AsyncMeshBackend(peer, adapter.mtls_context if peer else None),
+        ssl_context=adapter.ssl_context(peer), network_backend=backend, **_POOL
     )
 
 
@@ -127,53 +122,115 @@ class _Pools(Generic[P]):
         return pools
 
 
-class MeshTransport(httpx.BaseTransport):
+class _Core(Generic[P]):
+    """What the sync and the async transport share: pools, routing, the attempt's frame."""
+
+    def __init__(self, mesh: HttpMesh, make: Callable[[HttpAdapter, str | None], P]) -> None:
+        self._adapter = adapter = HttpAdapter(mesh)
+        self._metrics = mesh.metrics
+        self._pools: _Pools[P] = _Pools(lambda peer: make(adapter, peer))
+
+    def _route(self, request: httpx.Request) -> tuple[Exchange | None, list[P]]:
+        """The exchange of a mesh request (None: not a mesh host), and pools to close now."""
+        adapter = self._adapter
+        table = adapter.table()
+        fqdn = table.resolve(request.url.host)
+        retired = self._pools.retire(table) if table.version != self._pools.version else []
+        return (adapter.exchange(request, table, fqdn) if fqdn is not None else None), retired
+
+
+class _Attempt(Generic[P]):
+    """One attempt's frame: bounded as a whole (the network layer gives every operation the
+    time left: cheaper than asyncio.timeout, and the same in both drivers); any error in it
+    becomes the attempt's outcome (or the caller's own error, raised)."""
+
+    __slots__ = ("_body", "_core", "_deadline", "_ex", "_send", "_token", "outcome", "pool", "upstream")
+    _core: _Core[P]
+    pool: P
+    upstream: httpcore.Request
+
+    def __init__(
+        self, core: _Core[P], ex: Exchange, send: Send, body: type[StreamedBody | AsyncStreamedBody]
+    ) -> None:
+        self._core = core
+        self._ex = ex
+        self._send = send
+        self._body = body
+        self._deadline = time.monotonic() + send.timeout if send.timeout is not None else None
+        self.outcome: Outcome | None = None
+
+    def __enter__(self) -> _Attempt[P]:
+        self._token = attempt_deadline.set(self._deadline)
+        try:
+            self.upstream = self._core._adapter.upstream(self._ex.request, self._ex, self._send)
+            self.pool = self._core._pools.get(
+                self.upstream, _peer(self._send), self._send.endpoint is not None
+            )
+        except BaseException:
+            attempt_deadline.reset(self._token)
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
+        attempt_deadline.reset(self._token)
+        if isinstance(error, Exception):
+            self.outcome = self._core._adapter.failed(error, self._ex.request)
+            return True
+        return False
+
+    def streamed(self, response: httpcore.Response) -> bool:
+        """Is this answer handed over as it arrives (then it is the outcome already)?"""
+        adapter, ex = self._core._adapter, self._ex
+        adapter.served(ex, response)
+        if not adapter.streams(ex, self._send, response):
+            return False
+        body = self._body(response, ex, ex.request, self._deadline)
+        self.outcome = adapter.streamed(response, body)
+        return True
+
+    def read(self, response: httpcore.Response, content: bytes) -> None:
+        self.outcome = self._core._adapter.response(response, content)
+
+
+def _read(response: httpcore.Response) -> bytes:
+    with contextlib.closing(response):
+        return response.read()
+
+
+async def _aread(response: httpcore.Response) -> bytes:
+    try:
+        return await response.aread()
+    finally:
+        await response.aclose()
+
+
+class MeshTransport(_Core[httpcore.ConnectionPool], httpx.BaseTransport):
     """For ``httpx.Client``: ``httpx.Client(transport=mesh.transport())``."""
 
     def __init__(self, mesh: HttpMesh, inner: httpx.BaseTransport | None = None) -> None:
-        self._adapter = adapter = HttpAdapter(mesh)
-        self._metrics = mesh.metrics
+        super().__init__(mesh, _sync_pool)
         self._inner = inner or httpx.HTTPTransport()
-        self._pools: _Pools[httpcore.ConnectionPool] = _Pools(lambda peer: _sync_pool(adapter, peer))
         self._mirrors: concurrent.futures.ThreadPoolExecutor | None = None
         self._mirroring: set[concurrent.futures.Future[None]] = set()
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        adapter = self._adapter
-        table = adapter.table()
-        fqdn = table.resolve(request.url.host)
-        if fqdn is None:
+        ex, retired = self._route(request)
+        for pool in retired:
+            pool.close()
+        if ex is None:
             return self._inner.handle_request(request)
-        if table.version != self._pools.version:
-            for pool in self._pools.retire(table):
-                pool.close()
-        ex = adapter.exchange(request, table, fqdn)
-        reply = drive_client(adapter.flow(ex), ex, self, self._metrics)
-        return adapter.finish(request, ex, reply)
+        return self._adapter.finish(
+            request, ex, drive_client(self._adapter.flow(ex), ex, self, self._metrics)
+        )
 
     def send(self, ex: Exchange, send: Send) -> Outcome:
-        """One attempt on the endpoint's pool: the whole attempt, not each read, is bounded
-        (the network layer gives every operation the time left)."""
-        adapter, request = self._adapter, ex.request
-        deadline = time.monotonic() + send.timeout if send.timeout is not None else None
-        token = attempt_deadline.set(deadline)
-        try:
-            upstream = adapter.upstream(request, ex, send)
-            pool = self._pools.get(upstream, _peer(send), send.endpoint is not None)
-            response = pool.handle_request(upstream)
-            adapter.served(ex, response)
-            if adapter.streams(ex, send, response):
-                return adapter.streamed(response, StreamedBody(response, ex, request, deadline))
-            try:
-                content = response.read()
-            finally:
-                response.close()
-        except Exception as error:
-            return adapter.failed(error, request)
-        finally:
-            attempt_deadline.reset(token)
-        return adapter.response(response, content)
+        with _Attempt(self, ex, send, StreamedBody) as attempt:
+            response = attempt.pool.handle_request(attempt.upstream)
+            if not attempt.streamed(response):
+                attempt.read(response, _read(response))
+        assert attempt.outcome is not None
+        return attempt.outcome
 
     def mirror(self, ex: Exchange, copy: Mirror) -> None:
         request = ex.request
@@ -193,11 +250,7 @@ class MeshTransport(httpx.BaseTransport):
 
     def _send_mirror(self, copy: httpcore.Request, peer: str | None, endpoint: bool) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            response = self._pools.get(copy, peer, endpoint).handle_request(copy)
-            try:
-                response.read()
-            finally:
-                response.close()
+            _read(self._pools.get(copy, peer, endpoint).handle_request(copy))
 
     def _mirror_done(self, future: concurrent.futures.Future[None]) -> None:
         with self._lock:
@@ -222,53 +275,33 @@ def _under_asyncio() -> bool:
     return True
 
 
-class AsyncMeshTransport(httpx.AsyncBaseTransport):
+class AsyncMeshTransport(_Core[httpcore.AsyncConnectionPool], httpx.AsyncBaseTransport):
     """For ``httpx.AsyncClient``: ``httpx.AsyncClient(transport=mesh.async_transport())``."""
 
     def __init__(self, mesh: HttpMesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._adapter = adapter = HttpAdapter(mesh)
-        self._metrics = mesh.metrics
+        super().__init__(mesh, _async_pool)
         self._inner = inner or httpx.AsyncHTTPTransport()
-        self._pools: _Pools[httpcore.AsyncConnectionPool] = _Pools(lambda peer: _async_pool(adapter, peer))
         self._mirrors: set[asyncio.Task[None]] = set()
         self._asyncio: bool | None = None  # running under asyncio (not trio)? known on first use
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._asyncio is None:
             self._asyncio = _under_asyncio()
-        adapter = self._adapter
-        table = adapter.table()
-        fqdn = table.resolve(request.url.host)
-        if fqdn is None:
+        ex, retired = self._route(request)
+        for pool in retired:
+            await pool.aclose()
+        if ex is None:
             return await self._inner.handle_async_request(request)
-        if table.version != self._pools.version:
-            for pool in self._pools.retire(table):
-                await pool.aclose()
-        ex = adapter.exchange(request, table, fqdn)
-        reply = await drive_client_async(adapter.flow(ex), ex, self, self._metrics)
-        return adapter.finish(request, ex, reply)
+        reply = await drive_client_async(self._adapter.flow(ex), ex, self, self._metrics)
+        return self._adapter.finish(request, ex, reply)
 
     async def send(self, ex: Exchange, send: Send) -> Outcome:
-        """As the sync transport's (cheaper than asyncio.timeout, and the same in both)."""
-        adapter, request = self._adapter, ex.request
-        deadline = time.monotonic() + send.timeout if send.timeout is not None else None
-        token = attempt_deadline.set(deadline)
-        try:
-            upstream = adapter.upstream(request, ex, send)
-            pool = self._pools.get(upstream, _peer(send), send.endpoint is not None)
-            response = await pool.handle_async_request(upstream)
-            adapter.served(ex, response)
-            if adapter.streams(ex, send, response):
-                return adapter.streamed(response, AsyncStreamedBody(response, ex, request, deadline))
-            try:
-                content = await response.aread()
-            finally:
-                await response.aclose()
-        except Exception as error:
-            return adapter.failed(error, request)
-        finally:
-            attempt_deadline.reset(token)
-        return adapter.response(response, content)
+        with _Attempt(self, ex, send, AsyncStreamedBody) as attempt:
+            response = await attempt.pool.handle_async_request(attempt.upstream)
+            if not attempt.streamed(response):
+                attempt.read(response, await _aread(response))
+        assert attempt.outcome is not None
+        return attempt.outcome
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -287,11 +320,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def _send_mirror(self, copy: httpcore.Request, peer: str | None, endpoint: bool) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            response = await self._pools.get(copy, peer, endpoint).handle_async_request(copy)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            await _aread(await self._pools.get(copy, peer, endpoint).handle_async_request(copy))
 
     async def aclose(self) -> None:
         if self._mirrors:
