@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 __all__ = [
     "check_address",
@@ -90,10 +91,26 @@ def check_address(value: str, what: str = "address") -> str:
     if address is None:
         if value.startswith("unix://"):
             raise ValueError(f"invalid {what} {value!r}: Unix domain socket endpoints are not supported")
+        if _numeric(value):
+            raise ValueError(
+                f"invalid {what} {value!r}: a number the resolver reads as an IPv4 address; "
+                "write the address as four dotted decimals"
+            )
         return check_host(value, what, wildcard=False, ip=False)
-    if address.is_unspecified or address.is_multicast or str(address) == "255.255.255.255":
-        raise ValueError(f"invalid {what} {value!r}: not an address a client can connect to")
+    mapped = getattr(address, "ipv4_mapped", None)
+    for ip in (address, mapped) if mapped is not None else (address,):
+        if ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255":
+            raise ValueError(f"invalid {what} {value!r}: not an address a client can connect to")
     return value
+
+
+def _numeric(value: str) -> bool:
+    """``0x7f000001``, ``2130706433``, ``127.1``: names inet_aton takes for IPv4 addresses."""
+    try:
+        socket.inet_aton(value)
+    except OSError:
+        return False
+    return True
 
 
 def check_label_key(value: str) -> str:
@@ -121,7 +138,10 @@ def check_label_value(value: str) -> str:
 # make a terminal show text in another order than it is: "Trojan Source").
 _UNPRINTABLE = {
     **{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))},
-    **{c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F)},
+    **{
+        c: f"\\u{c:04x}"
+        for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C, 0x2028, 0x2029)
+    },
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from .core.hosts import CLUSTER_DOMAIN
 from .core.snapshot import Snapshot, compile_snapshot
@@ -41,19 +41,31 @@ class ApplyRequest(MeshModel):
     dry_run: bool = False
 
 
+_VERSION = Field(default=-1, ge=-1, le=2**63 - 1)  # what SQLite's INTEGER holds
+
+
 class Nack(MeshModel):
-    version: int
+    version: int = Field(ge=0, le=2**63 - 1)
     reason: str = Field(max_length=10_000)
+
+    @field_validator("reason")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the reason is not valid text (a lone surrogate)") from None
+        return value
 
 
 class WatchRequest(MeshModel):
     """Long poll: answered at once when the service's version differs from ``version``,
     otherwise when it changes or after ``wait`` seconds (204). Carries ACK/NACK."""
 
-    version: int = -1
+    version: int = _VERSION
     wait: float = Field(default=30.0, ge=0.0, le=MAX_WATCH_WAIT)
-    workload: str | None = None
-    ack: int | None = None
+    workload: str | None = Field(default=None, max_length=253)
+    ack: int | None = Field(default=None, ge=0, le=2**63 - 1)
     nack: Nack | None = None
 
 

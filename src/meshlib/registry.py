@@ -24,7 +24,7 @@ __all__ = [
     "spiffe_id",
 ]
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,252}")
 MAX_ENDPOINTS_PER_WORKLOAD = 32
 MAX_LABELS = 64
 
@@ -66,7 +66,7 @@ class WorkloadRegistration(MeshModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not _ID.match(value):
+        if not _ID.fullmatch(value):
             raise ValueError(f"invalid workload id {value!r}")
         return value
 

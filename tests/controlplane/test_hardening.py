@@ -403,3 +403,28 @@ def test_no_endpoint_may_point_at_the_config_service(server: ConfigServer, admin
         assert answer.status_code == 409
         assert "where the config service listens" in answer.json()["error"]
     assert registry(admin) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"version": 0, "wait": 0, "workload": "reviews-1", "ack": 2**64},
+        {"version": 2**64, "wait": 0},
+        {"version": 0, "wait": 0, "workload": "reviews-1", "nack": {"version": 1, "reason": "\ud800"}},
+    ],
+)
+def test_values_the_store_cannot_hold_are_refused_at_the_door(
+    server: ConfigServer, admin: ControlPlaneClient, body: dict[str, Any]
+) -> None:
+    assert put(server, registration("reviews-1", "reviews")).status_code == 200
+    answer = httpx.post(f"{server.url}/v1/watch", content=json.dumps(body))
+    assert answer.status_code == 400, answer.text
+    (item,) = admin.workloads()["items"]
+    assert (item["ackedVersion"], item["nackVersion"]) == (None, None)
+
+
+@pytest.mark.parametrize("address", ["0x7f000001", "2130706433", "::ffff:0.0.0.0"])
+def test_numbers_that_resolve_to_an_ip_are_refused(server: ConfigServer, address: str) -> None:
+    body = registration("reviews-1", "reviews")
+    body["endpoints"] = [{"address": address, "port": 9080}]
+    assert put(server, body).status_code == 400

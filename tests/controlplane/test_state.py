@@ -154,10 +154,11 @@ def test_silent_workload_is_withdrawn_and_comes_back(state: ConfigState, clock: 
 
 def test_a_workload_holding_a_watch_is_never_lost(state: ConfigState, clock: Clock) -> None:
     state.register(registration())
-    state.seen("w1", watching=1)
+    handle = state.watch_begin("w1")
     clock.now += 300
     assert state.reap() is False
-    state.seen("w1", watching=-1)
+    state.watch_end(handle)
+    state.seen("w1")
     clock.now += 31
     assert state.reap() is True
 
@@ -195,3 +196,97 @@ def test_a_restart_with_another_trust_bundle_is_a_new_version(tmp_path: Path) ->
     rotated.store.close()
     again = ConfigState(SQLiteStore(tmp_path / "db"), trust_bundle=("root-a", "root-b"))
     assert again.version == version + 1, "the bumped version and the new digest were stored"
+
+
+# --- the registry's own accounting (from the security review of the hardening) ---------------
+
+
+def _workload(wid: str, service: str = "reviews", address: str = "10.0.0.1") -> WorkloadRegistration:
+    return WorkloadRegistration(
+        id=wid, service=service, endpoints=[AnnouncedEndpoint(address=address, port=9080)]
+    )
+
+
+def test_lost_workloads_do_not_count_against_the_limits_and_are_forgotten(
+    state: ConfigState, clock: Clock
+) -> None:
+    state.max_endpoints_per_service = 3
+    for i in range(3):
+        state.register(_workload(f"reviews-{i}"))
+    clock.now += 31
+    assert state.reap()
+    assert state.register(_workload("reviews-new")), "crashed replicas do not lock the service out"
+    clock.now += state.forget_after + 1
+    state.reap()
+    assert [w.registration.id for w in state.workloads()] == ["reviews-new"]
+
+
+def test_a_failed_store_write_changes_nothing_in_memory(state: ConfigState) -> None:
+    state.register(_workload("reviews-1"))
+    version = state.version
+
+    def broken(*args: Any) -> None:
+        raise OSError("disk full")
+
+    state.store.save_workloads = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        state.register(_workload("reviews-1", address="10.0.0.2"))
+    with pytest.raises(OSError, match="disk full"):
+        state.deregister("reviews-1")
+    (view,) = state.workloads()
+    assert view.registration.endpoints[0].address == "10.0.0.1"
+    assert state.version == version
+
+
+def test_acks_that_fail_to_flush_are_kept_for_the_next_flush(state: ConfigState, tmp_path: Path) -> None:
+    state.register(_workload("reviews-1"))
+    state.seen("reviews-1", acked=5)
+    save = state.store.save_workloads
+
+    def once_broken(*args: Any) -> None:
+        state.store.save_workloads = save  # type: ignore[method-assign]
+        raise OSError("busy")
+
+    state.store.save_workloads = once_broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="busy"):
+        state.flush()
+    state.flush()
+    assert reopen(state, tmp_path).workloads()[0].acked_version == 5
+
+
+def test_a_registration_stored_under_looser_rules_does_not_stop_the_service(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db")
+    from meshlib.controlplane.store import StoredWorkload
+
+    bad = {"id": "old-1", "service": "my_svc", "namespace": "default", "endpoints": []}
+    store.save_workloads(1, [StoredWorkload(bad, first_seen=1.0, last_seen=1.0)], ())
+    state = ConfigState(store)
+    assert state.workloads() == []
+    assert state.register(_workload("reviews-1"))
+
+
+def test_a_watch_counts_on_the_entry_it_began_on(state: ConfigState, clock: Clock) -> None:
+    assert state.watch_begin("not-yet") is None
+    state.watch_end(None)
+    state.register(_workload("reviews-1"))
+    handle = state.watch_begin("reviews-1")
+    state.register(_workload("reviews-1", address="10.0.0.2"))  # re-registered during the watch
+    clock.now += 31
+    assert not state.reap(), "a workload in its own watch is never reaped"
+    state.watch_end(handle)
+    assert state.workloads()[0].connected is False
+    assert state.reap()
+
+
+@pytest.mark.parametrize(
+    "address", ["LOCALHOST", "localhost.", "::ffff:127.0.0.1", "0:0:0:0:0:ffff:7f00:1", "127.0.0.2"]
+)
+def test_no_spelling_of_the_config_services_address_is_an_endpoint(state: ConfigState, address: str) -> None:
+    from meshlib.controlplane.state import RegistryFull
+
+    state.reserve("127.0.0.1", 15010)
+    registration = WorkloadRegistration(
+        id="x-1", service="reviews", endpoints=[AnnouncedEndpoint(address=address, port=15010)]
+    )
+    with pytest.raises(RegistryFull, match="where the config service listens"):
+        state.register(registration)

@@ -277,14 +277,16 @@ def create_app(
         caller = gate.reader(request)
         body = parse_model(WatchRequest, await read_json(request, MAX_REGISTRATION_BYTES))
         workload = body.workload
+        handle = None
         if workload is not None:
             # Reports on a workload (it is alive, it acked or refused a version) come from it.
             registered = state.registration(workload)
             if registered is not None:
                 gate.speaks_for(caller, registered.namespace, registered.service)
-            nacked = (body.nack.version, body.nack.reason) if body.nack is not None else None
-            if state.seen(workload, acked=body.ack, nacked=nacked, watching=1):
-                notifier.notify_soon()
+                nacked = (body.nack.version, body.nack.reason) if body.nack is not None else None
+                if state.seen(workload, acked=body.ack, nacked=nacked):
+                    notifier.notify_soon()
+                handle = state.watch_begin(workload)
         try:
             deadline = time.monotonic() + body.wait
             while True:
@@ -300,8 +302,7 @@ def create_app(
                 await asyncio.wait((waiter,), timeout=min(remaining, 5.0))
             return Response(state.payload(), media_type="application/json")
         finally:
-            if workload is not None:
-                state.seen(workload, watching=-1)
+            state.watch_end(handle)
 
     async def put_workload(request: Request) -> Response:
         caller = gate.caller(request)

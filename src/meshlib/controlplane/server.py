@@ -108,7 +108,7 @@ def serve_forever(
     )
     sock = bind(host, port)
     bound = sock.getsockname()[1]
-    state.reserved.add((host, bound))
+    state.reserve(host, bound)
     if open_registry:
         print(INSECURE_WARNING, flush=True)
         log.warning(INSECURE_WARNING)
@@ -177,7 +177,7 @@ class ConfigServer:
         )
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self.state.reserved.add((self.host, self.port))
+        self.state.reserve(self.host, self.port)
         if self.open_registry:
             log.warning(INSECURE_WARNING)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, backlog=4096)

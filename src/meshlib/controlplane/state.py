@@ -8,16 +8,20 @@ changes nothing anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from ..core.hosts import CLUSTER_DOMAIN, normalize_host
 from ..core.snapshot import entry_selects
@@ -121,16 +125,21 @@ class ConfigState:
     # Where the config service itself listens: no workload may announce an endpoint there
     # (clients would send their requests, and their credentials, to the config service).
     reserved: set[tuple[str, int]] = field(default_factory=set)
+    forget_after: float = 0.0  # seconds a lost workload stays listed (0: ten times the TTL)
     version: int = field(init=False, default=0)
     _resources: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
     _parsed: dict[ResourceKey, Resource] = field(init=False, default_factory=dict)
     _workloads: dict[str, _Workload] = field(init=False, default_factory=dict)
     _dirty: set[str] = field(init=False, default_factory=set)
     _payload: tuple[int, bytes] | None = field(init=False, default=None)
-    _per_service: Counter[tuple[str, str]] = field(init=False, default_factory=Counter)  # endpoints
+    _per_service: Counter[tuple[str, str]] = field(init=False, default_factory=Counter)  # live endpoints
+    _live: int = field(init=False, default=0)  # workloads not lost
+    _own_addresses: set[str] = field(init=False, default_factory=set)
     _entries: dict[str, ServiceEntry] | None = field(init=False, default=None)  # host -> its ServiceEntry
 
     def __post_init__(self) -> None:
+        if not self.forget_after:
+            self.forget_after = 10 * self.workload_ttl
         loaded = self.store.load()
         self.version = loaded.version
         now = self.clock()
@@ -145,11 +154,16 @@ class ConfigState:
             self._resources[item.key] = item
             self._parsed[item.key] = resource
         for stored in loaded.workloads:
-            registration = WorkloadRegistration.model_validate(stored.registration)
+            try:
+                registration = WorkloadRegistration.model_validate(stored.registration)
+            except ValidationError as exc:
+                # Registered under an older meshlib's looser rules: kept in the store, not served.
+                log.error("stored workload %r is no longer valid and is not served: %s", stored.id, exc)
+                continue
             # Give every known workload a full TTL to reconnect after a restart.
             stored.last_seen = max(stored.last_seen, now)
-            self._workloads[stored.id] = _Workload(stored, registration)
-            self._per_service[(registration.namespace, registration.service)] += len(registration.endpoints)
+            entry = self._workloads[stored.id] = _Workload(stored, registration)
+            self._account(entry, 1)
         self._note_trust_bundle(loaded.trust_bundle)
 
     def _note_trust_bundle(self, served: str) -> None:
@@ -262,34 +276,55 @@ class ConfigState:
 
     def register(self, registration: WorkloadRegistration) -> bool:
         """Record a workload; True when what clients see (its endpoints, labels) changed.
-        Raises RegistryFull, storing nothing, for a registration the registry may not take."""
+        Raises RegistryFull for a registration the registry may not take; the store is
+        written first, so a refusal or a failed write changes nothing."""
         self._admit(registration)
         now = self.clock()
         current = self._workloads.get(registration.id)
-        service = (registration.namespace, registration.service)
-        if current is not None:
-            old = current.registration
-            self._per_service[(old.namespace, old.service)] -= len(old.endpoints)
-        self._per_service[service] += len(registration.endpoints)
+        data = registration.model_dump(mode="json")
         if current is None:
-            stored = StoredWorkload(registration.model_dump(mode="json"), first_seen=now, last_seen=now)
-            self._workloads[registration.id] = _Workload(stored, registration)
-            return self._save_registry([stored], visible=bool(registration.endpoints))
-        visible = current.lost or _visible(current.registration) != _visible(registration)
-        current.registration = registration
-        current.stored.registration = registration.model_dump(mode="json")
-        current.stored.last_seen = now
-        current.lost = False
-        return self._save_registry([current.stored], visible=visible)
+            stored = StoredWorkload(data, first_seen=now, last_seen=now)
+            visible = bool(registration.endpoints)
+        else:
+            stored = dataclasses.replace(current.stored, registration=data, last_seen=now)
+            visible = current.lost or _visible(current.registration) != _visible(registration)
+        version = self.version + 1 if visible else self.version
+        self.store.save_workloads(version, [stored], ())
+        if current is None:
+            item = self._workloads[registration.id] = _Workload(stored, registration)
+        else:  # the same entry, changed in place (a watch of it holds it)
+            self._account(current, -1)
+            current.stored, current.registration, current.lost = stored, registration, False
+            item = current
+        self._account(item, 1)
+        self._dirty.discard(registration.id)  # the store has it as it is now
+        self._moved_to(version)
+        return visible
+
+    def _account(self, item: _Workload, sign: int) -> None:
+        """Limits count what clients can be sent: live workloads and their endpoints."""
+        if item.lost:
+            return
+        registration = item.registration
+        self._per_service[(registration.namespace, registration.service)] += sign * len(
+            registration.endpoints
+        )
+        self._live += sign
+
+    def _moved_to(self, version: int) -> None:
+        if version != self.version:
+            self.version = version
+            self._payload = None
 
     def _admit(self, registration: WorkloadRegistration) -> None:
         """The registry's rules for one registration, checked before anything changes."""
         current = self._workloads.get(registration.id)
-        if current is None and len(self._workloads) >= self.max_workloads:
+        live = current is not None and not current.lost
+        if not live and self._live >= self.max_workloads:
             raise RegistryFull(507, f"the registry is full: {self.max_workloads} workloads")
         service = (registration.namespace, registration.service)
-        before = len(current.registration.endpoints) if current is not None else 0
-        old = current.registration if current is not None else None
+        old = current.registration if live and current is not None else None
+        before = len(old.endpoints) if old is not None else 0
         same = old is not None and (old.namespace, old.service) == service
         count = len(registration.endpoints)
         if self._per_service[service] - (before if same else 0) + count > self.max_endpoints_per_service:
@@ -305,7 +340,7 @@ class ConfigState:
                 raise RegistryFull(
                     409, f"endpoint {endpoint.address}:{endpoint.port} is where the config service listens"
                 )
-        fqdn = normalize_host(registration.service, registration.namespace, self.trust_domain)
+        fqdn = normalize_host(registration.service, registration.namespace)
         entry = self.service_entries().get(fqdn)
         if entry is not None and not entry_selects(entry, registration):
             raise RegistryFull(
@@ -314,24 +349,37 @@ class ConfigState:
                 "from there (registered workloads join it only through its workloadSelector)",
             )
 
+    def reserve(self, host: str, port: int) -> None:
+        """Where the config service listens (no workload may announce an endpoint there)."""
+        self.reserved.add((host, port))
+        if _unspecified(host):  # every address of this machine
+            self._own_addresses.update(_machine_addresses())
+
     def _is_self(self, address: str, port: int) -> bool:
-        """Is ``address:port`` the config service? (Listening on every address, any loopback
-        address with its port is.)"""
-        return any(
-            port == own_port
-            and (address == host or (_local(address) and (_local(host) or _unspecified(host))))
-            for host, own_port in self.reserved
-        )
+        """Is ``address:port`` the config service? Addresses are compared as what they connect
+        to (``LOCALHOST.``, ``::ffff:127.0.0.1`` and 127.0.0.2 are all this machine)."""
+        target = _canonical(address)
+        for host, own_port in self.reserved:
+            if port != own_port:
+                continue
+            own = _canonical(host)
+            if target == own or (_local(target) and (_local(own) or _unspecified(own))):
+                return True
+            if _unspecified(own) and target in self._own_addresses:
+                return True
+        return False
 
     def service_entries(self) -> dict[str, ServiceEntry]:
         """Every host a ServiceEntry declares, the oldest entry first (as the snapshot has it)."""
         if self._entries is None:
             entries: dict[str, ServiceEntry] = {}
-            for resource in self._parsed.values():
-                if isinstance(resource, ServiceEntry):
-                    for host in resource.spec.hosts:
-                        fqdn = normalize_host(host, resource.namespace, self.trust_domain)
-                        entries.setdefault(fqdn, resource)
+            ordered = sorted(
+                (r for r in self._parsed.values() if isinstance(r, ServiceEntry)),
+                key=lambda r: (r.metadata.creation_timestamp or "", r.name, r.namespace),
+            )
+            for resource in ordered:
+                for host in resource.spec.hosts:
+                    entries.setdefault(normalize_host(host, resource.namespace), resource)
             self._entries = entries
         return self._entries
 
@@ -340,33 +388,38 @@ class ConfigState:
         return current.registration if current is not None else None
 
     def deregister(self, workload_id: str) -> bool:
-        current = self._workloads.pop(workload_id, None)
+        current = self._workloads.get(workload_id)
         if current is None:
             return False
-        old = current.registration
-        self._per_service[(old.namespace, old.service)] -= len(old.endpoints)
-        self._dirty.discard(workload_id)
         visible = bool(current.registration.endpoints) and not current.lost
-        if visible:
-            self.version += 1
-            self._payload = None
-        self.store.save_workloads(self.version, (), [workload_id])
+        version = self.version + 1 if visible else self.version
+        self.store.save_workloads(version, (), [workload_id])
+        del self._workloads[workload_id]
+        self._account(current, -1)
+        self._dirty.discard(workload_id)
+        self._moved_to(version)
         return visible
 
+    def watch_begin(self, workload_id: str) -> _Workload | None:
+        """A watch of a registered workload starts: it is connected (never reaped) until
+        ``watch_end`` with what this returned (the same entry, even if re-registered since)."""
+        current = self._workloads.get(workload_id)
+        if current is not None:
+            current.watching += 1
+        return current
+
+    def watch_end(self, handle: _Workload | None) -> None:
+        if handle is not None:
+            handle.watching -= 1
+
     def seen(
-        self,
-        workload_id: str,
-        *,
-        acked: int | None = None,
-        nacked: tuple[int, str] | None = None,
-        watching: int = 0,
+        self, workload_id: str, *, acked: int | None = None, nacked: tuple[int, str] | None = None
     ) -> bool:
-        """A workload called in (watch start/end, ack, NACK). True if it came back from lost."""
+        """A workload called in (a watch, an ack, a NACK). True if it came back from lost."""
         current = self._workloads.get(workload_id)
         if current is None:
             return False
         current.stored.last_seen = self.clock()
-        current.watching += watching
         if acked is not None:
             current.stored.acked_version = acked
             current.stored.nack_version = current.stored.nack_reason = None
@@ -374,34 +427,51 @@ class ConfigState:
             current.stored.nack_version, current.stored.nack_reason = nacked[0], nacked[1][:2000]
         self._dirty.add(workload_id)
         if current.lost:
+            self._bump()
             current.lost = False
-            return self._bump()
+            self._account(current, 1)
+            return True
         return False
 
     def reap(self) -> bool:
-        """Mark workloads silent for longer than the TTL as lost; True if clients must hear."""
+        """Mark workloads silent for longer than the TTL as lost, and forget those lost for
+        ``forget_after``; True if clients must hear."""
         now = self.clock()
         changed = False
+        forget = []
         for item in self._workloads.values():
-            if not item.lost and item.watching <= 0 and now - item.stored.last_seen > self.workload_ttl:
+            silent = now - item.stored.last_seen
+            if item.lost and silent > self.forget_after:
+                forget.append(item.stored.id)
+            elif not item.lost and item.watching <= 0 and silent > self.workload_ttl:
+                self._account(item, -1)
                 item.lost = True
                 log.warning(
                     "workload %s (%s.%s) not seen for %.0fs: its endpoints are withdrawn",
                     item.stored.id,
                     item.registration.service,
                     item.registration.namespace,
-                    now - item.stored.last_seen,
+                    silent,
                 )
                 changed = changed or bool(item.registration.endpoints)
-        return self._bump() if changed else False
+        if forget:
+            self.store.save_workloads(self.version, (), forget)
+            for workload_id in forget:
+                del self._workloads[workload_id]
+                self._dirty.discard(workload_id)
+        if changed:
+            self._bump()
+        return changed
 
     def flush(self) -> None:
-        """Write acks and last-seen times collected since the last flush."""
+        """Write acks and last-seen times collected since the last flush (kept for the next
+        flush if the store refuses them now)."""
         if not self._dirty:
             return
-        items = [self._workloads[i].stored for i in self._dirty if i in self._workloads]
-        self._dirty.clear()
+        dirty = set(self._dirty)
+        items = [self._workloads[i].stored for i in dirty if i in self._workloads]
         self.store.save_workloads(self.version, items, ())
+        self._dirty -= dirty
 
     def workloads(self) -> list[WorkloadView]:
         out = []
@@ -422,18 +492,10 @@ class ConfigState:
             )
         return out
 
-    def _save_registry(self, items: list[StoredWorkload], *, visible: bool) -> bool:
-        if visible:
-            self.version += 1
-            self._payload = None
-        self.store.save_workloads(self.version, items, ())
-        return visible
-
-    def _bump(self) -> bool:
-        self.version += 1
-        self._payload = None
-        self.store.save_workloads(self.version, (), ())
-        return True
+    def _bump(self) -> None:
+        version = self.version + 1
+        self.store.save_workloads(version, (), ())
+        self._moved_to(version)
 
     # --- what workloads receive -------------------------------------------------------
 
@@ -455,20 +517,43 @@ class ConfigState:
         return self._payload[1]
 
 
+def _canonical(address: str) -> str:
+    """An address as what it connects to: names lower-cased without the final dot, IPv4
+    written in IPv6 (``::ffff:127.0.0.1``) as IPv4."""
+    name = address.strip("[]").lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return name
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped if mapped is not None else ip)
+
+
 def _local(address: str) -> bool:
-    if address == "localhost":
+    if address == "localhost" or address.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
+        return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
 
 
 def _unspecified(address: str) -> bool:
     try:
-        return ipaddress.ip_address(address.strip("[]")).is_unspecified
+        return ipaddress.ip_address(_canonical(address)).is_unspecified
     except ValueError:
         return address == ""
+
+
+def _machine_addresses() -> set[str]:
+    """This machine's own addresses, as far as its host name resolves."""
+    found = {socket.gethostname().lower()}
+    try:
+        for *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(_canonical(str(sockaddr[0])))
+    except OSError:
+        pass
+    return found
 
 
 def _visible(registration: WorkloadRegistration) -> Mapping[str, Any]:

@@ -34,10 +34,11 @@ __all__ = ["MeshSSLAdapter", "MeshWSGIServer"]
 
 
 class MeshSSLAdapter(BuiltinSSLAdapter):
-    def __init__(self, mesh: Mesh, port: int) -> None:
+    def __init__(self, mesh: Mesh, port: int, header_timeout: float = 10.0) -> None:
         # BuiltinSSLAdapter.__init__ wants certificate files; the mesh's context is live instead.
         self.mesh = mesh
         self.port = port
+        self.header_timeout = header_timeout
         self.certificate = self.private_key = self.certificate_chain = None
         self.ciphers = None
         self.private_key_password = None
@@ -68,7 +69,7 @@ class MeshSSLAdapter(BuiltinSSLAdapter):
             environ["meshlib.peer_spiffe_id"] = peer_spiffe_id(wrapped)
             return wrapped
         if mode == "STRICT":
-            _read_head(sock)
+            _read_head(sock, time.monotonic() + self.header_timeout)
             sock.sendall(strict_refusal(NO_CERTIFICATE if identity is None else ""))
             raise errors.FatalSSLAlert("plaintext refused: PeerAuthentication is STRICT")
         return sock
@@ -92,6 +93,8 @@ class _Deferred:
     def _decided(self) -> socket.socket:
         sock = self._sock
         if sock is None:
+            if self._failed:
+                raise errors.FatalSSLAlert("this connection's first bytes were refused already")
             try:
                 sock = self._sock = self._adapter.decide(self._raw, self._environ)
             except BaseException:
@@ -139,11 +142,16 @@ class _Deferred:
         return getattr(self._sock if self._sock is not None else self._raw, name)
 
 
-def _read_head(sock: socket.socket, limit: int = 65536) -> None:
-    """Read the request head, so that closing does not reset the connection under the answer."""
+def _read_head(sock: socket.socket, deadline: float, limit: int = 65536) -> None:
+    """Read the request head (so that closing does not reset the connection under the
+    answer), for no longer than the head deadline."""
     seen = b""
     while b"\r\n\r\n" not in seen and len(seen) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
         try:
+            sock.settimeout(left)
             chunk = sock.recv(4096)
         except OSError:
             return
@@ -181,8 +189,12 @@ def _request_class(limits: ServerLimits) -> type[server.HTTPRequest]:
     class MeshRequest(server.HTTPRequest):
         def parse_request(self) -> None:
             """cheroot's, with the head's time bounded and its limits answered 431."""
-            sock = self.conn.socket
-            sock.head_deadline = time.monotonic() + limits.header_timeout
+            conn, sock = self.conn, self.conn.socket
+            # The first head counts from the accept (a silent wait in the selector included),
+            # later ones from when the connection became readable again.
+            start = conn.accepted if not conn.heads else time.monotonic()
+            conn.heads += 1
+            sock.head_deadline = start + limits.header_timeout
             # The request line, the fields and the blank line.
             self.rfile = _CountingReader(
                 server.SizeCheckWrapper(self.conn.rfile, self.server.max_request_header_size),
@@ -214,11 +226,19 @@ class MeshWSGIServer(wsgi.Server):
         super().__init__(*args, **kwargs)
         self.max_request_header_size = limits.max_header_bytes
         self.timeout = limits.header_timeout  # socket inactivity, and how long a silent connection waits
+        # cheroot's default of 10 kept-alive connections counts those still waiting to send
+        # a first byte: ten silent clients would turn keep-alive off for everyone.
+        self.keep_alive_conn_limit = 1024
         request_class = _request_class(limits)
 
         class MeshConnection(server.HTTPConnection):
             RequestHandlerClass = request_class
             waited = False  # has it been readable once (and so left the selector)?
+            heads = 0  # request heads begun on this connection
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.accepted = time.monotonic()
 
         self.ConnectionClass = MeshConnection
 

@@ -178,7 +178,8 @@ def serve_wsgi(
     server.prepare()  # binds; with port 0 the kernel picks
     bound = server.bind_addr[1] if isinstance(server.bind_addr, tuple) else port
     tls = mesh.workload_identity is not None
-    server.ssl_adapter = MeshSSLAdapter(mesh, bound)  # mTLS per PeerAuthentication, one port
+    limits = limits or ServerLimits()
+    server.ssl_adapter = MeshSSLAdapter(mesh, bound, limits.header_timeout)  # mTLS per PeerAuthentication
     drain = _Drain(
         mesh,
         AnnouncedEndpoint(address=advertise_address(host), port=bound, protocol="http", tls=tls),

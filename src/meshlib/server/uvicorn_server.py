@@ -35,7 +35,6 @@ __all__ = ["STRICT_REFUSAL", "TLS_HANDSHAKE", "mesh_protocol_class", "mode_for",
 log = logging.getLogger("meshlib")
 
 TLS_HANDSHAKE = 0x16
-HANDSHAKE_TIMEOUT = 10  # seconds
 
 
 def strict_refusal(detail: str = "") -> bytes:
@@ -75,24 +74,32 @@ def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
     too_many = f"more than {limits.max_headers} header fields"
 
     class LimitedProtocol(HttpToolsProtocol):
-        _head = 0  # bytes of the current request head fed so far
+        _head = 0  # bytes fed since the current head began (bounds what the parser buffers)
+        _size = 0  # the current head's size as the parser reports it (exact, also when pipelined)
         _in_head = True  # between requests or reading a head (not a body)
         _heads = 0  # request heads completed on this connection
         _fields = 0
         _refused: str | None = None
         _timer: asyncio.TimerHandle | None = None
+        head_deadline: float | None = None  # set by the connection: the first head's deadline
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
+            self._arm(self.head_deadline)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
-            if self._timer is None:
-                self._timer = self.loop.call_later(limits.header_timeout, self._late)
+        def _busy(self) -> bool:
+            """Answering a request: a pipelined head's time counts from the answer's end."""
+            cycle = self.cycle
+            return cycle is not None and not cycle.response_complete
+
+        def _arm(self, deadline: float | None = None) -> None:
+            if self._timer is None and not self._busy():
+                when = deadline if deadline is not None else self.loop.time() + limits.header_timeout
+                self._timer = self.loop.call_at(when, self._late)
 
         def _disarm(self) -> None:
             if self._timer is not None:
@@ -112,6 +119,7 @@ def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
                 if not self._in_head:
                     super().data_received(data)
                     return
+                self._arm()  # also for bytes that start no message (CRLF between requests)
                 room = limits.max_header_bytes - self._head
                 if len(data) <= room:
                     self._head += len(data)
@@ -142,16 +150,25 @@ def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._fields = 0
+            self._size = 0
             self._arm()
+
+        def on_url(self, url: bytes) -> None:
+            self._size += len(url) + 16  # with the method and the version
+            super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._fields += 1
+            self._size += len(name) + len(value) + 4
             if self._fields > limits.max_headers:
                 self._refused = too_many
                 raise ValueError(too_many)  # stops the parser; send_400_response answers 431
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            if self._size > limits.max_header_bytes:  # a pipelined head counted exactly
+                self._refused = too_big
+                raise ValueError(too_big)
             self._disarm()
             self._in_head = False
             self._heads += 1
@@ -161,6 +178,11 @@ def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
             self._in_head = True
             self._head = 0
             super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._in_head and self._head:  # a pipelined head began meanwhile
+                self._arm()
 
     return LimitedProtocol
 
@@ -183,7 +205,11 @@ def mesh_protocol_class(
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             assert isinstance(transport, asyncio.Transport)
             self._transport = transport
-            self._timer = self._loop.call_later(limits.header_timeout, transport.close)  # sent nothing
+            # One deadline for the first head, from the connection: nothing sent, a slow TLS
+            # handshake and a slow head all count against it.
+            self._deadline = self._loop.time() + limits.header_timeout
+            self._inner.head_deadline = self._deadline
+            self._timer = self._loop.call_at(self._deadline, transport.close)
 
         def data_received(self, data: bytes) -> None:
             transport = self._transport
@@ -198,6 +224,7 @@ def mesh_protocol_class(
             elif mode == "STRICT":
                 log.info("refused a plaintext connection: PeerAuthentication is STRICT")
                 refusal = _Refusal(transport, NO_CERTIFICATE if identity is None else "")
+                refusal.timer = self._loop.call_at(self._deadline, transport.close)
                 transport.set_protocol(refusal)
                 refusal.data_received(data)
             else:
@@ -215,7 +242,7 @@ def mesh_protocol_class(
                 context,
                 waiter,
                 server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                ssl_handshake_timeout=max(0.1, self._deadline - self._loop.time()),  # type: ignore[arg-type]
             )
             transport.set_protocol(tls)
             tls.connection_made(transport)
@@ -259,14 +286,15 @@ class _Handover(asyncio.Protocol):
 
 class _Refusal(asyncio.Protocol):
     """Answers a plaintext request under STRICT with the reason, then closes. It reads the
-    request head first: closing with unread data would reset the connection, and the client
-    would never see why."""
+    request head first (closing with unread data would reset the connection, and the client
+    would never see why), within the connection's head deadline (``timer`` closes it)."""
 
     def __init__(self, transport: asyncio.Transport, detail: str) -> None:
         self._transport = transport
         self._detail = detail
         self._tail = b""
         self._size = 0
+        self.timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         window = self._tail + data
@@ -275,6 +303,10 @@ class _Refusal(asyncio.Protocol):
             self._transport.write(strict_refusal(self._detail))
             self._transport.close()
         self._tail = window[-3:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
