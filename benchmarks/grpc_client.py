@@ -25,7 +25,7 @@ import meshlib_grpc
 from _results import machine, measure, pct, write_section
 
 from meshlib import Mesh
-from meshlib.controlplane.server import bind
+from meshlib._net import bind
 
 SERVER = """\
 import sys, time, concurrent.futures, grpc

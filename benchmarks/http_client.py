@@ -91,7 +91,7 @@ def policy(port: int) -> str:
 
 
 def free_port() -> int:
-    from meshlib.controlplane.server import bind
+    from meshlib._net import bind
 
     sock = bind("127.0.0.1", 0)
     port = int(sock.getsockname()[1])

@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from meshlib.controlplane.server import bind
+from meshlib._net import bind
 
 Scope = dict[str, Any]
 

@@ -90,7 +90,7 @@ def serve_with_lifespan(app):  # type: ignore[no-untyped-def]
 
     import uvicorn
 
-    from meshlib.controlplane.server import bind
+    from meshlib._net import bind
 
     @contextlib.contextmanager
     def run() -> Iterator[int]:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextvars
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .core.attempt import CertificateState
@@ -131,7 +130,11 @@ def drive_client(flow: Flow[Reply], ex: Exchange, io: ClientIO, metrics: Request
         flow.close()
         record_outbound(metrics, ex, None)
         raise
-    _count(metrics, ex, reply)
+    outcome = reply.outcome
+    if outcome is not None and outcome.streaming:  # counted when the body ends, whole duration
+        outcome.on_end = lambda: record_outbound(metrics, ex, reply)
+    else:
+        record_outbound(metrics, ex, reply)
     return reply
 
 
@@ -160,16 +163,12 @@ async def drive_client_async(
         flow.close()
         record_outbound(metrics, ex, None)
         raise
-    _count(metrics, ex, reply)
-    return reply
-
-
-def _count(metrics: RequestMetrics, ex: Exchange, reply: Reply) -> None:
     outcome = reply.outcome
-    if outcome is not None and outcome.streaming:  # counted when the body ends, whole duration
+    if outcome is not None and outcome.streaming:
         outcome.on_end = lambda: record_outbound(metrics, ex, reply)
     else:
         record_outbound(metrics, ex, reply)
+    return reply
 
 
 class ServingMesh(Protocol):
@@ -194,7 +193,7 @@ class InboundRequest:
     itself (a probe, an expired deadline, a refusal) and the application must not run; None
     means run it, inside ``scope()``, then ``end(status)``. ``fail()`` when it raised."""
 
-    __slots__ = ("_ended", "_flow", "_mesh", "answer", "ex")
+    __slots__ = ("_ended", "_flow", "_mesh", "_tokens", "answer", "ex")
 
     def __init__(
         self,
@@ -269,19 +268,18 @@ class InboundRequest:
             "inbound", mesh.fqdn, status, flags_label(ex.flags), (ex.clock() - ex.started) * 1000.0
         )
 
-    @contextmanager
-    def scope(self) -> Iterator[None]:
-        """The application's context: its outbound mesh calls carry the remaining deadline,
-        and ``meshlib.current_peer()`` names the verified caller."""
-        peer_token = _peer.set(self.ex.peer)
-        deadline = self.ex.deadline
-        token = _deadline.set(deadline) if deadline is not None else None
-        try:
-            yield
-        finally:
-            if token is not None:
-                _deadline.reset(token)
-            _peer.reset(peer_token)
+    def scope(self) -> InboundRequest:
+        """The application's context (``with inbound.scope():``): its outbound mesh calls carry
+        the remaining deadline, and ``meshlib.current_peer()`` names the verified caller."""
+        return self
+
+    def __enter__(self) -> None:
+        self._tokens = (_peer.set(self.ex.peer), _deadline.set(self.ex.deadline))
+
+    def __exit__(self, *exc: object) -> None:
+        peer, deadline = self._tokens
+        _deadline.reset(deadline)
+        _peer.reset(peer)
 
     def context(self) -> contextvars.Context:
         """A copy of the current context with the application's scope set (for code that runs

@@ -200,7 +200,7 @@ def test_listening_sockets_turn_nagle_off() -> None:
     """With proto 0, asyncio leaves Nagle on and every response waits ~40 ms for a delayed ACK."""
     import socket
 
-    from meshlib.controlplane.server import bind
+    from meshlib._net import bind
 
     sock = bind("127.0.0.1", 0)
     try:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from meshlib import Mesh
-from meshlib.controlplane.server import bind
+from meshlib._net import bind
 from meshlib.http.errors import MeshTimeoutError, UpstreamOverflowError
 from tests.servers import serve
 

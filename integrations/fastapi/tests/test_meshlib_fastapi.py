@@ -117,7 +117,7 @@ def serve_app(app: FastAPI):  # type: ignore[no-untyped-def]
 
     import uvicorn
 
-    from meshlib.controlplane.server import bind
+    from meshlib._net import bind
 
     @contextlib.contextmanager
     def run() -> Iterator[int]:

@@ -274,30 +274,34 @@ def decide(
     """One attempt (or a mirrored copy) decided whole: raises CertificateUnavailableError
     when it would need mTLS this workload cannot speak now."""
     tls = cluster.policy.tls
-    mtls = needs_mtls(ex.identity, tls.mode if tls is not None else None, endpoint)
+    mode = tls.mode if tls is not None else None
+    # Per attempt: the common case (plaintext or automatic mTLS, no rewrite, no edits) is a
+    # handful of attribute reads; the rules themselves are in attempt.py.
+    mtls = (
+        needs_mtls(ex.identity, mode, endpoint)
+        if endpoint is not None and (mode is not None or endpoint.tls)
+        else False
+    )
     call, route = ex.call, ex.route
     server_name = None
     if endpoint is not None and not mtls and endpoint.protocol == "https":
         server_name = tls.sni if tls is not None and tls.sni else call.host
-    path = rewrite_path(call.path, call.query, route.rewrite, route.prefixes) if route is not None else None
-    authority = route.rewrite.authority if route is not None and route.rewrite is not None else None
+    path = authority = None
+    if route is not None and route.rewrite is not None:
+        path = rewrite_path(call.path, call.query, route.rewrite, route.prefixes)
+        authority = route.rewrite.authority or None
     if kind is Mirror:
         authority = shadow_authority(authority or call.header("host") or call.authority or call.host)
+    connect = CONNECT_TIMEOUT
     state = ex.state if kind is Send else None
-    limits = state.limits(cluster) if state is not None else None
-    connect = (limits.connect_timeout if limits is not None else None) or CONNECT_TIMEOUT
-    return kind(
-        endpoint,
-        target,
-        limit,
-        connect_timeout=connect,
-        mtls=mtls,
-        server_name=server_name,
-        path=path,
-        authority=authority or None,
-        headers=request_ops(route, target),
-        retry=retry if retry is not None and retry.attempts > 0 else None,
+    if state is not None:
+        connect = state.limits(cluster).connect_timeout or CONNECT_TIMEOUT
+    headers = (
+        request_ops(route, target) if (route is not None and route.request_ops) or target.request_ops else ()
     )
+    if retry is not None and not retry.attempts:
+        retry = None
+    return kind(endpoint, target, limit, connect, mtls, server_name, path, authority, headers, retry)
 
 
 class _Headers(Mapping[str, str]):

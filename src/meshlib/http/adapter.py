@@ -226,8 +226,10 @@ class HttpAdapter:
                     ) from error
                 raise error
             response = outcome.response
-        for ops in response_ops(ex.route, ex.target):
-            response.headers = _apply(response.headers, ops)
+        route, target = ex.route, ex.target
+        if (route is not None and route.response_ops) or (target is not None and target.response_ops):
+            for ops in response_ops(route, target):
+                response.headers = _apply(response.headers, ops)
         return response
 
 

@@ -133,7 +133,7 @@ class _Core(Generic[P]):
     def _route(self, request: httpx.Request) -> tuple[Exchange | None, list[P]]:
         """The exchange of a mesh request (None: not a mesh host), and pools to close now."""
         adapter = self._adapter
-        table = adapter.table()
+        table = adapter.mesh.http_table
         fqdn = table.resolve(request.url.host)
         retired = self._pools.retire(table) if table.version != self._pools.version else []
         return (adapter.exchange(request, table, fqdn) if fqdn is not None else None), retired
@@ -188,9 +188,6 @@ class _Attempt(Generic[P]):
         self.outcome = adapter.streamed(response, body)
         return True
 
-    def read(self, response: httpcore.Response, content: bytes) -> None:
-        self.outcome = self._core._adapter.response(response, content)
-
 
 def _read(response: httpcore.Response) -> bytes:
     with contextlib.closing(response):
@@ -228,7 +225,7 @@ class MeshTransport(_Core[httpcore.ConnectionPool], httpx.BaseTransport):
         with _Attempt(self, ex, send, StreamedBody) as attempt:
             response = attempt.pool.handle_request(attempt.upstream)
             if not attempt.streamed(response):
-                attempt.read(response, _read(response))
+                attempt.outcome = HttpAdapter.response(response, _read(response))
         assert attempt.outcome is not None
         return attempt.outcome
 
@@ -292,14 +289,14 @@ class AsyncMeshTransport(_Core[httpcore.AsyncConnectionPool], httpx.AsyncBaseTra
             await pool.aclose()
         if ex is None:
             return await self._inner.handle_async_request(request)
-        reply = await drive_client_async(self._adapter.flow(ex), ex, self, self._metrics)
+        reply = await drive_client_async(self._adapter.mesh.client_stack_runner(ex), ex, self, self._metrics)
         return self._adapter.finish(request, ex, reply)
 
     async def send(self, ex: Exchange, send: Send) -> Outcome:
         with _Attempt(self, ex, send, AsyncStreamedBody) as attempt:
             response = await attempt.pool.handle_async_request(attempt.upstream)
             if not attempt.streamed(response):
-                attempt.read(response, await _aread(response))
+                attempt.outcome = HttpAdapter.response(response, await _aread(response))
         assert attempt.outcome is not None
         return attempt.outcome
 
