@@ -52,6 +52,7 @@ class Backend:
     status: int = 200
     fail_rate: float = 0.0
     delay: float = 0.0
+    gate: threading.Event | None = None  # when set: every answer waits until it is opened
     hits: int = 0
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     clients: list[tuple[str, int] | None] = field(default_factory=list)  # the caller's address, per request
@@ -79,6 +80,8 @@ class Backend:
         self.clients.append(tuple(client) if client else None)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await asyncio.to_thread(self.gate.wait, 30)
         status = self.status
         if status == 200 and self.fail_rate and self.rng.random() < self.fail_rate:
             status = 503
