@@ -13,12 +13,15 @@ answer ends), inbound when the answer is decided.
 from __future__ import annotations
 
 import contextvars
+import inspect
+import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from .core.attempt import CertificateState
+from .core.authz import AuthorizationCheck, CheckCustom
 from .core.call import Call
 from .core.cluster_state import Clusters
 from .core.deadline import _deadline
@@ -33,6 +36,7 @@ from .peer import PeerIdentity, _peer
 __all__ = [
     "AsyncClientIO",
     "AsyncInboundRequest",
+    "AuthorizationProvider",
     "ClientIO",
     "ClientMesh",
     "InboundRequest",
@@ -41,6 +45,14 @@ __all__ = [
     "drive_client_async",
     "outbound",
 ]
+
+
+log = logging.getLogger("meshlib")
+
+AuthorizationProvider = Callable[[AuthorizationCheck], "bool | Awaitable[bool]"]
+"""A CUSTOM AuthorizationPolicy's provider: True allows the request, anything else denies it
+(so does raising). A coroutine function may serve asyncio servers (ASGI, grpc.aio); blocking
+servers (WSGI, grpc) need a plain function."""
 
 
 class ClientMesh(Protocol):
@@ -185,6 +197,9 @@ class ServingMesh(Protocol):
     @property
     def server_stack_runner(self) -> Callable[[Inbound], Flow[Answer]]: ...
 
+    @property
+    def authorization_providers(self) -> Mapping[str, AuthorizationProvider]: ...
+
 
 class InboundRequest:
     """One inbound request through the server stack (blocking adapters: WSGI, grpc).
@@ -203,10 +218,18 @@ class InboundRequest:
         *,
         timeout: float | None = None,
         started: float | None = None,
+        source_ip: str | None = None,
+        destination_ip: str | None = None,
+        sni: str | None = None,
+        path_error: str | None = None,
     ) -> None:
         self._mesh = mesh
         self.ex = ex = mesh.inbound(call, time.monotonic() if started is None else started, peer)
         ex.timeout = timeout
+        ex.source_ip = source_ip
+        ex.destination_ip = destination_ip
+        ex.sni = sni
+        ex.path_error = path_error
         self._flow = mesh.server_stack_runner(ex)
         self._ended = False
         self.answer: Answer | None = None  # how the request ended, once it has
@@ -216,9 +239,36 @@ class InboundRequest:
         return self.ex.peer
 
     def admit(self) -> Answer | None:
-        return self._step(None)
+        action = self._step(None)
+        while type(action) is CheckCustom:
+            verdict = self._provider(action)(action.check)
+            if inspect.isawaitable(verdict):
+                close = getattr(verdict, "close", None)
+                if close is not None:
+                    close()  # never awaited: no "coroutine was never awaited" warning
+                log.error(
+                    "authorization provider %r is a coroutine function on a blocking server; "
+                    "denied (give WSGI and grpc servers a plain function)",
+                    action.check.provider,
+                )
+                verdict = False
+            action = self._step(verdict is True)
+        answer: Answer | None = action
+        return answer
 
-    def _step(self, value: Any) -> Answer | None:
+    def _provider(self, action: CheckCustom) -> Callable[[AuthorizationCheck], Any]:
+        name = action.check.provider
+        provider = self._mesh.authorization_providers.get(name)
+        if provider is None:
+            log.warning(
+                "no authorization provider %r in this process (mesh.authorization_providers): denied", name
+            )
+            return _deny
+        return _guarded(provider, name)
+
+    def _step(self, value: Any) -> Any:
+        """The stack's next action: an Answer (it ended), None (run the application) or a
+        CheckCustom for the driver to perform."""
         try:
             action = self._flow.send(value)
         except StopIteration as done:
@@ -229,7 +279,10 @@ class InboundRequest:
         except BaseException:
             self.fail()
             raise
-        if type(action) is not Handle:
+        kind = type(action)
+        if kind is CheckCustom:
+            return action
+        if kind is not Handle:
             self.fail()
             raise _unknown(action)
         return None
@@ -264,9 +317,12 @@ class InboundRequest:
             return
         self._ended = True
         ex, mesh = self.ex, self._mesh
-        mesh.metrics.record(
+        metrics = mesh.metrics
+        metrics.record(
             "inbound", mesh.fqdn, status, flags_label(ex.flags), (ex.clock() - ex.started) * 1000.0
         )
+        if ex.denied_by is not None:
+            metrics.record_denial(ex.denied_by or "none")
 
     def scope(self) -> InboundRequest:
         """The application's context (``with inbound.scope():``): its outbound mesh calls carry
@@ -298,4 +354,33 @@ class AsyncInboundRequest(InboundRequest):
     __slots__ = ()
 
     async def admit_async(self) -> Answer | None:
-        return self._step(None)
+        action = self._step(None)
+        while type(action) is CheckCustom:
+            provider = self._provider(action)
+            try:
+                verdict = provider(action.check)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+            except Exception:
+                log.exception("authorization provider %r failed: denied", action.check.provider)
+                verdict = False
+            action = self._step(verdict is True)
+        answer: Answer | None = action
+        return answer
+
+
+def _deny(_: AuthorizationCheck) -> bool:
+    return False
+
+
+def _guarded(provider: AuthorizationProvider, name: str) -> Callable[[AuthorizationCheck], Any]:
+    """A provider that raises denies (Envoy's ext_authz fails closed by default)."""
+
+    def check(request: AuthorizationCheck) -> Any:
+        try:
+            return provider(request)
+        except Exception:
+            log.exception("authorization provider %r failed: denied", name)
+            return False
+
+    return check

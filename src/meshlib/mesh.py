@@ -32,8 +32,9 @@ from .core.hosts import CLUSTER_DOMAIN, normalize_host
 from .core.metrics import RequestMetrics
 from .core.routing_table import RoutingTable
 from .core.server_stack import Answer, Inbound, default_server_stack
-from .core.snapshot import Snapshot, compile_snapshot
+from .core.snapshot import Snapshot, WorkloadSecurity, compile_snapshot
 from .core.stack import Flow, Stack
+from .drivers import AuthorizationProvider
 from .errors import ConfigError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
 from .last_known_good import load_last_known_good, save_last_known_good
@@ -103,12 +104,17 @@ class Mesh:
         self._snapshot = Snapshot.empty(trust_domain)
         self._source_labels = {"app": service, **self.settings.labels}  # what sourceLabels see
         self._http_plane = RoutingTable.build(self._snapshot, namespace, self._source_labels)
+        self._security = self._snapshot.security_for(namespace, self._source_labels, service)
         self._grpc_plane: RoutingTable | None = None
         self.clusters = Clusters(time.monotonic)
         self.metrics = RequestMetrics()
         self.rng = random.Random()
         self.client_stack = default_client_stack()
         self.server_stack = default_server_stack()
+        self.authorization_providers: dict[str, AuthorizationProvider] = {}
+        """CUSTOM AuthorizationPolicy providers by name (``provider.name`` in the policy)."""
+        self.reveal_denials = False
+        """Name the deciding policy in the body of a denial (off: Envoy's generic body)."""
         self.draining = False
         self.workload_identity: WorkloadIdentity | None = None
         self.fqdn = normalize_host(service, namespace)
@@ -221,6 +227,11 @@ class Mesh:
         """True once the process has policy to apply (from anywhere but nowhere)."""
         return self._source != "none"
 
+    @property
+    def security(self) -> WorkloadSecurity:
+        """This workload's peer authentication and authorization policies, current snapshot."""
+        return self._security
+
     def inbound(self, call: Call, started: float, peer: PeerIdentity | None = None) -> Inbound:
         """The server stack's view of one inbound request (ASGI, WSGI and gRPC adapters alike)."""
         return Inbound(
@@ -230,13 +241,27 @@ class Mesh:
             ready=self.serving_ready,
             peer=peer,
             report=self.readiness_report,
+            security=self._security,
+            reveal_denials=self.reveal_denials,
         )
 
     def serving_ready(self) -> bool:
-        """Readiness of this workload's servers: policy loaded, not draining, and (once it has
-        a mesh identity) a certificate that is still valid."""
+        """Readiness of this workload's servers: policy loaded, not draining, and a valid
+        certificate once it has a mesh identity or when PeerAuthentication is STRICT."""
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why the servers are not ready, or None when they are."""
+        if not self.ready:
+            return "no policy loaded yet"
+        if self.draining:
+            return "draining"
         identity = self.workload_identity
-        return self.ready and not self.draining and (identity is None or identity.valid())
+        if identity is not None and not identity.valid():
+            return "the mesh certificate is missing or expired"
+        if identity is None and self._security.mtls_mode == "STRICT":
+            return "PeerAuthentication is STRICT and this workload has no mesh identity (no token)"
+        return None
 
     def health(self) -> dict[str, Any]:
         """Readiness details for health endpoints and ``meshctl status``."""
@@ -260,6 +285,8 @@ class Mesh:
         # Anyone who reaches the port reads this: no control-plane address, no error texts.
         report = {key: health[key] for key in _REPORTED}
         report.update(ready=ready, policyLoaded=self.ready)  # the verdict, not health()'s "ready"
+        if not ready:
+            report["reason"] = self.unready_reason()
         return json.dumps(report, default=str).encode() + b"\n"
 
     def add_listener(self, listener: Listener) -> None:
@@ -482,9 +509,11 @@ class Mesh:
 
     def _install(self, snapshot: Snapshot, source: SnapshotSource) -> None:
         plane = RoutingTable.build(snapshot, self.settings.namespace, self._source_labels)
+        security = snapshot.security_for(self.settings.namespace, self._source_labels, self.settings.service)
         self.clusters.current_version = snapshot.version
         with self._changed:
             self._http_plane = plane
+            self._security = security
             self._snapshot = snapshot
             self._source = source
             self._changed.notify_all()

@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -213,6 +214,7 @@ class WorkloadIdentity:
         if context is None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.sni_callback = _remember_server_name
             self._prepare(context)
             self._server = context
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
@@ -278,6 +280,11 @@ class WorkloadIdentity:
         pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
         atomic_write(self.data_dir / CERT_FILE, pem)
         atomic_write(self.data_dir / BUNDLE_FILE, "".join(self.roots))
+
+
+def _remember_server_name(connection: Any, name: str | None, context: ssl.SSLContext) -> None:
+    """The server name the client asked for (``connection.sni`` in AuthorizationPolicy)."""
+    connection.meshlib_sni = name
 
 
 def outbound_mtls(identity: WorkloadIdentity | None, tls_mode: str | None, endpoint: Endpoint | None) -> bool:

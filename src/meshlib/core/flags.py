@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DI", "FI", "NR", "RL", "UAEX", "UC", "UF", "UH", "UO", "URX", "UT"]
+__all__ = ["DI", "FI", "NR", "RBAC", "RL", "UAEX", "UC", "UF", "UH", "UO", "URX", "UT"]
 
 UH = "UH"  # no healthy upstream endpoint
 UF = "UF"  # upstream connection failure
@@ -14,7 +14,8 @@ FI = "FI"  # request aborted by fault injection
 UT = "UT"  # upstream request timeout
 UC = "UC"  # upstream connection terminated (reset after the request was sent)
 RL = "RL"  # rate limited locally
-UAEX = "UAEX"  # refused by an authorization decision
+UAEX = "UAEX"  # refused by an external (CUSTOM) authorization provider
+RBAC = "RBAC"  # refused by an AuthorizationPolicy (Envoy: response code details rbac_access_denied)
 
 
 def flags_label(flags: list[str]) -> str:

@@ -28,7 +28,18 @@ class _Series:
 class RequestMetrics:
     def __init__(self) -> None:
         self._series: dict[Key, _Series] = {}
+        self._denials: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def record_denial(self, policy: str) -> None:
+        """An authorization denial, by the deciding policy (``ns/name``; ``none``: no ALLOW matched)."""
+        with self._lock:
+            self._denials[policy] = self._denials.get(policy, 0) + 1
+
+    def denials(self) -> dict[str, int]:
+        """Authorization denials so far, by deciding policy."""
+        with self._lock:
+            return dict(self._denials)
 
     def record(self, direction: str, service: str, code: int, flags: str, duration_ms: float) -> None:
         key = (direction, service, code, flags)

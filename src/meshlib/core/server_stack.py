@@ -2,7 +2,8 @@
 
 Protocol-neutral like the client stack: ASGI, WSGI and gRPC adapters drive it. The
 terminal action is ``Handle``: the adapter runs the application and sends back the status
-it answered with. Authorization and rate limits plug in by role (before "handle").
+it answered with. ``CheckCustom`` asks a CUSTOM authorization provider (the driver sends
+back its verdict). Rate limits plug in by role (before "handle").
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..peer import PeerIdentity
+from .authz import AuthorizationCheck, CheckCustom, RequestAuth
 from .call import Call
 from .deadline import DEADLINE_HEADER, parse_timeout_ms
-from .flags import UT
+from .flags import RBAC, UAEX, UT
+from .snapshot import WorkloadSecurity
 from .stack import Flow, Next, Stack
 
 __all__ = [
+    "DENIED_BODY",
     "LIVE_PATH",
     "READY_PATH",
     "Answer",
@@ -25,6 +29,7 @@ __all__ = [
     "default_server_stack",
 ]
 
+DENIED_BODY = b"RBAC: access denied\n"  # Envoy's body: says nothing of the policies
 READY_PATH = "/.well-known/meshlib/ready"
 LIVE_PATH = "/.well-known/meshlib/live"
 
@@ -57,6 +62,15 @@ class Inbound:
     timeout: float | None = None  # the caller's remaining time, from the protocol (gRPC's deadline)
     deadline: float | None = None
     flags: list[str] = field(default_factory=list)
+    security: WorkloadSecurity | None = None  # this workload's policies (of the request's snapshot)
+    source_ip: str | None = None  # the connection's peer address
+    destination_ip: str | None = None  # the connection's local address
+    sni: str | None = None  # the TLS server name the caller asked for
+    path_error: str | None = None  # the path could not be normalized: why (a 400)
+    request_auth: RequestAuth | None = None  # the verified JWT, once RequestAuthentication ran
+    reveal_denials: bool = False  # name the deciding policy in a denial's body (operators only)
+    denied_by: str | None = None  # the policy that denied ("" when no ALLOW matched)
+    audit: tuple[str, ...] = ()  # AUDIT policies that matched
 
 
 ServerFlow = Flow[Answer]
@@ -75,6 +89,66 @@ def health(ex: Inbound, next: ServerNext) -> ServerFlow:
     if path == LIVE_PATH:
         return Answer(200, local=True, body=b"live\n")
     return (yield from next(ex))
+
+
+def path(ex: Inbound, next: ServerNext) -> ServerFlow:
+    """A path that cannot be normalized (NUL, broken escapes) is refused before any policy."""
+    if ex.path_error is not None:
+        return Answer(
+            400, local=True, body=f"bad request path: {ex.path_error}\n".encode(), grpc_status="INTERNAL"
+        )
+    return (yield from next(ex))
+
+
+def mutual_tls(ex: Inbound, next: ServerNext) -> ServerFlow:
+    """STRICT means a verified peer certificate on every request, also on a server meshlib did
+    not start (which cannot have checked one): refused with how to serve mTLS."""
+    security = ex.security
+    if ex.peer is None and security is not None and security.mode_for_port(ex.call.port) == "STRICT":
+        return Answer(
+            403,
+            local=True,
+            body=(
+                b"mutual TLS required: this workload's PeerAuthentication is STRICT and the request "
+                b"has no verified peer certificate; serve it with meshlib.serve_asgi, "
+                b"meshlib.serve_wsgi or meshlib_grpc.serve, which terminate mTLS with the mesh identity\n"
+            ),
+            grpc_status="UNAUTHENTICATED",
+        )
+    return (yield from next(ex))
+
+
+def authorize(ex: Inbound, next: ServerNext) -> ServerFlow:
+    """AuthorizationPolicy: CUSTOM, then DENY, then ALLOW (none: allowed); AUDIT marks."""
+    security = ex.security
+    authorizer = security.authorizer if security is not None else None
+    if authorizer is None:
+        return (yield from next(ex))
+    for policy in authorizer.custom:
+        if policy.matches(ex):
+            assert policy.provider is not None
+            check = AuthorizationCheck(
+                policy.provider, policy.name, ex.call, ex.peer, ex.source_ip, ex.request_auth
+            )
+            allowed = yield CheckCustom(check)
+            if allowed is not True:
+                return _denied(ex, policy.name, UAEX)
+    denied_by = authorizer.denied_by(ex)
+    if denied_by is not None:
+        return _denied(ex, denied_by, RBAC)
+    if authorizer.audit:
+        ex.audit = authorizer.audited_by(ex)
+    return (yield from next(ex))
+
+
+def _denied(ex: Inbound, policy: str, flag: str) -> Answer:
+    ex.denied_by = policy
+    ex.flags.append(flag)
+    body = DENIED_BODY
+    if ex.reveal_denials:
+        reason = f"denied by {policy}" if policy else "no ALLOW policy matched"
+        body = f"RBAC: access denied ({reason})\n".encode()
+    return Answer(403, local=True, body=body, grpc_status="PERMISSION_DENIED")
 
 
 def deadline(ex: Inbound, next: ServerNext) -> ServerFlow:
@@ -107,8 +181,11 @@ def default_server_stack() -> Stack[Inbound, Answer]:
     return Stack(
         [
             ("health", health),  # probes must answer even when everything below would refuse
+            ("path", path),  # a path that cannot be normalized: 400 before any policy
+            ("mtls", mutual_tls),  # STRICT without a verified peer: refused
             ("deadline", deadline),  # before any work: an expired request costs nothing more
-            # ("authz", ...), ("ratelimit", ...): the authorization issue inserts them here
+            ("authz", authorize),  # AuthorizationPolicy (CUSTOM, DENY, ALLOW)
+            # ("ratelimit", ...) goes here
             ("handle", handle),
         ]
     )

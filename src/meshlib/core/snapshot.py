@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from ..policy.base import WorkloadSelector
+from ..policy.base import PolicyTargetReference, WorkloadSelector
 from ..policy.destination_rule import Subset, TrafficPolicy
 from ..policy.resources import (
     AuthorizationPolicy,
@@ -22,7 +22,9 @@ from ..policy.resources import (
     ServiceEntry,
     VirtualService,
 )
+from ..policy.security import AuthorizationPolicySpec, RequestAuthenticationSpec
 from ..registry import WorkloadRegistration
+from .authz import Authorizer, compile_authorizer
 from .hosts import CLUSTER_DOMAIN, host_candidates, host_matches, normalize_host
 
 __all__ = [
@@ -78,6 +80,7 @@ class WorkloadSecurity:
     audit: tuple[AuthorizationPolicy, ...]
     custom: tuple[AuthorizationPolicy, ...]
     request_authentication: tuple[RequestAuthentication, ...]
+    authorizer: Authorizer | None = None  # the policies above, compiled; None: no policy applies
 
     def mode_for_port(self, port: int | None) -> MtlsMode:
         return self.port_mtls.get(port, self.mtls_mode) if port is not None else self.mtls_mode
@@ -100,7 +103,7 @@ class Snapshot:
     _peer_authn: tuple[PeerAuthentication, ...]
     _authz: tuple[AuthorizationPolicy, ...]
     _request_authn: tuple[RequestAuthentication, ...]
-    _security_cache: dict[tuple[str, frozenset[tuple[str, str]]], WorkloadSecurity] = field(
+    _security_cache: dict[tuple[str, str, frozenset[tuple[str, str]]], WorkloadSecurity] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -164,24 +167,45 @@ class Snapshot:
 
     # --- server-side lookups -------------------------------------------------------
 
-    def security_for(self, namespace: str, labels: Mapping[str, str]) -> WorkloadSecurity:
-        """Peer authentication mode and the authorization/authentication policies for a workload."""
-        key = (namespace, frozenset(labels.items()))
+    def security_for(
+        self, namespace: str, labels: Mapping[str, str], service: str | None = None
+    ) -> WorkloadSecurity:
+        """Peer authentication mode and the authorization/authentication policies for a workload
+        (``service``: the name targetRefs name it by; by default its ``app`` label)."""
+        name = service if service is not None else labels.get("app", "")
+        key = (namespace, name, frozenset(labels.items()))
         cached = self._security_cache.get(key)
         if cached is None:
-            cached = self._security_cache[key] = _resolve_security(self, namespace, labels)
+            cached = self._security_cache[key] = _resolve_security(self, namespace, labels, name)
         return cached
 
 
 def _applies(
-    selector: WorkloadSelector | None, policy_ns: str, namespace: str, labels: Mapping[str, str]
+    selector: WorkloadSelector | None,
+    refs: tuple[PolicyTargetReference, ...],
+    policy_ns: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    service: str,
 ) -> bool:
+    """Istio's scope: the workload's namespace or the root namespace, narrowed by a selector;
+    a targetRef names a Service of the policy's own namespace."""
+    if refs:
+        return policy_ns == namespace and any(
+            r.name == service and r.namespace in ("", policy_ns) for r in refs
+        )
     if policy_ns not in (namespace, ROOT_NAMESPACE):
         return False
     return selector is None or selector.matches(labels)
 
 
-def _resolve_security(snap: Snapshot, namespace: str, labels: Mapping[str, str]) -> WorkloadSecurity:
+def _targets(spec: AuthorizationPolicySpec | RequestAuthenticationSpec) -> tuple[PolicyTargetReference, ...]:
+    return (spec.target_ref, *spec.target_refs) if spec.target_ref is not None else spec.target_refs
+
+
+def _resolve_security(
+    snap: Snapshot, namespace: str, labels: Mapping[str, str], service: str
+) -> WorkloadSecurity:
     # Istio: the narrowest PeerAuthentication wins (workload > namespace > mesh); UNSET
     # inherits from the next level up, and the mesh default is PERMISSIVE.
     mesh = [p for p in snap._peer_authn if p.namespace == ROOT_NAMESPACE and not _selects(p)]
@@ -205,7 +229,11 @@ def _resolve_security(snap: Snapshot, namespace: str, labels: Mapping[str, str])
         if level is workload:
             for port, setting in chosen.spec.port_level_mtls.items():
                 port_modes[port] = mode if setting.mode == "UNSET" else setting.mode
-    authz = [p for p in snap._authz if _applies(p.spec.selector, p.namespace, namespace, labels)]
+    authz = [
+        p
+        for p in snap._authz
+        if _applies(p.spec.selector, _targets(p.spec), p.namespace, namespace, labels, service)
+    ]
     return WorkloadSecurity(
         mtls_mode=mode,
         port_mtls=MappingProxyType(port_modes),
@@ -214,8 +242,11 @@ def _resolve_security(snap: Snapshot, namespace: str, labels: Mapping[str, str])
         audit=tuple(p for p in authz if p.spec.action == "AUDIT"),
         custom=tuple(p for p in authz if p.spec.action == "CUSTOM"),
         request_authentication=tuple(
-            r for r in snap._request_authn if _applies(r.spec.selector, r.namespace, namespace, labels)
+            r
+            for r in snap._request_authn
+            if _applies(r.spec.selector, _targets(r.spec), r.namespace, namespace, labels, service)
         ),
+        authorizer=compile_authorizer(authz),
     )
 
 

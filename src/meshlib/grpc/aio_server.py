@@ -42,13 +42,15 @@ async def aio_serve(
     servicers; ``ready`` (optional) is set once serving; ``limits`` as for ``serve``."""
     own_mesh = not mesh.started
     await asyncio.to_thread(mesh.start)  # waits for the first snapshot: not on the loop
+    interceptor = AioMeshServerInterceptor(mesh)
     server = grpc.aio.server(
-        interceptors=[AioMeshServerInterceptor(mesh)], options=grpc_server_options(limits or ServerLimits())
+        interceptors=[interceptor], options=grpc_server_options(limits or ServerLimits())
     )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     endpoint = listen(server, mesh, host, port)
+    interceptor.port = endpoint.port
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await asyncio.to_thread(mesh.announce, [endpoint])

@@ -57,13 +57,18 @@ _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
 def _inbound(
-    kind: type[InboundRequest], mesh: ServingMesh, method: str, metadata: Metadata | None, context: Any
+    kind: type[InboundRequest],
+    mesh: ServingMesh,
+    method: str,
+    metadata: Metadata | None,
+    context: Any,
+    port: int | None,
 ) -> Any:
     call = Call(
-        method="POST",
+        method="POST",  # as Istio sees every gRPC call: POST to /package.Service/Method
         scheme="http",
         host="",
-        port=None,
+        port=port,
         path=method,
         query="",
         header=metadata_lookup(metadata),
@@ -72,7 +77,21 @@ def _inbound(
     remaining: float | None = context.time_remaining()
     if remaining is not None and remaining > _NO_DEADLINE:
         remaining = None  # grpc reports "no deadline" as ~9.2e18 s
-    return kind(mesh, call, peer_of(context), timeout=remaining)
+    return kind(mesh, call, peer_of(context), timeout=remaining, source_ip=peer_address(context))
+
+
+def peer_address(context: Any) -> str | None:
+    """The caller's IP from grpc's peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``)."""
+    try:
+        peer: str = context.peer()
+    except Exception:
+        return None
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or None
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]") or None
+    return None
 
 
 def _refusal(answer: Answer) -> tuple[grpc.StatusCode, str]:
@@ -90,12 +109,17 @@ def _status(context: Any, raised: bool) -> int:
 
 
 def _wrap_sync(
-    mesh: ServingMesh, behavior: Callable[..., Any], method: str, metadata: Any, streaming_out: bool
+    mesh: ServingMesh,
+    behavior: Callable[..., Any],
+    method: str,
+    metadata: Any,
+    streaming_out: bool,
+    port: int | None,
 ) -> Any:
     """A handler that blocks (grpc.server, or a sync handler on grpc.aio.server)."""
 
     def unary(request: Any, context: Any) -> Any:
-        inbound = _inbound(InboundRequest, mesh, method, metadata, context)
+        inbound = _inbound(InboundRequest, mesh, method, metadata, context, port)
         answer = inbound.admit()
         if answer is not None:
             context.abort(*_refusal(answer))
@@ -109,7 +133,7 @@ def _wrap_sync(
         return result
 
     def stream(request: Any, context: Any) -> Iterator[Any]:
-        inbound = _inbound(InboundRequest, mesh, method, metadata, context)
+        inbound = _inbound(InboundRequest, mesh, method, metadata, context, port)
         answer = inbound.admit()
         if answer is not None:
             context.abort(*_refusal(answer))
@@ -130,13 +154,15 @@ def _wrap_sync(
     return stream if streaming_out else unary
 
 
-def _wrap_async(mesh: ServingMesh, behavior: Callable[..., Any], method: str, metadata: Any) -> Any:
+def _wrap_async(
+    mesh: ServingMesh, behavior: Callable[..., Any], method: str, metadata: Any, port: int | None
+) -> Any:
     """A coroutine or async-generator handler on grpc.aio.server."""
 
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context)
+            inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context, port)
             answer = await inbound.admit_async()
             if answer is not None:
                 await context.abort(*_refusal(answer))
@@ -152,7 +178,7 @@ def _wrap_async(mesh: ServingMesh, behavior: Callable[..., Any], method: str, me
         return stream
 
     async def unary(request: Any, context: Any) -> Any:
-        inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context)
+        inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context, port)
         answer = await inbound.admit_async()
         if answer is not None:
             await context.abort(*_refusal(answer))
@@ -168,7 +194,7 @@ def _wrap_async(mesh: ServingMesh, behavior: Callable[..., Any], method: str, me
     return unary
 
 
-def _wrapped_handler(mesh: ServingMesh, handler: Any, details: Any) -> Any:
+def _wrapped_handler(mesh: ServingMesh, handler: Any, details: Any, port: int | None) -> Any:
     method: str = details.method
     metadata = details.invocation_metadata
     changes = {}
@@ -177,32 +203,36 @@ def _wrapped_handler(mesh: ServingMesh, handler: Any, details: Any) -> Any:
         if behavior is None:
             continue
         if inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior):
-            changes[kind] = _wrap_async(mesh, behavior, method, metadata)
+            changes[kind] = _wrap_async(mesh, behavior, method, metadata, port)
         else:
-            changes[kind] = _wrap_sync(mesh, behavior, method, metadata, kind.endswith("stream"))
+            changes[kind] = _wrap_sync(mesh, behavior, method, metadata, kind.endswith("stream"), port)
     return handler._replace(**changes)
 
 
 class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """For ``grpc.server``: every call through the mesh's server stack."""
+    """For ``grpc.server``: every call through the mesh's server stack. ``port``: the port it
+    serves (AuthorizationPolicy ``ports`` and port-level PeerAuthentication; grpc does not say
+    which port a call came in on, so a server with several ports matches none of them)."""
 
-    def __init__(self, mesh: ServingMesh) -> None:
+    def __init__(self, mesh: ServingMesh, port: int | None = None) -> None:
         self.mesh = mesh
+        self.port = port
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
-        return None if handler is None else _wrapped_handler(self.mesh, handler, details)
+        return None if handler is None else _wrapped_handler(self.mesh, handler, details, self.port)
 
 
 class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
     """For ``grpc.aio.server``: the same, for coroutine and plain handlers alike."""
 
-    def __init__(self, mesh: ServingMesh) -> None:
+    def __init__(self, mesh: ServingMesh, port: int | None = None) -> None:
         self.mesh = mesh
+        self.port = port
 
     async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = await continuation(details)
-        return None if handler is None else _wrapped_handler(self.mesh, handler, details)
+        return None if handler is None else _wrapped_handler(self.mesh, handler, details, self.port)
 
 
 def peer_of(context: Any) -> PeerIdentity | None:
@@ -270,15 +300,17 @@ def serve(
     ``limits`` bound metadata size and the time a silent or idle connection is kept."""
     own_mesh = not mesh.started
     mesh.start()
+    interceptor = MeshServerInterceptor(mesh)
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=threads),
-        interceptors=[MeshServerInterceptor(mesh)],
+        interceptors=[interceptor],
         options=grpc_server_options(limits or ServerLimits()),
     )
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     endpoint = listen(server, mesh, host, port)
+    interceptor.port = endpoint.port
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     mesh.announce([endpoint])

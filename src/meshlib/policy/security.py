@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterator
 from typing import Literal
 
@@ -21,6 +23,7 @@ __all__ = [
     "RequestAuthenticationSpec",
     "Rule",
     "Source",
+    "claim_path",
 ]
 
 MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
@@ -58,10 +61,27 @@ class Source(MeshModel):
     not_remote_ip_blocks: tuple[str, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if not any(getattr(self, name) for name in type(self).model_fields):
+            yield (
+                (),
+                "an empty source: set at least one field (Istio refuses it too), or drop the `from` entry",
+            )
         if (self.service_accounts or self.not_service_accounts) and (
             self.principals or self.not_principals or self.namespaces or self.not_namespaces
         ):
             yield ("serviceAccounts",), ("serviceAccounts cannot be combined with principals or namespaces")
+        for name in ("principals", "request_principals", "namespaces"):
+            for key in (name, "not_" + name):
+                yield from _globs(key, getattr(self, key))
+        for key in ("service_accounts", "not_service_accounts"):
+            for index, value in enumerate(getattr(self, key)):
+                if value.count("/") != 1 or "*" in value or value.startswith("/") or value.endswith("/"):
+                    yield (
+                        (_camel(key), index),
+                        (f"{value!r} is not <namespace>/<serviceaccount> (exact values only)"),
+                    )
+        for key in ("ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"):
+            yield from _ip_values(key, getattr(self, key))
 
 
 class Operation(MeshModel):
@@ -73,6 +93,23 @@ class Operation(MeshModel):
     not_methods: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     not_paths: tuple[str, ...] = ()
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if not any(getattr(self, name) for name in type(self).model_fields):
+            yield (
+                (),
+                "an empty operation: set at least one field (Istio refuses it too), or drop the `to` entry",
+            )
+        for key in ("hosts", "not_hosts", "methods", "not_methods"):
+            yield from _globs(key, getattr(self, key))
+        for key in ("ports", "not_ports"):
+            yield from _port_values(key, getattr(self, key))
+        for key in ("paths", "not_paths"):
+            for index, value in enumerate(getattr(self, key)):
+                templated = "{" in value or "}" in value
+                problem = _template_problem(value) if templated else _glob_problem(value)
+                if problem is not None:
+                    yield (_camel(key), index), problem
 
 
 class RuleFrom(MeshModel):
@@ -91,6 +128,33 @@ class Condition(MeshModel):
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         if not self.values and not self.not_values:
             yield (), "set at least one of values and notValues"
+        key = self.key
+        if key.startswith("experimental."):
+            yield (
+                ("key",),
+                (
+                    f"{key!r}: experimental Envoy filter metadata does not exist in meshlib; "
+                    "match on request.headers[...] or request.auth.claims[...] instead"
+                ),
+            )
+            return
+        if key not in CONDITION_KEYS and not _HEADER_KEY.fullmatch(key) and claim_path(key) is None:
+            yield (
+                ("key",),
+                (
+                    f"unknown condition key {key!r}; supported: {', '.join(sorted(CONDITION_KEYS))}, "
+                    "request.headers[<name>], request.auth.claims[<name>]([<nested>]...)"
+                ),
+            )
+            return
+        for field in ("values", "not_values"):
+            values = getattr(self, field)
+            if key in ("source.ip", "remote.ip", "destination.ip"):
+                yield from _ip_values(field, values)
+            elif key == "destination.port":
+                yield from _port_values(field, values)
+            else:
+                yield from _globs(field, values)
 
 
 class Rule(MeshModel):
@@ -165,6 +229,84 @@ class RequestAuthenticationSpec(MeshModel):
             issuers[rule.issuer] = index
 
 
+CONDITION_KEYS = frozenset(
+    {
+        "source.ip",
+        "remote.ip",
+        "source.namespace",
+        "source.principal",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "destination.ip",
+        "destination.port",
+        "connection.sni",
+    }
+)
+"""The ``when`` keys Istio documents (besides request.headers[...] and request.auth.claims[...])."""
+
+_HEADER_KEY = re.compile(r"request\.headers\[[!#$%&'*+.^_`|~0-9A-Za-z-]+\]")
+_CLAIM_KEY = re.compile(r"request\.auth\.claims((?:\[[^\[\]]+\])+)")
+
+
+def claim_path(key: str) -> tuple[str, ...] | None:
+    """``request.auth.claims[a][b]`` → ("a", "b"); None for any other key."""
+    found = _CLAIM_KEY.fullmatch(key)
+    if found is None:
+        return None
+    return tuple(found.group(1)[1:-1].split("]["))
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _glob_problem(value: str) -> str | None:
+    if not value:
+        return "an empty value matches nothing; remove it"
+    if "*" in value[1:-1] or (value.count("*") > 1 and value != "*"):
+        return f"{value!r}: '*' is allowed only alone, as a prefix (abc*) or as a suffix (*abc)"
+    return None
+
+
+def _globs(field: str, values: tuple[str, ...]) -> Iterator[tuple[FieldPath, str]]:
+    for index, value in enumerate(values):
+        problem = _glob_problem(value)
+        if problem is not None:
+            yield (_camel(field), index), problem
+
+
+def _template_problem(value: str) -> str | None:
+    if "*" in value.replace("{*}", "").replace("{**}", ""):
+        return f"{value!r}: a path template ({{*}}, {{**}}) cannot also use '*' globs"
+    segments = value.split("/")
+    if not value.startswith("/"):
+        return f"{value!r}: a path template must start with '/'"
+    if value.count("{**}") > 1:
+        return f"{value!r}: only one {{**}} is allowed in a path template"
+    for index, segment in enumerate(segments):
+        if ("{" in segment or "}" in segment) and segment not in ("{*}", "{**}"):
+            return f"{value!r}: {{*}} and {{**}} must each be a whole path segment"
+        if segment == "{**}" and index != len(segments) - 1:
+            return f"{value!r}: {{**}} must be the last segment of a path template"
+    return None
+
+
+def _ip_values(field: str, values: tuple[str, ...]) -> Iterator[tuple[FieldPath, str]]:
+    for index, value in enumerate(values):
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            yield (_camel(field), index), f"{value!r} is not an IP address or CIDR block"
+
+
+def _port_values(field: str, values: tuple[str, ...]) -> Iterator[tuple[FieldPath, str]]:
+    for index, value in enumerate(values):
+        if not value.isdigit() or not 1 <= int(value) <= 65535:
+            yield (_camel(field), index), f"{value!r} is not a port number (1-65535)"
+
+
 def _one_target(
     selector: WorkloadSelector | None,
     target_ref: PolicyTargetReference | None,
@@ -172,3 +314,16 @@ def _one_target(
 ) -> Iterator[tuple[FieldPath, str]]:
     if sum((selector is not None, target_ref is not None, bool(target_refs))) > 1:
         yield ("targetRefs",), "set at most one of selector, targetRef and targetRefs"
+    refs: list[tuple[FieldPath, PolicyTargetReference]] = (
+        [(("targetRef",), target_ref)] if target_ref is not None else []
+    )
+    refs += [(("targetRefs", i), ref) for i, ref in enumerate(target_refs)]
+    for path, ref in refs:
+        if ref.kind != "Service" or ref.group not in ("", "core"):
+            yield (
+                (*path, "kind"),
+                (
+                    f"targetRef {ref.group or 'core'}/{ref.kind} is not supported: meshlib has no "
+                    'gateways or waypoints; target a Service (group "", kind Service) or use a selector'
+                ),
+            )

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote, unquote
 
 from ..core.call import Call, RawHeaders
+from ..core.paths import PathError, normalize_path, split_target
 from ..core.server_stack import Answer
 from ..drivers import AsyncInboundRequest, ServingMesh
 from ..peer import PeerIdentity, reset_peer, set_peer
@@ -59,17 +61,28 @@ class MeshMiddleware:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, peer: PeerIdentity | None) -> None:
         server = scope.get("server") or ("", None)
+        client = scope.get("client")
         query = scope.get("query_string", b"")
+        path, path_error = normalized_scope_path(scope)
         call = Call(
             method=scope["method"],
             scheme=scope.get("scheme", "http"),
             host=str(server[0] or ""),
             port=server[1],
-            path=scope["path"],
+            path=path,
             query=query.decode("latin-1") if query else "",
             header=RawHeaders(scope["headers"]),
         )
-        inbound = AsyncInboundRequest(self.mesh, call, peer)
+        tls = (scope.get("extensions") or {}).get("tls") or {}
+        inbound = AsyncInboundRequest(
+            self.mesh,
+            call,
+            peer,
+            source_ip=client[0] if client else None,
+            destination_ip=server[0] or None,
+            sni=tls.get("meshlib.sni"),
+            path_error=path_error,
+        )
         answer = await inbound.admit_async()
         if answer is not None:
             await _respond(send, answer)
@@ -104,6 +117,25 @@ async def _respond(send: Send, answer: Answer) -> None:
     headers.extend((k.encode(), v.encode()) for k, v in answer.headers)
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
+
+
+_SAFE = "/!$&'()*+,;=:@~-._"
+
+
+def normalized_scope_path(scope: Scope) -> tuple[str, str | None]:
+    """The request's normalized path, set in the scope for the application too (``path`` and
+    ``raw_path``); with the reason when it cannot be normalized (the stack answers 400)."""
+    raw = scope.get("raw_path")
+    target = raw.decode("latin-1") if isinstance(raw, bytes) else quote(scope["path"], safe=_SAFE)
+    original = split_target(target)[0]
+    try:
+        path = normalize_path(original)
+    except PathError as exc:
+        return original, str(exc)
+    if path != original or not isinstance(raw, bytes):
+        scope["path"] = unquote(path)
+        scope["raw_path"] = path.encode("latin-1")
+    return path, None
 
 
 def peer_from_scope(scope: Scope) -> PeerIdentity | None:

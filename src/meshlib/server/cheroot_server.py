@@ -17,6 +17,7 @@ the application the scheme the connection really has.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -57,6 +58,8 @@ class MeshSSLAdapter(BuiltinSSLAdapter):
             raise errors.FatalSSLAlert(*exc.args) from exc
         if not first:
             raise errors.FatalSSLAlert("the client closed the connection before sending anything")
+        with contextlib.suppress(OSError):
+            environ["meshlib.local_ip"] = sock.getsockname()[0]
         identity = self.mesh.workload_identity
         mode = mode_for(self.mesh, self.port)
         if first[0] == TLS_HANDSHAKE and identity is not None and mode != "DISABLE":
@@ -67,6 +70,7 @@ class MeshSSLAdapter(BuiltinSSLAdapter):
                 raise errors.FatalSSLAlert(f"mTLS handshake refused: {exc}") from exc
             environ.update(self.get_environ(wrapped))  # type: ignore[no-untyped-call]
             environ["meshlib.peer_spiffe_id"] = peer_spiffe_id(wrapped)
+            environ["meshlib.sni"] = getattr(wrapped, "meshlib_sni", None)
             return wrapped
         if mode == "STRICT":
             _read_head(sock, time.monotonic() + self.header_timeout)

@@ -325,6 +325,7 @@ def _with_tls(app: App, ssl_object: ssl.SSLObject | None) -> App:
         "client_cert_error": None,
         "server_cert": None,
         "meshlib.peer_spiffe_id": peer,
+        "meshlib.sni": getattr(ssl_object, "meshlib_sni", None),
     }
 
     async def with_tls(scope: Any, receive: Any, send: Any) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import quote, unquote_to_bytes
 
 from ..core.call import Call
+from ..core.paths import PathError, normalize_path, split_target
 from ..core.server_stack import Answer
 from ..drivers import InboundRequest, ServingMesh
 from ..peer import PeerIdentity
@@ -35,16 +37,25 @@ class MeshMiddleware:
         environ.pop("HTTP_X_FORWARDED_CLIENT_CERT", None)
         peer = peer_from_environ(environ)
         environ["meshlib.peer"] = peer
+        path, path_error = normalized_environ_path(environ)
         call = Call(
             method=environ.get("REQUEST_METHOD", "GET"),
             scheme=environ.get("wsgi.url_scheme", "http"),
             host=environ.get("SERVER_NAME", ""),
             port=int(environ["SERVER_PORT"]) if str(environ.get("SERVER_PORT", "")).isdigit() else None,
-            path=environ.get("PATH_INFO", "") or "/",
+            path=path,
             query=environ.get("QUERY_STRING", ""),
             header=_EnvironHeaders(environ),
         )
-        inbound = InboundRequest(self.mesh, call, peer)
+        inbound = InboundRequest(
+            self.mesh,
+            call,
+            peer,
+            source_ip=environ.get("REMOTE_ADDR") or None,
+            destination_ip=environ.get("meshlib.local_ip") or environ.get("SERVER_ADDR") or None,
+            sni=environ.get("meshlib.sni"),
+            path_error=path_error,
+        )
         answer = inbound.admit()
         if answer is not None:
             return _respond(start_response, answer)
@@ -122,6 +133,32 @@ _REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
+
+
+_SAFE = "/!$&'()*+,;=:@~-._"
+
+
+def normalized_environ_path(environ: Environ) -> tuple[str, str | None]:
+    """The request's normalized path, also what the application gets (``PATH_INFO``, and
+    ``REQUEST_URI``/``RAW_URI`` where the server set them); with the reason when it cannot
+    be normalized (the stack answers 400). From the raw target when the server keeps it
+    (cheroot, gunicorn): ``PATH_INFO`` has ``%2F`` already decoded into a ``/``."""
+    raw_key = "REQUEST_URI" if "REQUEST_URI" in environ else "RAW_URI" if "RAW_URI" in environ else None
+    target = environ.get(raw_key, "") if raw_key else ""
+    info = environ.get("PATH_INFO", "") or "/"
+    if not (isinstance(target, str) and target.startswith("/")) or environ.get("SCRIPT_NAME"):
+        target = quote(info.encode("latin-1", "replace"), safe=_SAFE)
+    original, query = split_target(target)
+    try:
+        path = normalize_path(original)
+    except PathError as exc:
+        return original, str(exc)
+    decoded = unquote_to_bytes(path).decode("latin-1")
+    if decoded != info:
+        environ["PATH_INFO"] = decoded
+        if raw_key:
+            environ[raw_key] = path + (f"?{query}" if query else "")
+    return path, None
 
 
 def peer_from_environ(environ: Environ) -> PeerIdentity | None:
