@@ -34,3 +34,6 @@ py=.venv/bin/python
 
 # gRPC: mesh channel against a plain channel, per unary call.
 "$py" benchmarks/grpc_client.py --calls 2000 --rounds 5
+
+# Authorization: one decision over 20 AuthorizationPolicies; the ASGI middleware with them.
+"$py" benchmarks/authorization.py --decisions 50000 --requests 20000 --rounds 7

@@ -40,6 +40,7 @@ EXPECTED = [
     "current_deadline",
     "drive_client",
     "drive_client_async",
+    "edited_headers",
     "grpc_server_options",
     "grpc_status_for_http",
     "http_status_for_grpc",

@@ -4,6 +4,8 @@ import meshlib
 
 EXPECTED = [
     "AnnouncedEndpoint",
+    "AuthorizationCheck",
+    "RequestAuth",
     "CertificateUnavailableError",
     "ConfigError",
     "ConfigIssue",

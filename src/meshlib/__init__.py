@@ -7,6 +7,7 @@ from a small config service (``meshctl serve``) or read from files.
 
 from . import asgi, wsgi
 from ._version import __version__
+from .core.authz import AuthorizationCheck, RequestAuth
 from .core.deadline import current_deadline, deadline
 from .core.snapshot import Endpoint, Snapshot, WorkloadSecurity, compile_snapshot
 from .errors import (
@@ -35,6 +36,7 @@ from .settings import MeshSettings
 
 __all__ = [
     "AnnouncedEndpoint",
+    "AuthorizationCheck",
     "CertificateUnavailableError",
     "ConfigError",
     "ConfigIssue",
@@ -49,6 +51,7 @@ __all__ = [
     "NoHealthyUpstreamError",
     "NoRouteError",
     "PeerIdentity",
+    "RequestAuth",
     "Resource",
     "RetriesExhaustedError",
     "ServerLimits",

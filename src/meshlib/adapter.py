@@ -27,7 +27,7 @@ from .core.exchange import Attempt, Exchange, Mirror, Outcome, Reply, Send, Slee
 from .core.grpc_status import grpc_status_for_http, http_status_for_grpc
 from .core.retry_policy import Failure
 from .core.routing_table import HeaderOps, RoutingTable
-from .core.server_stack import Answer, Inbound
+from .core.server_stack import Answer, Inbound, edited_headers
 from .core.snapshot import Endpoint
 from .drivers import (
     AsyncClientIO,
@@ -82,6 +82,7 @@ __all__ = [
     "current_deadline",
     "drive_client",
     "drive_client_async",
+    "edited_headers",
     "grpc_server_options",
     "grpc_status_for_http",
     "http_status_for_grpc",

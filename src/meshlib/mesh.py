@@ -42,6 +42,7 @@ from .peer import PeerIdentity
 from .policy.loader import load_paths
 from .protocol import decode_snapshot
 from .registry import AnnouncedEndpoint, WorkloadRegistration
+from .request_authn import JwksCache, compile_authenticator
 from .settings import MeshSettings
 from .watcher import Watcher
 from .workload_identity import WorkloadIdentity, keep_renewed
@@ -105,6 +106,9 @@ class Mesh:
         self._source_labels = {"app": service, **self.settings.labels}  # what sourceLabels see
         self._http_plane = RoutingTable.build(self._snapshot, namespace, self._source_labels)
         self._security = self._snapshot.security_for(namespace, self._source_labels, service)
+        self._jwks = JwksCache()
+        self._jwks_uris: dict[str, float] = {}
+        self._authenticate: Callable[[Inbound], str | None] | None = None
         self._grpc_plane: RoutingTable | None = None
         self.clusters = Clusters(time.monotonic)
         self.metrics = RequestMetrics()
@@ -243,6 +247,7 @@ class Mesh:
             report=self.readiness_report,
             security=self._security,
             reveal_denials=self.reveal_denials,
+            authenticate=self._authenticate,
         )
 
     def serving_ready(self) -> bool:
@@ -367,6 +372,7 @@ class Mesh:
         elif s.config is not None:
             self._load_static(s.config)  # bad policy at start is the user's to fix: raise
             self._loop = LoopThread(f"meshlib-{s.service}")
+            self._jwks.want(self._jwks_uris, self._loop.loop)  # the first snapshot came before the loop
             self._loop.submit(self._poll_static(s.config))
         else:
             self._install(self._snapshot, "static")
@@ -510,10 +516,14 @@ class Mesh:
     def _install(self, snapshot: Snapshot, source: SnapshotSource) -> None:
         plane = RoutingTable.build(snapshot, self.settings.namespace, self._source_labels)
         security = snapshot.security_for(self.settings.namespace, self._source_labels, self.settings.service)
+        authenticate, uris = compile_authenticator(security.request_authentication, self._jwks)
+        self._jwks_uris = uris
+        self._jwks.want(uris, self._loop.loop if self._loop is not None else None)
         self.clusters.current_version = snapshot.version
         with self._changed:
             self._http_plane = plane
             self._security = security
+            self._authenticate = authenticate
             self._snapshot = snapshot
             self._source = source
             self._changed.notify_all()

@@ -7,7 +7,7 @@ verified peer certificate only, never from a header.
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["PeerIdentity", "current_peer", "reset_peer", "set_peer"]
 
@@ -20,11 +20,11 @@ class PeerIdentity:
     trust_domain: str
     namespace: str
     service_account: str
+    principal: str = field(init=False, compare=False, repr=False)
+    """Istio's principal form used in AuthorizationPolicy: ``<td>/ns/<ns>/sa/<sa>``."""
 
-    @property
-    def principal(self) -> str:
-        """Istio's principal form used in AuthorizationPolicy: ``<td>/ns/<ns>/sa/<sa>``."""
-        return self.spiffe_id.removeprefix("spiffe://")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "principal", self.spiffe_id.removeprefix("spiffe://"))
 
     @classmethod
     def parse(cls, spiffe_id: str) -> PeerIdentity | None:

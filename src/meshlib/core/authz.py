@@ -312,6 +312,8 @@ def _strings(values: tuple[str, ...], lower: bool = False) -> Match:
         else:
             exact.add(value)
     frozen, pre, suf = frozenset(exact), tuple(prefixes), tuple(suffixes)
+    if not (presence or pre or suf):
+        return frozen.__contains__  # exact values only: one set lookup, in C
 
     def match(value: str) -> bool:
         if value in frozen:

@@ -27,6 +27,7 @@ __all__ = [
     "Handle",
     "Inbound",
     "default_server_stack",
+    "edited_headers",
 ]
 
 DENIED_BODY = b"RBAC: access denied\n"  # Envoy's body: says nothing of the policies
@@ -68,6 +69,8 @@ class Inbound:
     sni: str | None = None  # the TLS server name the caller asked for
     path_error: str | None = None  # the path could not be normalized: why (a 400)
     request_auth: RequestAuth | None = None  # the verified JWT, once RequestAuthentication ran
+    authenticate: Callable[[Inbound], str | None] | None = None  # JWT rules: why a token failed
+    header_edits: list[tuple[str, str | None]] | None = None  # for the application (None: remove)
     reveal_denials: bool = False  # name the deciding policy in a denial's body (operators only)
     denied_by: str | None = None  # the policy that denied ("" when no ALLOW matched)
     audit: tuple[str, ...] = ()  # AUDIT policies that matched
@@ -75,6 +78,17 @@ class Inbound:
 
 ServerFlow = Flow[Answer]
 ServerNext = Next[Inbound, Answer]
+
+
+def edited_headers(
+    pairs: list[tuple[str, str]], edits: list[tuple[str, str | None]]
+) -> list[tuple[str, str]]:
+    """Header pairs (lower-case names) after the stack's edits: each edited name's old values
+    go, then the new value (None: removed only)."""
+    names = {name for name, _ in edits}
+    kept = [(k, v) for k, v in pairs if k.lower() not in names]
+    kept.extend((name, value) for name, value in edits if value is not None)
+    return kept
 
 
 def health(ex: Inbound, next: ServerNext) -> ServerFlow:
@@ -115,6 +129,22 @@ def mutual_tls(ex: Inbound, next: ServerNext) -> ServerFlow:
             ),
             grpc_status="UNAUTHENTICATED",
         )
+    return (yield from next(ex))
+
+
+def authenticate(ex: Inbound, next: ServerNext) -> ServerFlow:
+    """RequestAuthentication: a token that fails verification is a 401; none, no principal."""
+    check = ex.authenticate
+    if check is not None:
+        failure = check(ex)
+        if failure is not None:
+            return Answer(
+                401,
+                local=True,
+                body=f"{failure}\n".encode(),
+                headers=(("www-authenticate", 'Bearer realm="meshlib", error="invalid_token"'),),
+                grpc_status="UNAUTHENTICATED",
+            )
     return (yield from next(ex))
 
 
@@ -184,6 +214,7 @@ def default_server_stack() -> Stack[Inbound, Answer]:
             ("path", path),  # a path that cannot be normalized: 400 before any policy
             ("mtls", mutual_tls),  # STRICT without a verified peer: refused
             ("deadline", deadline),  # before any work: an expired request costs nothing more
+            ("authn", authenticate),  # RequestAuthentication (JWT): 401 for a bad token
             ("authz", authorize),  # AuthorizationPolicy (CUSTOM, DENY, ALLOW)
             # ("ratelimit", ...) goes here
             ("handle", handle),

@@ -36,6 +36,7 @@ from ..adapter import (
     ServerLimits,
     ServingMesh,
     advertise_address,
+    edited_headers,
     grpc_server_options,
     grpc_status_for_http,
     spiffe_id_of,
@@ -94,6 +95,28 @@ def peer_address(context: Any) -> str | None:
     return None
 
 
+class _EditedContext:
+    """The handler's context with the metadata the server stack edited (a verified JWT)."""
+
+    def __init__(self, context: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._context = context
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _for_handler(context: Any, inbound: InboundRequest) -> Any:
+    edits = inbound.ex.header_edits
+    if not edits:
+        return context
+    pairs = [(str(k), v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)]
+    return _EditedContext(context, tuple(edited_headers(pairs, edits)))
+
+
 def _refusal(answer: Answer) -> tuple[grpc.StatusCode, str]:
     """A local answer of the server stack as the gRPC status the caller gets."""
     code = grpc.StatusCode[answer.grpc_status or grpc_status_for_http(answer.status)]
@@ -125,7 +148,7 @@ def _wrap_sync(
             context.abort(*_refusal(answer))
         try:
             with inbound.scope():
-                result = behavior(request, context)
+                result = behavior(request, _for_handler(context, inbound))
         except BaseException:
             inbound.end(_status(context, raised=True))
             raise
@@ -140,7 +163,7 @@ def _wrap_sync(
         scope = inbound.context()  # every step of the stream runs in the call's scope
         raised = True
         try:
-            responses = scope.run(behavior, request, context)
+            responses = scope.run(behavior, request, _for_handler(context, inbound))
             while True:
                 try:
                     item = scope.run(next, responses)
@@ -169,7 +192,7 @@ def _wrap_async(
             raised = True
             try:
                 with inbound.scope():  # this call's own task: the scope covers every step
-                    async for item in behavior(request, context):
+                    async for item in behavior(request, _for_handler(context, inbound)):
                         yield item
                 raised = False
             finally:
@@ -184,7 +207,7 @@ def _wrap_async(
             await context.abort(*_refusal(answer))
         try:
             with inbound.scope():
-                result = await behavior(request, context)
+                result = await behavior(request, _for_handler(context, inbound))
         except BaseException:
             inbound.end(_status(context, raised=True))
             raise

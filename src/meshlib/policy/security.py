@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterator
 from typing import Literal
@@ -212,6 +213,21 @@ class JWTRule(MeshModel):
             yield ("jwks",), "set only one of jwks and jwksUri"
         if self.jwks_uri is not None and not self.jwks_uri.startswith(("https://", "http://")):
             yield ("jwksUri",), f"{self.jwks_uri!r} is not an http(s) URL"
+        if self.jwks is None and self.jwks_uri is None:
+            yield (
+                ("jwksUri",),
+                (
+                    "set jwks or jwksUri: meshlib does not discover keys from the issuer "
+                    "(OpenID discovery); give the issuer's jwks_uri"
+                ),
+            )
+        if self.jwks is not None:
+            try:
+                keys = json.loads(self.jwks).get("keys")
+            except (ValueError, AttributeError):
+                keys = None
+            if not isinstance(keys, list):
+                yield ("jwks",), "not a JWKS document (JSON with a 'keys' list)"
 
 
 class RequestAuthenticationSpec(MeshModel):

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote
 
 from ..core.call import Call, RawHeaders
 from ..core.paths import PathError, normalize_path, split_target
-from ..core.server_stack import Answer
+from ..core.server_stack import Answer, edited_headers
 from ..drivers import AsyncInboundRequest, ServingMesh
 from ..peer import PeerIdentity, reset_peer, set_peer
 
@@ -87,6 +87,12 @@ class MeshMiddleware:
         if answer is not None:
             await _respond(send, answer)
             return
+        edits = inbound.ex.header_edits
+        if edits:  # a verified JWT: the token removed, claims and payload added
+            pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            scope["headers"] = [
+                (k.encode("latin-1"), v.encode("latin-1")) for k, v in edited_headers(pairs, edits)
+            ]
         status = 500
         started = False
 

@@ -59,6 +59,11 @@ class MeshMiddleware:
         answer = inbound.admit()
         if answer is not None:
             return _respond(start_response, answer)
+        for name, value in inbound.ex.header_edits or ():  # a verified JWT's outputs
+            key = "HTTP_" + name.upper().replace("-", "_")
+            environ.pop(key, None)
+            if value is not None:
+                environ[key] = value
         status = [500]
 
         def watch_status(status_line: str, headers: Any, exc_info: Any = None) -> Any:
