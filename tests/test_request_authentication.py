@@ -320,3 +320,24 @@ def test_a_wsgi_app_gets_the_same_outputs(outputs_mesh: Mesh) -> None:
     assert statuses == ["200 OK"]
     assert "HTTP_X_JWT" not in seen
     assert seen["HTTP_X_SUB"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("{issuer: https://a.example}", "set jwks or jwksUri"),
+        ("{issuer: https://a.example, jwks: '{\"nokeys\": 1}'}", "not a JWKS document"),
+        ("{issuer: https://a.example, jwksUri: ftp://a.example/k}", "not an http(s) URL"),
+    ],
+)
+def test_rules_meshlib_cannot_enforce_are_refused(rule: str, message: str) -> None:
+    from meshlib.errors import ConfigError
+    from meshlib.policy.loader import load_text
+
+    text = (
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r}\n"
+        f"spec:\n  jwtRules: [{rule}]\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_text(text, "ra.yaml")
+    assert message in str(refused.value)

@@ -639,10 +639,11 @@ def test_request_authentication_by_selector(bookinfo: Snapshot) -> None:
     mesh_wide = res(
         "RequestAuthentication",
         "mesh",
-        {"jwtRules": [{"issuer": "https://mesh.example.com"}]},
+        {"jwtRules": [{"issuer": "https://mesh.example.com", "jwksUri": "https://mesh.example.com/jwks"}]},
         ROOT_NAMESPACE,
     )
-    ns_wide = res("RequestAuthentication", "ns", {"jwtRules": [{"issuer": "https://ns.example.com"}]}, "prod")
+    ns_rules = {"jwtRules": [{"issuer": "https://ns.example.com", "jwksUri": "https://ns.example.com/jwks"}]}
+    ns_wide = res("RequestAuthentication", "ns", ns_rules, "prod")
     snap = compile_snapshot(2, [*bookinfo.resources, mesh_wide, ns_wide])
 
     def names(namespace: str, labels: dict[str, str]) -> list[str]:

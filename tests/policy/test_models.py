@@ -231,7 +231,9 @@ _SPECS: dict[str, dict[str, Any]] = {
     "ServiceEntry": {"hosts": ["api.example.com"], "ports": [{"number": 443, "name": "https"}]},
     "PeerAuthentication": {"mtls": {"mode": "STRICT"}},
     "AuthorizationPolicy": {"action": "DENY", "rules": [{}]},
-    "RequestAuthentication": {"jwtRules": [{"issuer": "https://issuer.example.com"}]},
+    "RequestAuthentication": {
+        "jwtRules": [{"issuer": "https://issuer.example.com", "jwksUri": "https://issuer.example.com/jwks"}]
+    },
 }
 _GROUPS = {
     "VirtualService": "networking.istio.io",
