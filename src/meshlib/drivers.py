@@ -323,6 +323,8 @@ class InboundRequest:
         )
         if ex.denied_by is not None:
             metrics.record_denial(ex.denied_by or "none")
+        elif ex.limited_by is not None:
+            metrics.record_rate_limited(ex.limited_by)
 
     def scope(self) -> InboundRequest:
         """The application's context (``with inbound.scope():``): its outbound mesh calls carry

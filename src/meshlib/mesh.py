@@ -30,6 +30,7 @@ from .core.cluster_state import Clusters
 from .core.exchange import Exchange, Reply
 from .core.hosts import CLUSTER_DOMAIN, normalize_host
 from .core.metrics import RequestMetrics
+from .core.rate_limit import RateLimiter, compile_rate_limiter
 from .core.routing_table import RoutingTable
 from .core.server_stack import Answer, Inbound, default_server_stack
 from .core.snapshot import Snapshot, WorkloadSecurity, compile_snapshot
@@ -109,6 +110,7 @@ class Mesh:
         self._jwks = JwksCache()
         self._jwks_uris: dict[str, float] = {}
         self._authenticate: Callable[[Inbound], str | None] | None = None
+        self._rate_limiter: RateLimiter | None = None
         self._grpc_plane: RoutingTable | None = None
         self.clusters = Clusters(time.monotonic)
         self.metrics = RequestMetrics()
@@ -248,6 +250,7 @@ class Mesh:
             security=self._security,
             reveal_denials=self.reveal_denials,
             authenticate=self._authenticate,
+            rate_limiter=self._rate_limiter,
         )
 
     def serving_ready(self) -> bool:
@@ -518,12 +521,14 @@ class Mesh:
         security = snapshot.security_for(self.settings.namespace, self._source_labels, self.settings.service)
         authenticate, uris = compile_authenticator(security.request_authentication, self._jwks)
         self._jwks_uris = uris
+        limiter = compile_rate_limiter(security.rate_limits, self._rate_limiter)
         self._jwks.want(uris, self._loop.loop if self._loop is not None else None)
         self.clusters.current_version = snapshot.version
         with self._changed:
             self._http_plane = plane
             self._security = security
             self._authenticate = authenticate
+            self._rate_limiter = limiter
             self._snapshot = snapshot
             self._source = source
             self._changed.notify_all()

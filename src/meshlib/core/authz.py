@@ -40,6 +40,7 @@ __all__ = [
     "CompiledPolicy",
     "RequestAuth",
     "compile_authorizer",
+    "compile_operation",
 ]
 
 Pred = Callable[["AuthzView"], bool]
@@ -411,6 +412,11 @@ def _source(source: Source) -> Pred:
     # No trusted proxies: the remote address is the connection's (X-Forwarded-For is not believed).
     _pair(preds, _source_ip, _blocks, source.remote_ip_blocks, source.not_remote_ip_blocks)
     return _all(preds)
+
+
+def compile_operation(operation: Operation) -> Pred:
+    """An AuthorizationPolicy operation as a predicate (RateLimit's ``match`` uses it too)."""
+    return _operation(operation)
 
 
 def _operation(operation: Operation) -> Pred:

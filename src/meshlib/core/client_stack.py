@@ -135,6 +135,9 @@ def _timeout(ex: Exchange, next: ClientNext) -> ClientFlow:
     return reply
 
 
+MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is not waited for (the answer is returned)
+
+
 def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
     """Retries: inside the timeout (which bounds them all), outside the upstream filter, so
     each attempt picks its endpoint afresh and is admitted by the pool limits on its own."""
@@ -172,6 +175,11 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
                 if policy.attempts:
                     ex.flags.append(URX)
                 return reply
+            wait = outcome.retry_after
+            if wait is not None and (
+                wait > MAX_RETRY_AFTER or (ex.deadline is not None and ex.clock() + wait >= ex.deadline)
+            ):
+                return reply  # the server asked for more time than there is: its answer stands
             if not state.admit_retry(cluster):  # maxRetries first: a refused slot must not spend budget
                 ex.flags.append(URX)
                 return reply
@@ -182,6 +190,8 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
             holding = True
             retries += 1
             pause = policy.backoff(retries, ex.rng)
+            if outcome.retry_after is not None:  # the server said when (a rate limit): not sooner
+                pause = max(pause, outcome.retry_after)
             if ex.deadline is not None:
                 pause = min(pause, max(0.0, ex.deadline - ex.clock()))
             if pause > 0:
@@ -204,6 +214,8 @@ def retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
         return policy.retriable_failure(outcome.failure)
     if outcome.grpc_status is not None and outcome.grpc_status != "OK":
         return policy.retriable_grpc(outcome.grpc_status)
+    if outcome.ratelimited and policy.on_ratelimited:
+        return True
     return outcome.status is not None and policy.retriable_status(outcome.status)
 
 

@@ -98,6 +98,9 @@ class Outcome:
     local: bool = False
     # Set by the client driver for a streamed answer: the request is counted when it ends.
     on_end: Callable[[], None] | None = None
+    # The server's Retry-After (seconds) on a 429 or 503: a retry waits at least that long.
+    retry_after: float | None = None
+    ratelimited: bool = False  # the answer carries x-envoy-ratelimited (a mesh rate limit)
 
     def end(self) -> None:
         """A streamed answer ended (read or closed): give its pool slot back, count the request."""

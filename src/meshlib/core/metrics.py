@@ -29,12 +29,23 @@ class RequestMetrics:
     def __init__(self) -> None:
         self._series: dict[Key, _Series] = {}
         self._denials: dict[str, int] = {}
+        self._limited: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def record_denial(self, policy: str) -> None:
         """An authorization denial, by the deciding policy (``ns/name``; ``none``: no ALLOW matched)."""
         with self._lock:
             self._denials[policy] = self._denials.get(policy, 0) + 1
+
+    def record_rate_limited(self, policy: str) -> None:
+        """A request refused by a RateLimit (``ns/name``)."""
+        with self._lock:
+            self._limited[policy] = self._limited.get(policy, 0) + 1
+
+    def rate_limited(self) -> dict[str, int]:
+        """Requests refused by rate limits so far, by RateLimit."""
+        with self._lock:
+            return dict(self._limited)
 
     def denials(self) -> dict[str, int]:
         """Authorization denials so far, by deciding policy."""

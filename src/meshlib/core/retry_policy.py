@@ -54,6 +54,7 @@ class RetryPolicy:
     on_connect_failure: bool = False
     on_refused_stream: bool = False
     on_reset_before_request: bool = False
+    on_ratelimited: bool = False  # envoy-ratelimited: a 429 that carries x-envoy-ratelimited
     statuses: frozenset[int] = frozenset()
     grpc_codes: frozenset[str] = frozenset()
     backoff_base: float = 0.025
@@ -125,6 +126,7 @@ def compile_retry_policy(retry: HTTPRetry | None, *, non_idempotent: bool = Fals
         on_reset_before_request="reset-before-request" in conditions,
         on_connect_failure="connect-failure" in conditions,
         on_refused_stream="refused-stream" in conditions,
+        on_ratelimited="envoy-ratelimited" in conditions,
         statuses=frozenset(statuses),
         grpc_codes=frozenset(_GRPC[c] for c in conditions if c in _GRPC),
         backoff_base=retry.backoff or 0.025,

@@ -8,6 +8,7 @@ back its verdict). Rate limits plug in by role (before "handle").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,8 @@ from ..peer import PeerIdentity
 from .authz import AuthorizationCheck, CheckCustom, RequestAuth
 from .call import Call
 from .deadline import DEADLINE_HEADER, parse_timeout_ms
-from .flags import RBAC, UAEX, UT
+from .flags import RBAC, RL, UAEX, UT
+from .rate_limit import RateLimiter
 from .snapshot import WorkloadSecurity
 from .stack import Flow, Next, Stack
 
@@ -71,6 +73,8 @@ class Inbound:
     request_auth: RequestAuth | None = None  # the verified JWT, once RequestAuthentication ran
     authenticate: Callable[[Inbound], str | None] | None = None  # JWT rules: why a token failed
     header_edits: list[tuple[str, str | None]] | None = None  # for the application (None: remove)
+    rate_limiter: RateLimiter | None = None  # this workload's RateLimit buckets
+    limited_by: str | None = None  # the RateLimit that refused
     reveal_denials: bool = False  # name the deciding policy in a denial's body (operators only)
     denied_by: str | None = None  # the policy that denied ("" when no ALLOW matched)
     audit: tuple[str, ...] = ()  # AUDIT policies that matched
@@ -181,6 +185,24 @@ def _denied(ex: Inbound, policy: str, flag: str) -> Answer:
     return Answer(403, local=True, body=body, grpc_status="PERMISSION_DENIED")
 
 
+def rate_limit(ex: Inbound, next: ServerNext) -> ServerFlow:
+    """RateLimit: one token from every matching limit; none left: 429 with Retry-After."""
+    limiter = ex.rate_limiter
+    if limiter is not None:
+        refused = limiter.check(ex, ex.clock())
+        if refused is not None:
+            ex.limited_by, wait = refused
+            ex.flags.append(RL)
+            return Answer(
+                429,
+                local=True,
+                body=b"local_rate_limited\n",  # Envoy's body
+                headers=(("retry-after", str(max(1, math.ceil(wait)))), ("x-envoy-ratelimited", "true")),
+                grpc_status="RESOURCE_EXHAUSTED",
+            )
+    return (yield from next(ex))
+
+
 def deadline(ex: Inbound, next: ServerNext) -> ServerFlow:
     """The caller's remaining time (gRPC's deadline, or Envoy's header): bounds the handler's
     own outbound calls; none left, 504 (gRPC: DEADLINE_EXCEEDED) without running it."""
@@ -216,7 +238,7 @@ def default_server_stack() -> Stack[Inbound, Answer]:
             ("deadline", deadline),  # before any work: an expired request costs nothing more
             ("authn", authenticate),  # RequestAuthentication (JWT): 401 for a bad token
             ("authz", authorize),  # AuthorizationPolicy (CUSTOM, DENY, ALLOW)
-            # ("ratelimit", ...) goes here
+            ("ratelimit", rate_limit),  # after authorization: a denied caller spends no tokens
             ("handle", handle),
         ]
     )

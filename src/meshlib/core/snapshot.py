@@ -17,6 +17,7 @@ from ..policy.resources import (
     AuthorizationPolicy,
     DestinationRule,
     PeerAuthentication,
+    RateLimit,
     RequestAuthentication,
     Resource,
     ServiceEntry,
@@ -81,6 +82,7 @@ class WorkloadSecurity:
     custom: tuple[AuthorizationPolicy, ...]
     request_authentication: tuple[RequestAuthentication, ...]
     authorizer: Authorizer | None = None  # the policies above, compiled; None: no policy applies
+    rate_limits: tuple[RateLimit, ...] = ()
 
     def mode_for_port(self, port: int | None) -> MtlsMode:
         return self.port_mtls.get(port, self.mtls_mode) if port is not None else self.mtls_mode
@@ -103,6 +105,7 @@ class Snapshot:
     _peer_authn: tuple[PeerAuthentication, ...]
     _authz: tuple[AuthorizationPolicy, ...]
     _request_authn: tuple[RequestAuthentication, ...]
+    _rate_limits: tuple[RateLimit, ...]
     _security_cache: dict[tuple[str, str, frozenset[tuple[str, str]]], WorkloadSecurity] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -247,6 +250,11 @@ def _resolve_security(
             if _applies(r.spec.selector, _targets(r.spec), r.namespace, namespace, labels, service)
         ),
         authorizer=compile_authorizer(authz),
+        rate_limits=tuple(
+            r
+            for r in snap._rate_limits
+            if _applies(r.spec.selector, (), r.namespace, namespace, labels, service)
+        ),
     )
 
 
@@ -329,6 +337,7 @@ def compile_snapshot(
         _peer_authn=tuple(r for r in ordered if isinstance(r, PeerAuthentication)),
         _authz=tuple(r for r in ordered if isinstance(r, AuthorizationPolicy)),
         _request_authn=tuple(r for r in ordered if isinstance(r, RequestAuthentication)),
+        _rate_limits=tuple(r for r in ordered if isinstance(r, RateLimit)),
     )
 
 

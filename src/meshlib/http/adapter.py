@@ -166,7 +166,10 @@ class HttpAdapter:
         response = httpx.Response(
             core.status, headers=core.headers, stream=httpx.ByteStream(content), extensions=core.extensions
         )
-        return Outcome(status=core.status, response=response, grpc_status=_grpc_status(core))
+        outcome = Outcome(status=core.status, response=response, grpc_status=_grpc_status(core))
+        if core.status in (429, 503):
+            _read_rate_limit(core, outcome)
+        return outcome
 
     @staticmethod
     def streams(ex: Exchange, send: Send, core: httpcore.Response) -> bool:
@@ -323,6 +326,18 @@ def _exhausted(base: type[BaseException]) -> type[httpx.RequestError]:
             return RetriesExhaustedError
         found = _EXHAUSTED[base] = type(f"RetriesExhausted{base.__name__}", (RetriesExhaustedError, base), {})
     return found
+
+
+def _read_rate_limit(core: httpcore.Response, outcome: Outcome) -> None:
+    """Retry-After in seconds (its HTTP-date form is not used by meshes: ignored) and Envoy's
+    x-envoy-ratelimited, for the retry filter."""
+    for name, value in core.headers:
+        lower = name.lower()
+        if lower == b"retry-after":
+            text = value.decode("latin-1").strip()
+            outcome.retry_after = float(text) if text.isdigit() else None
+        elif lower == b"x-envoy-ratelimited":
+            outcome.ratelimited = True
 
 
 def _grpc_status(core: httpcore.Response) -> str | None:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from .base import MeshModel
 from .destination_rule import DestinationRuleSpec
+from .rate_limit import RateLimitSpec
 from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec
 from .service_entry import ServiceEntrySpec
 from .virtual_service import VirtualServiceSpec
@@ -21,6 +22,7 @@ __all__ = [
     "KindInfo",
     "ObjectMeta",
     "PeerAuthentication",
+    "RateLimit",
     "RequestAuthentication",
     "Resource",
     "ResourceKey",
@@ -166,6 +168,14 @@ class RequestAuthentication(Resource):
     spec: RequestAuthenticationSpec = Field(default_factory=RequestAuthenticationSpec)
 
 
+class RateLimit(Resource):
+    """meshlib's own kind: local rate limits on a workload's servers (policy/rate_limit.py)."""
+
+    GROUP = "policy.meshlib.io"
+    KIND = "RateLimit"
+    spec: RateLimitSpec
+
+
 @dataclass(frozen=True, slots=True)
 class KindInfo:
     model: type[Resource]
@@ -195,6 +205,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo(PeerAuthentication, "peerauthentications", ("pa",)),
         KindInfo(AuthorizationPolicy, "authorizationpolicies", ("ap",)),
         KindInfo(RequestAuthentication, "requestauthentications", ("ra",)),
+        KindInfo(RateLimit, "ratelimits", ("rl",)),
     )
 }
 
