@@ -125,3 +125,39 @@ def service_entry_policy(folder: Any, host: str, port: int) -> Any:
         f"  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n"
     )
     return folder
+
+
+def asgi_through_mesh(
+    mesh: Any, raw_path: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None, query: bytes = b""
+) -> tuple[int, dict[str, Any]]:
+    """One in-process request through the ASGI middleware to an app that answers 200: the
+    status, and the scope the app saw (empty when it never ran)."""
+    import meshlib.asgi
+
+    seen: dict[str, Any] = {}
+    sent: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "(ignored: raw_path wins)",
+        "raw_path": raw_path,
+        "query_string": query,
+        "headers": headers or [],
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+    }
+    asyncio.run(meshlib.asgi.MeshMiddleware(app, mesh)(scope, receive, send))
+    return sent[0]["status"], seen

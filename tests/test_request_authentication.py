@@ -6,7 +6,6 @@ claims as headers) are checked on the middleware directly."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import socket
@@ -26,6 +25,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 import meshlib
 from meshlib import Mesh
 from tests.four_servers import SERVERS
+from tests.servers import asgi_through_mesh
 from tests.test_authorization import World, policy, world  # noqa: F401 - the module's servers
 
 ISSUER = "https://issuer.example"
@@ -241,33 +241,9 @@ def outputs_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def _asgi(mesh: Mesh, headers: dict[str, str], query: str = "") -> tuple[int, dict[str, str]]:
-    seen: dict[str, str] = {}
-    sent: list[Any] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.update({k.decode(): v.decode() for k, v in scope["headers"]})
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    async def receive() -> Any:
-        return {"type": "http.request", "body": b""}
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": query.encode(),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "scheme": "http",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 1),
-    }
-    asyncio.run(meshlib.asgi.MeshMiddleware(app, mesh)(scope, receive, send))
-    return sent[0]["status"], seen
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    status, scope = asgi_through_mesh(mesh, headers=raw, query=query.encode())
+    return status, {k.decode(): v.decode() for k, v in scope.get("headers", [])}
 
 
 def test_outputs_for_the_application(outputs_mesh: Mesh) -> None:
