@@ -16,9 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshlib.ca.svid import CaMaterial, issue_svid, issuer_key_id, key_id, make_ca
+from meshlib.core.attempt import needs_mtls as outbound_mtls
 from meshlib.core.snapshot import Endpoint
 from meshlib.errors import CertificateUnavailableError
-from meshlib.workload_identity import WorkloadIdentity, outbound_mtls
+from meshlib.workload_identity import WorkloadIdentity
 
 DOMAIN = "cluster.local"
 

@@ -30,10 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ._files import atomic_write, write_secret
 from .ca.svid import issuer_key_id, spiffe_id_of
-from .core.snapshot import Endpoint
-from .errors import CertificateUnavailableError, ControlPlaneError, UnauthorizedError
+from .errors import ControlPlaneError, UnauthorizedError
 
-__all__ = ["WorkloadIdentity", "outbound_mtls"]
+__all__ = ["WorkloadIdentity"]
 
 log = logging.getLogger("meshlib")
 KEY_FILE, CERT_FILE, BUNDLE_FILE = "key.pem", "cert.pem", "roots.pem"
@@ -285,38 +284,6 @@ class WorkloadIdentity:
 def _remember_server_name(connection: Any, name: str | None, context: ssl.SSLContext) -> None:
     """The server name the client asked for (``connection.sni`` in AuthorizationPolicy)."""
     connection.meshlib_sni = name
-
-
-def outbound_mtls(identity: WorkloadIdentity | None, tls_mode: str | None, endpoint: Endpoint | None) -> bool:
-    """Speak mutual TLS to ``endpoint``? The DestinationRule's tls.mode decides when it is
-    DISABLE or ISTIO_MUTUAL; otherwise it is automatic: yes toward an endpoint that serves
-    mTLS, from a workload that has a mesh identity. Shared by the HTTP and gRPC clients.
-
-    A workload with an identity never falls back to plaintext because its certificate is
-    missing or expired (the request would cross the network in the clear, and carry no
-    identity): like Envoy, whose handshake would fail, it refuses, and says why."""
-    if tls_mode == "DISABLE" or endpoint is None:
-        return False  # endpoint None: the requested host as it is, not a mesh endpoint
-    if endpoint.identity is None:
-        if tls_mode == "ISTIO_MUTUAL":
-            raise CertificateUnavailableError(
-                f"DestinationRule tls.mode ISTIO_MUTUAL toward {endpoint.address}:{endpoint.port}, which has "
-                "no mesh identity to verify: not sending in plaintext"
-            )
-        return False  # not a mesh workload: mesh mTLS does not apply
-    if tls_mode != "ISTIO_MUTUAL" and (not endpoint.tls or identity is None):
-        return False
-    if identity is None:
-        raise CertificateUnavailableError(
-            f"DestinationRule tls.mode ISTIO_MUTUAL toward {endpoint.identity}, but this workload "
-            "has no mesh identity (no bootstrap token): not sending in plaintext"
-        )
-    if not identity.valid():
-        raise CertificateUnavailableError(
-            f"mTLS to {endpoint.identity} needs this workload's certificate, and {identity.unusable()}: "
-            "not sending in plaintext"
-        )
-    return True
 
 
 def _error(response: httpx.Response) -> str:
