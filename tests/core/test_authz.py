@@ -130,12 +130,11 @@ REFUSED = [
     ("rules: [{from: [{source: {}}]}]", "empty source"),
     ("rules: [{to: [{operation: {}}]}]", "empty operation"),
     ('rules: [{to: [{operation: {paths: ["/a*b"]}}]}]', "only alone, as a prefix"),
-    ('rules: [{to: [{operation: {paths: ["/a/{**}/b"]}}]}]', "last segment"),
     ('rules: [{to: [{operation: {paths: ["/a/{*}x"]}}]}]', "whole path segment"),
     ('rules: [{to: [{operation: {paths: ["/{**}/{**}"]}}]}]', "only one"),
     ('rules: [{to: [{operation: {paths: ["/a/{*}/b*"]}}]}]', "cannot also use"),
     ('rules: [{to: [{operation: {ports: ["0"]}}]}]', "not a port"),
-    ('rules: [{from: [{source: {serviceAccounts: ["sleep"]}}]}]', "<namespace>/<serviceaccount>"),
+    ('rules: [{from: [{source: {serviceAccounts: ["a/b/c"]}}]}]', "<namespace>/<serviceaccount>"),
     ('rules: [{from: [{source: {ipBlocks: ["300.1.1.1"]}}]}]', "not an IP"),
     ('rules: [{from: [{source: {principals: [""]}}]}]', "empty value"),
     ("targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]\nrules: [{}]", "no gateways"),
@@ -173,3 +172,23 @@ def test_documented_when_keys_are_accepted() -> None:
     ):
         value = "10.0.0.1" if key.endswith(".ip") else "80" if key.endswith("port") else "x"
         _authorizer(f'rules: [{{when: [{{key: "{key}", values: ["{value}"]}}]}}]')
+
+
+def test_service_accounts_without_a_namespace_and_trust_domains() -> None:
+    peer = PeerIdentity.parse("spiffe://cluster.local/ns/default/sa/sleep")
+    other = PeerIdentity.parse("spiffe://cluster.local/ns/prod/sa/sleep")
+    spec = 'rules: [{from: [{source: {serviceAccounts: ["sleep"]}}]}]'  # the policy's namespace
+    assert _allowed(spec, View(_call(), peer=peer))
+    assert not _allowed(spec, View(_call(), peer=other))
+    domains = 'rules: [{from: [{source: {trustDomains: ["cluster.*"], notTrustDomains: ["cluster.evil"]}}]}]'
+    assert _allowed(domains, View(_call(), peer=peer))
+    assert not _allowed(domains, View(_call(), peer=PeerIdentity.parse("spiffe://cluster.evil/ns/a/sa/b")))
+    assert not _allowed(domains, View(_call()))
+
+
+def test_a_double_star_template_in_the_middle() -> None:
+    spec = 'rules: [{to: [{operation: {paths: ["/{**}/path/template", "/files/{**}"]}}]}]'
+    assert _allowed(spec, View(_call("/a/b/path/template")))
+    assert not _allowed(spec, View(_call("/path/template")))
+    assert _allowed(spec, View(_call("/files/")))
+    assert _allowed(spec, View(_call("/files/a/b")))

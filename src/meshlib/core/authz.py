@@ -141,7 +141,7 @@ def compile_authorizer(policies: Sequence[AuthorizationPolicy]) -> Authorizer | 
 
 def _compile_policy(policy: AuthorizationPolicy) -> CompiledPolicy:
     spec = policy.spec
-    rules = tuple(_rule(r) for r in spec.rules)
+    rules = tuple(_rule(r, policy.namespace) for r in spec.rules)
     return CompiledPolicy(
         name=f"{policy.namespace}/{policy.name}",
         action=spec.action,
@@ -193,10 +193,10 @@ def _all(preds: Sequence[Pred]) -> Pred:
     return all_of
 
 
-def _rule(rule: Rule) -> Pred:
+def _rule(rule: Rule, namespace: str) -> Pred:
     parts: list[Pred] = []
     if rule.from_:
-        parts.append(_any([_source(f.source) for f in rule.from_]))
+        parts.append(_any([_source(f.source, namespace) for f in rule.from_]))
     if rule.to:
         parts.append(_any([_operation(t.operation) for t in rule.to]))
     parts.extend(_condition(c) for c in rule.when)
@@ -250,6 +250,11 @@ def _namespace(view: AuthzView) -> str | None:
 def _service_account(view: AuthzView) -> str | None:
     peer = view.peer
     return f"{peer.namespace}/{peer.service_account}" if peer is not None else None
+
+
+def _trust_domain(view: AuthzView) -> str | None:
+    peer = view.peer
+    return peer.trust_domain if peer is not None else None
 
 
 def _request_principal(view: AuthzView) -> str | None:
@@ -357,13 +362,15 @@ def _paths(values: tuple[str, ...]) -> Match:
 
 
 def _template(path: str) -> re.Pattern[str]:
-    """``{*}``: exactly one segment (not empty); ``{**}``: the rest of the path, any depth."""
+    """``{*}``: exactly one segment (not empty); ``{**}``: any number of segments (last: the
+    rest of the path, possibly empty; elsewhere: at least one segment)."""
     parts = []
-    for segment in path.split("/"):
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
         if segment == "{*}":
             parts.append("[^/]+")
         elif segment == "{**}":
-            parts.append(".*")
+            parts.append(".*" if index == len(segments) - 1 else "[^/]+(?:/[^/]+)*")
         else:
             parts.append(re.escape(segment))
     return re.compile("/".join(parts))
@@ -402,12 +409,24 @@ def _blocks(values: tuple[str, ...]) -> Match:
 # --- sources, operations, conditions ------------------------------------------------------------
 
 
-def _source(source: Source) -> Pred:
+def _source(source: Source, namespace: str) -> Pred:
+    """``namespace``: the policy's, where a service account written without one lives."""
     preds: list[Pred] = []
+
+    def accounts(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v if "/" in v else f"{namespace}/{v}" for v in values)
+
     _pair(preds, _principal, _strings, source.principals, source.not_principals)
     _pair(preds, _request_principal, _strings, source.request_principals, source.not_request_principals)
     _pair(preds, _namespace, _strings, source.namespaces, source.not_namespaces)
-    _pair(preds, _service_account, _strings, source.service_accounts, source.not_service_accounts)
+    _pair(
+        preds,
+        _service_account,
+        _strings,
+        accounts(source.service_accounts),
+        accounts(source.not_service_accounts),
+    )
+    _pair(preds, _trust_domain, _strings, source.trust_domains, source.not_trust_domains)
     _pair(preds, _source_ip, _blocks, source.ip_blocks, source.not_ip_blocks)
     # No trusted proxies: the remote address is the connection's (X-Forwarded-For is not believed).
     _pair(preds, _source_ip, _blocks, source.remote_ip_blocks, source.not_remote_ip_blocks)

@@ -60,6 +60,8 @@ class Source(MeshModel):
     not_ip_blocks: tuple[str, ...] = ()
     remote_ip_blocks: tuple[str, ...] = ()
     not_remote_ip_blocks: tuple[str, ...] = ()
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         if not any(getattr(self, name) for name in type(self).model_fields):
@@ -71,15 +73,15 @@ class Source(MeshModel):
             self.principals or self.not_principals or self.namespaces or self.not_namespaces
         ):
             yield ("serviceAccounts",), ("serviceAccounts cannot be combined with principals or namespaces")
-        for name in ("principals", "request_principals", "namespaces"):
+        for name in ("principals", "request_principals", "namespaces", "trust_domains"):
             for key in (name, "not_" + name):
                 yield from _globs(key, getattr(self, key))
         for key in ("service_accounts", "not_service_accounts"):
             for index, value in enumerate(getattr(self, key)):
-                if value.count("/") != 1 or "*" in value or value.startswith("/") or value.endswith("/"):
+                if value.count("/") > 1 or "*" in value or value.startswith("/") or value.endswith("/"):
                     yield (
                         (_camel(key), index),
-                        (f"{value!r} is not <namespace>/<serviceaccount> (exact values only)"),
+                        f"{value!r} is not <serviceaccount> or <namespace>/<serviceaccount> (exact values)",
                     )
         for key in ("ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"):
             yield from _ip_values(key, getattr(self, key))
@@ -301,11 +303,9 @@ def _template_problem(value: str) -> str | None:
         return f"{value!r}: a path template must start with '/'"
     if value.count("{**}") > 1:
         return f"{value!r}: only one {{**}} is allowed in a path template"
-    for index, segment in enumerate(segments):
+    for segment in segments:
         if ("{" in segment or "}" in segment) and segment not in ("{*}", "{**}"):
             return f"{value!r}: {{*}} and {{**}} must each be a whole path segment"
-        if segment == "{**}" and index != len(segments) - 1:
-            return f"{value!r}: {{**}} must be the last segment of a path template"
     return None
 
 
