@@ -184,6 +184,9 @@ def test_service_accounts_without_a_namespace_and_trust_domains() -> None:
     assert _allowed(domains, View(_call(), peer=peer))
     assert not _allowed(domains, View(_call(), peer=PeerIdentity.parse("spiffe://cluster.evil/ns/a/sa/b")))
     assert not _allowed(domains, View(_call()))
+    when = 'rules: [{when: [{key: source.trustDomain, values: ["cluster.local"]}]}]'
+    assert _allowed(when, View(_call(), peer=peer))
+    assert not _allowed(when, View(_call()))
 
 
 def test_a_double_star_template_in_the_middle() -> None:

@@ -456,6 +456,7 @@ _CONDITION_ATTRIBUTES: dict[
     "destination.port": (_port, _ports),
     "source.namespace": (_namespace, _strings),
     "source.principal": (_principal, _strings),
+    "source.trustDomain": (_trust_domain, _strings),
     "request.auth.principal": (_request_principal, _strings),
     "request.auth.presenter": (_presenter, _strings),
     "connection.sni": (_sni, _strings),

@@ -253,6 +253,7 @@ CONDITION_KEYS = frozenset(
         "remote.ip",
         "source.namespace",
         "source.principal",
+        "source.trustDomain",
         "request.auth.principal",
         "request.auth.audiences",
         "request.auth.presenter",
