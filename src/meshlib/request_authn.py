@@ -101,7 +101,6 @@ class JwksCache:
         self._refresh = refresh
         self._lock = threading.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def keys(self, uri: str) -> tuple[_Key, ...] | None:
         return self._keys.get(uri)
@@ -115,7 +114,6 @@ class JwksCache:
                     del self._keys[uri]
         if loop is None:
             return  # not started yet: Mesh.start asks again once its loop runs
-        self._loop = loop
         loop.call_soon_threadsafe(self._sync_tasks)
 
     def _sync_tasks(self) -> None:
@@ -183,11 +181,6 @@ class Authenticator:
     def __init__(self, rules: Sequence[_Rule], cache: JwksCache) -> None:
         self._rules = {r.issuer: r for r in rules}
         self._cache = cache
-        headers: dict[str, None] = {}
-        for rule in rules:
-            for name, _ in rule.headers:
-                headers[name] = None
-        self._headers = tuple(headers)
         self._params = tuple({p: None for r in rules for p in r.params})
         self._cookies = tuple({c: None for r in rules for c in r.cookies})
         # Verified tokens (as Envoy's jwt_cache): a client sends the same token many times, and

@@ -19,12 +19,23 @@ Normalizing is idempotent: a normalized path normalizes to itself.
 
 from __future__ import annotations
 
-__all__ = ["PathError", "normalize_path", "split_target"]
+from urllib.parse import quote
+
+__all__ = ["PathError", "normalize_path", "requote", "split_target"]
 
 _HEX = "0123456789abcdefABCDEF"
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _SEPARATORS = frozenset("/\\")
 _SIMPLE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~:@!$&'()*+,;=/")
+
+
+_KEPT_BY_QUOTE = "/!$&'()*+,;=:@~-._"  # the path characters RFC 3986 lets stand unescaped
+
+
+def requote(decoded: str | bytes) -> str:
+    """A path a server handed over already percent-decoded (ASGI ``path`` without
+    ``raw_path``, WSGI ``PATH_INFO``), escaped back into a request target to normalize."""
+    return quote(decoded, safe=_KEPT_BY_QUOTE)
 
 
 class PathError(ValueError):

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from ..core.call import Call, RawHeaders
-from ..core.paths import PathError, normalize_path, split_target
+from ..core.paths import PathError, normalize_path, requote, split_target
 from ..core.server_stack import Answer, edited_headers
 from ..drivers import AsyncInboundRequest, ServingMesh
 from ..peer import PeerIdentity, reset_peer, set_peer
@@ -125,14 +125,11 @@ async def _respond(send: Send, answer: Answer) -> None:
     await send({"type": "http.response.body", "body": answer.body})
 
 
-_SAFE = "/!$&'()*+,;=:@~-._"
-
-
 def normalized_scope_path(scope: Scope) -> tuple[str, str | None]:
     """The request's normalized path, set in the scope for the application too (``path`` and
     ``raw_path``); with the reason when it cannot be normalized (the stack answers 400)."""
     raw = scope.get("raw_path")
-    target = raw.decode("latin-1") if isinstance(raw, bytes) else quote(scope["path"], safe=_SAFE)
+    target = raw.decode("latin-1") if isinstance(raw, bytes) else requote(scope["path"])
     original = split_target(target)[0]
     try:
         path = normalize_path(original)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from ..core.call import Call
-from ..core.paths import PathError, normalize_path, split_target
+from ..core.paths import PathError, normalize_path, requote, split_target
 from ..core.server_stack import Answer
 from ..drivers import InboundRequest, ServingMesh
 from ..peer import PeerIdentity
@@ -140,9 +140,6 @@ _REASONS = {
 }
 
 
-_SAFE = "/!$&'()*+,;=:@~-._"
-
-
 def normalized_environ_path(environ: Environ) -> tuple[str, str | None]:
     """The request's normalized path, also what the application gets (``PATH_INFO``, and
     ``REQUEST_URI``/``RAW_URI`` where the server set them); with the reason when it cannot
@@ -152,7 +149,7 @@ def normalized_environ_path(environ: Environ) -> tuple[str, str | None]:
     target = environ.get(raw_key, "") if raw_key else ""
     info = environ.get("PATH_INFO", "") or "/"
     if not (isinstance(target, str) and target.startswith("/")) or environ.get("SCRIPT_NAME"):
-        target = quote(info.encode("latin-1", "replace"), safe=_SAFE)
+        target = requote(info.encode("latin-1", "replace"))
     original, query = split_target(target)
     try:
         path = normalize_path(original)
