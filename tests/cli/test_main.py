@@ -82,13 +82,13 @@ def test_apply_prints_created_then_unchanged_then_configured(ctl, tmp_path: Path
 
 
 def test_apply_of_invalid_file_names_file_line_and_stores_nothing(ctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    bad = write(tmp_path, "canary.yaml", CANARY.replace("weight: 20", "weight: 10"))
+    bad = write(tmp_path, "canary.yaml", CANARY.replace("weight: 20", "weight: -20"))
     code, out, err = ctl("apply", "-f", bad)
     assert code == 1
     assert out == ""
     assert err.strip() == (
         f"error: {bad}:12: VirtualService default/reviews: spec.http[0].route[1].weight: "
-        "weights add up to 90, must be 100"
+        "must be >= 0; got -20"
     )
     assert ctl("get", "vs")[2] == "No resources found in namespace default.\n"
 
@@ -211,6 +211,17 @@ def test_analyze_files_offline(tmp_path: Path, capsys) -> None:  # type: ignore[
         and "PERMISSIVE" in line
         for line in lines
     )
+
+
+def test_analyze_points_out_relative_weights_that_do_not_add_up_to_100(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    relative = CANARY.replace("weight: 80", "weight: 3").replace("weight: 20", "weight: 1")
+    assert main(["analyze", "-f", write(tmp_path, "mesh.yaml", relative)]) == 0
+    assert (
+        "Info [MESH0109] (VirtualService default/reviews) spec.http[0].route: weights add up to 4, "
+        "not 100; they are relative, so the split is 75%, 25%"
+    ) in capsys.readouterr().out.splitlines()
+    assert main(["analyze", "-f", write(tmp_path, "mesh.yaml", CANARY)]) == 0
+    assert "MESH0109" not in capsys.readouterr().out
 
 
 def test_analyze_on_the_server_uses_the_registry(ctl, server: ConfigServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -54,11 +54,11 @@ def test_admin_token_file_is_private(server: ConfigServer) -> None:
 def test_invalid_apply_returns_issues_and_changes_nothing(admin: ControlPlaneClient) -> None:
     admin.apply([destination_rule()])
     with pytest.raises(ConfigError) as caught:
-        admin.apply([virtual_service(), virtual_service(v1=10, v2=10, host="ratings", name="ratings")])
+        admin.apply([virtual_service(), virtual_service(v1=10, v2=-10, host="ratings", name="ratings")])
     (issue,) = caught.value.issues
     assert issue.resource == "VirtualService default/ratings"
     assert issue.path == "spec.http[0].route[1].weight"
-    assert issue.message == "weights add up to 20, must be 100"
+    assert issue.message == "must be >= 0; got -10"
     listed = admin.list()
     assert listed["version"] == 1
     assert [i["kind"] for i in listed["items"]] == ["DestinationRule"]

@@ -206,3 +206,24 @@ def test_inbound_deadline_bounds_the_call_and_travels_downstream(backends: Endpo
         with meshlib.deadline(0.3), pytest.raises(MeshTimeoutError):
             client.get("http://reviews/")
         assert time.monotonic() - started < 0.8
+
+
+@pytest.mark.parametrize("ignore_previous", [None, False])
+def test_retry_ignore_previous_hosts_false_lets_a_retry_go_back_to_the_failed_endpoint(
+    backends: Endpoints, make_mesh, ignore_previous: bool | None
+) -> None:  # type: ignore[no-untyped-def]
+    """One endpoint always answers 503, the other 200, picked at random, one retry each.
+    Istio's default (true) moves the retry to the endpoint not yet tried: nothing fails.
+    With false, a quarter of the requests try the broken one twice: of 200 requests, none
+    failing would have a probability of 0.75**200 (1e-25)."""
+    backends["v1-a"][0].status = 503
+    option = "" if ignore_previous is None else f", retryIgnorePreviousHosts: {str(ignore_previous).lower()}"
+    retries = f"    retries: {{attempts: 1, retryOn: 5xx, backoff: 1ms{option}}}\n"
+    policy = rule("    loadBalancer: {simple: RANDOM}\n")
+    mesh = make_mesh(service_entry(backends, names=["v1-a", "v1-b"]) + policy + route(retries))
+    responses = run_requests(mesh, "sync", 200, concurrency=1)
+    failed = sum(not (isinstance(r, httpx.Response) and r.status_code == 200) for r in responses)
+    if ignore_previous is None:
+        assert failed == 0, "the retry always went to the other endpoint"
+    else:
+        assert 20 <= failed <= 90, f"{failed}/200 failed twice on the broken endpoint (expected about 50)"

@@ -128,9 +128,9 @@ BAD_INPUTS = [
         "invalid duration 30",
     ),
     Bad(
-        "weights-do-not-add-up",
+        "negative-weight",
         """\
-        # reviews canary: 70/20 is a typo for 80/20
+        # reviews canary: -20 is a typo for 20
         apiVersion: networking.istio.io/v1
         kind: VirtualService
         metadata:
@@ -141,14 +141,14 @@ BAD_INPUTS = [
           http:
           - route:
             - destination: {host: reviews, subset: v1}
-              weight: 70
+              weight: 80
             - destination: {host: reviews, subset: v2}
-              weight: 20
+              weight: -20
         """,
         14,
         "VirtualService default/reviews",
         "spec.http[0].route[1].weight",
-        "weights add up to 90, must be 100",
+        "must be >= 0; got -20",
     ),
     Bad(
         "wrong-api-version",
@@ -400,15 +400,14 @@ def test_bad_input_names_file_line_resource_and_field(tmp_path: Path, bad: Bad) 
 
 
 def test_error_reads_as_file_line_resource_path_message() -> None:
-    text = next(b for b in BAD_INPUTS if b.id == "weights-do-not-add-up").text
+    text = next(b for b in BAD_INPUTS if b.id == "negative-weight").text
     with pytest.raises(ConfigError) as info:
         load_text(textwrap.dedent(text), source="canary.yaml")
     assert str(info.value) == (
-        "canary.yaml:14: VirtualService default/reviews: spec.http[0].route[1].weight: "
-        "weights add up to 90, must be 100"
+        "canary.yaml:14: VirtualService default/reviews: spec.http[0].route[1].weight: must be >= 0; got -20"
     )
     assert info.value.issues[0].to_json() == {
-        "message": "weights add up to 90, must be 100",
+        "message": "must be >= 0; got -20",
         "source": "canary.yaml",
         "line": 14,
         "resource": "VirtualService default/reviews",
@@ -416,7 +415,9 @@ def test_error_reads_as_file_line_resource_path_message() -> None:
     }
 
 
-def test_weight_error_points_at_last_route_when_it_has_no_weight() -> None:
+def test_weights_are_relative_and_all_zero_is_refused() -> None:
+    """Current Istio: a destination gets weight / sum; 80 and an unset weight (0) load, two
+    zeros could route nothing and are refused at the route list."""
     text = """\
     apiVersion: networking.istio.io/v1
     kind: VirtualService
@@ -429,14 +430,13 @@ def test_weight_error_points_at_last_route_when_it_has_no_weight() -> None:
           weight: 80
         - destination: {host: reviews, subset: v2}
     """
+    [loaded] = load_text(textwrap.dedent(text), source="canary.yaml")
+    assert [d.weight for d in loaded.resource.spec.http[0].route] == [80, 0]
     with pytest.raises(ConfigError) as info:
-        load_text(textwrap.dedent(text), source="canary.yaml")
+        load_text(textwrap.dedent(text).replace("weight: 80", "weight: 0"), source="canary.yaml")
     [issue] = info.value.issues
-    assert (issue.line, issue.path, issue.message) == (
-        10,
-        "spec.http[0].route[1].weight",
-        "weights add up to 80, must be 100",
-    )
+    assert (issue.line, issue.path) == (7, "spec.http[0].route")
+    assert issue.message.startswith("every destination has weight 0")
 
 
 def test_one_destination_may_omit_its_weight() -> None:

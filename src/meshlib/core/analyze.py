@@ -29,6 +29,7 @@ CODES: dict[str, tuple[Level, str]] = {
     "MESH0106": ("Warning", "ConflictingVirtualServices"),
     "MESH0107": ("Warning", "ConflictingDestinationRules"),
     "MESH0108": ("Warning", "SubsetSelectsNothing"),
+    "MESH0109": ("Info", "WeightsNotHundred"),
 }
 
 
@@ -60,6 +61,7 @@ def analyze(
     findings = [
         *_destinations(snap, resources, workloads is not None),
         *_shadowed(resources),
+        *_relative_weights(resources),
         *_conflicts(snap, resources),
         *_deny_without_mtls(snap, resources),
     ]
@@ -116,6 +118,23 @@ def _destinations(snap: Snapshot, resources: Sequence[Resource], registry: bool)
                     str(vs.key),
                     where,
                     f"host {host} has no workloads in the registry and no ServiceEntry endpoints",
+                )
+
+
+def _relative_weights(resources: Sequence[Resource]) -> Iterator[Finding]:
+    """Weights are relative (current Istio), but a sum other than 100 is often a typo."""
+    for vs in resources:
+        if not isinstance(vs, VirtualService):
+            continue
+        for i, route in enumerate(vs.spec.http):
+            total = sum(d.weight for d in route.route)
+            if len(route.route) > 1 and total != 100:
+                shares = ", ".join(f"{100 * d.weight / total:.4g}%" for d in route.route)
+                yield Finding(
+                    "MESH0109",
+                    str(vs.key),
+                    format_path(("spec", "http", i, "route")),
+                    f"weights add up to {total}, not 100; they are relative, so the split is {shares}",
                 )
 
 

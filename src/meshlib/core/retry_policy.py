@@ -59,6 +59,8 @@ class RetryPolicy:
     grpc_codes: frozenset[str] = frozenset()
     backoff_base: float = 0.025
     non_idempotent: bool = False
+    # retryIgnorePreviousHosts (Istio's default: true): a retry avoids endpoints already tried.
+    avoid_tried: bool = True
 
     @property
     def backoff_max(self) -> float:
@@ -131,6 +133,7 @@ def compile_retry_policy(retry: HTTPRetry | None, *, non_idempotent: bool = Fals
         grpc_codes=frozenset(_GRPC[c] for c in conditions if c in _GRPC),
         backoff_base=retry.backoff or 0.025,
         non_idempotent=non_idempotent,
+        avoid_tried=retry.retry_ignore_previous_hosts is not False,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -21,6 +21,7 @@ __all__ = [
     "PortSelector",
     "StringMatch",
     "WorkloadSelector",
+    "check_export_to",
     "iter_checks",
 ]
 
@@ -45,6 +46,11 @@ class MeshModel(BaseModel):
         str_strip_whitespace=False,
     )
 
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {}
+    """Fields Istio documents that meshlib does not enforce (python name -> why, and what to
+    do instead). Setting one to anything but its default is a validation error: a field is
+    enforced or refused, never accepted and ignored. docs/istio-fields.md lists them all."""
+
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         """Cross-field rules of this message; paths are relative to it. None by default."""
         return iter(())
@@ -53,7 +59,7 @@ class MeshModel(BaseModel):
 def iter_checks(model: BaseModel, path: FieldPath = ()) -> Iterator[tuple[FieldPath, str]]:
     """Run ``_check`` on a model and on every model nested in it, yielding full paths."""
     if isinstance(model, MeshModel):
-        for sub, message in model._check():
+        for sub, message in (*_unsupported(model), *model._check()):
             yield path + sub, message
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
@@ -68,6 +74,32 @@ def iter_checks(model: BaseModel, path: FieldPath = ()) -> Iterator[tuple[FieldP
             for item_key, item in value.items():
                 if isinstance(item, BaseModel):
                     yield from iter_checks(item, (*path, key, str(item_key)))
+
+
+def _unsupported(model: MeshModel) -> Iterator[tuple[FieldPath, str]]:
+    refused = model.UNSUPPORTED
+    if not refused:
+        return
+    fields = type(model).model_fields
+    for name in refused:
+        if name not in model.model_fields_set:
+            continue
+        info = fields[name]
+        value = getattr(model, name)
+        if value in (None, False, (), {}) or value == info.get_default(call_default_factory=True):
+            continue  # written out, but as the default: nothing to enforce
+        key = info.alias or name
+        yield (key,), f"{key} is not supported by meshlib: {refused[name]}"
+
+
+def check_export_to(export_to: Sequence[str]) -> Iterator[tuple[FieldPath, str]]:
+    """exportTo other than everywhere ('*', the default) is not applied yet: refused."""
+    if any(item != "*" for item in export_to):
+        yield (
+            ("exportTo",),
+            "exportTo other than '*' is not supported by meshlib yet: every resource is visible "
+            "in every namespace; remove exportTo",
+        )
 
 
 class StringMatch(MeshModel):

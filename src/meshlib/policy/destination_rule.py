@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import FieldPath, Host, MeshModel, PortSelector, WorkloadSelector
+from .base import FieldPath, Host, MeshModel, PortSelector, WorkloadSelector, check_export_to
 from .duration import Duration
 
 __all__ = [
@@ -28,7 +28,16 @@ class CookieAttribute(MeshModel):
     value: str | None = None
 
 
+_NO_COOKIE = (
+    "meshlib hashes on the cookie when the request carries it, but does not make one up "
+    "(Envoy does when ttl is set); set the cookie in the application, and remove ttl, path and "
+    "attributes"
+)
+
+
 class HTTPCookie(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = dict.fromkeys(("ttl", "path", "attributes"), _NO_COOKIE)
+
     name: str = Field(min_length=1)
     path: str | None = None
     ttl: Duration | None = None
@@ -71,7 +80,18 @@ class ConsistentHashLB(MeshModel):
             yield ("maglev",), "set only one of ringHash and maglev"
 
 
+_NO_LOCALITY = "endpoints carry no locality in meshlib yet, so all of them are one locality; remove it"
+
+
 class LocalityLoadBalancerSetting(MeshModel):
+    """``enabled`` is accepted: with every endpoint in one locality, on and off are the same."""
+
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "distribute": _NO_LOCALITY,
+        "failover": _NO_LOCALITY,
+        "failover_priority": _NO_LOCALITY,
+    }
+
     distribute: tuple[dict[str, object], ...] = ()
     failover: tuple[dict[str, str], ...] = ()
     failover_priority: tuple[str, ...] = ()
@@ -87,7 +107,14 @@ class WarmupConfiguration(MeshModel):
 SimpleLB = Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"]
 
 
+_NO_WARMUP = (
+    "slow start (a new endpoint's share of traffic ramped up over a window) is not implemented; remove it"
+)
+
+
 class LoadBalancerSettings(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {"warmup_duration_secs": _NO_WARMUP, "warmup": _NO_WARMUP}
+
     simple: SimpleLB | None = None
     consistent_hash: ConsistentHashLB | None = None
     locality_lb_setting: LocalityLoadBalancerSetting | None = None
@@ -106,6 +133,10 @@ class TcpKeepalive(MeshModel):
 
 
 class TCPSettings(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "tcp_keepalive": "TCP keepalive probes on upstream connections are not set; remove it",
+    }
+
     max_connections: int | None = Field(default=None, ge=0)
     connect_timeout: Duration | None = None
     tcp_keepalive: TcpKeepalive | None = None
@@ -123,6 +154,22 @@ class HTTPSettings(MeshModel):
     use_client_protocol: bool | None = None
     max_concurrent_streams: int | None = Field(default=None, ge=0)
 
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "use_client_protocol": (
+            "meshlib speaks HTTP/1.1 to HTTP upstreams and HTTP/2 to gRPC ones, whatever the caller "
+            "used; remove it"
+        ),
+        "max_concurrent_streams": "HTTP/2 stream limits per upstream connection are not set; remove it",
+    }
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.h2_upgrade_policy == "UPGRADE":
+            yield (
+                ("h2UpgradePolicy",),
+                "UPGRADE is not supported by meshlib: HTTP upstreams are spoken to in HTTP/1.1; "
+                "use DEFAULT or DO_NOT_UPGRADE",
+            )
+
 
 class ConnectionPoolSettings(MeshModel):
     tcp: TCPSettings | None = None
@@ -131,6 +178,13 @@ class ConnectionPoolSettings(MeshModel):
 
 class OutlierDetection(MeshModel):
     """Envoy outlier detection as Istio exposes it (ejection of failing endpoints)."""
+
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "consecutive_errors": (
+            "deprecated, and current Istio ignores it too; use consecutive5xxErrors or "
+            "consecutiveGatewayErrors"
+        ),
+    }
 
     split_external_local_origin_errors: bool | None = None
     consecutive_local_origin_failures: int | None = Field(default=None, ge=0)
@@ -196,6 +250,14 @@ class ProxyProtocol(MeshModel):
 
 
 class TrafficPolicy(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "tunnel": (
+            "HTTP CONNECT/POST tunnelling through a proxy is not implemented; give httpx the proxy "
+            "(httpx.Client(proxy=...)) instead"
+        ),
+        "proxy_protocol": "PROXY protocol headers toward upstreams are not sent; remove it",
+    }
+
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
@@ -244,7 +306,15 @@ class DestinationRuleSpec(MeshModel):
     export_to: tuple[str, ...] = ()
     workload_selector: WorkloadSelector | None = None
 
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "workload_selector": (
+            "a DestinationRule applies to every workload here; remove workloadSelector, or keep such "
+            "rules out of the mesh's policy"
+        ),
+    }
+
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        yield from check_export_to(self.export_to)
         seen: set[str] = set()
         for index, subset in enumerate(self.subsets):
             if subset.name in seen:

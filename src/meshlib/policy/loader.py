@@ -2,7 +2,7 @@
 
 Every error carries the file, the line, the resource and the field path, e.g.
 ``canary.yaml:14: VirtualService default/reviews: spec.http[0].route[1].weight:
-weights add up to 90, must be 100``. Loading is all-or-nothing: one bad document
+must be >= 0; got -20``. Loading is all-or-nothing: one bad document
 fails the whole load, so a caller never applies half of what the user wrote.
 """
 

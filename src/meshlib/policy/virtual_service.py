@@ -6,12 +6,12 @@ import base64
 import binascii
 import builtins
 import re
-from collections.abc import Iterator, Sequence
-from typing import Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import FieldPath, Host, MeshModel, Percent, PortSelector, StringMatch
+from .base import FieldPath, Host, MeshModel, Percent, PortSelector, StringMatch, check_export_to
 from .duration import Duration
 
 __all__ = [
@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 
+MAX_WEIGHT = 2**31 - 1  # Istio's int32
+
+
 class Destination(MeshModel):
     host: Host
     subset: str | None = None
@@ -57,6 +60,10 @@ class Headers(MeshModel):
 
 class HTTPMatchRequest(MeshModel):
     """Conditions inside one match block are ANDed; blocks of a route are ORed."""
+
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "stat_prefix": "it names Envoy's per-route statistics, and meshlib keeps none per route; remove it",
+    }
 
     name: str | None = None
     uri: StringMatch | None = None
@@ -94,13 +101,13 @@ class HTTPMatchRequest(MeshModel):
 
 class HTTPRouteDestination(MeshModel):
     destination: Destination
-    weight: int = Field(default=0, ge=0, le=100)
+    weight: int = Field(default=0, ge=0, le=MAX_WEIGHT)
     headers: Headers | None = None
 
 
 class RouteDestination(MeshModel):
     destination: Destination
-    weight: int = Field(default=0, ge=0, le=100)
+    weight: int = Field(default=0, ge=0, le=MAX_WEIGHT)
 
 
 class HTTPRedirect(MeshModel):
@@ -240,6 +247,12 @@ RETRY_ON_CONDITIONS = frozenset(
 
 
 class HTTPRetry(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "retry_remote_localities": (
+            "endpoints carry no locality here, so every retry may already go to any of them; remove it"
+        ),
+    }
+
     attempts: int = Field(default=0, ge=0)
     per_try_timeout: Duration | None = None
     retry_on: str | None = None
@@ -321,6 +334,18 @@ class Delegate(MeshModel):
 
 
 class HTTPRoute(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "cors_policy": (
+            "CORS is answered where a browser's request enters the mesh (an ingress gateway), and "
+            "meshlib has none; use the web framework's CORS middleware (Starlette's CORSMiddleware, "
+            "flask-cors)"
+        ),
+        "delegate": (
+            "delegation to another VirtualService is not implemented yet; write the routes into "
+            "this VirtualService"
+        ),
+    }
+
     name: str | None = None
     match: tuple[HTTPMatchRequest, ...] = ()
     route: tuple[HTTPRouteDestination, ...] = ()
@@ -357,12 +382,11 @@ class HTTPRoute(MeshModel):
 def _check_weights(
     routes: Sequence[HTTPRouteDestination | RouteDestination],
 ) -> Iterator[tuple[FieldPath, str]]:
-    """Istio: one destination may omit its weight (it gets 100); several must add up to 100."""
-    if len(routes) < 2:
-        return
-    total = sum(r.weight for r in routes)
-    if total != 100:
-        yield ("route", len(routes) - 1, "weight"), f"weights add up to {total}, must be 100"
+    """Current Istio: weights are relative (a destination gets weight / sum of weights; one
+    destination alone gets everything). ``meshctl analyze`` points out sums other than 100;
+    a sum of 0 over several destinations could route nothing, so it is refused."""
+    if len(routes) >= 2 and sum(r.weight for r in routes) == 0:
+        yield ("route",), "every destination has weight 0, so no request could be routed; weight at least one"
 
 
 class TLSMatchAttributes(MeshModel):
@@ -372,6 +396,13 @@ class TLSMatchAttributes(MeshModel):
     source_labels: dict[str, str] = Field(default_factory=dict)
     gateways: tuple[str, ...] = ()
     source_namespace: str | None = None
+
+
+_NO_L4 = (
+    "meshlib routes HTTP and gRPC requests inside the process and has no TCP/TLS proxy; route "
+    "this traffic with http routes, or bind the VirtualService to a gateway only (gateways without "
+    "'mesh'), where meshlib does not apply it"
+)
 
 
 class TLSRoute(MeshModel):
@@ -406,3 +437,14 @@ class VirtualServiceSpec(MeshModel):
     tls: tuple[TLSRoute, ...] = ()
     tcp: tuple[TCPRoute, ...] = ()
     export_to: tuple[str, ...] = ()
+
+    def applies_to_mesh(self) -> bool:
+        """Istio: no gateways means the sidecars ('mesh'); otherwise 'mesh' must be listed."""
+        return not self.gateways or "mesh" in self.gateways
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.applies_to_mesh():
+            for name in ("tls", "tcp"):
+                if getattr(self, name):
+                    yield (name,), f"{name} routes are not supported for the mesh: {_NO_L4}"
+        yield from check_export_to(self.export_to)
