@@ -86,7 +86,8 @@ def _unsupported(model: MeshModel) -> Iterator[tuple[FieldPath, str]]:
             continue
         info = fields[name]
         value = getattr(model, name)
-        if value in (None, False, (), {}) or value == info.get_default(call_default_factory=True):
+        # Identity for False: a zero (Envoy's ttl 0s, a session cookie) asks for something.
+        if value is None or value is False or value in ((), {}) or value == info.get_default():
             continue  # written out, but as the default: nothing to enforce
         key = info.alias or name
         yield (key,), f"{key} is not supported by meshlib: {refused[name]}"
