@@ -198,3 +198,56 @@ def test_direct_response_body_bytes_are_sent_decoded(backends: Endpoints, make_m
         response = client.get("http://reviews/logo.png")
     assert (response.status_code, response.content) == (200, raw)
     assert sum(backend.hits for backend, _ in backends.values()) == 0
+
+
+DELEGATE = """\
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-api, namespace: team}
+spec:
+  http:
+  - name: v2
+    match: [{uri: {prefix: /api/v2}}]
+    route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]
+  - name: outside
+    match: [{uri: {prefix: /other}}]
+    route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]
+  - route: [{destination: {host: reviews.default.svc.cluster.local, subset: v1}}]
+"""
+
+
+def test_delegate_routes_replace_the_root_route_inside_its_match(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """The root hands /api to a VirtualService without hosts in another namespace. Its /api/v2
+    route goes to v2; its route without a match takes the root's /api; its /other route is
+    outside /api and is dropped (Istio), so /other falls to the root's next route."""
+    root = vs("""\
+  - name: api
+    match: [{uri: {prefix: /api}}]
+    headers: {response: {set: {x-root: api}}}
+    delegate: {name: reviews-api, namespace: team}
+  - directResponse: {status: 418, body: {string: fallback}}
+""")
+    mesh = make_mesh(service_entry(backends) + SUBSETS + root + DELEGATE)
+    with mesh.http_client() as client:
+        v2 = client.get("http://reviews/api/v2/items")
+        v1 = client.get("http://reviews/api/items")
+        other = client.get("http://reviews/other")
+    assert v2.status_code == 200
+    assert backend_of(v2) == "v2-a"
+    assert v1.status_code == 200
+    assert backend_of(v1).startswith("v1-")
+    assert v2.headers["x-root"] == "api", "the delegate route inherits the root's header edits"
+    assert (other.status_code, other.text) == (418, "fallback")
+
+
+def test_a_missing_delegate_drops_the_root_route(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    root = vs("""\
+  - match: [{uri: {prefix: /api}}]
+    delegate: {name: nobody, namespace: team}
+  - directResponse: {status: 418, body: {string: fallback}}
+""")
+    mesh = make_mesh(service_entry(backends) + SUBSETS + root)
+    with mesh.http_client() as client:
+        answer = client.get("http://reviews/api/items")
+    assert (answer.status_code, answer.text) == (418, "fallback")

@@ -28,6 +28,7 @@ from ..policy.virtual_service import (
     HTTPRoute,
 )
 from .call import Call
+from .delegation import merge_delegate_route
 from .hosts import host_matches, normalize_host
 from .matching import Predicate, compile_matches
 from .retry_policy import RetryPolicy, compile_retry_policy
@@ -184,9 +185,14 @@ class RoutingTable:
         plane = cls(snapshot, namespace, dict(labels), family)
         compiled: dict[ResourceKey, HostRoutes | None] = {}
         owners = [*snapshot.virtual_services.items(), *snapshot.wildcard_virtual_services]
+        delegates = {
+            (r.namespace, r.name): r
+            for r in snapshot.resources
+            if isinstance(r, VirtualService) and not r.spec.hosts
+        }
         for host, vs in owners:
             if vs.key not in compiled:
-                compiled[vs.key] = _compile_vs(vs, host, namespace, labels)
+                compiled[vs.key] = _compile_vs(vs, host, namespace, labels, delegates)
             found = compiled[vs.key]
             if found is None:
                 continue
@@ -270,17 +276,41 @@ def _target(dest: Destination, weight: int, headers: Headers | None, vs_namespac
 
 
 def _compile_vs(
-    vs: VirtualService, host: str, namespace: str, labels: Mapping[str, str]
+    vs: VirtualService,
+    host: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    delegates: Mapping[tuple[str, str], VirtualService],
 ) -> HostRoutes | None:
-    if vs.spec.gateways and "mesh" not in vs.spec.gateways:
+    if not vs.spec.applies_to_mesh():
         return None  # bound to gateways only, not to sidecars
     non_idempotent = vs.metadata.annotations.get(NON_IDEMPOTENT_ANNOTATION, "").lower() == "true"
     routes = tuple(
         r
-        for i, spec in enumerate(vs.spec.http)
-        if (r := _compile_route(spec, i, vs.namespace, namespace, labels, non_idempotent)) is not None
+        for i, (spec, spec_namespace) in enumerate(_expand_delegates(vs, delegates))
+        if (r := _compile_route(spec, i, spec_namespace, namespace, labels, non_idempotent)) is not None
     )
     return HostRoutes(host, routes)
+
+
+def _expand_delegates(
+    vs: VirtualService, delegates: Mapping[tuple[str, str], VirtualService]
+) -> list[tuple[HTTPRoute, str]]:
+    """The routes in order, a delegating route replaced by its delegate's merged routes
+    (each with the namespace its destinations are read in). See delegation.py."""
+    out: list[tuple[HTTPRoute, str]] = []
+    for spec in vs.spec.http:
+        if spec.delegate is None:
+            out.append((spec, vs.namespace))
+            continue
+        child = delegates.get((spec.delegate.namespace or vs.namespace, spec.delegate.name))
+        if child is None:
+            continue  # Istio: a delegate that cannot be found drops the route
+        for child_route in child.spec.http:
+            merged = merge_delegate_route(spec, child_route)
+            if merged is not None:
+                out.append((merged, child.namespace))
+    return out
 
 
 def _compile_route(
@@ -293,10 +323,6 @@ def _compile_route(
 ) -> Route | None:
     matches = compile_matches(spec.match, namespace, labels)
     if matches is None:
-        return None
-    if spec.delegate is not None:
-        # Delegation (routes kept in another VirtualService) is not supported yet; as Istio does
-        # with a delegate it cannot find, the route is skipped and the next one can match.
         return None
     single = len(spec.route) == 1
     targets = tuple(

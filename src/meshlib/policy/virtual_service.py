@@ -340,10 +340,6 @@ class HTTPRoute(MeshModel):
             "meshlib has none; use the web framework's CORS middleware (Starlette's CORSMiddleware, "
             "flask-cors)"
         ),
-        "delegate": (
-            "delegation to another VirtualService is not implemented yet; write the routes into "
-            "this VirtualService"
-        ),
     }
 
     name: str | None = None
@@ -431,7 +427,9 @@ class TCPRoute(MeshModel):
 
 
 class VirtualServiceSpec(MeshModel):
-    hosts: tuple[Host, ...] = Field(min_length=1)
+    """No hosts: a delegate, whose routes a root VirtualService takes in (see core/delegation.py)."""
+
+    hosts: tuple[Host, ...] = ()
     gateways: tuple[str, ...] = ()
     http: tuple[HTTPRoute, ...] = ()
     tls: tuple[TLSRoute, ...] = ()
@@ -443,8 +441,23 @@ class VirtualServiceSpec(MeshModel):
         return not self.gateways or "mesh" in self.gateways
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
-        if self.applies_to_mesh():
+        if not self.hosts:
+            yield from self._check_delegate()
+        elif self.applies_to_mesh():
             for name in ("tls", "tcp"):
                 if getattr(self, name):
                     yield (name,), f"{name} routes are not supported for the mesh: {_NO_L4}"
         yield from check_export_to(self.export_to)
+
+    def _check_delegate(self) -> Iterator[tuple[FieldPath, str]]:
+        """Istio's rules for a VirtualService without hosts (a delegate)."""
+        if not self.http:
+            yield ("hosts",), "required unless this is a delegate VirtualService with http routes"
+        if self.gateways:
+            yield ("gateways",), "a delegate VirtualService (no hosts) takes its gateways from its root"
+        for name in ("tls", "tcp"):
+            if getattr(self, name):
+                yield (name,), f"a delegate VirtualService (no hosts) has http routes only, not {name}"
+        for index, route in enumerate(self.http):
+            if route.delegate is not None:
+                yield ("http", index, "delegate"), "a delegate cannot delegate again (one level only)"
