@@ -357,3 +357,46 @@ def test_models_are_frozen(samples: dict[ResourceKey, Resource]) -> None:
         dr.spec.traffic_policy.outlier_detection.interval = 1.0
     assert vs.spec.http[1].route[0].weight == 80
     assert vs.metadata.name == "reviews"
+
+
+@pytest.mark.parametrize(
+    ("kind", "api", "spec", "path", "fragment"),
+    [
+        (
+            "PeerAuthentication",
+            "security.istio.io/v1",
+            {"selector": {"matchLabels": {"app": "a"}}, "portLevelMtls": {}},
+            ("spec", "portLevelMtls"),
+            "needs at least one port",
+        ),
+        (
+            "RequestAuthentication",
+            "security.istio.io/v1",
+            {"targetRef": {"group": "", "kind": "Service", "name": "foo", "namespace": "bar"}},
+            ("spec", "targetRef", "namespace"),
+            "'bar' is another namespace",
+        ),
+        (
+            "AuthorizationPolicy",
+            "security.istio.io/v1",
+            {"targetRefs": [{"kind": "Service", "name": "foo", "namespace": "bar"}]},
+            ("spec", "targetRefs", 0, "namespace"),
+            "'bar' is another namespace",
+        ),
+    ],
+)
+def test_what_istio_refuses_is_refused(
+    kind: str, api: str, spec: dict[str, Any], path: tuple[str | int, ...], fragment: str
+) -> None:
+    """From Istio's own negative CRD test data (../shared/istio-corpus/negative/)."""
+    data = {**_minimal(kind, api), "spec": spec}
+    resource, problems = parse_resource(data)
+    assert resource is None
+    assert any(p == path and fragment in message for p, message in problems), problems
+    same_namespace = {**spec}
+    for key in ("targetRef", "targetRefs"):
+        if key in spec:
+            refs = spec[key] if isinstance(spec[key], list) else [spec[key]]
+            fixed = [{**ref, "namespace": "default"} for ref in refs]
+            same_namespace[key] = fixed if isinstance(spec[key], list) else fixed[0]
+            assert parse_resource({**data, "spec": same_namespace})[1] == []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from pydantic import Field, field_validator
 
-from .base import MeshModel
+from .base import FieldPath, MeshModel
 from .destination_rule import DestinationRuleSpec
 from .rate_limit import RateLimitSpec
 from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec
@@ -107,6 +108,19 @@ class Resource(MeshModel):
     @property
     def namespace(self) -> str:
         return self.metadata.namespace or "default"
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        """A targetRef names a Service of the policy's own namespace (Istio refuses others)."""
+        spec = self.spec
+        refs: list[tuple[FieldPath, Any]] = [(("targetRef",), getattr(spec, "target_ref", None))]
+        refs += [(("targetRefs", i), ref) for i, ref in enumerate(getattr(spec, "target_refs", ()))]
+        for path, ref in refs:
+            if ref is not None and ref.namespace not in ("", self.namespace):
+                yield (
+                    ("spec", *path, "namespace"),
+                    f"{ref.namespace!r} is another namespace: a targetRef can only name a Service of "
+                    f"the policy's own namespace ({self.namespace!r}); move the policy there",
+                )
 
     @property
     def name(self) -> str:

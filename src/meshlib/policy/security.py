@@ -40,6 +40,8 @@ class PeerAuthenticationSpec(MeshModel):
     port_level_mtls: dict[int, MutualTLS] = Field(default_factory=dict)
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if "port_level_mtls" in self.model_fields_set and not self.port_level_mtls:
+            yield ("portLevelMtls",), "needs at least one port (or leave portLevelMtls out)"
         if self.port_level_mtls and (self.selector is None or not self.selector.match_labels):
             yield ("portLevelMtls",), "port-level mTLS needs a workload selector"
         for port in self.port_level_mtls:

@@ -67,7 +67,7 @@ def parse_resource(data: object, default_namespace: str = "default") -> tuple[Re
         resource = info.model.model_validate(raw)
     except ValidationError as exc:
         return None, [_problem(info.model, err) for err in exc.errors()]
-    problems = list(iter_checks(resource.spec, ("spec",)))
+    problems = list(iter_checks(resource))  # the envelope's rules, then the spec's
     return (None, problems) if problems else (resource, [])
 
 
