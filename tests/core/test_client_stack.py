@@ -576,6 +576,21 @@ def test_redirect(redirect: str, path: str, query: str, location: str, code: int
     assert ex.flags == []
 
 
+@pytest.mark.parametrize(
+    ("match", "path", "location"),
+    [
+        ("[{uri: {prefix: /foo/}}]", "/foo/bar/baz", "http://foo.example.com/bar/baz"),
+        ("[{uri: {prefix: /FOO/}, ignoreUriCase: true}]", "/Foo/x", "http://foo.example.com/x"),
+        ("[{uri: {exact: /foo/x}}]", "/foo/x", "http://foo.example.com/"),  # no prefix: the path
+    ],
+)
+def test_redirect_prefix_rewrite_swaps_the_matched_prefix(match: str, path: str, location: str) -> None:
+    """Newer istio/api (Envoy's prefix_rewrite), as istio/api's own example writes it."""
+    mesh = Mesh(vs(f"  - match: {match}\n    redirect: {{authority: foo.example.com, prefix_rewrite: /}}\n"))
+    reply, _, _ = mesh.run(path=path)
+    assert reply.synthetic == Synthetic(301, headers=(("location", location),))
+
+
 def test_redirect_keeps_the_query_string() -> None:
     # Envoy (Http::Utility::newUri): a path redirect without a query of its own keeps the
     # request's query string; only strip_query (Istio never sets it) removes it.

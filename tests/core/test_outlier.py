@@ -126,6 +126,15 @@ def test_gateway_threshold_below_5xx_threshold_ejects_first() -> None:
     assert feed(found, a, GW, GW) == [False, True]
 
 
+def test_deprecated_consecutive_errors_counts_gateway_errors_only_as_istio_maps_it() -> None:
+    """Istio: consecutiveErrors N becomes N consecutive gateway failures, 5xx counting off."""
+    found, [a, b, *_] = detector(FakeClock(), consecutiveErrors=3)
+    assert not any(feed(found, a, *[E5] * 20)), "plain 5xx no longer counts"
+    assert feed(found, b, GW, GW, GW) == [False, False, True]
+    found, [a, *_] = detector(FakeClock(), consecutiveErrors=3, consecutive5xxErrors=2)
+    assert feed(found, a, E5, E5) == [False, True], "an explicit consecutive5xxErrors still counts"
+
+
 def test_split_local_origin_failures_count_only_on_their_own_counter() -> None:
     found, [a, b, *_] = detector(
         FakeClock(), splitExternalLocalOriginErrors=True, consecutiveGatewayErrors=2, maxEjectionPercent=100

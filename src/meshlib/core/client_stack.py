@@ -42,7 +42,7 @@ def route(ex: Exchange, next: ClientNext) -> ClientFlow:
         )
     ex.route = chosen
     if chosen.redirect is not None:
-        return Reply(synthetic=_redirect(ex.call, chosen.redirect))
+        return Reply(synthetic=_redirect(ex.call, chosen.redirect, chosen.prefixes))
     if chosen.direct_response is not None:
         body = chosen.direct_response.body
         text = body.content() if body is not None else b""  # validated when the policy loaded
@@ -355,7 +355,7 @@ def _name(host: str, subset: str | None) -> str:
     return host if subset is None else f"{host} subset {subset}"
 
 
-def _redirect(call: Call, spec: object) -> Synthetic:
+def _redirect(call: Call, spec: object, prefixes: tuple[tuple[str, bool], ...]) -> Synthetic:
     from ..policy.virtual_service import HTTPRedirect
 
     assert isinstance(spec, HTTPRedirect)
@@ -374,6 +374,10 @@ def _redirect(call: Call, spec: object) -> Synthetic:
     elif spec.derive_port == "FROM_REQUEST_PORT":
         port = request_port or (str(call.port) if call.port else "")
     path = spec.uri if spec.uri is not None else call.path
+    if spec.prefix_rewrite is not None:
+        # Envoy: the prefix the route matched is swapped for the value (no prefix: the path).
+        matched = next((p for p, fold in prefixes if (path.lower() if fold else path).startswith(p)), path)
+        path = spec.prefix_rewrite + path[len(matched) :]
     if "?" not in path and call.query:
         path = f"{path}?{call.query}"
     netloc = f"{host}:{port}" if port else host

@@ -37,7 +37,10 @@ Counting, split mode
 Thresholds (an Istio field left unset gets Envoy's default, or Istio's)
   R7. consecutive5xxErrors: unset means 5; 0 disables it. consecutiveGatewayErrors:
       unset or 0 disables it. consecutiveLocalOriginFailures: used only in split mode;
-      unset or 0 means 5 (Istio passes it on only when > 0).
+      unset or 0 means 5 (Istio passes it on only when > 0). The deprecated
+      consecutiveErrors N (> 0) means what Istio makes of it: N consecutive gateway
+      errors (502, 503, 504), and no 5xx counting; consecutive5xxErrors and
+      consecutiveGatewayErrors, when set, still win.
   R8. The error that brings a counter to its threshold tries to eject the endpoint at
       once, not at the next interval. That counter restarts from 0 whether or not the
       ejection is allowed (R9), so a refused endpoint needs a whole new run.
@@ -87,8 +90,7 @@ Where meshlib differs from Envoy, and why
   D6. Not modelled, because Istio turns them off or cannot set them: success-rate and
       failure-percentage detection, enforcing_* percentages (Istio uses 0 or 100),
       ejection jitter, un-ejection by active health checks, priority levels and degraded
-      hosts in the panic computation. The deprecated consecutiveErrors is ignored, as
-      current Istio does.
+      hosts in the panic computation.
   D7. Before the first ``set_endpoints`` call, ``record`` adopts unknown keys; after it,
       outcomes for keys not in the set are dropped (Envoy ignores results for removed
       hosts), so a late response never brings a removed endpoint back into the total.
@@ -165,11 +167,13 @@ class _Config:
     @staticmethod
     def of(s: OutlierDetection) -> _Config:
         base = s.base_ejection_time if s.base_ejection_time is not None else DEFAULT_BASE_EJECTION_TIME
+        legacy = s.consecutive_errors or 0  # deprecated: gateway errors only (R7)
+        default_5xx = 0 if legacy else DEFAULT_CONSECUTIVE_5XX
         return _Config(
-            consecutive_5xx=(
-                s.consecutive_5xx_errors if s.consecutive_5xx_errors is not None else DEFAULT_CONSECUTIVE_5XX
+            consecutive_5xx=(s.consecutive_5xx_errors if s.consecutive_5xx_errors is not None else default_5xx),
+            consecutive_gateway=(
+                s.consecutive_gateway_errors if s.consecutive_gateway_errors is not None else legacy
             ),
-            consecutive_gateway=s.consecutive_gateway_errors or 0,
             consecutive_local_origin=s.consecutive_local_origin_failures or DEFAULT_CONSECUTIVE_LOCAL_ORIGIN,
             split=bool(s.split_external_local_origin_errors),
             interval=s.interval if s.interval is not None else DEFAULT_INTERVAL,

@@ -179,18 +179,12 @@ class ConnectionPoolSettings(MeshModel):
 class OutlierDetection(MeshModel):
     """Envoy outlier detection as Istio exposes it (ejection of failing endpoints)."""
 
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "consecutive_errors": (
-            "deprecated, and current Istio ignores it too; use consecutive5xxErrors or "
-            "consecutiveGatewayErrors"
-        ),
-    }
 
     split_external_local_origin_errors: bool | None = None
     consecutive_local_origin_failures: int | None = Field(default=None, ge=0)
     consecutive_gateway_errors: int | None = Field(default=None, ge=0)
     consecutive_5xx_errors: int | None = Field(default=None, ge=0, alias="consecutive5xxErrors")
-    consecutive_errors: int | None = Field(default=None, ge=0)  # deprecated by Istio
+    consecutive_errors: int | None = Field(default=None, ge=0)  # deprecated: gateway errors (outlier R7)
     interval: Duration | None = None
     base_ejection_time: Duration | None = None
     max_ejection_percent: int | None = Field(default=None, ge=0, le=100)

@@ -112,6 +112,8 @@ class RouteDestination(MeshModel):
 
 class HTTPRedirect(MeshModel):
     uri: str | None = None
+    # Newer istio/api: the matched uri prefix (or the whole path) replaced by this value.
+    prefix_rewrite: str | None = None
     authority: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
@@ -121,8 +123,11 @@ class HTTPRedirect(MeshModel):
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         if self.port is not None and self.derive_port is not None:
             yield ("port",), "set only one of port and derivePort"
-        if not any((self.uri, self.authority, self.scheme, self.port, self.derive_port)):
-            yield (), "set at least one of uri, authority, scheme, port and derivePort"
+        if self.uri is not None and self.prefix_rewrite is not None:
+            yield ("prefixRewrite",), "set only one of uri and prefixRewrite"
+        wanted = (self.uri, self.prefix_rewrite, self.authority, self.scheme, self.port, self.derive_port)
+        if not any(v is not None and v != "" for v in wanted):
+            yield (), "set at least one of uri, prefixRewrite, authority, scheme, port and derivePort"
         if self.scheme is not None and self.scheme not in ("http", "https"):
             yield ("scheme",), f"{self.scheme!r} is not http or https"
 
