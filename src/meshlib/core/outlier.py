@@ -170,7 +170,9 @@ class _Config:
         legacy = s.consecutive_errors or 0  # deprecated: gateway errors only (R7)
         default_5xx = 0 if legacy else DEFAULT_CONSECUTIVE_5XX
         return _Config(
-            consecutive_5xx=(s.consecutive_5xx_errors if s.consecutive_5xx_errors is not None else default_5xx),
+            consecutive_5xx=(
+                s.consecutive_5xx_errors if s.consecutive_5xx_errors is not None else default_5xx
+            ),
             consecutive_gateway=(
                 s.consecutive_gateway_errors if s.consecutive_gateway_errors is not None else legacy
             ),
