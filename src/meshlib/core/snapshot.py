@@ -59,6 +59,7 @@ class Endpoint:
     identity: str | None = None  # SPIFFE ID of a mesh workload; None for external endpoints
     service_port: int | None = None  # the ServiceEntry port this endpoint serves, if any
     tls: bool = False  # the endpoint serves mutual TLS with its mesh identity
+    locality: str = ""  # region/zone/subzone ("": unknown), for locality load balancing
     # What outlier detection and load counts follow across snapshots (made once: it is
     # looked up several times per request).
     key: tuple[str, int] = field(init=False, repr=False, compare=False)
