@@ -171,7 +171,7 @@ def test_static_mode_reads_and_reloads_files(tmp_path: Path, caplog: pytest.LogC
 
 def test_static_mode_refuses_invalid_policy_at_start(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(json.dumps(virtual_service(v1=10, v2=10)))
+    policy.write_text(json.dumps(virtual_service(v1=10, v2=-10)))
     with pytest.raises(ConfigError, match=r"policy.yaml:1: VirtualService default/reviews"):
         Mesh("frontend", config=policy).start()
 

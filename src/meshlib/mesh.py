@@ -29,6 +29,7 @@ from .core.client_stack import default_client_stack
 from .core.cluster_state import Clusters
 from .core.exchange import Exchange, Reply
 from .core.hosts import CLUSTER_DOMAIN, normalize_host
+from .core.locality import Locality
 from .core.metrics import RequestMetrics
 from .core.rate_limit import RateLimiter, compile_rate_limiter
 from .core.routing_table import RoutingTable
@@ -84,6 +85,7 @@ class Mesh:
         watch_wait: float = 30.0,
         static_poll_interval: float = 1.0,
         certificate_ttl: float | None = None,
+        locality: str = "",
     ) -> None:
         urls = (control_plane,) if isinstance(control_plane, str) else tuple(control_plane or ())
         self.settings = MeshSettings(
@@ -95,6 +97,7 @@ class Mesh:
             config=Path(config) if config is not None else None,
             data_dir=Path(data_dir) if data_dir is not None else None,
             trust_domain=trust_domain,
+            locality=locality,
         )
         self.startup_timeout = startup_timeout
         self._certificate_ttl = certificate_ttl  # None: the CA's default (24h)
@@ -112,7 +115,9 @@ class Mesh:
         self._authenticate: Callable[[Inbound], str | None] | None = None
         self._rate_limiter: RateLimiter | None = None
         self._grpc_plane: RoutingTable | None = None
-        self.clusters = Clusters(time.monotonic)
+        self.clusters = Clusters(
+            time.monotonic, locality=Locality.parse(self.settings.locality), labels=self._source_labels
+        )
         self.metrics = RequestMetrics()
         self.rng = random.Random()
         self.client_stack = default_client_stack()
@@ -136,7 +141,7 @@ class Mesh:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Mesh:
         """Build from MESH_SERVICE, MESH_NAMESPACE, MESH_LABELS, MESH_CONTROL_PLANE, MESH_TOKEN,
-        MESH_CONFIG, MESH_DATA_DIR and MESH_TRUST_DOMAIN; keyword options win over them."""
+        MESH_CONFIG, MESH_DATA_DIR, MESH_TRUST_DOMAIN and MESH_LOCALITY; keyword options win."""
         s = MeshSettings.from_env(environ)
         values: dict[str, Any] = {
             "namespace": s.namespace,
@@ -146,6 +151,7 @@ class Mesh:
             "config": s.config,
             "data_dir": s.data_dir,
             "trust_domain": s.trust_domain,
+            "locality": s.locality,
         }
         values.update(options)
         return cls(s.service, **values)
@@ -343,6 +349,7 @@ class Mesh:
             certificate_issuer=self.workload_identity.issuer if self.workload_identity else None,
             pid=os.getpid(),
             meshlib_version=__version__,
+            locality=self.settings.locality,
         )
 
     def _certificate_expiry(self) -> str | None:

@@ -134,6 +134,19 @@ def check_label_value(value: str) -> str:
     return value
 
 
+_LOCALITY_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def check_locality(value: str) -> str:
+    """``region[/zone[/subzone]]``, each part a label value; "" means unknown."""
+    if value and (value.count("/") > 2 or not all(_LOCALITY_PART.fullmatch(p) for p in value.split("/"))):
+        raise ValueError(
+            f"invalid locality {value!r}: region, region/zone or region/zone/subzone, each part "
+            "letters, digits, '-', '_' and '.'"
+        )
+    return value
+
+
 # C0 and C1 controls, DEL, and the Unicode bidirectional overrides and isolates (which can
 # make a terminal show text in another order than it is: "Trojan Source").
 _UNPRINTABLE = {

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .names import check_address, check_dns_label, check_label_key, check_label_value
+from .names import check_address, check_dns_label, check_label_key, check_label_value, check_locality
 from .policy.base import MeshModel
 
 __all__ = [
@@ -62,6 +62,7 @@ class WorkloadRegistration(MeshModel):
     meshlib_version: str = Field(default="", max_length=64)
     certificate_expires: str | None = Field(default=None, max_length=64)  # ISO time; None: no certificate
     certificate_issuer: str | None = Field(default=None, max_length=128)  # key id of the signing CA
+    locality: str = Field(default="", max_length=200)  # region/zone/subzone (MESH_LOCALITY)
 
     @field_validator("id")
     @classmethod
@@ -79,6 +80,11 @@ class WorkloadRegistration(MeshModel):
     @classmethod
     def _namespace(cls, value: str) -> str:
         return check_dns_label(value, "namespace")
+
+    @field_validator("locality")
+    @classmethod
+    def _locality(cls, value: str) -> str:
+        return check_locality(value)
 
     @field_validator("labels")
     @classmethod

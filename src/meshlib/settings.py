@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .core.hosts import CLUSTER_DOMAIN
 from .errors import ConfigError, ConfigIssue
-from .names import check_dns_label, check_label_key, check_label_value
+from .names import check_dns_label, check_label_key, check_label_value, check_locality
 from .paths import default_workload_dir
 
 __all__ = ["MeshSettings", "parse_labels"]
@@ -42,8 +42,13 @@ class MeshSettings:
     config: Path | None = None
     data_dir: Path | None = None
     trust_domain: str = CLUSTER_DOMAIN
+    locality: str = ""  # region/zone/subzone, for locality load balancing
 
     def __post_init__(self) -> None:
+        try:
+            check_locality(self.locality)
+        except ValueError as exc:
+            raise ConfigError(ConfigIssue(f"MESH_LOCALITY: {exc}")) from None
         for variable, value in (("MESH_SERVICE", self.service), ("MESH_NAMESPACE", self.namespace)):
             try:
                 check_dns_label(value)
@@ -81,4 +86,5 @@ class MeshSettings:
             config=Path(config) if config else None,
             data_dir=Path(data_dir) if data_dir else None,
             trust_domain=env.get("MESH_TRUST_DOMAIN", "").strip() or CLUSTER_DOMAIN,
+            locality=env.get("MESH_LOCALITY", "").strip(),
         )

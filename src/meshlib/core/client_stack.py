@@ -229,8 +229,10 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     if cluster.endpoints:
         lb = cluster.policy.load_balancer
         hash_key = _hash_key(ex, lb.consistent_hash) if lb is not None and lb.consistent_hash else None
-        avoid = ex.tried if hash_key is None and (ex.route is None or ex.route.retry.avoid_tried) else ()
-        endpoint = state.pick(cluster, hash_key, avoid)
+        retry = ex.route.retry if ex.route is not None else None
+        avoid = ex.tried if hash_key is None and (retry is None or retry.avoid_tried) else ()
+        remote = ex.tried if retry is not None and retry.remote_localities else ()
+        endpoint = state.pick(cluster, hash_key, avoid, remote)
         if endpoint is None:
             ex.flags.append(UH)
             return Reply(error=UH, message=f"no healthy endpoint for {_name(cluster.host, cluster.subset)}")

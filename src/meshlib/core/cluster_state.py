@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .balancer import Balancer, build_balancer
+from .locality import Locality, LocalityPlan, plan_localities
 from .outlier import Outcome, OutlierDetector
 from .retry_budget import RetryBudget
 from .routing_table import Cluster
@@ -88,6 +89,8 @@ class ClusterState:
     clock: Clock
     rng: random.Random
     version: int = -1
+    locality: Locality = field(default_factory=Locality)  # the caller's (this process's)
+    labels: Mapping[str, str] = field(default_factory=dict)  # the caller's, for failoverPriority
     active: dict[tuple[str, int], int] = field(default_factory=dict)
     in_flight: int = 0
     retries_in_flight: int = 0
@@ -96,6 +99,7 @@ class ClusterState:
     _balancers: dict[tuple[object, ...], Balancer] = field(default_factory=dict, repr=False)
     _last_balancer: tuple[Cluster, Balancer] | None = field(default=None, repr=False)
     _limits: tuple[Cluster, Limits] | None = field(default=None, repr=False)
+    _plan: tuple[Cluster, LocalityPlan | None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -153,18 +157,44 @@ class ClusterState:
         self._limits = (cluster, limits)
         return limits
 
+    def locality_plan(self, cluster: Cluster) -> LocalityPlan | None:
+        """Locality priorities (or distribute shares) for a cluster, planned once per Cluster."""
+        cached = self._plan
+        if cached is not None and cached[0] is cluster:
+            return cached[1]
+        lb = cluster.policy.load_balancer
+        plan = plan_localities(
+            cluster.endpoints,
+            self.locality,
+            self.labels,
+            lb.locality_lb_setting if lb is not None else None,
+            cluster.policy.outlier_detection is not None,
+        )
+        self._plan = (cluster, plan)
+        return plan
+
     def _active_of(self, endpoint: Endpoint) -> int:
         return self.active.get(endpoint.key, 0)
 
     # --- per attempt --------------------------------------------------------------------
 
     def pick(
-        self, cluster: Cluster, hash_key: bytes | None, exclude: Sequence[Endpoint] = ()
+        self,
+        cluster: Cluster,
+        hash_key: bytes | None,
+        exclude: Sequence[Endpoint] = (),
+        other_locality: Sequence[Endpoint] = (),
     ) -> Endpoint | None:
-        """An endpoint of ``cluster``: not ejected, preferably not one already tried."""
+        """An endpoint of ``cluster``: not ejected, in the locality priority traffic goes to,
+        preferably not one already tried. ``other_locality``: endpoints already tried whose
+        priorities a retry leaves (retryRemoteLocalities)."""
         endpoints: Sequence[Endpoint] = cluster.endpoints
         if self.outlier is not None:
             endpoints = self.outlier.healthy(endpoints, _key)
+        plan = self.locality_plan(cluster) if self.locality else None
+        if plan is not None:
+            avoid = {level for e in other_locality if (level := plan.level_of(e)) is not None}
+            endpoints = plan.choose(endpoints, self.rng, avoid)
         if exclude and len(endpoints) > 1:
             fresh = tuple(e for e in endpoints if e not in exclude)
             endpoints = fresh or endpoints
@@ -211,8 +241,17 @@ def _key(endpoint: Endpoint) -> tuple[str, int]:
 class Clusters:
     """Every cluster's state in this process, shared by all clients of one Mesh."""
 
-    def __init__(self, clock: Clock, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        rng: random.Random | None = None,
+        *,
+        locality: Locality | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         self._states: dict[tuple[str, str, str | None, int | None], ClusterState] = {}
+        self.locality = locality or Locality()
+        self.labels = dict(labels or {})
         self._lock = threading.Lock()
         self.clock = clock
         self.rng = rng or random.Random()
@@ -225,7 +264,9 @@ class Clusters:
             with self._lock:
                 state = self._states.get(cluster.key)
                 if state is None:
-                    state = self._states[cluster.key] = ClusterState(cluster, self.clock, self.rng, version)
+                    state = self._states[cluster.key] = ClusterState(
+                        cluster, self.clock, self.rng, version, self.locality, self.labels
+                    )
                     return state
         if state.cluster is not cluster:
             if version == self.current_version and version < state.version:

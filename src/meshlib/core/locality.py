@@ -227,7 +227,7 @@ def _distribute(
         targets = entry.get("to")
         left = list(endpoints)
         shares: list[tuple[float, tuple[Endpoint, ...]]] = []
-        for pattern, weight in (targets.items() if isinstance(targets, Mapping) else ()):
+        for pattern, weight in targets.items() if isinstance(targets, Mapping) else ():
             group = tuple(e for e in left if locality_matches(Locality.parse(e.locality), str(pattern)))
             left = [e for e in left if e not in group]
             if group and float(weight) > 0:

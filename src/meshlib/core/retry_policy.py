@@ -61,6 +61,8 @@ class RetryPolicy:
     non_idempotent: bool = False
     # retryIgnorePreviousHosts (Istio's default: true): a retry avoids endpoints already tried.
     avoid_tried: bool = True
+    # retryRemoteLocalities: a retry leaves the locality priorities already tried.
+    remote_localities: bool = False
 
     @property
     def backoff_max(self) -> float:
@@ -134,6 +136,7 @@ def compile_retry_policy(retry: HTTPRetry | None, *, non_idempotent: bool = Fals
         backoff_base=retry.backoff or 0.025,
         non_idempotent=non_idempotent,
         avoid_tried=retry.retry_ignore_previous_hosts is not False,
+        remote_localities=bool(retry.retry_remote_localities),
     )
 
 

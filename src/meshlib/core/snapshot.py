@@ -320,6 +320,7 @@ def compile_snapshot(
                     source=workload.id,
                     identity=workload.identity(trust_domain),
                     tls=announced.tls,
+                    locality=workload.locality,
                 )
             )
     # Most specific wildcard first: *.bar.example.com before *.example.com before *.

@@ -84,18 +84,35 @@ _NO_LOCALITY = "endpoints carry no locality in meshlib yet, so all of them are o
 
 
 class LocalityLoadBalancerSetting(MeshModel):
-    """``enabled`` is accepted: with every endpoint in one locality, on and off are the same."""
-
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "distribute": _NO_LOCALITY,
-        "failover": _NO_LOCALITY,
-        "failover_priority": _NO_LOCALITY,
-    }
+    """Locality load balancing (core/locality.py): distribute, or failover by priorities."""
 
     distribute: tuple[dict[str, object], ...] = ()
     failover: tuple[dict[str, str], ...] = ()
     failover_priority: tuple[str, ...] = ()
     enabled: bool | None = None
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        """Istio's rules: one of distribute and failover; weights of a ``to`` add up to 100."""
+        if self.distribute and self.failover:
+            yield ("failover",), "set only one of distribute and failover"
+        for index, entry in enumerate(self.distribute):
+            source, targets = entry.get("from"), entry.get("to")
+            if not isinstance(source, str) or not source:
+                yield ("distribute", index, "from"), "required: the callers' locality (e.g. us-east/*)"
+            if not isinstance(targets, dict) or not targets:
+                yield ("distribute", index, "to"), "required: locality -> weight"
+                continue
+            weights = list(targets.values())
+            if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in weights):
+                yield ("distribute", index, "to"), "weights must be whole numbers >= 0"
+            elif sum(weights) != 100:
+                yield ("distribute", index, "to"), f"weights add up to {sum(weights)}, must be 100"
+        for index, failover in enumerate(self.failover):
+            source, target = failover.get("from"), failover.get("to")
+            if not source or not target:
+                yield ("failover", index), "needs from and to (regions)"
+            elif source == target:
+                yield ("failover", index, "to"), "from and to must be different regions"
 
 
 class WarmupConfiguration(MeshModel):
@@ -178,7 +195,6 @@ class ConnectionPoolSettings(MeshModel):
 
 class OutlierDetection(MeshModel):
     """Envoy outlier detection as Istio exposes it (ejection of failing endpoints)."""
-
 
     split_external_local_origin_errors: bool | None = None
     consecutive_local_origin_failures: int | None = Field(default=None, ge=0)

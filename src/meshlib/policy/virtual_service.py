@@ -252,12 +252,6 @@ RETRY_ON_CONDITIONS = frozenset(
 
 
 class HTTPRetry(MeshModel):
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "retry_remote_localities": (
-            "endpoints carry no locality here, so every retry may already go to any of them; remove it"
-        ),
-    }
-
     attempts: int = Field(default=0, ge=0)
     per_try_timeout: Duration | None = None
     retry_on: str | None = None
