@@ -25,6 +25,7 @@ EXPECTED = [
     "InboundRequest",
     "MeshError",
     "Mirror",
+    "Origin",
     "Outcome",
     "PeerIdentity",
     "RawHeaders",
@@ -35,6 +36,9 @@ EXPECTED = [
     "ServingMesh",
     "Sleep",
     "Synthetic",
+    "TlsMaterial",
+    "TlsOriginations",
+    "TlsSettingsError",
     "advertise_address",
     "apply_header_ops",
     "current_deadline",
@@ -49,6 +53,7 @@ EXPECTED = [
     "service_dns_name",
     "shadow_authority",
     "spiffe_id_of",
+    "system_root_certificates",
 ]
 
 

@@ -169,7 +169,9 @@ def test_outbound_mtls_follows_tls_mode_then_the_endpoint_and_never_downgrades(t
     assert outbound_mtls(good, "DISABLE", endpoint()) is False
     # Automatic: mTLS toward endpoints that serve it, from workloads with an identity.
     assert outbound_mtls(good, None, endpoint()) is True
-    assert outbound_mtls(good, "SIMPLE", endpoint()) is True  # a mode meshlib leaves to auto
+    # SIMPLE and MUTUAL: the DestinationRule's own TLS, also toward a mesh endpoint (as in Istio).
+    assert outbound_mtls(good, "SIMPLE", endpoint()) is False
+    assert outbound_mtls(good, "MUTUAL", endpoint()) is False
     assert outbound_mtls(good, None, endpoint(tls=False)) is False
     assert outbound_mtls(None, None, endpoint()) is False  # no identity at all: nothing to prove
     assert outbound_mtls(good, "ISTIO_MUTUAL", endpoint(tls=False)) is True

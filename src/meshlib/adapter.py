@@ -40,10 +40,11 @@ from .drivers import (
     drive_client_async,
     outbound,
 )
-from .errors import CertificateUnavailableError, MeshError
+from .errors import CertificateUnavailableError, MeshError, TlsSettingsError
 from .peer import PeerIdentity
 from .registry import AnnouncedEndpoint
 from .server.limits import ServerLimits, grpc_server_options
+from .tls_origination import Origin, TlsMaterial, TlsOriginations, system_root_certificates
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -67,6 +68,7 @@ __all__ = [
     "InboundRequest",
     "MeshError",
     "Mirror",
+    "Origin",
     "Outcome",
     "PeerIdentity",
     "RawHeaders",
@@ -77,6 +79,9 @@ __all__ = [
     "ServingMesh",
     "Sleep",
     "Synthetic",
+    "TlsMaterial",
+    "TlsOriginations",
+    "TlsSettingsError",
     "advertise_address",
     "apply_header_ops",
     "current_deadline",
@@ -91,4 +96,5 @@ __all__ = [
     "service_dns_name",
     "shadow_authority",
     "spiffe_id_of",
+    "system_root_certificates",
 ]

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigIssue",
     "ControlPlaneError",
     "MeshError",
+    "TlsSettingsError",
     "UnauthorizedError",
 ]
 
@@ -85,3 +86,9 @@ class UnauthorizedError(ControlPlaneError):
 
 class CertificateUnavailableError(MeshError):
     """Mutual TLS is wanted toward an endpoint, but this workload holds no valid certificate."""
+
+
+class TlsSettingsError(CertificateUnavailableError):
+    """A DestinationRule's TLS origination (mode SIMPLE or MUTUAL) cannot be set up: a file it
+    names is unreadable or holds no usable PEM. The request is not sent (in plaintext or
+    otherwise); the message names the field and the file."""

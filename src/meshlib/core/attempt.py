@@ -20,6 +20,7 @@ from .snapshot import Endpoint
 __all__ = [
     "CONNECT_TIMEOUT",
     "MIRROR_TIMEOUT",
+    "ORIGINATED",
     "CertificateState",
     "apply_header_ops",
     "needs_mtls",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 CONNECT_TIMEOUT = 10.0  # Istio's default connectTimeout
+ORIGINATED = frozenset(("SIMPLE", "MUTUAL"))  # tls modes where the DestinationRule's own TLS applies
+_NOT_MESH_TLS = frozenset(("DISABLE", *ORIGINATED))
 MIRROR_TIMEOUT = 5.0  # a mirrored copy never holds resources longer than this
 
 
@@ -41,14 +44,15 @@ class CertificateState(Protocol):
 
 def needs_mtls(identity: CertificateState | None, tls_mode: str | None, endpoint: Endpoint | None) -> bool:
     """Speak mutual TLS to ``endpoint``? The DestinationRule's tls.mode decides when it is
-    DISABLE or ISTIO_MUTUAL; otherwise it is automatic: yes toward an endpoint that serves
-    mTLS, from a workload that has a mesh identity.
+    DISABLE or ISTIO_MUTUAL, and SIMPLE or MUTUAL mean the rule's own TLS instead (also toward
+    a mesh endpoint, as in Istio); otherwise it is automatic: yes toward an endpoint that
+    serves mTLS, from a workload that has a mesh identity.
 
     A workload with an identity never falls back to plaintext because its certificate is
     missing or expired (the request would cross the network in the clear and carry no
     identity): like Envoy, whose handshake would fail, it refuses
     (``CertificateUnavailableError``) and says why."""
-    if tls_mode == "DISABLE" or endpoint is None:
+    if tls_mode in _NOT_MESH_TLS or endpoint is None:
         return False  # endpoint None: the requested host as it is, not a mesh endpoint
     if endpoint.identity is None:
         if tls_mode == "ISTIO_MUTUAL":

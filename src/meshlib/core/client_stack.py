@@ -11,7 +11,15 @@ from typing import Any, TypeVar
 
 from ..errors import CertificateUnavailableError
 from ..policy.destination_rule import ConsistentHashLB
-from .attempt import CONNECT_TIMEOUT, MIRROR_TIMEOUT, needs_mtls, request_ops, rewrite_path, shadow_authority
+from .attempt import (
+    CONNECT_TIMEOUT,
+    MIRROR_TIMEOUT,
+    ORIGINATED,
+    needs_mtls,
+    request_ops,
+    rewrite_path,
+    shadow_authority,
+)
 from .balancer import hash_key_for
 from .call import Call
 from .exchange import Attempt, Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
@@ -299,8 +307,11 @@ def decide(
     )
     call, route = ex.call, ex.route
     server_name = None
-    if endpoint is not None and not mtls and endpoint.protocol == "https":
-        server_name = tls.sni if tls is not None and tls.sni else call.host
+    originate = tls if mode in ORIGINATED else None
+    if originate is not None:  # Istio's auto SNI: the requested host unless the rule names one
+        server_name = originate.sni or call.host
+    elif endpoint is not None and not mtls and endpoint.protocol == "https":
+        server_name = call.host
     path = authority = None
     if route is not None and route.rewrite is not None:
         path = rewrite_path(call.path, call.query, route.rewrite, route.prefixes)
@@ -316,7 +327,9 @@ def decide(
     )
     if retry is not None and not retry.attempts:
         retry = None
-    return kind(endpoint, target, limit, connect, mtls, server_name, path, authority, headers, retry)
+    return kind(
+        endpoint, target, limit, connect, mtls, server_name, path, authority, headers, retry, originate
+    )
 
 
 class _Headers(Mapping[str, str]):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..policy.destination_rule import ClientTLSSettings
 from .attempt import CONNECT_TIMEOUT, CertificateState
 from .call import Call
 from .cluster_state import Clusters, ClusterState
@@ -34,8 +35,11 @@ class Attempt:
     """One request to go upstream, fully decided (the adapter translates, it does not choose).
 
     ``endpoint`` None: to the requested host as it is (not a mesh endpoint). ``mtls``: speak
-    mutual TLS and check that the peer proves ``endpoint.identity``. ``server_name``: TLS to a
-    non-mesh endpoint must prove this host (the requested one, or the DestinationRule's sni).
+    mutual TLS and check that the peer proves ``endpoint.identity``. ``tls``: the
+    DestinationRule's own TLS settings (mode SIMPLE or MUTUAL): originate TLS with them, even
+    when the caller asked for ``http://``. ``server_name``: the SNI of TLS that is not mesh
+    mTLS, and the name its server must prove unless ``tls`` lists subjectAltNames (the
+    requested host, or the DestinationRule's sni).
     ``path`` / ``authority``: the request target and authority after the route's rewrite
     (None: as the caller sent them). ``headers``: request header edits, applied in order.
     ``timeout``: this attempt's time (per-try timeout, bounded by the deadline); connecting is
@@ -52,6 +56,7 @@ class Attempt:
     authority: str | None = None
     headers: tuple[HeaderOps, ...] = ()
     retry: RetryPolicy | None = None
+    tls: ClientTLSSettings | None = None
 
     def retriable(self, status: int | None, grpc_status: str | None = None) -> bool:
         """Could the stack retry an answer with this status? (Read it whole, then.)"""

@@ -27,12 +27,16 @@ from ..adapter import (
     Outcome,
     Reply,
     RoutingTable,
+    TlsMaterial,
+    TlsOriginations,
+    TlsSettingsError,
     apply_header_ops,
     current_deadline,
     http_status_for_grpc,
     outbound,
     response_ops,
     service_dns_name,
+    system_root_certificates,
 )
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
 ]
 
 Metadata = Sequence[tuple[str, str | bytes]]
+Secure = tuple[Any, str, int, int]  # credentials, name to verify, generation, TLS settings key
 MAX_MIRRORS_IN_FLIGHT = 64  # per mesh channel, as for HTTP: beyond it copies are shed
 RETIRE_AFTER = 60.0  # seconds a channel of a rotated-out certificate stays open for its calls
 
@@ -195,12 +200,15 @@ class GrpcAdapter:
     def flow(self, ex: Exchange) -> Any:
         return self.mesh.client_stack_runner(ex)
 
-    def credentials(self, attempt: Attempt) -> tuple[Any, str, int] | None:
-        """mTLS credentials for a decided attempt, the name its certificate must carry, and
-        the identity generation they were made from; None for plaintext.
+    def credentials(self, attempt: Attempt) -> Secure | None:
+        """TLS credentials for a decided attempt (mesh mTLS, or the DestinationRule's own TLS),
+        the name its certificate must carry, the generation they were made from and the key
+        of the rule's TLS settings (0: mesh mTLS); None for plaintext.
 
         grpcio checks host names, not SPIFFE URIs: the certificate's DNS SAN ``<sa>.<ns>.svc``
         (issued with every SVID) is what it verifies, via ``ssl_target_name_override``."""
+        if attempt.tls is not None:
+            return self._originated(attempt)
         if not attempt.mtls:
             return None
         endpoint = attempt.endpoint
@@ -220,7 +228,28 @@ class GrpcAdapter:
                 root_certificates=roots, private_key=key, certificate_chain=chain
             )
             made = self._credentials = (generation, creds)
-        return made[1], name, generation
+        return made[1], name, generation, 0
+
+    def _originated(self, attempt: Attempt) -> Secure:
+        """DestinationRule TLS origination: grpcio sends ``name`` (the rule's sni, else the
+        requested host) as SNI and verifies the certificate against it, with the rule's CA or
+        the OS roots, presenting the client certificate in MUTUAL mode. What grpcio cannot do
+        is refused, never skipped (``_unsupported``)."""
+        tls = attempt.tls
+        assert tls is not None
+        name = attempt.server_name or self.host
+        refusal = _unsupported(tls, name)
+        if refusal is not None:
+            raise MeshRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.host}: DestinationRule tls.{refusal}; the call is not sent",
+                "UF",
+            )
+        try:
+            origin = CREDENTIALS.get(tls)
+        except TlsSettingsError as error:
+            raise MeshRpcError(grpc.StatusCode.UNAVAILABLE, f"{self.host}: {error}", "UF") from error
+        return origin.current(), name, origin.generation, origin.key
 
     @staticmethod
     def metadata(spec: Spec, attempt: Attempt) -> Metadata | None:
@@ -277,19 +306,50 @@ class GrpcAdapter:
         return response_ops(ex.route, ex.target)
 
 
+def _unsupported(tls: Any, name: str) -> str | None:
+    """The part of a rule's TLS grpcio's credentials cannot carry out (they verify the one
+    name sent as SNI, against the roots given, and take nothing else), as ``field: why``."""
+    if tls.insecure_skip_verify:
+        return "insecureSkipVerify is not supported by gRPC clients (grpcio always verifies the server)"
+    if tls.ca_crl:
+        return "caCrl is not supported by gRPC clients (grpcio's credentials take no revocation list)"
+    names = tls.subject_alt_names
+    if names and name.lower() not in (n.lower() for n in names):
+        return (
+            f"subjectAltNames must include the SNI name {name} for gRPC clients (grpcio verifies "
+            "the server certificate against that one name)"
+        )
+    return None
+
+
+def _channel_credentials(tls: Any, material: TlsMaterial) -> grpc.ChannelCredentials:
+    """grpcio's credentials from a rule's files (the OS roots without caCertificates)."""
+    roots = material.ca if material.ca is not None else system_root_certificates()
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=material.key, certificate_chain=material.cert
+    )
+
+
+# Credentials of DestinationRule TLS origination, one per distinct settings, for every channel.
+CREDENTIALS: TlsOriginations[grpc.ChannelCredentials] = TlsOriginations(_channel_credentials)
+
+
 def _lowered(metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
     return [(k.lower(), v) for k, v in metadata or ()]
 
 
 C = TypeVar("C")
-ChannelKey = tuple[str, int, int, str]  # address, port, certificate generation, authority
+# address, port, certificate generation, authority, DestinationRule TLS settings (0: none)
+ChannelKey = tuple[str, int, int, str, int]
 
 
 class Channels(Generic[C]):
     """The plain grpc channels under one mesh channel: one per endpoint, certificate
-    generation (grpcio credentials are fixed, so a rotation brings a new channel) and
-    authority (a rewrite, or ``-shadow`` for mirrored copies). Channels of a rotated-out
-    certificate are closed later (``retire``): calls still running on them finish first."""
+    generation (grpcio credentials are fixed, so a rotation brings a new channel), authority
+    (a rewrite, or ``-shadow`` for mirrored copies) and DestinationRule TLS settings (a
+    channel opened under one rule's TLS never carries a call under another's). Channels of a
+    rotated-out certificate are closed later (``retire``): calls still running on them finish
+    first."""
 
     def __init__(
         self,
@@ -319,14 +379,14 @@ class Channels(Generic[C]):
         """The channel for a decided attempt (raises MeshRpcError when it cannot be opened)."""
         return self._get(attempt, self._adapter.credentials(attempt), attempt.authority or "")
 
-    def _get(self, attempt: Attempt | None, secure: tuple[Any, str, int] | None, authority: str) -> C:
+    def _get(self, attempt: Attempt | None, secure: Secure | None, authority: str) -> C:
         endpoint = attempt.endpoint if attempt is not None else None
-        generation = secure[2] if secure is not None else -1
+        generation, settings = (secure[2], secure[3]) if secure is not None else (-1, 0)
         if endpoint is None:
-            key = (self._target, 0, generation, authority)
+            key = (self._target, 0, generation, authority, settings)
             address = self._target
         else:
-            key = (endpoint.address, endpoint.port, generation, authority)
+            key = (endpoint.address, endpoint.port, generation, authority, settings)
             address = f"{endpoint.address}:{endpoint.port}"
         channel = self.open.get(key)
         if channel is not None:
@@ -343,7 +403,7 @@ class Channels(Generic[C]):
             else:
                 options.append(("grpc.ssl_target_name_override", secure[1]))
                 channel = self._secure(address, secure[0], options)
-                for stale in [k for k in self.open if k[:2] == key[:2] and k[3] == key[3] and k != key]:
+                for stale in [k for k in self.open if k[:2] == key[:2] and k[3:] == key[3:] and k != key]:
                     old = self.open.pop(stale)
                     self._stubs = {k: v for k, v in self._stubs.items() if k[0] != id(old)}
                     self._retire(old)

@@ -17,9 +17,12 @@ from ..core.attempt import response_ops
 from ..core.call import Call, RawHeaders
 from ..core.deadline import DEADLINE_HEADER, current_deadline, format_timeout_ms
 from ..core.exchange import Attempt, Exchange, Outcome, Reply, Send
+from ..core.retry_policy import Failure
 from ..core.routing_table import HeaderOps, RoutingTable
 from ..core.stack import Flow
 from ..drivers import ClientMesh, outbound
+from ..errors import CertificateUnavailableError
+from ..tls_origination import Origin, TlsOriginations, client_context
 from ..workload_identity import WorkloadIdentity
 from .body import AsyncStreamedBody, StreamedBody
 from .errors import (
@@ -51,6 +54,9 @@ _ERRORS: dict[str, type[httpx.RequestError]] = {
     "URX": RetriesExhaustedError,
 }
 _DEADLINE_HEADER = DEADLINE_HEADER.encode()
+# SSL contexts of DestinationRule TLS origination, one per distinct settings, shared by every
+# client of the process (a context is never changed once built, only replaced).
+CONTEXTS: TlsOriginations[ssl.SSLContext] = TlsOriginations(client_context)
 STREAM_ABOVE = 64 * 1024  # bodies up to this size (Content-Length) are read inside the attempt
 _CHUNKED_END = b"\r\n0\r\n\r\n"  # the last chunk of a chunked body (without trailers)
 
@@ -102,6 +108,14 @@ class HttpAdapter:
             self._default_ssl = httpx.create_ssl_context()  # costs ~20 ms: made once, on first use
         return self._default_ssl
 
+    @staticmethod
+    def origination(send: Attempt) -> Origin[ssl.SSLContext] | None:
+        """The DestinationRule's own TLS for this attempt (None: not originated), its context
+        built once per distinct settings. Raises TlsSettingsError, before any connection is
+        opened, when a file it names cannot be used."""
+        tls = send.tls
+        return None if tls is None else CONTEXTS.get(tls)
+
     def mtls_context(self) -> ssl.SSLContext:
         """The workload identity's client context as it is now (it is replaced when a root
         leaves the trust bundle); asked at every new mTLS connection."""
@@ -130,10 +144,15 @@ class HttpAdapter:
             remaining = format_timeout_ms(max(0.0, ex.deadline - time.monotonic()))
             _set(headers, _DEADLINE_HEADER, remaining.encode())
         if endpoint is not None:
-            scheme = b"https" if send.mtls or endpoint.protocol == "https" else url.raw_scheme
+            tls = send.mtls or send.tls is not None or endpoint.protocol == "https"
             core_url = httpcore.URL(
-                scheme=scheme, host=endpoint.address.encode(), port=endpoint.port, target=target_path
+                scheme=b"https" if tls else url.raw_scheme,
+                host=endpoint.address.encode(),
+                port=endpoint.port,
+                target=target_path,
             )
+        elif send.tls is not None:  # TLS originated to the host as requested, on its port (80 for http://)
+            core_url = httpcore.URL(scheme=b"https", host=url.raw_host, port=ex.call.port, target=target_path)
         else:
             core_url = httpcore.URL(
                 scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=target_path
@@ -203,6 +222,8 @@ class HttpAdapter:
 
     @staticmethod
     def failed(error: BaseException, request: httpx.Request) -> Outcome:
+        if isinstance(error, CertificateUnavailableError):  # refused before connecting (UF)
+            return Outcome(failure=Failure.CONNECT, error=error, local=True)
         failure = failure_of(error)
         if failure is None:
             raise as_httpx_error(error, request)

@@ -7,7 +7,8 @@ TLS peers that must prove the identity the registry gave them.
   and none when it is gone — the same in the sync and the async driver.
 - Identity: Python's ssl module verifies the chain (against the mesh roots) but knows
   nothing of SPIFFE IDs, and httpcore offers no hook after the handshake. ``start_tls``
-  here checks the peer certificate's URI SAN before a byte of the request is written.
+  here checks the peer certificate's URI SAN before a byte of the request is written;
+  under DestinationRule TLS origination, the rule's subjectAltNames in the same place.
 - Trust: a pool keeps the ``SSLContext`` it was made with, but the mesh's client context
   is replaced when the trust bundle drops a root; ``start_tls`` asks the workload identity
   for the current one, so every new connection verifies against today's roots.
@@ -25,6 +26,7 @@ import httpcore
 from cryptography import x509
 
 from ..ca.svid import spiffe_id_of
+from ..tls_origination import names_mismatch
 
 __all__ = ["AsyncMeshBackend", "Lifetime", "MeshBackend", "attempt_deadline", "peer_spiffe_id"]
 
@@ -53,7 +55,16 @@ def _left(timeout: float | None, error: type[Exception]) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
-def _check(stream: typing.Any, expected: str | None) -> None:
+def _check(stream: typing.Any, expected: str | None, names: tuple[str, ...] = ()) -> None:
+    """The peer's SPIFFE ID (mesh mTLS), or one of the DestinationRule's subjectAltNames."""
+    if names:
+        ssl_object = stream.get_extra_info("ssl_object")
+        mismatch = names_mismatch(ssl_object.getpeercert(True) if ssl_object is not None else None, names)
+        if mismatch is not None:
+            raise httpcore.ConnectError(
+                f"the server certificate carries none of the DestinationRule's tls.subjectAltNames "
+                f"({', '.join(names)}): {mismatch}"
+            )
     if expected is None:
         return
     got = peer_spiffe_id(stream.get_extra_info("ssl_object"))
@@ -106,12 +117,17 @@ class _Stream(httpcore.NetworkStream, Lifetime):
     tail = b""  # the last bytes read: the adapter sees from them whether a body has all arrived
 
     def __init__(
-        self, inner: httpcore.NetworkStream, expected: str | None, context: ContextSource | None = None
+        self,
+        inner: httpcore.NetworkStream,
+        expected: str | None,
+        context: ContextSource | None = None,
+        names: tuple[str, ...] = (),
     ) -> None:
         Lifetime.__init__(self)
         self._inner = inner
         self._expected = expected
         self._context = context
+        self._names = names
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self.tail = data = self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
@@ -133,7 +149,7 @@ class _Stream(httpcore.NetworkStream, Lifetime):
             ssl_context = self._context()
         stream = self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
         try:
-            _check(stream, self._expected)
+            _check(stream, self._expected, self._names)
         except httpcore.ConnectError:
             stream.close()
             raise
@@ -146,10 +162,13 @@ class _Stream(httpcore.NetworkStream, Lifetime):
 
 
 class MeshBackend(httpcore.NetworkBackend):
-    def __init__(self, expected: str | None = None, context: ContextSource | None = None) -> None:
+    def __init__(
+        self, expected: str | None = None, context: ContextSource | None = None, names: tuple[str, ...] = ()
+    ) -> None:
         self._inner = httpcore.SyncBackend()
         self._expected = expected
         self._context = context
+        self._names = names
 
     def connect_tcp(
         self,
@@ -162,7 +181,7 @@ class MeshBackend(httpcore.NetworkBackend):
         stream = self._inner.connect_tcp(
             host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
         )
-        return _Stream(stream, self._expected, self._context)
+        return _Stream(stream, self._expected, self._context, self._names)
 
     def connect_unix_socket(
         self,
@@ -180,12 +199,17 @@ class _AsyncStream(httpcore.AsyncNetworkStream, Lifetime):
     tail = b""  # as _Stream's
 
     def __init__(
-        self, inner: httpcore.AsyncNetworkStream, expected: str | None, context: ContextSource | None = None
+        self,
+        inner: httpcore.AsyncNetworkStream,
+        expected: str | None,
+        context: ContextSource | None = None,
+        names: tuple[str, ...] = (),
     ) -> None:
         Lifetime.__init__(self)
         self._inner = inner
         self._expected = expected
         self._context = context
+        self._names = names
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self.tail = data = await self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
@@ -209,7 +233,7 @@ class _AsyncStream(httpcore.AsyncNetworkStream, Lifetime):
             ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)
         )
         try:
-            _check(stream, self._expected)
+            _check(stream, self._expected, self._names)
         except httpcore.ConnectError:
             await stream.aclose()
             raise
@@ -222,10 +246,13 @@ class _AsyncStream(httpcore.AsyncNetworkStream, Lifetime):
 
 
 class AsyncMeshBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, expected: str | None = None, context: ContextSource | None = None) -> None:
+    def __init__(
+        self, expected: str | None = None, context: ContextSource | None = None, names: tuple[str, ...] = ()
+    ) -> None:
         self._inner = httpcore.AnyIOBackend()
         self._expected = expected
         self._context = context
+        self._names = names
 
     async def connect_tcp(
         self,
@@ -238,7 +265,7 @@ class AsyncMeshBackend(httpcore.AsyncNetworkBackend):
         stream = await self._inner.connect_tcp(
             host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
         )
-        return _AsyncStream(stream, self._expected, self._context)
+        return _AsyncStream(stream, self._expected, self._context, self._names)
 
     async def connect_unix_socket(
         self,

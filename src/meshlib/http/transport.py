@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ import httpx
 from ..core.exchange import Attempt, Exchange, Mirror, Outcome, Send
 from ..core.routing_table import RoutingTable
 from ..drivers import drive_client, drive_client_async
+from ..errors import CertificateUnavailableError
+from ..tls_origination import Origin
 from .adapter import HttpAdapter, HttpMesh
 from .body import AsyncStreamedBody, StreamedBody
 from .network import AsyncMeshBackend, MeshBackend, attempt_deadline
@@ -39,27 +42,44 @@ CLOSE_GRACE = 0.5  # closing a client waits this long at most for mirrors still 
 _POOL: dict[str, Any] = {"max_connections": 1000, "max_keepalive_connections": 100, "keepalive_expiry": 60.0}
 
 
-def _sync_pool(adapter: HttpAdapter, peer: str | None) -> httpcore.ConnectionPool:
+Origination = Origin[ssl.SSLContext] | None  # the DestinationRule's own TLS, if it applies
+
+
+def _sync_pool(adapter: HttpAdapter, peer: str | None, origin: Origination) -> httpcore.ConnectionPool:
+    if origin is not None:  # new connections take the origin's latest context (rebuilt files)
+        backend = MeshBackend(None, origin.current, origin.names)
+        return httpcore.ConnectionPool(ssl_context=origin.current(), network_backend=backend, **_POOL)
     backend = MeshBackend(peer, adapter.mtls_context if peer else None)
     return httpcore.ConnectionPool(ssl_context=adapter.ssl_context(peer), network_backend=backend, **_POOL)
 
 
-def _async_pool(adapter: HttpAdapter, peer: str | None) -> httpcore.AsyncConnectionPool:
+def _async_pool(adapter: HttpAdapter, peer: str | None, origin: Origination) -> httpcore.AsyncConnectionPool:
+    if origin is not None:
+        backend = AsyncMeshBackend(None, origin.current, origin.names)
+        return httpcore.AsyncConnectionPool(ssl_context=origin.current(), network_backend=backend, **_POOL)
     backend = AsyncMeshBackend(peer, adapter.mtls_context if peer else None)
     return httpcore.AsyncConnectionPool(
         ssl_context=adapter.ssl_context(peer), network_backend=backend, **_POOL
     )
 
 
-# One pool per endpoint (and per identity or TLS server name it must prove).
-PoolKey = tuple[bytes, bytes, int, str | None]
+# One pool per endpoint (and per identity or TLS server name it must prove, and per
+# DestinationRule TLS settings it was opened under).
+PoolKey = tuple[bytes, bytes, int, str | None, int]
 
 
-def _key(request: httpcore.Request, peer: str | None) -> PoolKey:
+def _key(request: httpcore.Request, peer: str | None, origin: Origination) -> PoolKey:
     """Connections are shared only between requests whose server must prove the same name:
-    the SPIFFE ID over mTLS, the TLS server name (SNI) otherwise."""
+    the SPIFFE ID over mTLS, the TLS server name (SNI) otherwise; and that want the same TLS
+    settings (a connection verified with one rule's CA never carries another rule's request)."""
     url = request.url
-    return (url.scheme, url.host, url.port or 0, peer or request.extensions.get("sni_hostname"))
+    return (
+        url.scheme,
+        url.host,
+        url.port or 0,
+        peer or request.extensions.get("sni_hostname"),
+        origin.key if origin is not None else 0,
+    )
 
 
 def _peer(send: Attempt) -> str | None:
@@ -80,22 +100,22 @@ class _Pools(Generic[P]):
     way finishes, as Envoy drains a removed host). So clients that live through many
     deployments do not collect pools and sockets of long-gone endpoints."""
 
-    def __init__(self, make: Callable[[str | None], P]) -> None:
-        self._make: Callable[[str | None], P] = make
+    def __init__(self, make: Callable[[str | None, Origination], P]) -> None:
+        self._make: Callable[[str | None, Origination], P] = make
         self._pools: dict[PoolKey, P] = {}
         self._endpoints: set[PoolKey] = set()  # pools of registry/ServiceEntry endpoints
         self._retired: list[P] = []
         self.version = -1  # the snapshot whose endpoints were last checked
         self._lock = threading.Lock()
 
-    def get(self, request: httpcore.Request, peer: str | None, endpoint: bool) -> P:
-        key = _key(request, peer)
+    def get(self, request: httpcore.Request, peer: str | None, endpoint: bool, origin: Origination) -> P:
+        key = _key(request, peer, origin)
         pool = self._pools.get(key)
         if pool is None:
             with self._lock:
                 pool = self._pools.get(key)
                 if pool is None:
-                    pool = self._pools[key] = self._make(peer)
+                    pool = self._pools[key] = self._make(peer, origin)
                     if endpoint:
                         self._endpoints.add(key)
         return pool
@@ -125,10 +145,10 @@ class _Pools(Generic[P]):
 class _Core(Generic[P]):
     """What the sync and the async transport share: pools, routing, the attempt's frame."""
 
-    def __init__(self, mesh: HttpMesh, make: Callable[[HttpAdapter, str | None], P]) -> None:
+    def __init__(self, mesh: HttpMesh, make: Callable[[HttpAdapter, str | None, Origination], P]) -> None:
         self._adapter = adapter = HttpAdapter(mesh)
         self._metrics = mesh.metrics
-        self._pools: _Pools[P] = _Pools(lambda peer: make(adapter, peer))
+        self._pools: _Pools[P] = _Pools(lambda peer, origin: make(adapter, peer, origin))
 
     def _route(self, request: httpx.Request) -> tuple[Exchange | None, list[P]]:
         """The exchange of a mesh request (None: not a mesh host), and pools to close now."""
@@ -144,9 +164,8 @@ class _Attempt(Generic[P]):
     time left: cheaper than asyncio.timeout, and the same in both drivers); any error in it
     becomes the attempt's outcome (or the caller's own error, raised)."""
 
-    __slots__ = ("_body", "_core", "_deadline", "_ex", "_send", "_token", "outcome", "pool", "upstream")
+    __slots__ = ("_body", "_core", "_deadline", "_ex", "_send", "_token", "outcome", "upstream")
     _core: _Core[P]
-    pool: P
     upstream: httpcore.Request
 
     def __init__(
@@ -163,13 +182,17 @@ class _Attempt(Generic[P]):
         self._token = attempt_deadline.set(self._deadline)
         try:
             self.upstream = self._core._adapter.upstream(self._ex.request, self._ex, self._send)
-            self.pool = self._core._pools.get(
-                self.upstream, _peer(self._send), self._send.endpoint is not None
-            )
         except BaseException:
             attempt_deadline.reset(self._token)
             raise
         return self
+
+    def pool(self) -> P:
+        """The attempt's pool; inside the frame, since the DestinationRule's TLS files may be
+        unusable (then nothing connects, and the error is the attempt's outcome)."""
+        send = self._send
+        origin = self._core._adapter.origination(send)
+        return self._core._pools.get(self.upstream, _peer(send), send.endpoint is not None, origin)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> bool:
         attempt_deadline.reset(self._token)
@@ -223,7 +246,7 @@ class MeshTransport(_Core[httpcore.ConnectionPool], httpx.BaseTransport):
 
     def send(self, ex: Exchange, send: Send) -> Outcome:
         with _Attempt(self, ex, send, StreamedBody) as attempt:
-            response = attempt.pool.handle_request(attempt.upstream)
+            response = attempt.pool().handle_request(attempt.upstream)
             if not attempt.streamed(response):
                 attempt.outcome = HttpAdapter.response(response, _read(response))
         assert attempt.outcome is not None
@@ -234,6 +257,10 @@ class MeshTransport(_Core[httpcore.ConnectionPool], httpx.BaseTransport):
         if not isinstance(request.stream, httpx.ByteStream):
             return  # a streamed body can be read once only: it belongs to the real request
         upstream = self._adapter.upstream(request, ex, copy)
+        try:
+            origin = self._adapter.origination(copy)
+        except CertificateUnavailableError:
+            return  # its TLS cannot be set up: a copy is never sent without it
         with self._lock:
             if len(self._mirroring) >= MAX_MIRRORS_IN_FLIGHT:
                 return  # shed copies rather than let them pile up behind a slow mirror
@@ -241,13 +268,17 @@ class MeshTransport(_Core[httpcore.ConnectionPool], httpx.BaseTransport):
                 self._mirrors = concurrent.futures.ThreadPoolExecutor(
                     MIRROR_WORKERS, thread_name_prefix="meshlib-mirror"
                 )
-            future = self._mirrors.submit(self._send_mirror, upstream, _peer(copy), copy.endpoint is not None)
+            future = self._mirrors.submit(
+                self._send_mirror, upstream, _peer(copy), copy.endpoint is not None, origin
+            )
             self._mirroring.add(future)
         future.add_done_callback(self._mirror_done)
 
-    def _send_mirror(self, copy: httpcore.Request, peer: str | None, endpoint: bool) -> None:
+    def _send_mirror(
+        self, copy: httpcore.Request, peer: str | None, endpoint: bool, origin: Origination
+    ) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            _read(self._pools.get(copy, peer, endpoint).handle_request(copy))
+            _read(self._pools.get(copy, peer, endpoint, origin).handle_request(copy))
 
     def _mirror_done(self, future: concurrent.futures.Future[None]) -> None:
         with self._lock:
@@ -294,7 +325,7 @@ class AsyncMeshTransport(_Core[httpcore.AsyncConnectionPool], httpx.AsyncBaseTra
 
     async def send(self, ex: Exchange, send: Send) -> Outcome:
         with _Attempt(self, ex, send, AsyncStreamedBody) as attempt:
-            response = await attempt.pool.handle_async_request(attempt.upstream)
+            response = await attempt.pool().handle_async_request(attempt.upstream)
             if not attempt.streamed(response):
                 attempt.outcome = HttpAdapter.response(response, await _aread(response))
         assert attempt.outcome is not None
@@ -310,14 +341,20 @@ class AsyncMeshTransport(_Core[httpcore.AsyncConnectionPool], httpx.AsyncBaseTra
         if not self._asyncio:
             return  # under trio there is no loop to leave a background task on: no mirroring
         upstream = self._adapter.upstream(request, ex, copy)
-        sending = self._send_mirror(upstream, _peer(copy), copy.endpoint is not None)
+        try:
+            origin = self._adapter.origination(copy)
+        except CertificateUnavailableError:
+            return  # its TLS cannot be set up: a copy is never sent without it
+        sending = self._send_mirror(upstream, _peer(copy), copy.endpoint is not None, origin)
         task = asyncio.get_running_loop().create_task(sending)
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
 
-    async def _send_mirror(self, copy: httpcore.Request, peer: str | None, endpoint: bool) -> None:
+    async def _send_mirror(
+        self, copy: httpcore.Request, peer: str | None, endpoint: bool, origin: Origination
+    ) -> None:
         with contextlib.suppress(Exception):  # a mirror's fate never reaches the caller
-            await _aread(await self._pools.get(copy, peer, endpoint).handle_async_request(copy))
+            await _aread(await self._pools.get(copy, peer, endpoint, origin).handle_async_request(copy))
 
     async def aclose(self) -> None:
         if self._mirrors:

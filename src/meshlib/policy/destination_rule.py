@@ -225,12 +225,53 @@ class ClientTLSSettings(MeshModel):
     ca_crl: str | None = None
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
-        if (
-            self.mode == "MUTUAL"
-            and self.credential_name is None
-            and (self.client_certificate is None or self.private_key is None)
-        ):
-            yield ("mode",), "MUTUAL needs clientCertificate and privateKey (or credentialName)"
+        """Istio's rules, and a refusal for every field that would change nothing here (Istio
+        ignores them in those modes; a rule that looks secure and is not must not load)."""
+        fields = type(self).model_fields
+
+        def _camel(name: str) -> str:
+            return fields[name].alias or name
+
+        if self.credential_name:
+            yield (
+                (_camel("credential_name"),),
+                "names a Kubernetes secret, which meshlib cannot read: give the PEM files' paths "
+                "as clientCertificate, privateKey and caCertificates (and caCrl) instead",
+            )
+        mode = self.mode
+        if mode in ("SIMPLE", "MUTUAL") and self.insecure_skip_verify:
+            for name in ("ca_certificates", "ca_crl", "subject_alt_names"):
+                if getattr(self, name):
+                    yield (
+                        (_camel(name),),
+                        "insecureSkipVerify: true skips the server certificate checks this sets up: "
+                        "remove one of the two",
+                    )
+        if mode == "MUTUAL":
+            for name in ("client_certificate", "private_key"):
+                if not getattr(self, name):
+                    yield (_camel(name),), "required with mode MUTUAL (a PEM file's path)"
+            return
+        client = ("client_certificate", "private_key")
+        if mode == "SIMPLE":
+            for name in client:
+                if getattr(self, name):
+                    yield (
+                        (_camel(name),),
+                        "is presented only with mode MUTUAL (SIMPLE sends no client certificate): "
+                        "set mode MUTUAL or remove it",
+                    )
+            return
+        why = (
+            "ISTIO_MUTUAL uses this workload's mesh certificate and checks the SPIFFE ID the "
+            "registry gives the endpoint"
+            if mode == "ISTIO_MUTUAL"
+            else "DISABLE originates no TLS"
+        )
+        verifying = ("ca_certificates", "ca_crl", "sni", "subject_alt_names", "insecure_skip_verify")
+        for name in (*client, *verifying):
+            if getattr(self, name):
+                yield (_camel(name),), f"applies to modes SIMPLE and MUTUAL only ({why}): remove it"
 
 
 class RetryBudget(MeshModel):
