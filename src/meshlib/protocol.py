@@ -36,9 +36,13 @@ MAX_JSON_DEPTH = 64  # policy nests about 12 deep; 100,000 levels would exhaust 
 
 
 class ApplyRequest(MeshModel):
+    """Resources to store at one new version. Kinds meshlib does not apply are answered as
+    skipped (or, with ``strict``, refused with the rest)."""
+
     resources: list[Any] = Field(max_length=10_000)
     namespace: str = "default"
     dry_run: bool = False
+    strict: bool = False
 
 
 _VERSION = Field(default=-1, ge=-1, le=2**63 - 1)  # what SQLite's INTEGER holds

@@ -42,19 +42,6 @@ spec:
 """
 
 
-@pytest.fixture
-def ctl(server: ConfigServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    """Run meshctl with the test server and its admin token; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("MESHCTL_TOKEN", server.admin_token)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["--server", server.url, *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def write(tmp_path: Path, name: str, text: str) -> str:
     path = tmp_path / name
     path.write_text(text)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from meshlib.controlplane.state import ConfigState
+from meshlib.controlplane.state import ApplyOutcome, ConfigState
 from meshlib.controlplane.store import SQLiteStore
 from meshlib.errors import ConfigError
 from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
@@ -38,8 +38,8 @@ def reopen(state: ConfigState, tmp_path: Path) -> ConfigState:
     return ConfigState(SQLiteStore(tmp_path / "db"))
 
 
-def actions(results: list[Any]) -> list[tuple[str, str]]:
-    return [(r.key.name, r.action) for r in results]
+def actions(outcome: ApplyOutcome) -> list[tuple[str, str]]:
+    return [(r.key.name, r.action) for r in outcome.results]
 
 
 def test_apply_reports_created_configured_unchanged(state: ConfigState) -> None:

@@ -237,18 +237,75 @@ BAD_INPUTS = [
     ),
     Bad("scalar-document", "just some text\n", 1, None, "", "must be a mapping with apiVersion"),
     Bad(
-        "unknown-kind",
+        "unknown-kind-in-an-applied-group",
         """\
         apiVersion: networking.istio.io/v1
-        kind: Gateway
+        kind: VirtualServce
         metadata:
-          name: ingress
+          name: reviews
         spec: {}
         """,
         2,
-        "Gateway default/ingress",
+        "VirtualServce default/reviews",
         "kind",
-        "unknown kind 'Gateway'; meshlib knows VirtualService, DestinationRule",
+        "unknown kind 'VirtualServce' in networking.istio.io (did you mean \"VirtualService\"?); "
+        "meshlib applies VirtualService, DestinationRule, ServiceEntry of networking.istio.io",
+    ),
+    Bad(
+        "kind-in-the-wrong-case",
+        "apiVersion: security.istio.io/v1\nkind: authorizationpolicy\nmetadata: {name: a}\n",
+        2,
+        "authorizationpolicy default/a",
+        "kind",
+        "unknown kind 'authorizationpolicy' in security.istio.io (did you mean \"AuthorizationPolicy\"?)",
+    ),
+    Bad(
+        "other-kind-without-apiVersion",
+        "kind: Gateway\nmetadata: {name: ingress}\n",
+        1,
+        "Gateway default/ingress",
+        "apiVersion",
+        "required field is missing",
+    ),
+    Bad(
+        "other-kind-with-a-malformed-apiVersion",
+        "apiVersion: apps/v1/extra\nkind: Deployment\nmetadata: {name: web}\n",
+        1,
+        "Deployment default/web",
+        "apiVersion",
+        "must be GROUP/VERSION or VERSION; got 'apps/v1/extra'",
+    ),
+    Bad(
+        "other-kind-without-metadata",
+        "apiVersion: apps/v1\nkind: Deployment\nspec: {}\n",
+        1,
+        "Deployment",
+        "metadata",
+        "required field is missing",
+    ),
+    Bad(
+        "other-kind-without-a-name",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  labels: {app: web}\n",
+        3,
+        "Service",
+        "metadata.name",
+        "required field is missing",
+    ),
+    Bad(
+        "other-kind-whose-kind-is-not-a-name",
+        "apiVersion: v1\nkind: [Service]\nmetadata: {name: web}\n",
+        2,
+        None,
+        "kind",
+        "must be a kind name; got a list",
+    ),
+    Bad(
+        "list-without-items",
+        "apiVersion: v1\nkind: List\nmetadata: {}\n",
+        1,
+        "List",
+        "items",
+        "a List needs items: a list of resources",
     ),
     Bad(
         "missing-kind",
@@ -508,7 +565,7 @@ def test_errors_are_collected_across_documents_and_files(tmp_path: Path) -> None
     assert [(Path(i.source).name, i.line, i.resource, i.path) for i in issues] == [
         ("a.yaml", 9, "DestinationRule default/bad-one", "spec.subsets[0].lables"),
         ("a.yaml", 19, "VirtualService default/bad-two", "spec.http[0].timeout"),
-        ("b.yaml", 1, "Gateway default/gw", "kind"),
+        ("b.yaml", 1, "Gateway default/gw", "apiVersion"),
     ]
     assert 'did you mean "labels"' in issues[0].message
 
@@ -775,7 +832,7 @@ def test_namespace_for_resources_without_one(tmp_path: Path) -> None:
 def test_load_text_default_source() -> None:
     with pytest.raises(ConfigError) as info:
         load_text("kind: Nope\n")
-    assert str(info.value).startswith("<string>:1: Nope: kind: unknown kind 'Nope'")
+    assert str(info.value) == "<string>:1: Nope: apiVersion: required field is missing"
 
 
 # --- rules Istio enforces that the models check -------------------------------------------------

@@ -8,6 +8,7 @@ http://127.0.0.1:15010). Writes use the admin token from ``--token-file``,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from ..errors import ConfigError, MeshError
 from ..paths import default_server_dir
 from ..policy.loader import load_paths
 from ..policy.resources import KINDS, KindInfo, Resource, ResourceKey, find_kind
+from ..policy.skipped import SkippedResource
 from ..policy.validate import parse_resource
 from ..protocol import DEFAULT_PORT
 from ..registry import WorkloadRegistration
@@ -84,17 +86,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    loaded = load_paths(args.filename, namespace=args.namespace)  # file:line errors before any I/O
+    # file:line errors before any I/O; kinds meshlib does not apply go as stubs that name them
+    # (never their content: a Secret stays here), so the service's answer lists them too.
+    loaded = load_paths(args.filename, namespace=args.namespace, strict=args.strict)
+    manifests = [item.resource.manifest() for item in loaded] + [s.stub() for s in loaded.skipped]
     with _client(args) as client:
-        result = client.apply(
-            [item.resource.manifest() for item in loaded], namespace=args.namespace, dry_run=args.dry_run
-        )
+        result = client.apply(manifests, namespace=args.namespace, dry_run=args.dry_run, strict=args.strict)
+    skipped = _located(result.get("skipped", []), loaded.skipped)
+    if args.output != "text":
+        print(dump({**result, "skipped": [s.to_json() for s in skipped]}, args.output))
+        return 0
     suffix = " (dry run)" if args.dry_run else ""
     for item in result["results"]:
         info = KINDS[item["kind"]]
         ns = "" if item["namespace"] == args.namespace else f" -n {item['namespace']}"
         print(printable(f"{info.resource_type}/{item['name']}{ns} {item['action']}{suffix}"))
+    for entry in skipped:
+        print(printable(f"skipped: {entry}"))
     return 0
+
+
+def _located(answered: list[dict[str, Any]], local: Sequence[SkippedResource]) -> list[SkippedResource]:
+    """The service's skipped list with the file and line each entry was read from (the
+    service answers in the order the stubs were sent)."""
+    out = []
+    for index, data in enumerate(answered):
+        entry = SkippedResource.from_json(data)
+        if index < len(local) and local[index].stub() == entry.stub():
+            entry = dataclasses.replace(entry, source=local[index].source, line=local[index].line)
+        out.append(entry)
+    return out
 
 
 def _columns(info: KindInfo, res: Resource) -> list[str]:
@@ -195,10 +216,19 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    loaded = load_paths(args.filename, namespace=args.namespace)
+    loaded = load_paths(args.filename, namespace=args.namespace, strict=args.strict)
+    if args.output != "text":
+        valid = [{**item.resource.key._asdict(), "source": item.source, "line": item.line} for item in loaded]
+        print(dump({"resources": valid, "skipped": [s.to_json() for s in loaded.skipped]}, args.output))
+        return 0
     for item in loaded:
-        print(f"{item.where}: {item.resource.key} valid")
-    print(f"{len(loaded)} resource(s) valid")
+        print(printable(f"{item.where}: {item.resource.key} valid"))
+    for entry in loaded.skipped:
+        print(printable(f"skipped: {entry}"))
+    summary = f"{len(loaded)} resource(s) valid"
+    if loaded.skipped:
+        summary += f", {len(loaded.skipped)} skipped (kinds meshlib does not apply; --strict refuses them)"
+    print(summary)
     return 0
 
 
@@ -370,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     def namespace(p: argparse.ArgumentParser) -> None:
         p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
 
+    def strict(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--strict",
+            action="store_true",
+            help="refuse everything if a resource is of a kind meshlib does not apply "
+            "(Deployment, Gateway, ...); without it those are listed as skipped",
+        )
+
+    def output(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-o", "--output", choices=["text", "yaml", "json"], default="text")
+
     p = add("serve", cmd_serve, "run the config service (store, watch API, registry)")
     p.add_argument(
         "--data-dir", default=str(default_server_dir()), help="where state and the admin token live"
@@ -405,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     files(p, True)
     namespace(p)
     p.add_argument("--dry-run", action="store_true", help="validate on the server, store nothing")
+    strict(p)
+    output(p)
 
     p = add("get", cmd_get, "list resources of a kind, or show some by name")
     p.add_argument(
@@ -427,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("validate", cmd_validate, "check files offline; non-zero exit with file:line errors")
     files(p, True)
     namespace(p)
+    strict(p)
+    output(p)
 
     p = add("analyze", cmd_analyze, "find cross-resource problems (on the server, or in files with -f)")
     files(p, False)

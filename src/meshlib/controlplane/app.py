@@ -3,7 +3,8 @@
 | method and path                         | who      | what                                   |
 |-----------------------------------------|----------|----------------------------------------|
 | GET    /v1/healthz                       | anyone   | liveness and current version           |
-| POST   /v1/apply                         | admin    | validate and store resources, atomic   |
+| POST   /v1/apply                         | admin    | validate and store resources, atomic;  |
+|                                          |          | other kinds answered as skipped        |
 | GET    /v1/resources[?kind=&namespace=]  | reader   | list stored resources                  |
 | GET    /v1/resources/{kind}/{ns}/{name}  | reader   | one resource                           |
 | DELETE /v1/resources/{kind}/{ns}/{name}  | admin    | remove one resource                    |
@@ -231,7 +232,10 @@ def create_app(
 
     async def apply(request: Request) -> Response:
         body = parse_model(ApplyRequest, await read_json(request))
-        results = state.apply(body.resources, namespace=body.namespace, dry_run=body.dry_run)
+        outcome = state.apply(
+            body.resources, namespace=body.namespace, dry_run=body.dry_run, strict=body.strict
+        )
+        results = outcome.results
         if not body.dry_run and any(r.action != "unchanged" for r in results):
             notifier.notify()
             log.info(
@@ -239,8 +243,15 @@ def create_app(
                 state.version,
                 ", ".join(f"{r.key} {r.action}" for r in results if r.action != "unchanged"),
             )
+        if outcome.skipped:
+            log.info("apply skipped %s", ", ".join(s.label for s in outcome.skipped))
         return JSONResponse(
-            {"version": state.version, "dryRun": body.dry_run, "results": [r.to_json() for r in results]}
+            {
+                "version": state.version,
+                "dryRun": body.dry_run,
+                "results": [r.to_json() for r in results],
+                "skipped": [s.to_json() for s in outcome.skipped],
+            }
         )
 
     async def list_resources(request: Request) -> Response:

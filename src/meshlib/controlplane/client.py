@@ -53,9 +53,15 @@ class ControlPlaneClient:
         return result
 
     def apply(
-        self, manifests: Sequence[dict[str, Any]], *, namespace: str = "default", dry_run: bool = False
+        self,
+        manifests: Sequence[dict[str, Any]],
+        *,
+        namespace: str = "default",
+        dry_run: bool = False,
+        strict: bool = False,
     ) -> dict[str, Any]:
-        body = {"resources": list(manifests), "namespace": namespace, "dryRun": dry_run}
+        """``results`` per resource stored; ``skipped``: those of kinds meshlib does not apply."""
+        body = {"resources": list(manifests), "namespace": namespace, "dryRun": dry_run, "strict": strict}
         result: dict[str, Any] = self._call("POST", "/v1/apply", json=body)
         return result
 

@@ -27,7 +27,8 @@ from ..core.hosts import CLUSTER_DOMAIN, normalize_host
 from ..core.snapshot import entry_selects
 from ..errors import ConfigError, ConfigIssue
 from ..policy.resources import Resource, ResourceKey, ServiceEntry
-from ..policy.validate import format_path, parse_resource, resource_label
+from ..policy.skipped import SkippedResource
+from ..policy.validate import format_path, parse_document, parse_resource, resource_label
 from ..registry import WorkloadRegistration
 from .store import Store, StoredResource, StoredWorkload
 
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_ENDPOINTS_PER_SERVICE",
     "MAX_REGISTRY_ENDPOINTS",
     "MAX_WORKLOADS",
+    "ApplyOutcome",
     "ApplyResult",
     "ConfigState",
     "RegistryFull",
@@ -64,6 +66,14 @@ class ApplyResult:
             "name": self.key.name,
             "action": self.action,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    """What an apply did to each resource, and the resources of kinds meshlib does not apply."""
+
+    results: list[ApplyResult]
+    skipped: list[SkippedResource]
 
 
 class RegistryFull(Exception):
@@ -193,10 +203,16 @@ class ConfigState:
         return list(self._parsed.values())
 
     def apply(
-        self, manifests: Sequence[object], *, namespace: str = "default", dry_run: bool = False
-    ) -> list[ApplyResult]:
-        """Validate every manifest, then store all of them at one new version, or none."""
-        parsed = self._validate(manifests, namespace)
+        self,
+        manifests: Sequence[object],
+        *,
+        namespace: str = "default",
+        dry_run: bool = False,
+        strict: bool = False,
+    ) -> ApplyOutcome:
+        """Validate every manifest, then store all of them at one new version, or none.
+        Manifests of kinds meshlib does not apply are skipped, or refused when ``strict``."""
+        parsed, skipped = self._validate(manifests, namespace, strict)
         results: list[ApplyResult] = []
         changed: list[tuple[Resource, StoredResource | None]] = []
         for resource in parsed:
@@ -209,8 +225,9 @@ class ConfigState:
             else:
                 results.append(ApplyResult(resource.key, "configured"))
                 changed.append((resource, old))
+        outcome = ApplyOutcome(results, skipped)
         if dry_run or not changed:
-            return results
+            return outcome
         version = self.version + 1
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         put = [self._stamped(resource, old, version, stamp) for resource, old in changed]
@@ -220,7 +237,7 @@ class ConfigState:
             self._resources[item.key] = item
             self._parsed[item.key] = resource
         self._payload = self._entries = None
-        return results
+        return outcome
 
     def delete(self, keys: Iterable[ResourceKey]) -> list[ResourceKey]:
         """Remove the resources that exist; return them. One version for the lot."""
@@ -236,13 +253,22 @@ class ConfigState:
         self._payload = self._entries = None
         return present
 
-    def _validate(self, manifests: Sequence[object], namespace: str) -> list[Resource]:
+    def _validate(
+        self, manifests: Sequence[object], namespace: str, strict: bool
+    ) -> tuple[list[Resource], list[SkippedResource]]:
         issues: list[ConfigIssue] = []
         parsed: list[Resource] = []
+        skipped: list[SkippedResource] = []
         first: dict[ResourceKey, int] = {}
         for index, manifest in enumerate(manifests):
+            resource, problems = parse_document(manifest, namespace)
+            if isinstance(resource, SkippedResource):
+                if strict:
+                    issues.append(ConfigIssue(resource.refusal, resource=resource.label, path="kind"))
+                else:
+                    skipped.append(resource)
+                continue
             label = resource_label(manifest, namespace) or f"resources[{index}]"
-            resource, problems = parse_resource(manifest, namespace)
             issues.extend(ConfigIssue(m, resource=label, path=format_path(p)) for p, m in problems)
             if resource is None:
                 continue
@@ -258,7 +284,7 @@ class ConfigState:
             parsed.append(resource)
         if issues:
             raise ConfigError(issues)
-        return parsed
+        return parsed, skipped
 
     @staticmethod
     def _stamped(resource: Resource, old: StoredResource | None, version: int, stamp: str) -> StoredResource:

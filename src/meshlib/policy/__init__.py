@@ -2,7 +2,7 @@
 
 from .destination_rule import DestinationRuleSpec, TrafficPolicy
 from .duration import format_duration, parse_duration
-from .loader import MAX_SOURCE_BYTES, LoadedResource, load_paths, load_text
+from .loader import MAX_SOURCE_BYTES, LoadedResource, LoadResult, load_paths, load_text
 from .resources import (
     KINDS,
     AuthorizationPolicy,
@@ -17,7 +17,8 @@ from .resources import (
 )
 from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec
 from .service_entry import ServiceEntrySpec
-from .validate import format_path, parse_resource
+from .skipped import SkippedResource
+from .validate import format_path, parse_document, parse_resource
 from .virtual_service import HTTPRoute, VirtualServiceSpec
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "DestinationRule",
     "DestinationRuleSpec",
     "HTTPRoute",
+    "LoadResult",
     "LoadedResource",
     "PeerAuthentication",
     "PeerAuthenticationSpec",
@@ -37,6 +39,7 @@ __all__ = [
     "ResourceKey",
     "ServiceEntry",
     "ServiceEntrySpec",
+    "SkippedResource",
     "TrafficPolicy",
     "VirtualService",
     "VirtualServiceSpec",
@@ -45,6 +48,7 @@ __all__ = [
     "format_path",
     "load_paths",
     "load_text",
+    "parse_document",
     "parse_duration",
     "parse_resource",
 ]

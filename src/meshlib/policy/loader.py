@@ -2,17 +2,26 @@
 
 Every error carries the file, the line, the resource and the field path, e.g.
 ``canary.yaml:14: VirtualService default/reviews: spec.http[0].route[1].weight:
-must be >= 0; got -20``. Loading is all-or-nothing: one bad document
-fails the whole load, so a caller never applies half of what the user wrote.
+must be >= 0; got -20``.
+
+Files written for Istio mix policy with Kubernetes objects and Istio kinds meshlib does not
+apply (Deployment, Gateway, Sidecar, ...). Those documents are skipped, each with the reason
+(skipped.py), and returned in ``LoadResult.skipped`` for the caller to report; with
+``strict=True`` each of them is an error instead. A document without apiVersion or kind, or
+malformed otherwise, is always an error.
+
+Loading is all-or-nothing for the kinds meshlib applies: one bad document fails the whole
+load, so a caller never applies half of what the user wrote.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -21,16 +30,17 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..errors import ConfigError, ConfigIssue
 from .base import FieldPath
 from .resources import Resource, ResourceKey
-from .validate import format_path, parse_resource, resource_label
+from .skipped import SkippedResource
+from .validate import format_path, parse_document, resource_label
+from .yaml_compat import compose_documents, error_hint
 
-__all__ = ["MAX_SOURCE_BYTES", "LoadedResource", "load_paths", "load_text"]
+__all__ = ["MAX_SOURCE_BYTES", "LoadResult", "LoadedResource", "load_paths", "load_text"]
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 """Largest policy file accepted (Kubernetes caps one object at about 1.5 MB)."""
 _MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
 _MAX_DEPTH = 64  # far deeper than any Istio resource; bounds recursion
 _SUFFIXES = (".yaml", ".yml", ".json")
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,30 @@ class LoadedResource:
     @property
     def where(self) -> str:
         return f"{self.source}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult(Sequence[LoadedResource]):
+    """The resources to apply, in the order written, and the ones skipped.
+
+    A sequence of the resources itself, so that callers with no use for ``skipped`` (a
+    workload reading MESH_CONFIG) iterate it as they always did."""
+
+    resources: tuple[LoadedResource, ...]
+    skipped: tuple[SkippedResource, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+    @overload
+    def __getitem__(self, index: int) -> LoadedResource: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[LoadedResource]: ...
+    def __getitem__(self, index: int | slice) -> LoadedResource | Sequence[LoadedResource]:
+        return self.resources[index]
+
+    def __iter__(self) -> Iterator[LoadedResource]:
+        return iter(self.resources)
 
 
 @dataclass(slots=True)
@@ -65,30 +99,36 @@ class _Document:
         return self.positions.get(found, self.line)
 
 
-def load_text(text: str, source: str = "<string>", namespace: str = "default") -> list[LoadedResource]:
+def load_text(
+    text: str, source: str = "<string>", namespace: str = "default", *, strict: bool = False
+) -> LoadResult:
     """Parse and validate every document in ``text``; raise ConfigError listing all problems."""
-    loaded, issues = _load_one(text, source, namespace)
+    loaded, skipped, issues = _load_one(text, source, namespace, strict)
     issues.extend(_duplicates(loaded))
     if issues:
         raise ConfigError(issues)
-    return loaded
+    return LoadResult(tuple(loaded), tuple(skipped))
 
 
-def load_paths(paths: Sequence[str | Path], namespace: str = "default") -> list[LoadedResource]:
+def load_paths(
+    paths: Sequence[str | Path], namespace: str = "default", *, strict: bool = False
+) -> LoadResult:
     """Load files, folders (their *.yaml, *.yml, *.json, sorted) and ``-`` for stdin."""
     loaded: list[LoadedResource] = []
+    skipped: list[SkippedResource] = []
     issues: list[ConfigIssue] = []
     for source, text in _read_sources(paths, issues):
-        found, problems = _load_one(text, source, namespace)
+        found, passed, problems = _load_one(text, source, namespace, strict)
         loaded.extend(found)
+        skipped.extend(passed)
         issues.extend(problems)
     issues.extend(_duplicates(loaded))
     if issues:
         raise ConfigError(issues)
-    if not loaded:
+    if not loaded and not skipped:
         names = ", ".join(str(p) for p in paths)
         raise ConfigError(ConfigIssue(f"no resources found in {names}"))
-    return loaded
+    return LoadResult(tuple(loaded), tuple(skipped))
 
 
 def _read_sources(paths: Sequence[str | Path], issues: list[ConfigIssue]) -> Iterator[tuple[str, str]]:
@@ -130,11 +170,13 @@ def _too_big(source: str, size: int, issues: list[ConfigIssue]) -> bool:
     return True
 
 
-def _load_one(text: str, source: str, namespace: str) -> tuple[list[LoadedResource], list[ConfigIssue]]:
+def _load_one(
+    text: str, source: str, namespace: str, strict: bool
+) -> tuple[list[LoadedResource], list[SkippedResource], list[ConfigIssue]]:
     if len(text.encode()) > MAX_SOURCE_BYTES:
         issues: list[ConfigIssue] = []
         _too_big(source, len(text.encode()), issues)
-        return [], issues
+        return [], [], issues
     try:
         documents = list(_documents(text))
     except yaml.MarkedYAMLError as exc:
@@ -142,35 +184,48 @@ def _load_one(text: str, source: str, namespace: str) -> tuple[list[LoadedResour
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "malformed YAML"
         column = f" (column {mark.column + 1})" if mark is not None else ""
-        return [], [ConfigIssue(f"invalid YAML: {problem}{column}", source=source, line=line)]
+        message = f"invalid YAML: {problem}{column}{error_hint(text, exc)}"
+        return [], [], [ConfigIssue(message, source=source, line=line)]
     except _Hostile as exc:
-        return [], [ConfigIssue(str(exc), source=source, line=exc.line)]
+        return [], [], [ConfigIssue(str(exc), source=source, line=exc.line)]
     except RecursionError:
-        return [], [ConfigIssue("YAML nests too deeply to read", source=source)]
+        return [], [], [ConfigIssue("YAML nests too deeply to read", source=source)]
     except yaml.YAMLError as exc:
-        return [], [ConfigIssue(f"invalid YAML: {exc}", source=source)]
+        return [], [], [ConfigIssue(f"invalid YAML: {exc}", source=source)]
     if not documents:
-        return [], [ConfigIssue("no resources found (the file is empty)", source=source)]
+        return [], [], [ConfigIssue("no resources found (the file is empty)", source=source)]
     loaded: list[LoadedResource] = []
+    skipped: list[SkippedResource] = []
     issues = []
     for document in documents:
         for data, base in _items(document):
-            resource, problems = parse_resource(data, namespace)
+            parsed, problems = parse_document(data, namespace)
+            line = document.line_of(base)
+            if isinstance(parsed, SkippedResource):
+                if strict:
+                    at = document.line_of((*base, "kind"))
+                    issues.append(
+                        ConfigIssue(
+                            parsed.refusal, source=source, line=at, resource=parsed.label, path="kind"
+                        )
+                    )
+                else:
+                    skipped.append(dataclasses.replace(parsed, source=source, line=line))
+                continue
             label = resource_label(data, namespace)
             for path, message in problems:
-                full = base + path
                 issues.append(
                     ConfigIssue(
                         message,
                         source=source,
-                        line=document.line_of(full),
+                        line=document.line_of(base + path),
                         resource=label,
                         path=format_path(path),
                     )
                 )
-            if resource is not None:
-                loaded.append(LoadedResource(resource, source, document.line_of(base)))
-    return loaded, issues
+            if parsed is not None:
+                loaded.append(LoadedResource(parsed, source, line))
+    return loaded, skipped, issues
 
 
 def _items(document: _Document) -> Iterator[tuple[Any, FieldPath]]:
@@ -211,7 +266,7 @@ class _Hostile(Exception):
 
 
 def _documents(text: str) -> Iterator[_Document]:
-    for node in yaml.compose_all(text, Loader=_Loader):
+    for node in compose_documents(text):
         if node is None:
             continue
         builder = _Builder()

@@ -1,4 +1,10 @@
-"""Turn raw data into a Resource, or into problems that name the field and the rule broken."""
+"""Turn raw data into a Resource, or into problems that name the field and the rule broken.
+
+A document of a kind meshlib does not apply (a Deployment, a Gateway; skipped.py has the
+reasons) becomes a SkippedResource when it is otherwise well formed: it has an apiVersion,
+a kind and a metadata.name. Anything less is still an error, as is an unknown kind in an
+API group meshlib applies (most likely a typo of one of its kinds).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,13 @@ from pydantic import BaseModel, ValidationError
 
 from .base import FieldPath, iter_checks
 from .resources import KINDS, Resource
+from .skipped import SkippedResource, cluster_scoped, skip_reason, skipped_kinds, split_api_version
 
-__all__ = ["Problem", "format_path", "parse_resource", "resource_label"]
+__all__ = ["Problem", "format_path", "parse_document", "parse_resource", "resource_label"]
 
 Problem = tuple[FieldPath, str]
+
+_APPLIED_GROUPS = frozenset(info.group for info in KINDS.values())
 
 
 def format_path(path: FieldPath) -> str:
@@ -44,8 +53,11 @@ def resource_label(data: object, default_namespace: str = "default") -> str | No
     return f"{kind} {namespace if isinstance(namespace, str) else default_namespace}/{name}"
 
 
-def parse_resource(data: object, default_namespace: str = "default") -> tuple[Resource | None, list[Problem]]:
-    """Validate one document: structure (pydantic), then each message's cross-field rules."""
+def parse_document(
+    data: object, default_namespace: str = "default"
+) -> tuple[Resource | SkippedResource | None, list[Problem]]:
+    """One document: a Resource of a kind meshlib applies, a SkippedResource of a kind it does
+    not apply, or None and the problems found."""
     if not isinstance(data, Mapping):
         what = "a list" if isinstance(data, list) else type(data).__name__ if data is not None else "empty"
         return None, [
@@ -54,10 +66,24 @@ def parse_resource(data: object, default_namespace: str = "default") -> tuple[Re
     kind = data.get("kind")
     if kind is None:
         return None, [(("kind",), "required field is missing")]
-    info = KINDS.get(kind) if isinstance(kind, str) else None
-    if info is None:
-        known = ", ".join(KINDS)
-        return None, [(("kind",), f"unknown kind {kind!r}; meshlib knows {known}")]
+    if isinstance(kind, str) and kind in KINDS:
+        return _parse_applied(data, kind, default_namespace)
+    return _parse_skipped(data, kind, default_namespace)
+
+
+def parse_resource(data: object, default_namespace: str = "default") -> tuple[Resource | None, list[Problem]]:
+    """Validate one document that must be of a kind meshlib applies (a stored resource, say)."""
+    parsed, problems = parse_document(data, default_namespace)
+    if isinstance(parsed, SkippedResource):
+        return None, [(("kind",), f"{parsed.kind} is not a kind meshlib applies: {parsed.reason}")]
+    return parsed, problems
+
+
+def _parse_applied(
+    data: Mapping[str, Any], kind: str, default_namespace: str
+) -> tuple[Resource | None, list[Problem]]:
+    """Structure (pydantic), then each message's cross-field rules."""
+    info = KINDS[kind]
     raw = dict(data)
     meta = raw.get("metadata")
     if isinstance(meta, Mapping) and meta.get("namespace") is None:
@@ -69,6 +95,47 @@ def parse_resource(data: object, default_namespace: str = "default") -> tuple[Re
         return None, [_problem(info.model, err) for err in exc.errors()]
     problems = list(iter_checks(resource))  # the envelope's rules, then the spec's
     return (None, problems) if problems else (resource, [])
+
+
+def _parse_skipped(
+    data: Mapping[str, Any], kind: object, default_namespace: str
+) -> tuple[SkippedResource | None, list[Problem]]:
+    """A kind meshlib does not apply: skipped if the envelope is sound, else the problem."""
+    if not isinstance(kind, str) or not kind.strip():
+        return None, [(("kind",), f"must be a kind name; got {_describe(kind)}")]
+    if kind == "List":  # a well-formed List never gets here: the loader reads its items
+        return None, [(("items",), "a List needs items: a list of resources")]
+    api_version = data.get("apiVersion")
+    if api_version is None:
+        return None, [(("apiVersion",), "required field is missing")]
+    if not isinstance(api_version, str) or (parts := split_api_version(api_version)) is None:
+        return None, [(("apiVersion",), f"must be GROUP/VERSION or VERSION; got {_show(api_version)}")]
+    reason = skip_reason(parts[0], kind, _APPLIED_GROUPS)
+    if reason is None:
+        return None, [(("kind",), _unknown_kind(kind, parts[0]))]
+    meta = data.get("metadata")
+    if meta is None:
+        return None, [(("metadata",), "required field is missing")]
+    if not isinstance(meta, Mapping):
+        return None, [(("metadata",), f"must be a mapping; got {_describe(meta)}")]
+    name, namespace = meta.get("name"), meta.get("namespace")
+    if name is None:
+        return None, [(("metadata", "name"), "required field is missing")]
+    if not isinstance(name, str) or not name:
+        return None, [(("metadata", "name"), f"must be a string; got {_show(name)}")]
+    if namespace is not None and not isinstance(namespace, str):
+        return None, [(("metadata", "namespace"), f"must be a string; got {_show(namespace)}")]
+    scope = None if cluster_scoped(kind) else namespace or default_namespace
+    return SkippedResource(api_version, kind, name, scope, reason), []
+
+
+def _unknown_kind(kind: str, group: str) -> str:
+    applied = [info.kind for info in KINDS.values() if info.group == group]
+    candidates = [*applied, *skipped_kinds(group)]
+    by_lower = {k.lower(): k for k in candidates}
+    close = by_lower.get(kind.lower()) or next(iter(difflib.get_close_matches(kind, candidates, n=1)), None)
+    hint = f' (did you mean "{close}"?)' if close else ""
+    return f"unknown kind {kind!r} in {group}{hint}; meshlib applies {', '.join(applied)} of {group}"
 
 
 def _problem(model: type[BaseModel], err: Any) -> Problem:
