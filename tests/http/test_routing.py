@@ -251,3 +251,59 @@ def test_a_missing_delegate_drops_the_root_route(backends: Endpoints, make_mesh)
     with mesh.http_client() as client:
         answer = client.get("http://reviews/api/items")
     assert (answer.status_code, answer.text) == (418, "fallback")
+
+
+def test_sticky_cookie_with_ttl_is_made_up_set_and_then_followed(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """Envoy: httpCookie with a ttl and a request without the cookie: a value is made up, the
+    request hashed on it, and the answer sets it; the client's cookie jar then sends it and
+    every later request lands on the same endpoint."""
+    policy = """\
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        httpCookie: {name: session, path: /, ttl: 60s, attributes: [{name: SameSite, value: Lax}]}
+"""
+    mesh = make_mesh(service_entry(backends) + policy)
+    landed: set[str] = set()
+    with mesh.http_client() as client:
+        first = client.get("http://reviews/")
+        header = first.headers["set-cookie"]
+        assert header.startswith('session="')
+        assert header.endswith('"; Max-Age=60; Path=/; SameSite=Lax; HttpOnly')
+        value = header.split('"')[1]
+        assert all(c in "0123456789abcdef" for c in value), value
+        assert len(value) == 16
+        for _ in range(20):
+            answer = client.get("http://reviews/")
+            assert "set-cookie" not in answer.headers, "the cookie came back: nothing new to set"
+            landed.add(backend_of(answer))
+    assert landed == {backend_of(first)}, "every request followed the cookie to one endpoint"
+    spread: set[str] = set()
+    for _ in range(30):  # new clients get cookies of their own: 30 all on one of 3 is 3**-29
+        with mesh.http_client() as fresh:
+            spread.add(backend_of(fresh.get("http://reviews/")))
+    assert len(spread) > 1
+
+
+def test_sticky_cookie_with_ttl_0_is_a_session_cookie(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    policy = """\
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpCookie: {name: session, ttl: 0s}}}
+"""
+    mesh = make_mesh(service_entry(backends) + policy)
+    with mesh.http_client() as client:
+        header = client.get("http://reviews/").headers["set-cookie"]
+    assert header.endswith('"; HttpOnly')
+    assert "Max-Age" not in header

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 from ..errors import CertificateUnavailableError
-from ..policy.destination_rule import ConsistentHashLB
+from ..policy.destination_rule import ConsistentHashLB, HTTPCookie
 from .attempt import (
     CONNECT_TIMEOUT,
     MIRROR_TIMEOUT,
@@ -358,12 +358,39 @@ class _Headers(Mapping[str, str]):
 def _hash_key(ex: Exchange, settings: ConsistentHashLB) -> bytes | None:
     call = ex.call
     cookies: dict[str, str] = {}
-    if settings.http_cookie is not None:
+    cookie = settings.http_cookie
+    if cookie is not None:
         for part in (call.header("cookie") or "").split(";"):
             name, _, value = part.strip().partition("=")
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]  # Envoy: a quoted cookie value hashes without its quotes
             cookies.setdefault(name, value)
+        if not cookies.get(cookie.name) and cookie.ttl is not None:
+            cookies[cookie.name] = _sticky_cookie(ex, cookie)
     query = call.query_params if settings.http_query_parameter_name is not None else {}
     return hash_key_for(settings, _Headers(call), cookies, query, ex.source)
+
+
+def _sticky_cookie(ex: Exchange, cookie: HTTPCookie) -> str:
+    """Envoy with httpCookie.ttl: a request without the cookie gets one made up (16 hex
+    digits), is hashed on it, and its answer sets it (Max-Age = ttl; ttl 0: a session
+    cookie; HttpOnly, path and attributes as configured), so the caller's cookie jar keeps
+    the next requests on the same endpoint. Made once per request: retries hash alike."""
+    if ex.sticky_value is None:
+        ex.sticky_value = f"{ex.rng.getrandbits(64):016x}"
+        ex.set_cookie = set_cookie_header(cookie, ex.sticky_value)
+    return ex.sticky_value
+
+
+def set_cookie_header(cookie: HTTPCookie, value: str) -> str:
+    parts = [f'{cookie.name}="{value}"']  # as Envoy writes it
+    if cookie.ttl:
+        parts.append(f"Max-Age={int(cookie.ttl)}")
+    if cookie.path:
+        parts.append(f"Path={cookie.path}")
+    parts += [a.name if a.value is None else f"{a.name}={a.value}" for a in cookie.attributes]
+    parts.append("HttpOnly")
+    return "; ".join(parts)
 
 
 def _name(host: str, subset: str | None) -> str:

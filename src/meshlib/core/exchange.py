@@ -159,6 +159,10 @@ class Exchange:
     endpoint: Endpoint | None = None
     tried: list[Endpoint] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    # consistentHash httpCookie with a ttl, the request without the cookie: the value made
+    # up for it (every attempt hashes on it) and the Set-Cookie the caller's answer carries.
+    sticky_value: str | None = None
+    set_cookie: str | None = None
 
 
 def record_outbound(metrics: RequestMetrics, ex: Exchange, reply: Reply | None) -> None:

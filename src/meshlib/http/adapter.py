@@ -254,6 +254,8 @@ class HttpAdapter:
         if (route is not None and route.response_ops) or (target is not None and target.response_ops):
             for ops in response_ops(route, target):
                 response.headers = _apply(response.headers, ops)
+        if ex.set_cookie is not None:
+            response.headers = _apply(response.headers, HeaderOps(add=(("set-cookie", ex.set_cookie),)))
         return response
 
 

@@ -28,15 +28,8 @@ class CookieAttribute(MeshModel):
     value: str | None = None
 
 
-_NO_COOKIE = (
-    "meshlib hashes on the cookie when the request carries it, but does not make one up "
-    "(Envoy does when ttl is set); set the cookie in the application, and remove ttl, path and "
-    "attributes"
-)
-
-
 class HTTPCookie(MeshModel):
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = dict.fromkeys(("ttl", "path", "attributes"), _NO_COOKIE)
+    """With ``ttl``, a request without the cookie gets one made up and set on its answer."""
 
     name: str = Field(min_length=1)
     path: str | None = None
