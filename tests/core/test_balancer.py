@@ -201,7 +201,6 @@ def build(spec: dict[str, Any] | None) -> Balancer:
         ({"simple": "LEAST_CONN"}, LeastRequest),  # deprecated alias
         ({"simple": "ROUND_ROBIN"}, RoundRobin),
         ({"simple": "RANDOM"}, RandomBalancer),
-        ({"simple": "PASSTHROUGH"}, RandomBalancer),
         ({"consistentHash": {"httpHeaderName": "x-user"}}, RingHash),
         ({"consistentHash": {"useSourceIp": True, "ringHash": {"minimumRingSize": 64}}}, RingHash),
         ({"consistentHash": {"httpCookie": {"name": "s"}, "maglev": {}}}, Maglev),

@@ -899,7 +899,7 @@ def test_exponential_delay_is_refused() -> None:
     assert (issue.line, issue.path, issue.message) == (
         7,
         "spec.http[0].fault.delay.exponentialDelay",
-        "exponentialDelay is not supported (Istio rejects it too); use fixedDelay",
+        "exponentialDelay is not supported by meshlib: Istio rejects it too; use fixedDelay",
     )
 
 
@@ -932,7 +932,7 @@ def test_http2_error_is_refused(abort: str) -> None:
     )
     assert (issue.path, issue.message) == (
         "spec.http[0].fault.abort.http2Error",
-        "http2Error is not supported (Istio rejects it too); use httpStatus or grpcStatus",
+        "http2Error is not supported by meshlib: Istio rejects it too; use httpStatus or grpcStatus",
     )
 
 

@@ -154,10 +154,9 @@ def build_balancer(
     """The balancer a DestinationRule's ``loadBalancer`` asks for, over ``endpoints``.
 
     Istio's mapping: no setting or UNSPECIFIED is LEAST_REQUEST (Istio's default, not
-    Envoy's round robin); LEAST_CONN is the deprecated name of LEAST_REQUEST; PASSTHROUGH
-    (send to the original destination) has no meaning in-process and picks at random;
-    ``consistentHash`` is a ring hash unless ``maglev`` is set. Ring and table are built
-    here, so build once per endpoint set, not per request.
+    Envoy's round robin); LEAST_CONN is the deprecated name of LEAST_REQUEST (PASSTHROUGH is
+    refused at validation); ``consistentHash`` is a ring hash unless ``maglev`` is set. Ring
+    and table are built here, so build once per endpoint set, not per request.
     """
     if settings is None:
         return LeastRequest(active, rng)
@@ -173,10 +172,12 @@ def build_balancer(
     match settings.simple:
         case "ROUND_ROBIN":
             return RoundRobin(rng)
-        case "RANDOM" | "PASSTHROUGH":
+        case "RANDOM":
             return RandomBalancer(rng)
         case "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" | None:
             return LeastRequest(active, rng)
+        case "PASSTHROUGH":  # refused at validation; a stored copy from before picks at random
+            return RandomBalancer(rng)
 
 
 def hash_key_for(
@@ -192,7 +193,7 @@ def hash_key_for(
     Header names match case-insensitively; cookie and query parameter names exactly. A
     header or query parameter that is present but empty still hashes (Envoy), an empty
     cookie does not. Envoy makes up a cookie when ``httpCookie.ttl`` is set and the request
-    has none; that belongs to the caller (it must also set it on the response).
+    has none; the client stack does that (client_stack._sticky_cookie) before calling here.
     """
     if settings.http_header_name is not None:
         value = _header(headers, settings.http_header_name)

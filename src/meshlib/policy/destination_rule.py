@@ -123,6 +123,9 @@ _NO_WARMUP = (
 
 
 class LoadBalancerSettings(MeshModel):
+    """``simple: PASSTHROUGH`` (send to the address the caller asked for, no balancing) is
+    refused: a mesh host's endpoints are the only addresses meshlib sends to."""
+
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {"warmup_duration_secs": _NO_WARMUP, "warmup": _NO_WARMUP}
 
     simple: SimpleLB | None = None
@@ -132,6 +135,13 @@ class LoadBalancerSettings(MeshModel):
     warmup: WarmupConfiguration | None = None
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        if self.simple == "PASSTHROUGH":
+            yield (
+                ("simple",),
+                "PASSTHROUGH is not supported by meshlib: it sends to a host's endpoints, never to an "
+                "address the caller resolved; for traffic to the host as asked, declare a ServiceEntry "
+                "with resolution NONE",
+            )
         if self.simple is not None and self.consistent_hash is not None:
             yield ("consistentHash",), "set only one of simple and consistentHash"
 

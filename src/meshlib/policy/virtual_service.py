@@ -271,34 +271,30 @@ class HTTPRetry(MeshModel):
 
 
 class FaultDelay(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {"exponential_delay": "Istio rejects it too; use fixedDelay"}
+
     fixed_delay: Duration | None = None
     exponential_delay: Duration | None = None
     percentage: Percent | None = None
     percent: int | None = Field(default=None, ge=0, le=100)
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
-        if self.exponential_delay is not None:
-            yield (
-                ("exponentialDelay",),
-                "exponentialDelay is not supported (Istio rejects it too); use fixedDelay",
-            )
-        elif self.fixed_delay is None:
+        if self.exponential_delay is None and self.fixed_delay is None:
             yield ("fixedDelay",), "required field is missing"
 
 
 class FaultAbort(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "http2_error": "Istio rejects it too; use httpStatus or grpcStatus",
+    }
+
     http_status: int | None = Field(default=None, ge=200, le=599)
     grpc_status: str | None = None
     http2_error: str | None = None
     percentage: Percent | None = None
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
-        if self.http2_error is not None:
-            yield (
-                ("http2Error",),
-                "http2Error is not supported (Istio rejects it too); use httpStatus or grpcStatus",
-            )
-        elif (self.http_status is None) == (self.grpc_status is None):
+        if self.http2_error is None and (self.http_status is None) == (self.grpc_status is None):
             yield (), "set exactly one of httpStatus and grpcStatus"
 
 

@@ -1,0 +1,449 @@
+"""Enforced policy fields that no other test pinned down: each test here fails if meshlib
+ignored the field it names (tests/policy/field_tests.py maps every enforced field to a test).
+
+Built on the other tests' harnesses: the in-memory client stack (tests/core/test_client_stack.py),
+the authorization engine (tests/core/test_authz.py), real uvicorn backends
+(tests/http/conftest.py) and the JWT helpers of tests/test_request_authentication.py."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshlib import Mesh
+from meshlib.core.cluster_state import Clusters
+from meshlib.core.exchange import Send, Synthetic
+from meshlib.core.locality import Locality
+from meshlib.core.rate_limit import compile_rate_limiter
+from meshlib.core.snapshot import compile_snapshot
+from meshlib.errors import ConfigError
+from meshlib.peer import PeerIdentity
+from meshlib.policy.loader import load_text
+from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
+from meshlib.request_authn import JwksCache, compile_authenticator
+from tests.core.test_authz import View, _allowed, _call
+from tests.core.test_client_stack import DR_SUBSETS, OK, UNAVAILABLE
+from tests.core.test_client_stack import Mesh as StackMesh
+from tests.core.test_client_stack import vs as stack_vs
+from tests.http.conftest import Endpoints, backends, make_mesh, rule, service_entry  # noqa: F401 - fixtures
+from tests.http.test_connection_lifetime import call, connections
+from tests.servers import asgi_through_mesh
+from tests.test_rate_limit import rate_limit
+from tests.test_request_authentication import ISSUER, JWKS, REMOTE_JWKS, token
+
+# --- VirtualService ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("redirect", "location"),
+    [
+        # FROM_PROTOCOL_DEFAULT: the scheme's default port, so none in the Location.
+        ("{uri: /new, derivePort: FROM_PROTOCOL_DEFAULT}", "http://reviews/new"),
+        ("{scheme: https, derivePort: FROM_PROTOCOL_DEFAULT}", "https://reviews/old"),
+        # FROM_REQUEST_PORT: the request's port, also under a new authority that has none.
+        ("{authority: other.example, derivePort: FROM_REQUEST_PORT}", "http://other.example:9080/old"),
+    ],
+)
+def test_redirect_derive_port(redirect: str, location: str) -> None:
+    mesh = StackMesh(stack_vs(f"  - redirect: {redirect}\n"))
+    reply, actions, _ = mesh.run(path="/old", port=9080)
+    assert actions == []
+    assert reply.synthetic == Synthetic(301, headers=(("location", location),))
+
+
+def _in(wid: str, address: str, locality: str) -> WorkloadRegistration:
+    return WorkloadRegistration(
+        id=wid,
+        service="reviews",
+        locality=locality,
+        endpoints=[AnnouncedEndpoint(address=address, port=9080)],
+    )
+
+
+LOCAL = {"10.0.0.1", "10.0.0.2"}
+LOCAL_AND_REMOTE = [
+    _in("local-a", "10.0.0.1", "us-east/zone-a/rack-1"),
+    _in("local-b", "10.0.0.2", "us-east/zone-a/rack-1"),
+    _in("remote", "10.0.9.1", "us-west/zone-a/rack-1"),
+]
+
+
+@pytest.mark.parametrize("remote_localities", [True, False])
+def test_retry_remote_localities_moves_the_retry_to_another_locality(remote_localities: bool) -> None:
+    """Traffic stays in the caller's locality while it is healthy; a retry goes to the other
+    endpoint there, unless retryRemoteLocalities sends it to another locality."""
+    option = ", retryRemoteLocalities: true" if remote_localities else ""
+    mesh = StackMesh(
+        stack_vs(
+            f"  - retries: {{attempts: 1, retryOn: 5xx{option}}}\n"
+            "    route: [{destination: {host: reviews}}]\n"
+        ),
+        DR_SUBSETS + "  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 100}\n",
+        workloads=LOCAL_AND_REMOTE,
+    )
+    mesh.clusters = Clusters(mesh.clock, random.Random(7), locality=Locality.parse("us-east/zone-a/rack-1"))
+    for seed in range(20):
+        _, actions, _ = mesh.run(UNAVAILABLE, OK, seed=seed)
+        first, second = (a.endpoint.address for a in actions if isinstance(a, Send) and a.endpoint)
+        assert first in LOCAL, "the first attempt stays in the caller's locality"
+        if remote_localities:
+            assert second == "10.0.9.1"
+        else:
+            assert second in LOCAL - {first}
+
+
+@pytest.mark.parametrize("kind", ["VirtualService", "DestinationRule"])
+def test_export_to_everywhere_is_accepted_and_any_narrower_scope_refused(kind: str) -> None:
+    body = (
+        "  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}]}]\n"
+        if kind == "VirtualService"
+        else "  host: reviews\n"
+    )
+
+    def document(export_to: str) -> str:
+        return (
+            f"apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: reviews}}\n"
+            f"spec:\n{body}  exportTo: {export_to}\n"
+        )
+
+    (loaded,) = load_text(document("['*']"))
+    assert loaded.resource.spec.export_to == ("*",)
+    for narrower in ("['.']", "[prod]", "['*', '.']"):
+        with pytest.raises(ConfigError) as refused:
+            load_text(document(narrower), "policy.yaml")
+        assert "spec.exportTo: exportTo other than '*' is not supported by meshlib" in str(refused.value)
+
+
+# --- DestinationRule ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_tcp_idle_timeout_retires_an_idle_connection(backends: Endpoints, make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Without http.idleTimeout, tcp.idleTimeout bounds how long a connection may sit idle."""
+    mesh = make_mesh(
+        service_entry(backends, names=["v1-a"]) + rule("    connectionPool: {tcp: {idleTimeout: 300ms}}\n")
+    )
+    call(mesh, mode, [0.0, 0.6, 0.0])
+    first, second, third, fourth = connections(backends)
+    assert first == second, "busy: reused"
+    assert third != second, "idle for 0.6 s > 300 ms: a new connection"
+    assert fourth == third
+
+
+@pytest.mark.parametrize("policy", ["DEFAULT", "DO_NOT_UPGRADE"])
+def test_h2_upgrade_policy_takes_what_meshlib_does_and_refuses_upgrade(policy: str) -> None:
+    def document(value: str) -> str:
+        return (
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\n"
+            "spec:\n  host: reviews\n  trafficPolicy:\n"
+            f"    connectionPool: {{http: {{h2UpgradePolicy: {value}}}}}\n"
+        )
+
+    (loaded,) = load_text(document(policy))
+    assert loaded.resource.spec.traffic_policy.connection_pool.http.h2_upgrade_policy == policy
+    with pytest.raises(ConfigError) as refused:
+        load_text(document("UPGRADE"), "policy.yaml")
+    assert "h2UpgradePolicy: UPGRADE is not supported by meshlib" in str(refused.value)
+
+
+def _always_failing(mesh: StackMesh, requests: int) -> list[int]:
+    """Attempts per request, each attempt answered 503."""
+    counts = []
+    for _ in range(requests):
+        _, actions = mesh.drive(mesh.exchange(), lambda send: UNAVAILABLE)
+        counts.append(sum(isinstance(a, Send) for a in actions))
+    return counts
+
+
+ONE_RETRY = stack_vs(
+    "  - retries: {attempts: 1, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n"
+)
+
+
+def test_retry_budget_percent_is_the_share_of_requests_retried() -> None:
+    """Retries allowed: minRetryConcurrency (1) + 50% of the requests so far, less those taken.
+    Istio's default 20% would allow three retries in ten requests, not six."""
+    mesh = StackMesh(
+        ONE_RETRY, DR_SUBSETS + "  trafficPolicy:\n    retryBudget: {percent: 50, minRetryConcurrency: 1}\n"
+    )
+    assert _always_failing(mesh, 10) == [2, 2, 1, 2, 1, 2, 1, 2, 1, 2]
+
+
+def test_retry_budget_interval_is_the_window_retries_are_counted_in() -> None:
+    mesh = StackMesh(
+        ONE_RETRY,
+        DR_SUBSETS + "  trafficPolicy:\n"
+        "    retryBudget: {percent: 0, minRetryConcurrency: 1, budgetInterval: 2s}\n",
+    )
+    assert _always_failing(mesh, 2) == [2, 1], "one retry in the window, then none"
+    mesh.clock.now += 2.5  # the first retry has left the 2 s window (the default 10 s would keep it)
+    assert _always_failing(mesh, 2) == [2, 1]
+    mesh.clock.now += 1.0
+    assert _always_failing(mesh, 1) == [1], "the second retry is still in the window"
+
+
+# --- AuthorizationPolicy -------------------------------------------------------------------
+
+
+def _peer(namespace: str, account: str) -> PeerIdentity:
+    return PeerIdentity.parse(f"spiffe://cluster.local/ns/{namespace}/sa/{account}")
+
+
+def test_not_service_accounts() -> None:
+    spec = 'rules: [{from: [{source: {notServiceAccounts: ["sleep", "prod/api"]}}]}]'
+    assert not _allowed(spec, View(_call(), peer=_peer("default", "sleep")))  # the policy's namespace
+    assert not _allowed(spec, View(_call(), peer=_peer("prod", "api")))
+    assert _allowed(spec, View(_call(), peer=_peer("prod", "sleep")))
+    assert _allowed(spec, View(_call(), peer=_peer("default", "api")))
+    assert _allowed(spec, View(_call()))  # no peer: no service account, so none of those
+
+
+def test_not_ip_blocks() -> None:
+    spec = 'rules: [{from: [{source: {notIpBlocks: ["10.0.0.0/8", "fd00::/8"]}}]}]'
+    assert not _allowed(spec, View(_call(), source_ip="10.1.2.3"))
+    assert not _allowed(spec, View(_call(), source_ip="fd00::7"))
+    assert _allowed(spec, View(_call(), source_ip="192.168.1.1"))
+
+
+def test_remote_ip_blocks_are_the_connections_address() -> None:
+    """No trusted proxies (Istio's default numTrustedProxies 0): the remote address is the
+    connection's, and X-Forwarded-For is not believed."""
+    spec = 'rules: [{from: [{source: {remoteIpBlocks: ["192.168.0.0/16"]}}]}]'
+    assert _allowed(spec, View(_call(), source_ip="192.168.1.1"))
+    assert not _allowed(spec, View(_call(), source_ip="10.1.1.1"))
+    forwarded = _call(headers={"X-Forwarded-For": "192.168.1.1"})
+    assert not _allowed(spec, View(forwarded, source_ip="10.1.1.1"))
+
+
+def test_not_remote_ip_blocks() -> None:
+    spec = 'action: DENY\nrules: [{from: [{source: {notRemoteIpBlocks: ["127.0.0.0/8"]}}]}]'
+    assert _allowed(spec, View(_call(), source_ip="127.0.0.1"))
+    assert not _allowed(spec, View(_call(), source_ip="10.1.1.1"))
+
+
+def test_not_hosts() -> None:
+    spec = 'rules: [{to: [{operation: {notHosts: ["evil.example", "*.internal"]}}]}]'
+    for host in ("evil.example", "Evil.Example:8080", "db.internal"):
+        assert not _allowed(spec, View(_call(headers={"Host": host}))), host
+    assert _allowed(spec, View(_call(headers={"Host": "reviews.default.svc.cluster.local"})))
+
+
+def test_ports_and_not_ports() -> None:
+    only = 'rules: [{to: [{operation: {ports: ["8080"]}}]}]'
+    assert _allowed(only, View(_call(port=8080)))
+    assert not _allowed(only, View(_call(port=9090)))
+    deny_others = 'action: DENY\nrules: [{to: [{operation: {notPorts: ["8080"]}}]}]'
+    assert _allowed(deny_others, View(_call(port=8080)))
+    assert not _allowed(deny_others, View(_call(port=9090)))
+
+
+def test_methods_and_not_methods() -> None:
+    reads = "rules: [{to: [{operation: {methods: [GET, HEAD]}}]}]"
+    assert _allowed(reads, View(_call(method="HEAD")))
+    assert not _allowed(reads, View(_call(method="PUT")))
+    deny_writes = "action: DENY\nrules: [{to: [{operation: {notMethods: [GET]}}]}]"
+    assert _allowed(deny_writes, View(_call(method="GET")))
+    assert not _allowed(deny_writes, View(_call(method="POST")))
+
+
+def test_not_paths() -> None:
+    spec = 'rules: [{to: [{operation: {notPaths: ["/admin*", "/internal/{**}"]}}]}]'
+    assert _allowed(spec, View(_call("/api/items")))
+    for path in ("/admin", "/admin/users", "/internal/a/b"):
+        assert not _allowed(spec, View(_call(path))), path
+
+
+def _deny_by_target_ref(target_ref: str, namespace: str = "default") -> str:
+    return (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: p, namespace: {namespace}}}\n"
+        f"spec:\n  targetRef: {target_ref}\n  action: DENY\n  rules: [{{}}]\n"
+    )
+
+
+def _denied(text: str, service: str, namespace: str = "default") -> bool:
+    snapshot = compile_snapshot(1, [item.resource for item in load_text(text)])
+    authorizer = snapshot.security_for(namespace, {"app": service}).authorizer
+    return authorizer is not None and authorizer.denied_by(View(_call())) is not None
+
+
+def test_target_ref_names_a_service_of_the_policys_namespace() -> None:
+    named = _deny_by_target_ref('{group: "", kind: Service, name: reviews}')
+    assert _denied(named, "reviews")
+    assert not _denied(named, "ratings")
+    assert not _denied(named, "reviews", namespace="prod")  # a Service of the policy's namespace
+    own = _deny_by_target_ref("{group: core, kind: Service, name: reviews, namespace: default}")
+    assert _denied(own, "reviews")
+    assert not _denied(own, "ratings")
+    with pytest.raises(ConfigError) as refused:  # Istio refuses a reference into another namespace
+        load_text(_deny_by_target_ref("{kind: Service, name: reviews, namespace: prod}"), "policy.yaml")
+    assert "spec.targetRef.namespace: 'prod' is another namespace" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "target_ref",
+    [
+        '{group: "", kind: Gateway, name: reviews}',
+        "{group: gateway.networking.k8s.io, kind: Service, name: reviews}",
+    ],
+)
+def test_target_ref_kind_and_group_must_be_a_core_service(target_ref: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_text(_deny_by_target_ref(target_ref), "policy.yaml")
+    assert "spec.targetRef.kind: targetRef" in str(refused.value)
+    assert "is not supported: meshlib has no gateways or waypoints" in str(refused.value)
+
+
+def test_custom_action_asks_the_provider_the_policy_names(tmp_path: Path) -> None:
+    config = tmp_path / "policy.yaml"
+    config.write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext}\n"
+        "spec:\n  action: CUSTOM\n  provider: {name: ext-authz}\n  rules: [{}]\n"
+    )
+    asked: list[str] = []
+
+    def provider(name: str, verdict: bool) -> Any:
+        def check(_: object) -> bool:
+            asked.append(name)
+            return verdict
+
+        return check
+
+    with Mesh("reviews", config=config) as mesh:
+        mesh.authorization_providers["other"] = provider("other", True)
+        assert asgi_through_mesh(mesh)[0] == 403, "another provider is never asked: fails closed"
+        mesh.authorization_providers["ext-authz"] = provider("ext-authz", False)
+        assert asgi_through_mesh(mesh)[0] == 403
+        mesh.authorization_providers["ext-authz"] = provider("ext-authz", True)
+        assert asgi_through_mesh(mesh)[0] == 200
+    assert asked == ["ext-authz", "ext-authz"]
+
+
+# --- RequestAuthentication -----------------------------------------------------------------
+
+
+class _SlowJwks(BaseHTTPRequestHandler):
+    """A JWKS endpoint that takes 1 s to answer."""
+
+    def do_GET(self) -> None:
+        time.sleep(1.0)
+        body = REMOTE_JWKS.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_jwks() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowJwks)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/jwks"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_jwks_fetch_timeout_bounds_each_fetch(slow_jwks: str) -> None:
+    """The rule's timeout is the fetch's: 300 ms is too short for a JWKS that takes 1 s, so
+    its keys never arrive; Istio's default (5 s) waits for them."""
+
+    def rule_for(issuer: str, timeout: str) -> str:
+        return (
+            f"apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: {issuer}}}\n"
+            f"spec:\n  jwtRules:\n  - issuer: https://{issuer}.example\n    jwksUri: {slow_jwks}?{issuer}\n"
+            + timeout
+        )
+
+    short = load_text(rule_for("short", "    timeout: 300ms\n"))[0].resource
+    default = load_text(rule_for("default", ""))[0].resource
+    short_cache, default_cache = JwksCache(), JwksCache()
+
+    async def main() -> tuple[object, object]:
+        loop = asyncio.get_running_loop()
+        for resource, cache in ((short, short_cache), (default, default_cache)):
+            _, uris = compile_authenticator([resource], cache)
+            cache.want(uris, loop)
+        for _ in range(50):  # at most 2.5 s for the 1 s answer
+            if default_cache.keys(f"{slow_jwks}?default") is not None:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        found = (short_cache.keys(f"{slow_jwks}?short"), default_cache.keys(f"{slow_jwks}?default"))
+        for cache in (short_cache, default_cache):
+            cache.want({}, loop)
+        await asyncio.sleep(0)  # the fetch tasks are cancelled
+        return found
+
+    short_keys, default_keys = asyncio.run(main())
+    assert default_keys, "the default timeout waits for a JWKS that takes 1 s"
+    assert short_keys is None, "each fetch gave up after 300 ms"
+
+
+def test_space_delimited_claims_are_matched_word_by_word(tmp_path: Path) -> None:
+    config = tmp_path / "policy.yaml"
+    config.write_text(
+        f"""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  jwtRules:
+  - issuer: {ISSUER}
+    jwks: '{JWKS}'
+    spaceDelimitedClaims: [roles]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: editors}}
+spec:
+  rules: [{{when: [{{key: "request.auth.claims[roles]", values: [editor]}}]}}]
+"""
+    )
+
+    def status(roles: str) -> int:
+        headers = [(b"authorization", f"Bearer {token(roles=roles)}".encode())]
+        return asgi_through_mesh(mesh, headers=headers)[0]
+
+    with Mesh("reviews", config=config) as mesh:
+        assert status("viewer editor") == 200
+        assert status("editor") == 200
+        assert status("viewer editors") == 403
+        assert status("viewer") == 403
+
+
+# --- RateLimit -----------------------------------------------------------------------------
+
+
+def test_tokens_per_fill_is_what_each_fill_adds() -> None:
+    spec = "limits: [{tokenBucket: {maxTokens: 4, tokensPerFill: 1, fillInterval: 1s}}]"
+    limiter = compile_rate_limiter([item.resource for item in load_text(rate_limit("one", spec))], None)
+    assert limiter is not None
+    view = View(_call())
+
+    def taken(now: float) -> int:
+        count = 0
+        while limiter.check(view, now) is None:
+            count += 1
+            assert count <= 4
+        return count
+
+    assert taken(100.0) == 4  # the bucket starts full
+    assert taken(101.0) == 1  # one fill: one token, not maxTokens
+    assert taken(103.5) == 2  # two more fills
+    assert taken(200.0) == 4  # never above maxTokens
