@@ -94,10 +94,11 @@ class DnsRefresher:
             try:
                 addresses = await self.lookup(name)
             except LookupError as exc:
-                log.warning("ServiceEntry DNS name %s does not resolve (%s): no endpoints", name, exc)
+                if self._answers.get(name) != ():  # said once, not at every refresh
+                    log.warning("ServiceEntry DNS name %s does not resolve (%s): no endpoints", name, exc)
                 addresses = ()
             except OSError as exc:
-                log.warning("could not resolve %s (%s); keeping its last answer", name, exc)
+                log.debug("could not resolve %s (%s); keeping its last answer", name, exc)
                 await asyncio.sleep(self.refresh)
                 continue
             if self._answers.get(name) != addresses:
