@@ -36,6 +36,7 @@ from .core.routing_table import RoutingTable
 from .core.server_stack import Answer, Inbound, default_server_stack
 from .core.snapshot import Snapshot, WorkloadSecurity, compile_snapshot
 from .core.stack import Flow, Stack
+from .dns_refresh import DnsRefresher
 from .drivers import AuthorizationProvider
 from .errors import ConfigError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
@@ -115,6 +116,8 @@ class Mesh:
         self._authenticate: Callable[[Inbound], str | None] | None = None
         self._rate_limiter: RateLimiter | None = None
         self._grpc_plane: RoutingTable | None = None
+        self.dns = DnsRefresher(self._dns_changed)
+        """Resolves ServiceEntry resolution DNS names in the background (``dns.lookup``: how)."""
         self.clusters = Clusters(
             time.monotonic, locality=Locality.parse(self.settings.locality), labels=self._source_labels
         )
@@ -196,8 +199,11 @@ class Mesh:
         """The same for gRPC clients (endpoints that serve gRPC); built on first use per snapshot."""
         plane = self._grpc_plane
         snapshot = self._snapshot
-        if plane is None or plane.snapshot is not snapshot:
-            plane = RoutingTable.build(snapshot, self.settings.namespace, self._source_labels, family="grpc")
+        generation, answers = self.dns.current
+        if plane is None or plane.snapshot is not snapshot or plane.generation != generation:
+            plane = RoutingTable.build(
+                snapshot, self.settings.namespace, self._source_labels, "grpc", answers, generation
+            )
             self._grpc_plane = plane
         return plane
 
@@ -383,6 +389,7 @@ class Mesh:
             self._load_static(s.config)  # bad policy at start is the user's to fix: raise
             self._loop = LoopThread(f"meshlib-{s.service}")
             self._jwks.want(self._jwks_uris, self._loop.loop)  # the first snapshot came before the loop
+            self.dns.want(self._snapshot.dns_names, self._loop.loop)
             self._loop.submit(self._poll_static(s.config))
         else:
             self._install(self._snapshot, "static")
@@ -524,12 +531,16 @@ class Mesh:
             log.warning("could not save last-known-good config: %s", exc)
 
     def _install(self, snapshot: Snapshot, source: SnapshotSource) -> None:
-        plane = RoutingTable.build(snapshot, self.settings.namespace, self._source_labels)
+        generation, answers = self.dns.current
+        plane = RoutingTable.build(
+            snapshot, self.settings.namespace, self._source_labels, "http", answers, generation
+        )
         security = snapshot.security_for(self.settings.namespace, self._source_labels, self.settings.service)
         authenticate, uris = compile_authenticator(security.request_authentication, self._jwks)
         self._jwks_uris = uris
         limiter = compile_rate_limiter(security.rate_limits, self._rate_limiter)
         self._jwks.want(uris, self._loop.loop if self._loop is not None else None)
+        self.dns.want(snapshot.dns_names, self._loop.loop if self._loop is not None else None)
         self.clusters.current_version = snapshot.version
         with self._changed:
             self._http_plane = plane
@@ -544,6 +555,16 @@ class Mesh:
                 listener(snapshot)
             except Exception:
                 log.exception("snapshot listener %r failed", listener)
+
+    def _dns_changed(self, answers: Mapping[str, tuple[str, ...]]) -> None:
+        """New DNS answers (on the loop): the same snapshot's tables, with the new addresses."""
+        generation = self.dns.current[0]
+        with self._changed:
+            snapshot = self._snapshot
+            self._http_plane = RoutingTable.build(
+                snapshot, self.settings.namespace, self._source_labels, "http", answers, generation
+            )
+            self._grpc_plane = None
 
     def _load_static(self, path: Path) -> None:
         self._static_seen = _fingerprint(path)  # before reading: an edit meanwhile is seen next poll

@@ -112,7 +112,7 @@ def test_a_malformed_other_kind_or_an_invalid_supported_one_refuses_all(
     [issue] = answer.json()["issues"]
     assert issue["path"] == path
     assert message in issue["message"]
-    invalid = apply(http, [DEPLOYMENT, virtual_service(v1=10, v2=10)])
+    invalid = apply(http, [DEPLOYMENT, virtual_service(v1=10, v2=-10)])
     assert invalid.status_code == 422
     assert [i["path"] for i in invalid.json()["issues"]] == ["spec.http[0].route[1].weight"]
     assert http.get("/v1/resources").json() == {"version": 0, "items": []}

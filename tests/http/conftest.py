@@ -104,14 +104,14 @@ spec:
 
 
 @pytest.fixture
-def make_mesh(tmp_path: Path) -> Iterator[Callable[[str], Mesh]]:
+def make_mesh(tmp_path: Path) -> Iterator[Callable[..., Mesh]]:
     """Start a Mesh (service frontend) on a policy file written from the given YAML."""
     meshes: list[Mesh] = []
 
-    def start(policy: str) -> Mesh:
+    def start(policy: str, **options: Any) -> Mesh:
         path = tmp_path / f"policy-{len(meshes)}.yaml"
         path.write_text(policy)
-        mesh = Mesh("frontend", config=path, static_poll_interval=0.05).start()
+        mesh = Mesh("frontend", config=path, static_poll_interval=0.05, **options).start()
         # Seeded: rate checks (weights, faults, mirrors) allow ±3 points, about 2 standard
         # deviations at 1,000 samples; an unseeded run would fail a few times in a hundred.
         mesh.rng.seed(20261122)

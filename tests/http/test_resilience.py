@@ -227,3 +227,46 @@ def test_retry_ignore_previous_hosts_false_lets_a_retry_go_back_to_the_failed_en
         assert failed == 0, "the retry always went to the other endpoint"
     else:
         assert 20 <= failed <= 90, f"{failed}/200 failed twice on the broken endpoint (expected about 50)"
+
+
+def _local_and_remote(backends: Endpoints) -> str:
+    """reviews with v1-a and v1-b in the caller's zone and v2-a in another region."""
+    local, remote = "us-east/zone-a/rack-1", "us-west/zone-a/rack-1"
+    where = {"v1-a": local, "v1-b": local, "v2-a": remote}
+    items = "\n".join(
+        f"  - {{address: 127.0.0.1, ports: {{http: {port}}}, locality: {where[name]}}}"
+        for name, (_, port) in backends.items()
+    )
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+{items}
+"""
+
+
+def test_locality_failover_when_the_local_zones_endpoints_are_ejected(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """Istio's default locality failover (outlier detection on): traffic stays in the caller's
+    zone while it is healthy, and moves to the other region once both local endpoints are
+    ejected; no request is lost on the way, retries take the failing ones."""
+    policy = rule("""\
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+""")
+    retries = "    retries: {attempts: 3, retryOn: 5xx, backoff: 1ms}\n"
+    mesh = make_mesh(_local_and_remote(backends) + policy + route(retries), locality="us-east/zone-a/rack-1")
+    healthy = run_requests(mesh, "sync", 40, concurrency=1)
+    assert all(backend_of(r) in ("v1-a", "v1-b") for r in healthy if isinstance(r, httpx.Response))
+    assert backends["v2-a"][0].hits == 0, "nothing leaves the zone while it is healthy"
+    for name in ("v1-a", "v1-b"):
+        backends[name][0].status = 503
+    failing = run_requests(mesh, "sync", 40, concurrency=1)
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in failing)
+    assert {backend_of(r) for r in failing if isinstance(r, httpx.Response)} == {"v2-a"}
+    assert backends["v1-a"][0].hits + backends["v1-b"][0].hits <= 40 + 2, "ejected at their first 503"

@@ -112,7 +112,9 @@ def _destinations(snap: Snapshot, resources: Sequence[Resource], registry: bool)
                     where,
                     f"host {host} has no DestinationRule (default load balancing, no limits)",
                 )
-            if registry and not snap.endpoints(host):
+            entry = snap.service_entry(host)
+            passthrough = entry is not None and entry.spec.mode == "NONE"  # endpoints per request
+            if registry and not passthrough and not snap.endpoints(host):
                 yield Finding(
                     "MESH0103",
                     str(vs.key),

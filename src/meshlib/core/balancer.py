@@ -15,6 +15,7 @@ endpoint is missing from ``healthy``, 0.4 µs without a hash key).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -65,48 +66,38 @@ class RoundRobin:
         count = len(healthy)
         if count <= 1:
             return healthy[0] if count else None
-        seen = self._seen
-        if seen[0] is healthy:
-            uniform = seen[1]
-        else:
-            uniform = len(set(map(_weight, healthy))) == 1
-            if type(healthy) is tuple:  # immutable, so safe to remember
-                self._seen = (healthy, uniform)
+        uniform, remember = _uniform(self._seen, healthy)
+        if remember:  # an immutable tuple: safe to remember
+            self._seen = (healthy, uniform)
         if uniform:
             return healthy[self._next() % count]
         return self._weighted(healthy)
 
     def _weighted(self, healthy: Sequence[Endpoint]) -> Endpoint:
-        current = self._current
-        if len(current) > 2 * len(healthy) + 16:  # forget endpoints that went away
-            keep = {(e.address, e.port) for e in healthy}
-            self._current = current = {k: v for k, v in current.items() if k in keep}
-        total = 0
-        best: Endpoint = healthy[0]
-        best_key = (best.address, best.port)
-        best_value = float("-inf")
-        for endpoint in healthy:
-            weight = endpoint.weight if endpoint.weight > 0 else 1
-            total += weight
-            key = (endpoint.address, endpoint.port)
-            value = current.get(key)
-            if value is None:  # a newcomer starts at a random point of its first round
-                value = self._rng.random() * weight
-            value += weight
-            current[key] = value
-            if value > best_value:
-                best, best_key, best_value = endpoint, key, value
-        current[best_key] = best_value - total
-        return best
+        return _smooth(self._current, healthy, _share, self._rng)
+
+
+def _uniform(seen: tuple[Sequence[Endpoint], bool], healthy: Sequence[Endpoint]) -> tuple[bool, bool]:
+    """(are all weights equal, may the answer be remembered): the data plane passes the same
+    tuple while nothing is ejected, so the check is usually an identity test."""
+    if seen[0] is healthy:
+        return seen[1], False
+    return len(set(map(_weight, healthy))) == 1, type(healthy) is tuple
+
+
+def _share(endpoint: Endpoint) -> int:
+    return endpoint.weight if endpoint.weight > 0 else 1  # Envoy's weights are at least 1
 
 
 class LeastRequest:
-    """Envoy's least request with ``choice_count`` = 2: the less busy of two distinct random
-    endpoints (power of two choices). Larger counts sample that many distinct endpoints.
-    Weights are not used: Envoy switches to weighted scheduling by weight / (active + 1)
-    when weights differ, which this balancer does not do."""
+    """Envoy's least request. Equal weights: with ``choice_count`` = 2, the less busy of two
+    distinct random endpoints (power of two choices); larger counts sample that many distinct
+    endpoints. Unequal weights: Envoy's weighted schedule, each endpoint's weight scaled by
+    weight / (active requests + 1) (``active_request_bias`` 1.0, which Istio does not
+    change), picked by smooth weighted round robin over those scaled weights (Envoy: an EDF
+    schedule; both give every endpoint its scaled share)."""
 
-    __slots__ = ("_active", "_choices", "_random", "_rng")
+    __slots__ = ("_active", "_choices", "_current", "_random", "_rng", "_seen")
 
     def __init__(self, active: Callable[[Endpoint], int], rng: random.Random, choice_count: int = 2) -> None:
         if choice_count < 2:
@@ -115,11 +106,19 @@ class LeastRequest:
         self._rng = rng
         self._random = rng.random
         self._choices = choice_count
+        self._seen: tuple[Sequence[Endpoint], bool] = ((), True)
+        self._current: dict[tuple[str, int], float] = {}
 
     def pick(self, healthy: Sequence[Endpoint], hash_key: bytes | None = None) -> Endpoint | None:
         count = len(healthy)
         if count <= 1:
             return healthy[0] if count else None
+        uniform, remember = _uniform(self._seen, healthy)
+        if remember:
+            self._seen = (healthy, uniform)
+        if not uniform:
+            active = self._active
+            return _smooth(self._current, healthy, lambda e: _share(e) / (active(e) + 1), self._rng)
         if self._choices == 2 or count == 2:
             first = int(self._random() * count)
             second = int(self._random() * (count - 1))
@@ -132,17 +131,64 @@ class LeastRequest:
 
 
 class RandomBalancer:
-    """A uniformly random endpoint (Envoy's RANDOM; weights are not used)."""
+    """A random endpoint, each with its weight's share (equal weights: uniform). Envoy's
+    RANDOM draws uniformly; meshlib honours the endpoint weights Istio documents as
+    proportional for every load balancer."""
 
-    __slots__ = ("_random",)
+    __slots__ = ("_cumulative", "_random", "_seen")
 
     def __init__(self, rng: random.Random) -> None:
         self._random = rng.random
+        self._seen: tuple[Sequence[Endpoint], bool] = ((), True)
+        self._cumulative: tuple[Sequence[Endpoint], list[int]] = ((), [])
 
     def pick(self, healthy: Sequence[Endpoint], hash_key: bytes | None = None) -> Endpoint | None:
         if not healthy:
             return None
-        return healthy[int(self._random() * len(healthy))]
+        uniform, remember = _uniform(self._seen, healthy)
+        if remember:
+            self._seen = (healthy, uniform)
+        if uniform:
+            return healthy[int(self._random() * len(healthy))]
+        made = self._cumulative
+        if made[0] is healthy:
+            cumulative = made[1]
+        else:
+            cumulative = list(itertools.accumulate(map(_share, healthy)))
+            if type(healthy) is tuple:
+                self._cumulative = (healthy, cumulative)
+        point = self._random() * cumulative[-1]
+        return healthy[min(bisect.bisect_right(cumulative, point), len(healthy) - 1)]
+
+
+def _smooth(
+    current: dict[tuple[str, int], float],
+    healthy: Sequence[Endpoint],
+    weight_of: Callable[[Endpoint], float],
+    rng: random.Random,
+) -> Endpoint:
+    """Smooth weighted round robin (nginx): every endpoint gains its weight, the highest is
+    picked and pays back the total; each gets its weight's share of every sum(weights) picks."""
+    if len(current) > 2 * len(healthy) + 16:  # forget endpoints that went away
+        keep = {e.key for e in healthy}
+        for key in [k for k in current if k not in keep]:
+            del current[key]
+    total = 0.0
+    best: Endpoint = healthy[0]
+    best_value = float("-inf")
+    for endpoint in healthy:
+        weight = weight_of(endpoint)
+        total += weight
+        key = endpoint.key
+        value = current.get(key)
+        if value is None:  # a newcomer starts at a random point of its first round
+            value = rng.random() * weight
+        value += weight
+        current[key] = value
+        if value > best_value:
+            best, best_value = endpoint, value
+    current[best.key] = best_value - total
+    return best
 
 
 def build_balancer(

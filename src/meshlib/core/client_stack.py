@@ -98,7 +98,7 @@ def mirror(ex: Exchange, next: ClientNext) -> ClientFlow:
 def _mirror(ex: Exchange, next: ClientNext, mirrors: tuple[tuple[Target, float], ...]) -> ClientFlow:
     for target, share in mirrors:
         if share >= 1.0 or ex.rng.random() < share:
-            cluster = ex.table.cluster(target, ex.call.port)
+            cluster = ex.table.cluster(target, ex.call.port, ex.call.host)
             state = ex.clusters.get(cluster, ex.table.version)
             endpoint = state.pick(cluster, None) if cluster.endpoints else None
             if endpoint is not None or not cluster.known:
@@ -152,7 +152,7 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
     assert ex.route is not None
     assert ex.target is not None
     policy = ex.route.retry
-    cluster = ex.cluster = ex.table.cluster(ex.target, ex.call.port)
+    cluster = ex.cluster = ex.table.cluster(ex.target, ex.call.port, ex.call.host)
     state = ex.state = ex.clusters.get(cluster, ex.table.version)
     budget = state.budget
     if budget is not None:

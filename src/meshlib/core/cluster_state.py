@@ -106,11 +106,15 @@ class ClusterState:
         self._configure(self.cluster)
 
     def refresh(self, cluster: Cluster, version: int) -> None:
-        """Take the settings of a newer snapshot's Cluster; an older one changes nothing."""
-        if cluster is self.cluster or version <= self.version:
+        """Take the settings of a newer snapshot's Cluster; an older one changes nothing. Within
+        one snapshot, a Cluster of newer DNS answers (higher ``generation``) is newer."""
+        if cluster is self.cluster or (version, cluster.generation) <= (
+            self.version,
+            self.cluster.generation,
+        ):
             return
         with self._lock:
-            if version <= self.version:
+            if (version, cluster.generation) <= (self.version, self.cluster.generation):
                 return
             old, self.cluster, self.version = self.cluster, cluster, version
             self._configure(cluster, old)

@@ -49,10 +49,14 @@ def host_candidates(host: str, namespace: str, domain: str = CLUSTER_DOMAIN) -> 
 
 
 def host_matches(pattern: str, host: str) -> bool:
-    """Whether a resource host (``*``, ``*.example.com`` or exact) covers a host."""
+    """Whether a resource host (``*``, ``*.example.com``, ``*foo.com`` or exact) covers a host.
+
+    A wildcard stands for at least one character, as in Envoy's domain matching:
+    ``*.example.com`` covers ``a.example.com`` but not ``example.com``, and the partial
+    wildcard ``*foo.com`` (which Istio accepts) covers ``barfoo.com``."""
     if pattern == "*" or pattern == host:
         return True
-    return pattern.startswith("*.") and host.endswith(pattern[1:])
+    return pattern.startswith("*") and len(host) >= len(pattern) and host.endswith(pattern[1:])
 
 
 def short_name(fqdn: str, domain: str = CLUSTER_DOMAIN) -> str:

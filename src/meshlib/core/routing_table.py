@@ -9,6 +9,7 @@ evaluates what it can match at run time.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,12 +33,16 @@ from .delegation import merge_delegate_route
 from .hosts import host_matches, normalize_host
 from .matching import Predicate, compile_matches
 from .retry_policy import RetryPolicy, compile_retry_policy
-from .snapshot import Endpoint, Snapshot
+from .snapshot import Endpoint, Snapshot, passthrough_endpoint
 
-__all__ = ["Cluster", "HeaderOps", "HostRoutes", "Route", "RoutingTable", "Target"]
+__all__ = ["Cluster", "HeaderOps", "HostRoutes", "Resolved", "Route", "RoutingTable", "Target"]
 
 NON_IDEMPOTENT_ANNOTATION = "retry.meshlib.io/non-idempotent"
 Family = Literal["http", "grpc"]
+Resolved = Mapping[str, tuple[str, ...]]
+"""DNS name -> the addresses it resolved to, in the resolver's order (no entry: not yet)."""
+_NOTHING_RESOLVED: Resolved = {}
+_MAX_CACHED = 10_000  # hosts come from callers: caches keyed by them stay bounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,10 @@ class Cluster:
     policy: TrafficPolicy
     known: bool  # a mesh host (registry, ServiceEntry or DestinationRule) rather than plain DNS
     family: str = "http"
+    # Resolution NONE: the cluster of one original destination (``host`` is that address),
+    # so outlier detection and pool limits count per original address.
+    passthrough: bool = False
+    generation: int = 0  # of the DNS answers its endpoints were expanded from
 
     @property
     def key(self) -> tuple[str, str, str | None, int | None]:
@@ -172,17 +181,30 @@ class RoutingTable:
     namespace: str
     labels: Mapping[str, str]
     family: Family = "http"
+    resolved: Resolved = field(default_factory=lambda: _NOTHING_RESOLVED, repr=False)
+    generation: int = 0  # of ``resolved``: a table rebuilt for new DNS answers has a higher one
     routes: dict[str, HostRoutes] = field(default_factory=dict)
-    _resolved: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _resolved_hosts: dict[tuple[str, int | None], str | None] = field(default_factory=dict, repr=False)
     _wildcards: list[tuple[str, HostRoutes]] = field(default_factory=list, repr=False)
     _defaults: dict[str, Route] = field(default_factory=dict, repr=False)
     _clusters: dict[tuple[str, str | None, int | None], Cluster] = field(default_factory=dict, repr=False)
+    _originals: dict[tuple[str, str | None, int | None, str], Cluster] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def build(
-        cls, snapshot: Snapshot, namespace: str, labels: Mapping[str, str], family: Family = "http"
+        cls,
+        snapshot: Snapshot,
+        namespace: str,
+        labels: Mapping[str, str],
+        family: Family = "http",
+        resolved: Resolved | None = None,
+        generation: int = 0,
     ) -> RoutingTable:
-        plane = cls(snapshot, namespace, dict(labels), family)
+        """``resolved``: DNS answers for the snapshot's resolution DNS names (from the
+        background resolver; a name not in it yet is connected to by name)."""
+        plane = cls(snapshot, namespace, dict(labels), family, resolved or _NOTHING_RESOLVED, generation)
         compiled: dict[ResourceKey, HostRoutes | None] = {}
         owners = [*snapshot.virtual_services.items(), *snapshot.wildcard_virtual_services]
         delegates = {
@@ -215,15 +237,17 @@ class RoutingTable:
     def version(self) -> int:
         return self.snapshot.version
 
-    def resolve(self, host: str) -> str | None:
-        """The mesh host a requested host names, or None: not a mesh host, pass it through."""
+    def resolve(self, host: str, port: int | None = None) -> str | None:
+        """The mesh host a requested host (and port, when known) names, or None: not a mesh
+        host, pass it through."""
+        key = (host, port)
         try:
-            return self._resolved[host]
+            return self._resolved_hosts[key]
         except KeyError:
             pass
-        found = self.snapshot.resolve_host(host, self.namespace)
-        if len(self._resolved) < 10_000:  # hosts come from callers; keep the cache bounded
-            self._resolved[host] = found
+        found = self.snapshot.resolve_host(host, self.namespace, port)
+        if len(self._resolved_hosts) < _MAX_CACHED:
+            self._resolved_hosts[key] = found
         return found
 
     def default_route(self, fqdn: str) -> Route:
@@ -240,28 +264,74 @@ class RoutingTable:
             )
         return route
 
-    def cluster(self, target: Target, request_port: int | None = None) -> Cluster:
+    def cluster(
+        self, target: Target, request_port: int | None = None, original: str | None = None
+    ) -> Cluster:
+        """Where a target leads on a port. ``original``: the host the request named, which a
+        resolution NONE service sends to (Envoy's ORIGINAL_DST cluster)."""
         port = target.port or request_port
         key = (target.host, target.subset, port)
         found = self._clusters.get(key)
         if found is None:
             found = self._clusters[key] = self._build_cluster(target.host, target.subset, port)
+        if found.passthrough and original is not None:
+            return self._original(found, original)
         return found
+
+    def _original(self, template: Cluster, original: str) -> Cluster:
+        key = (template.host, template.subset, template.port, original)
+        found = self._originals.get(key)
+        if found is None:
+            entry = self.snapshot.service_entry(template.host, self.namespace)
+            assert entry is not None
+            endpoint = passthrough_endpoint(
+                entry, template.host, original, template.port, self.snapshot.trust_domain
+            )
+            endpoints = (endpoint,) if endpoint is not None and endpoint.protocol in self._wanted() else ()
+            found = dataclasses.replace(template, host=original, endpoints=endpoints)
+            if len(self._originals) < _MAX_CACHED:
+                self._originals[key] = found
+        return found
+
+    def _wanted(self) -> tuple[str, ...]:
+        return ("grpc",) if self.family == "grpc" else ("http", "https")
 
     def _build_cluster(self, host: str, subset: str | None, port: int | None) -> Cluster:
         snap = self.snapshot
-        wanted = ("grpc",) if self.family == "grpc" else ("http", "https")
-        usable = tuple(e for e in snap.endpoints(host, subset) if e.ready and e.protocol in wanted)
+        policy = snap.traffic_policy(host, subset, port) or TrafficPolicy()
+        entry = snap.service_entry(host, self.namespace)
+        if entry is not None and entry.spec.mode == "NONE":
+            # Endpoints come per request: the original destination (see ``cluster``).
+            return Cluster(host, subset, port, (), policy, True, self.family, passthrough=True)
+        wanted = self._wanted()
+        usable = tuple(
+            e
+            for e in self._expand(snap.endpoints(host, subset, self.namespace))
+            if e.ready and e.protocol in wanted
+        )
         # A ServiceEntry with several ports: the request's port picks. A request on a default
         # port (80/443: no port in its URL) to a service with none of those takes any port.
         endpoints = tuple(e for e in usable if port is None or e.service_port in (None, port))
         if not endpoints and port in (80, 443):
             endpoints = usable
-        policy = snap.traffic_policy(host, subset, port) or TrafficPolicy()
-        known = (
-            host in snap.endpoints_by_host or host in snap.service_entries or host in snap.destination_rules
-        )
-        return Cluster(host, subset, port, endpoints, policy, known, self.family)
+        known = entry is not None or host in snap.endpoints_by_host or host in snap.destination_rules
+        return Cluster(host, subset, port, endpoints, policy, known, self.family, generation=self.generation)
+
+    def _expand(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        """Resolution DNS (Envoy STRICT_DNS): each name becomes one endpoint per address it
+        resolved to, each with the name's weight and labels. A name not resolved yet stays
+        as it is (connected to by name, through the system resolver); one that resolved to
+        nothing has no endpoints."""
+        if not any(e.dns for e in endpoints):
+            return endpoints
+        out: list[Endpoint] = []
+        for endpoint in endpoints:
+            addresses = self.resolved.get(endpoint.address) if endpoint.dns else None
+            if addresses is None:
+                out.append(endpoint)
+            else:
+                out.extend(dataclasses.replace(endpoint, address=a, dns=False) for a in addresses)
+        return tuple(out)
 
 
 def _target(dest: Destination, weight: int, headers: Headers | None, vs_namespace: str) -> Target:

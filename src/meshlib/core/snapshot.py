@@ -6,6 +6,7 @@ Snapshot swapped in whole, so a request that started on one snapshot finishes on
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -24,7 +25,8 @@ from ..policy.resources import (
     VirtualService,
 )
 from ..policy.security import AuthorizationPolicySpec, RequestAuthenticationSpec
-from ..registry import WorkloadRegistration
+from ..policy.service_entry import TLS_MODE_LABEL, WorkloadEntry
+from ..registry import WorkloadRegistration, spiffe_id
 from .authz import Authorizer, compile_authorizer
 from .hosts import CLUSTER_DOMAIN, host_candidates, host_matches, normalize_host
 
@@ -35,6 +37,7 @@ __all__ = [
     "WorkloadSecurity",
     "compile_snapshot",
     "entry_selects",
+    "passthrough_endpoint",
 ]
 
 ROOT_NAMESPACE = "istio-system"
@@ -42,6 +45,8 @@ ROOT_NAMESPACE = "istio-system"
 
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NO_ENTRIES: Mapping[str, tuple[ServiceEntry, ...]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,10 @@ class Endpoint:
     source: str = ""  # workload id, or "ServiceEntry ns/name"
     identity: str | None = None  # SPIFFE ID of a mesh workload; None for external endpoints
     service_port: int | None = None  # the ServiceEntry port this endpoint serves, if any
-    tls: bool = False  # the endpoint serves mutual TLS with its mesh identity
+    tls: bool = False  # the endpoint serves mutual TLS with its mesh identity (auto mTLS uses it)
+    dns: bool = False  # ``address`` is a name whose every address is an endpoint (resolution DNS)
+    # Namespaces that see it (a ServiceEntry's exportTo; None: every namespace).
+    export_to: frozenset[str] | None = field(default=None, compare=False)
     locality: str = ""  # region/zone/subzone ("": unknown), for locality load balancing
     # What outlier detection and load counts follow across snapshots (made once: it is
     # looked up several times per request).
@@ -69,6 +77,9 @@ class Endpoint:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(self.labels.get(k) == v for k, v in labels.items())
+
+    def visible(self, namespace: str | None) -> bool:
+        return namespace is None or self.export_to is None or namespace in self.export_to
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +111,18 @@ class Snapshot:
     virtual_services: Mapping[str, VirtualService]
     destination_rules: Mapping[str, DestinationRule]
     endpoints_by_host: Mapping[str, tuple[Endpoint, ...]]
-    service_entries: Mapping[str, ServiceEntry]
+    service_entries: Mapping[str, ServiceEntry]  # the oldest entry of each host (patterns too)
     wildcard_virtual_services: tuple[tuple[str, VirtualService], ...]  # most specific first
     _subsets: Mapping[tuple[str, str], Subset]
     _peer_authn: tuple[PeerAuthentication, ...]
     _authz: tuple[AuthorizationPolicy, ...]
     _request_authn: tuple[RequestAuthentication, ...]
     _rate_limits: tuple[RateLimit, ...]
+    wildcard_service_entries: tuple[tuple[str, ServiceEntry], ...] = ()  # most specific first
+    wildcard_destination_rules: tuple[tuple[str, DestinationRule], ...] = ()  # most specific first
+    address_entries: tuple[tuple[Network, ServiceEntry], ...] = ()  # longest prefix first
+    dns_names: frozenset[str] = frozenset()  # what resolution DNS endpoints need resolved
+    _entries_by_host: Mapping[str, tuple[ServiceEntry, ...]] = field(default_factory=lambda: _NO_ENTRIES)
     _security_cache: dict[tuple[str, str, frozenset[tuple[str, str]]], WorkloadSecurity] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -117,56 +133,124 @@ class Snapshot:
 
     # --- client-side lookups -------------------------------------------------------
 
-    def resolve_host(self, host: str, namespace: str) -> str | None:
-        """The mesh service a requested host names, or None if it is not a mesh host."""
-        for candidate in host_candidates(host, namespace):
+    def resolve_host(self, host: str, namespace: str, port: int | None = None) -> str | None:
+        """The mesh service a requested host names, or None if it is not a mesh host.
+
+        Most specific first: a host named exactly (by a VirtualService, DestinationRule,
+        ServiceEntry or the registry); an IP in a ServiceEntry's ``addresses`` (a VIP before
+        a CIDR, the longest prefix first): its first host; a wildcard VirtualService or
+        ServiceEntry host: the host itself. Matches by address or wildcard take only the
+        ServiceEntry's own ports (``port`` None: any): a pattern must not capture traffic
+        the entry does not declare, which goes on as if there were no mesh."""
+        candidates = host_candidates(host, namespace)
+        for candidate in candidates:
             if (
                 candidate in self.virtual_services
-                or candidate in self.endpoints_by_host
                 or candidate in self.destination_rules
-                or candidate in self.service_entries
+                or self._exact_entry(candidate, namespace) is not None
+                or any(e.visible(namespace) for e in self.endpoints_by_host.get(candidate, ()))
             ):
                 return candidate
-        for candidate in host_candidates(host, namespace):
+        if self.address_entries:
+            address = _ip(host)
+            if address is not None:
+                for network, entry in self.address_entries:
+                    if address in network and self.visible(entry, namespace) and _serves(entry, port):
+                        return normalize_host(entry.spec.hosts[0], entry.namespace)
+        for candidate in candidates:
             if self._wildcard_match(candidate) is not None:
                 return candidate
+            covering = self._wildcard_entry(candidate, namespace)
+            if covering is not None and _serves(covering, port):
+                return candidate
         return None
+
+    def service_entry(self, fqdn: str, namespace: str | None = None) -> ServiceEntry | None:
+        """The ServiceEntry that declares a host for a workload of ``namespace`` (None: any):
+        the oldest exported to it, naming the host exactly, else by the most specific wildcard."""
+        found = self._exact_entry(fqdn, namespace)
+        return found if found is not None else self._wildcard_entry(fqdn, namespace)
+
+    @staticmethod
+    def visible(entry: ServiceEntry, namespace: str | None) -> bool:
+        """Istio's exportTo: unset or ``*`` every namespace, ``.`` its own, ``~`` none."""
+        exported = _export_set(entry)
+        return namespace is None or exported is None or namespace in exported
 
     def virtual_service(self, fqdn: str) -> VirtualService | None:
         found = self.virtual_services.get(fqdn)
         return found if found is not None else self._wildcard_match(fqdn)
 
     def destination_rule(self, fqdn: str) -> DestinationRule | None:
-        return self.destination_rules.get(fqdn)
+        """The rule for a host: its own, else the most specific wildcard rule covering it."""
+        found = self.destination_rules.get(fqdn)
+        if found is None:
+            for pattern, rule in self.wildcard_destination_rules:
+                if host_matches(pattern, fqdn):
+                    return rule
+        return found
 
     def subset(self, fqdn: str, subset: str) -> Subset | None:
-        return self._subsets.get((fqdn, subset))
+        return self._subsets.get((self._rule_host(fqdn), subset))
 
     def traffic_policy(
         self, fqdn: str, subset: str | None = None, port: int | None = None
     ) -> TrafficPolicy | None:
         """The DestinationRule policy for a host, with the subset's and port's settings laid over."""
-        rule = self.destination_rules.get(fqdn)
+        rule = self.destination_rule(fqdn)
         if rule is None:
             return None
         policy = rule.spec.traffic_policy or TrafficPolicy()
-        chosen = self._subsets.get((fqdn, subset)) if subset is not None else None
+        chosen = self.subset(fqdn, subset) if subset is not None else None
         return policy.merged_with(chosen.traffic_policy if chosen is not None else None, port)
 
-    def endpoints(self, fqdn: str, subset: str | None = None) -> tuple[Endpoint, ...]:
-        """Endpoints of a host, narrowed to a subset's labels when one is named."""
-        found = self.endpoints_by_host.get(fqdn, ())
+    def endpoints(
+        self, fqdn: str, subset: str | None = None, namespace: str | None = None
+    ) -> tuple[Endpoint, ...]:
+        """Endpoints of a host, narrowed to a subset's labels when one is named (and to those
+        exported to ``namespace``, when given)."""
+        found = self.endpoints_by_host.get(fqdn)
+        if found is None:  # a host a wildcard entry covers has the entry's endpoints
+            pattern = next(
+                (
+                    p
+                    for p, e in self.wildcard_service_entries
+                    if host_matches(p, fqdn) and self.visible(e, namespace)
+                ),
+                None,
+            )
+            found = self.endpoints_by_host.get(pattern, ()) if pattern is not None else ()
+        if namespace is not None:
+            found = tuple(e for e in found if e.visible(namespace))
         if subset is None:
             return found
-        chosen = self._subsets.get((fqdn, subset))
+        chosen = self.subset(fqdn, subset)
         if chosen is None:
             return ()
         return tuple(e for e in found if e.matches(chosen.labels))
+
+    def _rule_host(self, fqdn: str) -> str:
+        if fqdn in self.destination_rules or not self.wildcard_destination_rules:
+            return fqdn
+        rule = self.destination_rule(fqdn)
+        return normalize_host(rule.spec.host, rule.namespace) if rule is not None else fqdn
 
     def _wildcard_match(self, fqdn: str) -> VirtualService | None:
         for pattern, vs in self.wildcard_virtual_services:
             if host_matches(pattern, fqdn):
                 return vs
+        return None
+
+    def _exact_entry(self, fqdn: str, namespace: str | None) -> ServiceEntry | None:
+        for entry in self._entries_by_host.get(fqdn, ()):
+            if self.visible(entry, namespace):
+                return entry
+        return None
+
+    def _wildcard_entry(self, fqdn: str, namespace: str | None) -> ServiceEntry | None:
+        for pattern, entry in self.wildcard_service_entries:
+            if host_matches(pattern, fqdn) and self.visible(entry, namespace):
+                return entry
         return None
 
     # --- server-side lookups -------------------------------------------------------
@@ -280,8 +364,12 @@ def compile_snapshot(
     virtual_services: dict[str, VirtualService] = {}
     wildcards: list[tuple[str, VirtualService]] = []
     rules: dict[str, DestinationRule] = {}
+    wildcard_rules: list[tuple[str, DestinationRule]] = []
     subsets: dict[tuple[str, str], Subset] = {}
-    entries: dict[str, ServiceEntry] = {}
+    entries: dict[str, list[ServiceEntry]] = {}
+    wildcard_entries: list[tuple[str, ServiceEntry]] = []
+    address_entries: list[tuple[Network, ServiceEntry]] = []
+    selecting: list[ServiceEntry] = []
     endpoints: dict[str, list[Endpoint]] = {}
     for resource in ordered:
         if isinstance(resource, VirtualService):
@@ -295,18 +383,30 @@ def compile_snapshot(
             fqdn = normalize_host(resource.spec.host, resource.namespace)
             if fqdn not in rules:
                 rules[fqdn] = resource
+                if "*" in fqdn:
+                    wildcard_rules.append((fqdn, resource))
                 for subset in resource.spec.subsets:
                     subsets[(fqdn, subset.name)] = subset
         elif isinstance(resource, ServiceEntry):
+            if resource.spec.workload_selector is not None:
+                selecting.append(resource)
+            for network in resource.spec.networks():
+                address_entries.append((network, resource))
             for host in resource.spec.hosts:
                 fqdn = normalize_host(host, resource.namespace)
-                entries.setdefault(fqdn, resource)
-                endpoints.setdefault(fqdn, []).extend(_entry_endpoints(resource, fqdn))
+                entries.setdefault(fqdn, []).append(resource)
+                if "*" in fqdn:
+                    wildcard_entries.append((fqdn, resource))
+                endpoints.setdefault(fqdn, []).extend(_entry_endpoints(resource, fqdn, trust_domain))
     for workload in workloads:
+        for entry in selecting:
+            if entry_selects(entry, workload):
+                for host in entry.spec.hosts:
+                    fqdn = normalize_host(host, entry.namespace)
+                    endpoints.setdefault(fqdn, []).extend(_selected(entry, fqdn, workload, trust_domain))
         fqdn = normalize_host(workload.service, workload.namespace)
-        entry = entries.get(fqdn)
-        if entry is not None and not entry_selects(entry, workload):
-            continue  # a ServiceEntry's host: the registry cannot add endpoints to it
+        if fqdn in entries:
+            continue  # a ServiceEntry's host: only its workloadSelector adds registered workloads
         labels = MappingProxyType(workload.effective_labels())
         for announced in workload.endpoints:
             endpoints.setdefault(fqdn, []).append(
@@ -325,6 +425,10 @@ def compile_snapshot(
             )
     # Most specific wildcard first: *.bar.example.com before *.example.com before *.
     wildcards.sort(key=lambda pair: -len(pair[0]))
+    wildcard_rules.sort(key=lambda pair: -len(pair[0]))
+    wildcard_entries.sort(key=lambda pair: -len(pair[0]))
+    address_entries.sort(key=lambda pair: -pair[0].prefixlen)  # stable: the oldest first among equals
+    compiled = {h: tuple(e) for h, e in endpoints.items()}
     return Snapshot(
         version=version,
         resources=tuple(resources),
@@ -332,14 +436,19 @@ def compile_snapshot(
         trust_domain=trust_domain,
         virtual_services=MappingProxyType(virtual_services),
         destination_rules=MappingProxyType(rules),
-        endpoints_by_host=MappingProxyType({h: tuple(e) for h, e in endpoints.items()}),
-        service_entries=MappingProxyType(entries),
+        endpoints_by_host=MappingProxyType(compiled),
+        service_entries=MappingProxyType({h: found[0] for h, found in entries.items()}),
         wildcard_virtual_services=tuple(wildcards),
         _subsets=MappingProxyType(subsets),
         _peer_authn=tuple(r for r in ordered if isinstance(r, PeerAuthentication)),
         _authz=tuple(r for r in ordered if isinstance(r, AuthorizationPolicy)),
         _request_authn=tuple(r for r in ordered if isinstance(r, RequestAuthentication)),
         _rate_limits=tuple(r for r in ordered if isinstance(r, RateLimit)),
+        wildcard_service_entries=tuple(wildcard_entries),
+        wildcard_destination_rules=tuple(wildcard_rules),
+        address_entries=tuple(address_entries),
+        dns_names=frozenset(e.address for group in compiled.values() for e in group if e.dns),
+        _entries_by_host=MappingProxyType({h: tuple(found) for h, found in entries.items()}),
     )
 
 
@@ -354,40 +463,126 @@ def entry_selects(entry: ServiceEntry, registration: WorkloadRegistration) -> bo
     return all(labels.get(k) == v for k, v in selector.labels.items())
 
 
-def _entry_endpoints(entry: ServiceEntry, fqdn: str) -> list[Endpoint]:
+def _selected(
+    entry: ServiceEntry, fqdn: str, workload: WorkloadRegistration, trust_domain: str
+) -> list[Endpoint]:
+    """A selected workload's endpoints for each port of the entry: those it announces on the
+    port's targetPort (else its number), as Istio sends to a selected pod's targetPort."""
     spec = entry.spec
-    if spec.resolution in ("DNS", "DNS_ROUND_ROBIN") and not spec.endpoints:
-        # No endpoints: the host itself is resolved by DNS at connection time.
-        return [
-            Endpoint(
-                host=fqdn,
-                address=fqdn,
-                port=p.target_port or p.number,
-                protocol=_protocol(p.protocol),
-                source=f"ServiceEntry {entry.namespace}/{entry.name}",
-                service_port=p.number,
-            )
-            for p in spec.ports
-        ]
+    labels = MappingProxyType(workload.effective_labels())
+    export = _export_set(entry)
     out = []
-    for item in spec.endpoints:
-        labels = MappingProxyType(dict(item.labels))
-        for port in spec.ports:
+    for port in spec.ports:
+        wanted = port.target_port or port.number
+        for announced in workload.endpoints:
+            if announced.port != wanted:
+                continue
             out.append(
                 Endpoint(
                     host=fqdn,
-                    address=item.address or fqdn,
-                    port=item.ports.get(port.name, port.target_port or port.number),
+                    address=announced.address,
+                    port=wanted,
                     labels=labels,
-                    protocol=_protocol(port.protocol),
-                    weight=item.weight or 1,
-                    source=f"ServiceEntry {entry.namespace}/{entry.name}",
+                    protocol=announced.protocol,
+                    ready=announced.ready,
+                    source=workload.id,
+                    identity=workload.identity(trust_domain),
                     service_port=port.number,
+                    tls=announced.tls and not spec.external,  # MESH_EXTERNAL: no auto mTLS (Istio)
+                    export_to=export,
+                    locality=workload.locality,
                 )
             )
     return out
 
 
+def _entry_endpoints(entry: ServiceEntry, fqdn: str, trust_domain: str) -> list[Endpoint]:
+    """The endpoints an entry lists (resolution STATIC, DNS, DNS_ROUND_ROBIN); none for NONE
+    (the routing table sends to the requested address) or a workloadSelector (the registry's)."""
+    spec = entry.spec
+    if spec.mode == "NONE" or spec.workload_selector is not None:
+        return []
+    source = f"ServiceEntry {entry.namespace}/{entry.name}"
+    export = _export_set(entry)
+    san = spec.subject_alt_names[0] if spec.subject_alt_names else None
+    # DNS and no endpoints: the host itself is the name resolved.
+    items: list[tuple[str, WorkloadEntry | None]] = [(i.address or fqdn, i) for i in spec.endpoints] or (
+        [(fqdn, None)] if spec.mode in ("DNS", "DNS_ROUND_ROBIN") else []
+    )
+    out = []
+    for address, item in items:
+        labels = MappingProxyType(dict(item.labels)) if item is not None else _EMPTY
+        account = item.service_account if item is not None else None
+        identity = spiffe_id(trust_domain, entry.namespace, account) if account else san
+        # Istio's auto mTLS toward a declared endpoint: only one labelled as serving Istio mTLS,
+        # never toward MESH_EXTERNAL.
+        tls = not spec.external and identity is not None and labels.get(TLS_MODE_LABEL) == "istio"
+        for port in spec.ports:
+            overrides = item.ports if item is not None else {}
+            out.append(
+                Endpoint(
+                    host=fqdn,
+                    address=address,
+                    port=overrides.get(port.name, port.target_port or port.number),
+                    labels=labels,
+                    protocol=_protocol(port.protocol),
+                    weight=(item.weight or 1) if item is not None else 1,
+                    source=source,
+                    identity=identity,
+                    service_port=port.number,
+                    tls=tls,
+                    # STRICT_DNS: every address the name resolves to is an endpoint. LOGICAL_DNS
+                    # (DNS_ROUND_ROBIN) keeps the name: connections follow it.
+                    dns=spec.mode == "DNS" and _ip(address) is None,
+                    export_to=export,
+                    locality=(item.locality or "") if item is not None else "",
+                )
+            )
+    return out
+
+
+def passthrough_endpoint(
+    entry: ServiceEntry, host: str, address: str, port: int | None, trust_domain: str
+) -> Endpoint | None:
+    """Resolution NONE: the original destination, ``address:port`` as the request names it,
+    if ``port`` is one the entry declares (None otherwise: no endpoint)."""
+    spec = entry.spec
+    declared = next((p for p in spec.ports if p.number == port), None)
+    if declared is None or port is None:
+        return None
+    return Endpoint(
+        host=host,
+        address=address,
+        port=port,
+        protocol=_protocol(declared.protocol),
+        source=f"ServiceEntry {entry.namespace}/{entry.name}",
+        identity=spec.subject_alt_names[0] if spec.subject_alt_names else None,
+        service_port=port,
+    )
+
+
+def _export_set(entry: ServiceEntry) -> frozenset[str] | None:
+    exported = entry.spec.export_to
+    if not exported or "*" in exported:
+        return None
+    if "~" in exported:
+        return frozenset()
+    return frozenset(entry.namespace if n == "." else n for n in exported)
+
+
+def _serves(entry: ServiceEntry, port: int | None) -> bool:
+    return port is None or any(p.number == port for p in entry.spec.ports)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+
+
 def _protocol(name: str | None) -> str:
+    """The endpoint protocol meshlib's clients select by. TLS is HTTPS to them: the
+    application's own TLS goes to the endpoint and the server proves the requested host."""
     value = (name or "http").lower()
-    return {"http2": "http", "grpc-web": "http", "tls": "tcp", "mongo": "tcp"}.get(value, value)
+    return {"http2": "http", "grpc-web": "http", "tls": "https"}.get(value, value)

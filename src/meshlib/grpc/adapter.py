@@ -174,7 +174,7 @@ class GrpcAdapter:
         """The call as the client stack sees it; None when the target is not a mesh service
         (the call then goes straight through)."""
         table = self.mesh.grpc_table
-        fqdn = table.resolve(self.host)
+        fqdn = table.resolve(self.host, self.port)
         if fqdn is None:
             return None
         call = Call(

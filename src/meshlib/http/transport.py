@@ -154,7 +154,8 @@ class _Core(Generic[P]):
         """The exchange of a mesh request (None: not a mesh host), and pools to close now."""
         adapter = self._adapter
         table = adapter.mesh.http_table
-        fqdn = table.resolve(request.url.host)
+        url = request.url
+        fqdn = table.resolve(url.host, url.port or (443 if url.scheme == "https" else 80))
         retired = self._pools.retire(table) if table.version != self._pools.version else []
         return (adapter.exchange(request, table, fqdn) if fqdn is not None else None), retired
 
