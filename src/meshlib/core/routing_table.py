@@ -33,7 +33,7 @@ from .delegation import merge_delegate_route
 from .hosts import host_matches, normalize_host
 from .matching import Predicate, compile_matches
 from .retry_policy import RetryPolicy, compile_retry_policy
-from .snapshot import Endpoint, Snapshot, passthrough_endpoint
+from .snapshot import Endpoint, Snapshot, exported_to, passthrough_endpoint
 
 __all__ = ["Cluster", "HeaderOps", "HostRoutes", "Resolved", "Route", "RoutingTable", "Target"]
 
@@ -206,7 +206,13 @@ class RoutingTable:
         background resolver; a name not in it yet is connected to by name)."""
         plane = cls(snapshot, namespace, dict(labels), family, resolved or _NOTHING_RESOLVED, generation)
         compiled: dict[ResourceKey, HostRoutes | None] = {}
-        owners = [*snapshot.virtual_services.items(), *snapshot.wildcard_virtual_services]
+        # exportTo: per host, the oldest VirtualService exported to this workload's namespace.
+        owners = [
+            (host, vs)
+            for host in snapshot._vs_by_host
+            if (vs := snapshot.virtual_service(host, namespace)) is not None
+        ]
+        owners += [(p, vs) for p, vs in snapshot.wildcard_virtual_services if exported_to(vs, namespace)]
         delegates = {
             (r.namespace, r.name): r
             for r in snapshot.resources
@@ -298,7 +304,7 @@ class RoutingTable:
 
     def _build_cluster(self, host: str, subset: str | None, port: int | None) -> Cluster:
         snap = self.snapshot
-        policy = snap.traffic_policy(host, subset, port) or TrafficPolicy()
+        policy = snap.traffic_policy(host, subset, port, self.namespace, self.labels) or TrafficPolicy()
         entry = snap.service_entry(host, self.namespace)
         if entry is not None and entry.spec.mode == "NONE":
             # Endpoints come per request: the original destination (see ``cluster``).
@@ -306,7 +312,7 @@ class RoutingTable:
         wanted = self._wanted()
         usable = tuple(
             e
-            for e in self._expand(snap.endpoints(host, subset, self.namespace))
+            for e in self._expand(snap.endpoints(host, subset, self.namespace, self.labels))
             if e.ready and e.protocol in wanted
         )
         # A ServiceEntry with several ports: the request's port picks. A request on a default
@@ -314,7 +320,11 @@ class RoutingTable:
         endpoints = tuple(e for e in usable if port is None or e.service_port in (None, port))
         if not endpoints and port in (80, 443):
             endpoints = usable
-        known = entry is not None or host in snap.endpoints_by_host or host in snap.destination_rules
+        known = (
+            entry is not None
+            or host in snap.endpoints_by_host
+            or snap.destination_rule(host, self.namespace, self.labels) is not None
+        )
         return Cluster(host, subset, port, endpoints, policy, known, self.family, generation=self.generation)
 
     def _expand(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
@@ -374,8 +384,8 @@ def _expand_delegates(
             out.append((spec, vs.namespace))
             continue
         child = delegates.get((spec.delegate.namespace or vs.namespace, spec.delegate.name))
-        if child is None:
-            continue  # Istio: a delegate that cannot be found drops the route
+        if child is None or not exported_to(child, vs.namespace):
+            continue  # Istio: a delegate not found (or not exported to the root) drops the route
         for child_route in child.spec.http:
             merged = merge_delegate_route(spec, child_route)
             if merged is not None:

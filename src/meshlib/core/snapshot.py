@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from ..policy.base import PolicyTargetReference, WorkloadSelector
+from ..policy.base import PolicyTargetReference, WorkloadSelector, export_set
 from ..policy.destination_rule import Subset, TrafficPolicy
 from ..policy.resources import (
     AuthorizationPolicy,
@@ -123,6 +123,12 @@ class Snapshot:
     address_entries: tuple[tuple[Network, ServiceEntry], ...] = ()  # longest prefix first
     dns_names: frozenset[str] = frozenset()  # what resolution DNS endpoints need resolved
     _entries_by_host: Mapping[str, tuple[ServiceEntry, ...]] = field(default_factory=lambda: _NO_ENTRIES)
+    # Every VirtualService per exact host and every DestinationRule (host pattern, rule), oldest
+    # first, for the lookups that depend on the caller's namespace (exportTo, workloadSelector).
+    _vs_by_host: Mapping[str, tuple[VirtualService, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    _all_rules: tuple[tuple[str, DestinationRule], ...] = ()
     _security_cache: dict[tuple[str, str, frozenset[tuple[str, str]]], WorkloadSecurity] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -145,8 +151,8 @@ class Snapshot:
         candidates = host_candidates(host, namespace)
         for candidate in candidates:
             if (
-                candidate in self.virtual_services
-                or candidate in self.destination_rules
+                any(exported_to(vs, namespace) for vs in self._vs_by_host.get(candidate, ()))
+                or any(p == candidate and exported_to(r, namespace) for p, r in self._all_rules)
                 or self._exact_entry(candidate, namespace) is not None
                 or any(e.visible(namespace) for e in self.endpoints_by_host.get(candidate, ()))
             ):
@@ -158,7 +164,7 @@ class Snapshot:
                     if address in network and self.visible(entry, namespace) and _serves(entry, port):
                         return normalize_host(entry.spec.hosts[0], entry.namespace)
         for candidate in candidates:
-            if self._wildcard_match(candidate) is not None:
+            if self.virtual_service(candidate, namespace) is not None:
                 return candidate
             covering = self._wildcard_entry(candidate, namespace)
             if covering is not None and _serves(covering, port):
@@ -177,35 +183,105 @@ class Snapshot:
         exported = _export_set(entry)
         return namespace is None or exported is None or namespace in exported
 
-    def virtual_service(self, fqdn: str) -> VirtualService | None:
-        found = self.virtual_services.get(fqdn)
-        return found if found is not None else self._wildcard_match(fqdn)
+    def virtual_service(self, fqdn: str, namespace: str | None = None) -> VirtualService | None:
+        """The VirtualService of a host (for a caller in ``namespace``: the oldest exported to
+        it), else the most specific wildcard one."""
+        if namespace is None:
+            found = self.virtual_services.get(fqdn)
+            return found if found is not None else self._wildcard_match(fqdn)
+        for vs in self._vs_by_host.get(fqdn, ()):
+            if exported_to(vs, namespace):
+                return vs
+        for pattern, vs in self.wildcard_virtual_services:
+            if host_matches(pattern, fqdn) and exported_to(vs, namespace):
+                return vs
+        return None
 
-    def destination_rule(self, fqdn: str) -> DestinationRule | None:
-        """The rule for a host: its own, else the most specific wildcard rule covering it."""
-        found = self.destination_rules.get(fqdn)
-        if found is None:
-            for pattern, rule in self.wildcard_destination_rules:
-                if host_matches(pattern, fqdn):
-                    return rule
-        return found
+    def destination_rule(
+        self, fqdn: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> DestinationRule | None:
+        """The rule for a host: its own, else the most specific wildcard rule covering it.
 
-    def subset(self, fqdn: str, subset: str) -> Subset | None:
-        return self._subsets.get((self._rule_host(fqdn), subset))
+        For a caller in ``namespace`` (with ``labels``), Istio's lookup: rules in the caller's
+        own namespace first (those whose workloadSelector selects it before those without
+        one; a selector that does not select it rules the rule out), then the rules of the
+        host's own namespace, then the root namespace's, each only if exported to the caller."""
+        if namespace is None:
+            found = self.destination_rules.get(fqdn)
+            if found is None:
+                for pattern, rule in self.wildcard_destination_rules:
+                    if host_matches(pattern, fqdn):
+                        return rule
+            return found
+        for scope in dict.fromkeys((namespace, self._host_namespace(fqdn), ROOT_NAMESPACE)):
+            if scope is not None:
+                found = self._rule_in(scope, fqdn, namespace, labels)
+                if found is not None:
+                    return found
+        return None
+
+    def _rule_in(
+        self, scope: str, fqdn: str, namespace: str, labels: Mapping[str, str] | None
+    ) -> DestinationRule | None:
+        best: tuple[int, DestinationRule] | None = None
+        for pattern, rule in self._all_rules:
+            if rule.namespace != scope or not exported_to(rule, namespace):
+                continue
+            selector = rule.spec.workload_selector
+            if selector is not None and (
+                labels is None or scope not in (namespace, ROOT_NAMESPACE) or not selector.matches(labels)
+            ):
+                continue  # Istio: a selector selects workloads of its own namespace only
+            if pattern != fqdn and not host_matches(pattern, fqdn):
+                continue
+            # exact host before wildcards (the longest first), a selecting rule before others
+            rank = (0 if pattern == fqdn else 1 + 1000 - len(pattern)) * 2 + (selector is None)
+            if best is None or rank < best[0]:
+                best = (rank, rule)
+        return best[1] if best is not None else None
+
+    def _host_namespace(self, fqdn: str) -> str | None:
+        """The namespace a host belongs to: ``name.<ns>.svc.<domain>``'s, or its ServiceEntry's."""
+        labels = fqdn.split(".")
+        if len(labels) >= 4 and labels[2] == "svc":
+            return labels[1]
+        entry = self.service_entries.get(fqdn)
+        return entry.namespace if entry is not None else None
+
+    def subset(
+        self,
+        fqdn: str,
+        subset: str,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Subset | None:
+        if namespace is None:
+            return self._subsets.get((self._rule_host(fqdn), subset))
+        rule = self.destination_rule(fqdn, namespace, labels)
+        return next((s for s in rule.spec.subsets if s.name == subset), None) if rule is not None else None
 
     def traffic_policy(
-        self, fqdn: str, subset: str | None = None, port: int | None = None
+        self,
+        fqdn: str,
+        subset: str | None = None,
+        port: int | None = None,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> TrafficPolicy | None:
         """The DestinationRule policy for a host, with the subset's and port's settings laid over."""
-        rule = self.destination_rule(fqdn)
+        rule = self.destination_rule(fqdn, namespace, labels)
         if rule is None:
             return None
         policy = rule.spec.traffic_policy or TrafficPolicy()
-        chosen = self.subset(fqdn, subset) if subset is not None else None
+        chosen = self.subset(fqdn, subset, namespace, labels) if subset is not None else None
         return policy.merged_with(chosen.traffic_policy if chosen is not None else None, port)
 
     def endpoints(
-        self, fqdn: str, subset: str | None = None, namespace: str | None = None
+        self,
+        fqdn: str,
+        subset: str | None = None,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> tuple[Endpoint, ...]:
         """Endpoints of a host, narrowed to a subset's labels when one is named (and to those
         exported to ``namespace``, when given)."""
@@ -224,7 +300,7 @@ class Snapshot:
             found = tuple(e for e in found if e.visible(namespace))
         if subset is None:
             return found
-        chosen = self.subset(fqdn, subset)
+        chosen = self.subset(fqdn, subset, namespace, labels)
         if chosen is None:
             return ()
         return tuple(e for e in found if e.matches(chosen.labels))
@@ -362,6 +438,8 @@ def compile_snapshot(
     """Index resources and registry entries for per-request lookups. Pure."""
     ordered = _age_order(resources)
     virtual_services: dict[str, VirtualService] = {}
+    vs_by_host: dict[str, list[VirtualService]] = {}
+    all_rules: list[tuple[str, DestinationRule]] = []
     wildcards: list[tuple[str, VirtualService]] = []
     rules: dict[str, DestinationRule] = {}
     wildcard_rules: list[tuple[str, DestinationRule]] = []
@@ -379,8 +457,10 @@ def compile_snapshot(
                     wildcards.append((fqdn, resource))
                 else:
                     virtual_services.setdefault(fqdn, resource)
+                    vs_by_host.setdefault(fqdn, []).append(resource)
         elif isinstance(resource, DestinationRule):
             fqdn = normalize_host(resource.spec.host, resource.namespace)
+            all_rules.append((fqdn, resource))
             if fqdn not in rules:
                 rules[fqdn] = resource
                 if "*" in fqdn:
@@ -449,6 +529,8 @@ def compile_snapshot(
         address_entries=tuple(address_entries),
         dns_names=frozenset(e.address for group in compiled.values() for e in group if e.dns),
         _entries_by_host=MappingProxyType({h: tuple(found) for h, found in entries.items()}),
+        _vs_by_host=MappingProxyType({h: tuple(found) for h, found in vs_by_host.items()}),
+        _all_rules=tuple(all_rules),
     )
 
 
@@ -562,12 +644,15 @@ def passthrough_endpoint(
 
 
 def _export_set(entry: ServiceEntry) -> frozenset[str] | None:
-    exported = entry.spec.export_to
-    if not exported or "*" in exported:
-        return None
-    if "~" in exported:
-        return frozenset()
-    return frozenset(entry.namespace if n == "." else n for n in exported)
+    return export_set(entry.spec.export_to, entry.namespace)
+
+
+def exported_to(resource: VirtualService | DestinationRule | ServiceEntry, namespace: str | None) -> bool:
+    """Istio's exportTo: unset or ``*`` every namespace, ``.`` its own, names, ``~`` none."""
+    if namespace is None or not resource.spec.export_to:
+        return True
+    exported = export_set(resource.spec.export_to, resource.namespace)
+    return exported is None or namespace in exported
 
 
 def _serves(entry: ServiceEntry, port: int | None) -> bool:

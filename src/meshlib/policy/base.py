@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from ..names import check_address, check_host
+from ..names import check_address, check_dns_label, check_host
 
 __all__ = [
     "Address",
@@ -22,6 +22,7 @@ __all__ = [
     "StringMatch",
     "WorkloadSelector",
     "check_export_to",
+    "export_set",
     "iter_checks",
 ]
 
@@ -94,13 +95,29 @@ def _unsupported(model: MeshModel) -> Iterator[tuple[FieldPath, str]]:
 
 
 def check_export_to(export_to: Sequence[str]) -> Iterator[tuple[FieldPath, str]]:
-    """exportTo other than everywhere ('*', the default) is not applied yet: refused."""
-    if any(item != "*" for item in export_to):
-        yield (
-            ("exportTo",),
-            "exportTo other than '*' is not supported by meshlib yet: every resource is visible "
-            "in every namespace; remove exportTo",
-        )
+    """Istio's rules for exportTo (VirtualService, DestinationRule, ServiceEntry): '.', '*',
+    '~' or namespace names, no duplicates, '*' and '~' alone."""
+    seen: set[str] = set()
+    for index, value in enumerate(export_to):
+        if value in seen:
+            yield ("exportTo", index), f"duplicate entries in exportTo for entry {value}"
+        seen.add(value)
+        if value not in (".", "*", "~"):
+            try:
+                check_dns_label(value, "exportTo namespace")
+            except ValueError as exc:
+                yield ("exportTo", index), str(exc)
+    if len(export_to) > 1 and seen & {"*", "~"}:
+        yield ("exportTo",), "'*' and '~' cannot be combined with other exportTo entries"
+
+
+def export_set(export_to: Sequence[str], namespace: str) -> frozenset[str] | None:
+    """The namespaces a resource of ``namespace`` is visible in (None: every one); '~': none."""
+    if not export_to or "*" in export_to:
+        return None
+    if "~" in export_to:
+        return frozenset()
+    return frozenset(namespace if n == "." else n for n in export_to)
 
 
 class StringMatch(MeshModel):

@@ -354,21 +354,25 @@ class Subset(MeshModel):
 
 
 class DestinationRuleSpec(MeshModel):
+    """Which rule a caller uses is Istio's lookup (Snapshot.destination_rule): its own
+    namespace's (a workloadSelector one only for the workloads it selects), then the host's
+    namespace's, then the root namespace's, each only if exported to the caller."""
+
     host: Host
     traffic_policy: TrafficPolicy | None = None
     subsets: tuple[Subset, ...] = ()
     export_to: tuple[str, ...] = ()
     workload_selector: WorkloadSelector | None = None
 
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "workload_selector": (
-            "a DestinationRule applies to every workload here; remove workloadSelector, or keep such "
-            "rules out of the mesh's policy"
-        ),
-    }
-
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         yield from check_export_to(self.export_to)
+        if self.workload_selector is not None:
+            for key, value in self.workload_selector.match_labels.items():
+                if "*" in value:
+                    yield (
+                        ("workloadSelector", "matchLabels", key),
+                        "wildcard is not supported in selector",
+                    )
         seen: set[str] = set()
         for index, subset in enumerate(self.subsets):
             if subset.name in seen:

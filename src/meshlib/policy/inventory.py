@@ -25,8 +25,6 @@ _L4_ROUTES = ("VirtualService.tls", "VirtualService.tcp")
 _L4 = "refused for the mesh (no TCP/TLS proxy in-process); allowed when bound to gateways only"
 PARTLY: dict[str, str] = {
     **dict.fromkeys(_L4_ROUTES, _L4),
-    "VirtualService.exportTo": "only '*' (the default); other values are refused",
-    "DestinationRule.exportTo": "only '*' (the default); other values are refused",
     "DestinationRule.trafficPolicy.connectionPool.http.h2UpgradePolicy": (
         "DEFAULT and DO_NOT_UPGRADE (what meshlib does); UPGRADE is refused"
     ),

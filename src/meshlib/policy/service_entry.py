@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ..names import check_dns_label, check_locality
-from .base import Address, FieldPath, Host, MeshModel
+from .base import Address, FieldPath, Host, MeshModel, check_export_to
 
 __all__ = [
     "HTTP_PROTOCOLS",
@@ -185,7 +185,7 @@ class ServiceEntrySpec(MeshModel):
                         (f"no port named {port_name!r} in spec.ports"),
                     )
         yield from self._check_identity()
-        yield from self._check_export_to()
+        yield from check_export_to(self.export_to)
 
     def _check_resolution(self, mode: Resolution) -> Iterator[tuple[FieldPath, str]]:
         if mode == "DYNAMIC_DNS":
@@ -261,20 +261,6 @@ class ServiceEntrySpec(MeshModel):
                     "mesh mTLS to this endpoint needs the identity it proves: set its "
                     "serviceAccount (or the entry's subjectAltNames)",
                 )
-
-    def _check_export_to(self) -> Iterator[tuple[FieldPath, str]]:
-        seen: set[str] = set()
-        for index, value in enumerate(self.export_to):
-            if value in seen:
-                yield ("exportTo", index), f"duplicate entries in exportTo for entry {value}"
-            seen.add(value)
-            if value not in (".", "*", "~"):
-                try:
-                    check_dns_label(value, "exportTo namespace")
-                except ValueError as exc:
-                    yield ("exportTo", index), str(exc)
-        if len(self.export_to) > 1 and seen & {"*", "~"}:
-            yield ("exportTo",), "'*' and '~' cannot be combined with other exportTo entries"
 
 
 def _is_ip(value: str) -> bool:
