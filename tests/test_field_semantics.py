@@ -101,7 +101,7 @@ def test_retry_remote_localities_moves_the_retry_to_another_locality(remote_loca
 
 
 @pytest.mark.parametrize("kind", ["VirtualService", "DestinationRule"])
-def test_export_to_everywhere_is_accepted_and_any_narrower_scope_refused(kind: str) -> None:
+def test_export_to_follows_istios_validation(kind: str) -> None:
     body = (
         "  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}]}]\n"
         if kind == "VirtualService"
@@ -114,12 +114,17 @@ def test_export_to_everywhere_is_accepted_and_any_narrower_scope_refused(kind: s
             f"spec:\n{body}  exportTo: {export_to}\n"
         )
 
-    (loaded,) = load_text(document("['*']"))
-    assert loaded.resource.spec.export_to == ("*",)
-    for narrower in ("['.']", "[prod]", "['*', '.']"):
+    for accepted in ("['*']", "['.']", "[prod, '.']", "['~']"):
+        (loaded,) = load_text(document(accepted))
+        assert loaded.resource.spec.export_to
+    for refused_value, message in (
+        ("['*', '.']", "'*' and '~' cannot be combined"),
+        ("[prod, prod]", "duplicate entries in exportTo"),
+        ("[Prod]", "exportTo namespace"),
+    ):
         with pytest.raises(ConfigError) as refused:
-            load_text(document(narrower), "policy.yaml")
-        assert "spec.exportTo: exportTo other than '*' is not supported by meshlib" in str(refused.value)
+            load_text(document(refused_value), "policy.yaml")
+        assert message in str(refused.value)
 
 
 # --- DestinationRule ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ EXPECTED = [
     "MeshError",
     "MeshRequestError",
     "MeshTimeoutError",
+    "NoClusterError",
     "NoHealthyUpstreamError",
     "NoRouteError",
     "RetriesExhaustedError",

@@ -21,6 +21,7 @@ from .errors import (
 from .http.errors import (
     MeshRequestError,
     MeshTimeoutError,
+    NoClusterError,
     NoHealthyUpstreamError,
     NoRouteError,
     RetriesExhaustedError,
@@ -48,6 +49,7 @@ __all__ = [
     "MeshRequestError",
     "MeshSettings",
     "MeshTimeoutError",
+    "NoClusterError",
     "NoHealthyUpstreamError",
     "NoRouteError",
     "PeerIdentity",

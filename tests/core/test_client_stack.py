@@ -754,9 +754,19 @@ def test_mirrors_to_unknown_and_empty_hosts() -> None:
         dr_only,
     )
     _, actions, _ = mesh.run(OK)
-    # Plain DNS host: sent as it is. A mesh host without endpoints: skipped. 0%: never.
-    assert kinds(actions) == ["Mirror", "Send"]
-    assert (actions[0].endpoint, actions[0].target.host) == (None, "shadow.example.org")
+    # Not a mesh host (Envoy: no such cluster): no copy, and never one to the caller's own
+    # host. A mesh host without endpoints: skipped. 0%: never.
+    assert kinds(actions) == ["Send"]
+
+
+def test_a_route_to_a_host_that_is_not_a_mesh_host_is_nc() -> None:
+    """Envoy: a route to a cluster that does not exist answers 503 NC; the request must not
+    go to the host the caller asked for instead."""
+    mesh = Mesh(vs("  - route: [{destination: {host: nowhere.invalid}}]\n"))
+    reply, actions, ex = mesh.run()
+    assert actions == []
+    assert (reply.error, ex.flags) == ("NC", ["NC"])
+    assert "nowhere.invalid is not a mesh host" in (reply.message or "")
 
 
 # --- no endpoint: UH, UO ----------------------------------------------------------------------

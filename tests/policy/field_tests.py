@@ -111,7 +111,7 @@ EXERCISED: dict[str, str] = {
     "VirtualService.http.fault.abort.http2Error": f"{_LOADER}::test_http2_error_is_refused",
     "VirtualService.http.mirrorPercent": f"{_PLANE}::test_mirrors_and_their_shares",
     "VirtualService.exportTo": (
-        f"{_NEW}::test_export_to_everywhere_is_accepted_and_any_narrower_scope_refused"
+        "tests/http/test_scoping.py::test_export_to_dot_keeps_a_virtual_service_in_its_namespace"
     ),
     # --- DestinationRule ---
     "DestinationRule.host": (
@@ -223,8 +223,9 @@ EXERCISED: dict[str, str] = {
     ),
     "DestinationRule.subsets.name": f"{_STACK}::test_subset_routes_to_its_endpoints",
     "DestinationRule.subsets.labels": f"{_PLANE}::test_cluster_filters_endpoints_by_subset_labels",
-    "DestinationRule.exportTo": (
-        f"{_NEW}::test_export_to_everywhere_is_accepted_and_any_narrower_scope_refused"
+    "DestinationRule.exportTo": "tests/http/test_scoping.py::test_export_to_names_namespaces_and_tilde_hides",
+    "DestinationRule.workloadSelector.matchLabels": (
+        "tests/http/test_scoping.py::test_workload_selector_rules_apply_to_the_workloads_they_select"
     ),
     # --- PeerAuthentication ---
     "PeerAuthentication.mtls.mode": "tests/test_mtls.py::test_strict_refuses_plaintext_and_says_why",

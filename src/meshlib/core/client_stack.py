@@ -23,7 +23,7 @@ from .attempt import (
 from .balancer import hash_key_for
 from .call import Call
 from .exchange import Attempt, Exchange, Mirror, Outcome, Reply, Send, Sleep, Synthetic
-from .flags import DI, FI, NR, UF, UH, UO, URX, UT
+from .flags import DI, FI, NC, NR, UF, UH, UO, URX, UT
 from .outlier import Outcome as Health
 from .outlier import outcome_for_status
 from .retry_policy import Failure, RetryPolicy
@@ -101,7 +101,7 @@ def _mirror(ex: Exchange, next: ClientNext, mirrors: tuple[tuple[Target, float],
             cluster = ex.table.cluster(target, ex.call.port, ex.call.host)
             state = ex.clusters.get(cluster, ex.table.version)
             endpoint = state.pick(cluster, None) if cluster.endpoints else None
-            if endpoint is not None or not cluster.known:
+            if endpoint is not None or (not cluster.known and cluster.host == ex.fqdn):
                 try:
                     copy = decide(ex, Mirror, endpoint, target, cluster, MIRROR_TIMEOUT, None)
                 except CertificateUnavailableError:
@@ -247,6 +247,14 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     elif cluster.known:
         ex.flags.append(UH)
         return Reply(error=UH, message=f"no endpoints for {_name(cluster.host, cluster.subset)}")
+    elif cluster.host != ex.fqdn:
+        # Envoy: a route to a cluster that does not exist answers 503 NC. Only the host the
+        # caller asked for itself may go on as if there were no mesh (to its own URL).
+        ex.flags.append(NC)
+        return Reply(
+            error=NC,
+            message=f"destination {cluster.host} is not a mesh host (no ServiceEntry, workload or rule)",
+        )
     if not state.admit(cluster, endpoint):
         ex.flags.append(UO)
         return Reply(error=UO, message=f"connection pool of {_name(cluster.host, cluster.subset)} is full")

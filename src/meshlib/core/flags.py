@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["DI", "FI", "NR", "RBAC", "RL", "UAEX", "UC", "UF", "UH", "UO", "URX", "UT"]
+__all__ = ["DI", "FI", "NC", "NR", "RBAC", "RL", "UAEX", "UC", "UF", "UH", "UO", "URX", "UT"]
 
 UH = "UH"  # no healthy upstream endpoint
 UF = "UF"  # upstream connection failure
 UO = "UO"  # upstream overflow: connection pool limits (circuit breaking)
 URX = "URX"  # retries exhausted: attempt limit or retry budget reached
 NR = "NR"  # no route matched
+NC = "NC"  # no cluster: a route's destination host is not a mesh host
 DI = "DI"  # request delayed by fault injection
 FI = "FI"  # request aborted by fault injection
 UT = "UT"  # upstream request timeout

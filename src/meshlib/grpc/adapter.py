@@ -57,6 +57,7 @@ RETIRE_AFTER = 60.0  # seconds a channel of a rotated-out certificate stays open
 # A mesh failure (Envoy response flag) as the gRPC status a caller sees.
 _FLAG_CODES = {
     "NR": grpc.StatusCode.UNIMPLEMENTED,
+    "NC": grpc.StatusCode.UNAVAILABLE,
     "UH": grpc.StatusCode.UNAVAILABLE,
     "UO": grpc.StatusCode.UNAVAILABLE,
     "UT": grpc.StatusCode.DEADLINE_EXCEEDED,

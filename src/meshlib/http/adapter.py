@@ -27,6 +27,7 @@ from ..workload_identity import WorkloadIdentity
 from .body import AsyncStreamedBody, StreamedBody
 from .errors import (
     MeshTimeoutError,
+    NoClusterError,
     NoHealthyUpstreamError,
     NoRouteError,
     RetriesExhaustedError,
@@ -48,6 +49,7 @@ class HttpMesh(ClientMesh, typing.Protocol):
 
 _ERRORS: dict[str, type[httpx.RequestError]] = {
     "NR": NoRouteError,
+    "NC": NoClusterError,
     "UH": NoHealthyUpstreamError,
     "UO": UpstreamOverflowError,
     "UT": MeshTimeoutError,

@@ -12,6 +12,7 @@ from ..errors import CertificateUnavailableError, MeshError
 __all__ = [
     "MeshRequestError",
     "MeshTimeoutError",
+    "NoClusterError",
     "NoHealthyUpstreamError",
     "NoRouteError",
     "RetriesExhaustedError",
@@ -31,6 +32,12 @@ class NoRouteError(MeshRequestError):
     """NR: a VirtualService owns the host but none of its routes matches the request."""
 
     flag = "NR"
+
+
+class NoClusterError(MeshRequestError, httpx.ConnectError):
+    """NC: a route's destination host is not a mesh host, so there is nowhere to send."""
+
+    flag = "NC"
 
 
 class NoHealthyUpstreamError(MeshRequestError, httpx.ConnectError):
