@@ -21,6 +21,14 @@ from .resources import KINDS
 __all__ = ["Field", "fields", "render_markdown"]
 
 # Refused in part, by a _check rather than UNSUPPORTED: the field is read, some values refused.
+# Names that only label something: in Istio too they change no request.
+LABELS: dict[str, str] = {
+    "VirtualService.http.match.name": (
+        "Istio writes it into access logs and stats only; meshlib keeps it, with the route's name, "
+        "when it merges delegate routes"
+    ),
+}
+
 _L4_ROUTES = ("VirtualService.tls", "VirtualService.tcp")
 _L4 = "refused for the mesh (no TCP/TLS proxy in-process); allowed when bound to gateways only"
 PARTLY: dict[str, str] = {
@@ -40,6 +48,12 @@ class Field:
     name: str
     leaf: bool
     within: str | None = None  # the refused message this field is part of
+    expanded: bool = True  # its message's fields are listed under it (False: listed elsewhere)
+
+    @property
+    def needs_test(self) -> bool:
+        """Enforced, and its behaviour is its own: a leaf, or a message listed elsewhere."""
+        return (self.leaf or not self.expanded) and self.status.startswith("enforced")
 
     @property
     def kind(self) -> str:
@@ -62,6 +76,9 @@ class Field:
             return f"enforced in part: {partly}"
         if self.within is not None:
             return f"allowed only as part of `{self.within.split('.', 1)[1]}`, see there"
+        label = LABELS.get(self.path)
+        if label is not None:
+            return f"a label: {label}"
         return "enforced"
 
 
@@ -73,7 +90,8 @@ def fields() -> Iterator[Field]:
         seen.add(model)
         for name, info in model.model_fields.items():
             inner = _models_in(info.annotation)
-            field = Field(f"{path}.{info.alias or name}", model, name, not inner, within)
+            here = f"{path}.{info.alias or name}"
+            field = Field(here, model, name, not inner, within, expanded=any(m not in seen for m in inner))
             yield field
             refused = within
             if refused is None and (name in model.UNSUPPORTED or field.path in _L4_ROUTES):
