@@ -164,6 +164,14 @@ class TCPSettings(MeshModel):
     idle_timeout: Duration | None = None
 
 
+class HTTP2KeepAlive(MeshModel):
+    """Newer istio/api: HTTP/2 PING keepalive toward upstreams."""
+
+    time: Duration | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+
 class HTTPSettings(MeshModel):
     http1_max_pending_requests: int | None = Field(default=None, ge=0)
     http2_max_requests: int | None = Field(default=None, ge=0)
@@ -173,8 +181,13 @@ class HTTPSettings(MeshModel):
     h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
     use_client_protocol: bool | None = None
     max_concurrent_streams: int | None = Field(default=None, ge=0)
+    http2_keep_alive: HTTP2KeepAlive | None = Field(default=None, alias="http2KeepAlive")
 
     UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "http2_keep_alive": (
+            "HTTP/2 PING keepalive toward upstreams is not sent (HTTP upstreams are spoken to in "
+            "HTTP/1.1); remove it"
+        ),
         "use_client_protocol": (
             "meshlib speaks HTTP/1.1 to HTTP upstreams and HTTP/2 to gRPC ones, whatever the caller "
             "used; remove it"

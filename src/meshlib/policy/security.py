@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -199,6 +199,13 @@ class ClaimToHeader(MeshModel):
 
 
 class JWTRule(MeshModel):
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "presence": (
+            "to require a token, add an AuthorizationPolicy with requestPrincipals: ['*'] (Istio's "
+            "way before presence); remove presence"
+        ),
+    }
+
     issuer: str = Field(min_length=1)
     audiences: tuple[str, ...] = ()
     jwks_uri: str | None = None
@@ -211,6 +218,7 @@ class JWTRule(MeshModel):
     output_claim_to_headers: tuple[ClaimToHeader, ...] = ()
     timeout: Duration | None = None
     space_delimited_claims: tuple[str, ...] = ()
+    presence: Literal["OPTIONAL", "REQUIRED"] | None = None  # newer istio/api
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         if self.jwks is not None and self.jwks_uri is not None:
