@@ -33,7 +33,6 @@ _NO_L4 = "routes are not supported for the mesh"  # tcp/tls routes: no TCP/TLS p
 _NO_TCP_PORT = "is not supported: meshlib's clients carry HTTP and gRPC"  # ServiceEntry TCP ports
 _NO_DISCOVERY = "does not discover keys"  # no OpenID discovery of an issuer's keys
 _NO_ENVOY_METADATA = "experimental Envoy"  # Envoy filter metadata has no meaning in-process
-_NO_WARMUP = "warmup is not supported by meshlib"  # slow start is not implemented
 _EGRESS = "istio.io__docs__tasks__traffic-management__egress__"
 _CRDS = "pkg__config__validation__testdata__crds__"
 KNOWN_REFUSED = {
@@ -62,9 +61,6 @@ KNOWN_REFUSED = {
     + "wildcard-egress-hosts__snip_configure_egress_gateway_traffic_to_a_wildcard_host_1.yaml": _NO_L4,
     "pilot__pkg__security__authz__builder__testdata__http__allow-full-rule-in.yaml": _NO_ENVOY_METADATA,
     _CRDS + "authz-valid.doc1.yaml": _NO_ENVOY_METADATA,
-    _CRDS + "destinationrule-valid.doc1.yaml": _NO_WARMUP,
-    _CRDS + "destinationrule-valid.doc2.yaml": _NO_WARMUP,
-    _CRDS + "destinationrule-valid.doc3.yaml": _NO_WARMUP,
     _CRDS + "destinationrule-valid.doc4.yaml": "http2KeepAlive is not supported",
     _CRDS + "reqauth-valid.doc1.yaml": "presence is not supported",
     # ServiceEntry subjectAltNames: mesh mTLS peers prove one SPIFFE ID; other names go in the

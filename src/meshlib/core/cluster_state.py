@@ -18,6 +18,7 @@ from .locality import Locality, LocalityPlan, plan_localities
 from .outlier import Outcome, OutlierDetector
 from .retry_budget import RetryBudget
 from .routing_table import Cluster
+from .slow_start import slow_start_of
 from .snapshot import Endpoint
 
 __all__ = ["ClusterState", "Clusters", "Limits"]
@@ -100,6 +101,9 @@ class ClusterState:
     _last_balancer: tuple[Cluster, Balancer] | None = field(default=None, repr=False)
     _limits: tuple[Cluster, Limits] | None = field(default=None, repr=False)
     _plan: tuple[Cluster, LocalityPlan | None] | None = field(default=None, repr=False)
+    # Slow start: when each endpoint that joined after the first Cluster was first seen.
+    _born: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
+    _members: frozenset[tuple[str, int]] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +138,12 @@ class ClusterState:
             self.outlier.update_settings(settings)
         if self.outlier is not None:
             self.outlier.set_endpoints([e.key for e in cluster.endpoints])
+        members = frozenset(e.key for e in cluster.endpoints)
+        if self._members is not None:  # the first endpoints are not warmed up (Envoy)
+            now = self.clock()
+            self._born = {k: t for k, t in self._born.items() if k in members}
+            self._born.update((k, now) for k in members - self._members)
+        self._members = members
 
     def balancer(self, cluster: Cluster) -> Balancer:
         """The balancer for a cluster's endpoints and settings, built once and kept while in use
@@ -202,6 +212,12 @@ class ClusterState:
         if exclude and len(endpoints) > 1:
             fresh = tuple(e for e in endpoints if e not in exclude)
             endpoints = fresh or endpoints
+        if self._born:
+            warm = slow_start_of(cluster.policy.load_balancer)
+            weighted = warm.weighted(endpoints, self._born, self.clock()) if warm is not None else None
+            if weighted is not None:
+                picked = self.balancer(cluster).pick(weighted, hash_key)
+                return None if picked is None else next(e for e in endpoints if e.key == picked.key)
         return self.balancer(cluster).pick(endpoints, hash_key)
 
     def admit(self, cluster: Cluster, endpoint: Endpoint | None) -> bool:

@@ -117,16 +117,9 @@ class WarmupConfiguration(MeshModel):
 SimpleLB = Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"]
 
 
-_NO_WARMUP = (
-    "slow start (a new endpoint's share of traffic ramped up over a window) is not implemented; remove it"
-)
-
-
 class LoadBalancerSettings(MeshModel):
     """``simple: PASSTHROUGH`` (send to the address the caller asked for, no balancing) is
     refused: a mesh host's endpoints are the only addresses meshlib sends to."""
-
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = {"warmup_duration_secs": _NO_WARMUP, "warmup": _NO_WARMUP}
 
     simple: SimpleLB | None = None
     consistent_hash: ConsistentHashLB | None = None
@@ -135,6 +128,22 @@ class LoadBalancerSettings(MeshModel):
     warmup: WarmupConfiguration | None = None
 
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        warm = (
+            "warmup"
+            if self.warmup is not None
+            else "warmupDurationSecs"
+            if self.warmup_duration_secs
+            else None
+        )
+        if warm is not None and (
+            self.consistent_hash is not None or self.simple in ("RANDOM", "PASSTHROUGH")
+        ):
+            yield (
+                (warm,),
+                "slow start works with ROUND_ROBIN and LEAST_REQUEST only (Envoy's slow_start_config)",
+            )
+        if self.warmup is not None and self.warmup_duration_secs:
+            yield ("warmup",), "set only one of warmup and warmupDurationSecs"
         if self.simple == "PASSTHROUGH":
             yield (
                 ("simple",),
