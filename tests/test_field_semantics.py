@@ -30,14 +30,24 @@ from meshlib.policy.loader import load_text
 from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
 from meshlib.request_authn import JwksCache, compile_authenticator
 from tests.core.test_authz import View, _allowed, _call
-from tests.core.test_client_stack import DR_SUBSETS, OK, UNAVAILABLE
+from tests.core.test_client_stack import DR_SUBSETS, OK, RUN, UNAVAILABLE, address, workload
 from tests.core.test_client_stack import Mesh as StackMesh
 from tests.core.test_client_stack import vs as stack_vs
-from tests.http.conftest import Endpoints, backends, make_mesh, rule, service_entry  # noqa: F401 - fixtures
+from tests.core.test_slow_start import share_of_c
+from tests.http.conftest import (
+    SUBSETS,
+    Endpoints,
+    backend_of,
+    backends,  # noqa: F401 - a fixture
+    make_mesh,  # noqa: F401 - a fixture
+    rule,
+    service_entry,
+)
+from tests.http.conftest import virtual_service as http_vs
 from tests.http.test_connection_lifetime import call, connections
 from tests.servers import asgi_through_mesh
 from tests.test_rate_limit import rate_limit
-from tests.test_request_authentication import ISSUER, JWKS, REMOTE_JWKS, token
+from tests.test_request_authentication import ISSUER, JWKS, OTHER_KEY, REMOTE_JWKS, token
 
 # --- VirtualService ------------------------------------------------------------------------
 
@@ -100,6 +110,32 @@ def test_retry_remote_localities_moves_the_retry_to_another_locality(remote_loca
             assert second in LOCAL - {first}
 
 
+def test_a_destinations_response_headers_edit_the_answers_it_gives(
+    backends: Endpoints,  # noqa: F811
+    make_mesh: Any,  # noqa: F811
+) -> None:
+    """route[].headers.response: each destination's own edits, on the answers that came from it."""
+    split = http_vs("""\
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 50
+      headers: {response: {set: {content-type: text/plain}, add: {x-picked: one}}}
+    - destination: {host: reviews, subset: v2}
+      weight: 50
+      headers: {response: {remove: [content-type], add: {x-picked: two}}}
+""")
+    mesh = make_mesh(service_entry(backends) + SUBSETS + split)
+    with mesh.http_client() as client:
+        answers = [client.get("http://reviews/") for _ in range(30)]
+    assert {backend_of(answer)[:2] for answer in answers} == {"v1", "v2"}
+    for answer in answers:
+        if backend_of(answer).startswith("v1"):
+            assert (answer.headers["x-picked"], answer.headers["content-type"]) == ("one", "text/plain")
+        else:
+            assert answer.headers["x-picked"] == "two"
+            assert "content-type" not in answer.headers
+
+
 @pytest.mark.parametrize("kind", ["VirtualService", "DestinationRule"])
 def test_export_to_follows_istios_validation(kind: str) -> None:
     body = (
@@ -157,6 +193,86 @@ def test_h2_upgrade_policy_takes_what_meshlib_does_and_refuses_upgrade(policy: s
     with pytest.raises(ConfigError) as refused:
         load_text(document("UPGRADE"), "policy.yaml")
     assert "h2UpgradePolicy: UPGRADE is not supported by meshlib" in str(refused.value)
+
+
+# portLevelSettings: the settings of one port (9080); a request on another port (9081) to the
+# same endpoints keeps the rule's own (Istio: port-level settings replace the rule's for that port).
+NO_RETRIES = stack_vs("  - retries: {attempts: 0}\n    route: [{destination: {host: reviews}}]\n")
+
+
+def _on_port_9080(settings: str, rule_level: str = "") -> str:
+    return (
+        DR_SUBSETS
+        + "  trafficPolicy:\n"
+        + rule_level
+        + "    portLevelSettings:\n    - port: {number: 9080}\n"
+        + "".join(f"      {line}\n" for line in settings.splitlines())
+    )
+
+
+def test_port_level_outlier_detection_ejects_on_its_port_only() -> None:
+    mesh = StackMesh(
+        NO_RETRIES,
+        _on_port_9080("outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 30s}"),
+        workloads=[workload("bad", "10.0.0.1"), workload("good", "10.0.0.2")],
+    )
+
+    def bad_hits(port: int) -> int:
+        hits = 0
+        for _ in range(20):
+            _, actions = mesh.drive(
+                mesh.exchange(port=port), lambda send: UNAVAILABLE if address(send) == "10.0.0.1" else OK
+            )
+            hits += address(actions[0]) == "10.0.0.1"
+        return hits
+
+    assert bad_hits(9080) == 1, "ejected at its first 503 on port 9080"
+    assert bad_hits(9081) >= 5, "the rule sets no outlier detection: never ejected on port 9081"
+
+
+def test_port_level_load_balancer_is_the_ports_own() -> None:
+    mesh = StackMesh(
+        _on_port_9080(
+            "loadBalancer: {consistentHash: {httpHeaderName: x-user}}",
+            rule_level="    loadBalancer: {simple: ROUND_ROBIN}\n",
+        )
+    )
+
+    def picked(port: int) -> set[str | None]:
+        return {address(mesh.run(OK, port=port, headers={"x-user": "alice"})[1][0]) for _ in range(12)}
+
+    assert len(picked(9080)) == 1, "hashed on x-user: one endpoint for alice"
+    assert picked(9081) == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}, "round robin"
+
+
+def test_port_level_connection_pool_limits_its_port_only() -> None:
+    mesh = StackMesh(_on_port_9080("connectionPool: {http: {http2MaxRequests: 1}}"))
+    for port, limited in ((9080, True), (9081, False)):
+        flow = RUN(mesh.exchange(port=port))
+        assert isinstance(flow.send(None), Send)  # in flight, holding a slot
+        reply, actions, _ = mesh.run(OK, port=port)
+        if limited:
+            assert (actions, reply.error) == ([], "UO")
+        else:
+            assert (len(actions), reply.outcome) == (1, OK)
+        with pytest.raises(StopIteration):
+            flow.send(OK)
+
+
+def test_warmup_minimum_percent_is_where_a_joining_endpoint_starts() -> None:
+    """50%, not Envoy's default 10%: the joining endpoint C weighs 0.5 against A's and B's 1,
+    and keeps that floor while the ramp is below it."""
+    warmup = {"warmup": {"duration": "100s", "minimumPercent": 50}}
+    assert share_of_c(warmup, 0.0) == pytest.approx(0.5 / 2.5, abs=0.01)
+    assert share_of_c(warmup, 30.0) == pytest.approx(0.5 / 2.5, abs=0.01)
+    assert share_of_c(warmup, 80.0) == pytest.approx(0.8 / 2.8, abs=0.01)
+
+
+def test_warmup_aggression_bends_the_ramp_of_a_joining_endpoint() -> None:
+    """aggression 2: at a quarter of the window the weight is 0.25 ** (1/2) = 0.5 (linear: 0.25)."""
+    warmup = {"warmup": {"duration": "100s", "aggression": 2}}
+    assert share_of_c(warmup, 25.0) == pytest.approx(0.5 / 2.5, abs=0.01)
+    assert share_of_c(warmup, 64.0) == pytest.approx(0.8 / 2.8, abs=0.01)
 
 
 def _always_failing(mesh: StackMesh, requests: int) -> list[int]:
@@ -400,6 +516,31 @@ def test_jwks_fetch_timeout_bounds_each_fetch(slow_jwks: str) -> None:
     assert short_keys is None, "each fetch gave up after 300 ms"
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        'targetRef: {kind: Service, group: "", name: reviews}',
+        "targetRefs: [{kind: Service, name: ratings}, {kind: Service, name: reviews, namespace: default}]",
+    ],
+)
+def test_request_authentication_target_refs_name_the_services_it_applies_to(
+    tmp_path: Path, target: str
+) -> None:
+    """A token no key of the rule signed is refused (401) where the rule applies: on the Service
+    its targetRef names, in the policy's namespace; elsewhere it is not looked at."""
+    config = tmp_path / "policy.yaml"
+    config.write_text(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n"
+        "metadata: {name: jwt, namespace: default}\n"
+        f"spec:\n  {target}\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{JWKS}'\n"
+    )
+    forged = [(b"authorization", f"Bearer {token(key=OTHER_KEY)}".encode())]
+    cases = (("reviews", "default", 401), ("details", "default", 200), ("reviews", "prod", 200))
+    for service, namespace, status in cases:
+        with Mesh(service, namespace=namespace, config=config) as mesh:
+            assert asgi_through_mesh(mesh, headers=forged)[0] == status, f"{namespace}/{service}"
+
+
 def test_space_delimited_claims_are_matched_word_by_word(tmp_path: Path) -> None:
     config = tmp_path / "policy.yaml"
     config.write_text(
@@ -452,3 +593,22 @@ def test_tokens_per_fill_is_what_each_fill_adds() -> None:
     assert taken(101.0) == 1  # one fill: one token, not maxTokens
     assert taken(103.5) == 2  # two more fills
     assert taken(200.0) == 4  # never above maxTokens
+
+
+def test_rate_limit_selector_limits_the_workloads_it_selects(tmp_path: Path) -> None:
+    config = tmp_path / "policy.yaml"
+    config.write_text(
+        rate_limit(
+            "reviews-v1",
+            "selector: {matchLabels: {app: reviews, version: v1}}\n"
+            "limits: [{tokenBucket: {maxTokens: 1, fillInterval: 1h}}]",
+        )
+    )
+    for service, version, limited in (
+        ("reviews", "v1", True),
+        ("reviews", "v2", False),
+        ("ratings", "v1", False),
+    ):
+        with Mesh(service, labels={"version": version}, config=config) as mesh:
+            statuses = [asgi_through_mesh(mesh)[0] for _ in range(3)]
+        assert statuses == ([200, 429, 429] if limited else [200, 200, 200]), (service, version)

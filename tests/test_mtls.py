@@ -395,7 +395,7 @@ def test_scopes_narrowest_wins_port_level_modes_and_tls_disable_on_the_wire(mesh
 
             assert wait_for(lambda: reviews_has(version)), "the server runs on the new policy"
             assert plain_status() == 200, "the port-level PERMISSIVE beats the workload's STRICT"
-            without_ports = {k: v for k, v in strict_but_port["spec"].items() if k != "portLevelMtls"}  # type: ignore[union-attr]
+            without_ports = {k: v for k, v in strict_but_port["spec"].items() if k != "portLevelMtls"}  # type: ignore[attr-defined]
             admin.apply([{**strict_but_port, "spec": without_ports}])
             assert wait_for(lambda: plain_status() == 403), "the workload's STRICT beats the namespace's"
 

@@ -1,12 +1,8 @@
 """For each enforced field of the inventory (meshlib.policy.inventory), a test that fails if
 the field were ignored: "path": "tests/file.py::test_name".
 
-Not mapped yet, on purpose (test_every_enforced_field_names_a_test_that_exists lists them as
-missing until then): every ``ServiceEntry.*`` path and every path under
-``DestinationRule.trafficPolicy.tls.``, which are being changed on their own branches; they
-are mapped when those branches land. ``VirtualService.http.match.name`` is not mapped
-either: meshlib reads it nowhere (no access log, no metric names a match), so no test can
-fail when it is ignored; it waits for a decision (refuse it, or use it)."""
+Labels (``inventory.LABELS``, such as ``VirtualService.http.match.name``) change no request,
+in Istio either, and are not mapped."""
 
 from __future__ import annotations
 
@@ -27,6 +23,15 @@ _NEW = "tests/test_field_semantics.py"
 _LOCALITY = "tests/core/test_locality.py"
 _LOADER = "tests/policy/test_loader.py"
 _STICKY = f"{_ROUTING}::test_sticky_cookie_with_ttl_is_made_up_set_and_then_followed"
+_SNAPSHOT = "tests/core/test_snapshot.py"
+_TRAFFIC = "tests/http/test_traffic.py"
+_SLOW = "tests/core/test_slow_start.py"
+_SE_HTTP = "tests/http/test_service_entries.py"
+_SE_CORE = "tests/core/test_service_entry_routing.py"
+_SE_PORTS = f"{_PLANE}::test_service_entry_target_port_and_endpoint_port_override"
+_SE_IDENTITY = f"{_SE_CORE}::test_endpoint_identity_from_service_account_or_subject_alt_name"
+_SE_SELECTOR = f"{_SE_CORE}::test_a_workload_selector_takes_each_port_from_its_target_port"
+_EXAMPLES = f"{_AUTHORIZATION}::test_istio_examples_on_every_server"
 
 EXERCISED: dict[str, str] = {
     # --- VirtualService ---
@@ -38,6 +43,12 @@ EXERCISED: dict[str, str] = {
     "VirtualService.http.match.uri.exact": f"{_MATCHING}::test_uri",
     "VirtualService.http.match.uri.prefix": f"{_MATCHING}::test_uri",
     "VirtualService.http.match.uri.regex": f"{_MATCHING}::test_uri",
+    "VirtualService.http.match.scheme": f"{_MATCHING}::test_request_attributes",
+    "VirtualService.http.match.method": f"{_MATCHING}::test_request_attributes",
+    "VirtualService.http.match.authority": f"{_MATCHING}::test_request_attributes",
+    "VirtualService.http.match.headers": f"{_MATCHING}::test_headers",
+    "VirtualService.http.match.queryParams": f"{_MATCHING}::test_query_params",
+    "VirtualService.http.match.withoutHeaders": f"{_MATCHING}::test_without_headers",
     "VirtualService.http.match.port": f"{_MATCHING}::test_request_attributes",
     "VirtualService.http.match.sourceLabels": f"{_MATCHING}::test_source_selection",
     "VirtualService.http.match.gateways": f"{_MATCHING}::test_source_selection",
@@ -56,6 +67,10 @@ EXERCISED: dict[str, str] = {
     "VirtualService.http.route.headers.request.remove": (
         f"{_ROUTING}::test_rewrite_redirect_direct_response_and_header_edits"
     ),
+    "VirtualService.http.route.headers.response": (
+        f"{_NEW}::test_a_destinations_response_headers_edit_the_answers_it_gives"
+    ),
+    "VirtualService.http.headers": f"{_ROUTING}::test_rewrite_redirect_direct_response_and_header_edits",
     "VirtualService.http.redirect.uri": f"{_STACK}::test_redirect",
     "VirtualService.http.redirect.authority": f"{_STACK}::test_redirect",
     "VirtualService.http.redirect.port": f"{_STACK}::test_redirect",
@@ -100,16 +115,18 @@ EXERCISED: dict[str, str] = {
     ),
     "VirtualService.http.retries.backoff": f"{_STACK}::test_backoff_is_cut_short_by_the_deadline",
     "VirtualService.http.fault.delay.fixedDelay": f"{_STACK}::test_fault_delay",
-    # Refused by validation (Istio rejects it too): the refusal is what there is to test.
-    "VirtualService.http.fault.delay.exponentialDelay": f"{_LOADER}::test_exponential_delay_is_refused",
     "VirtualService.http.fault.delay.percentage.value": f"{_STACK}::test_fault_delay",
     "VirtualService.http.fault.delay.percent": (
         f"{_PLANE}::test_fault_without_percentage_applies_to_no_request"
     ),
     "VirtualService.http.fault.abort.httpStatus": f"{_STACK}::test_fault_abort_answers_without_sending",
     "VirtualService.http.fault.abort.grpcStatus": f"{_STACK}::test_fault_abort_grpc",
-    "VirtualService.http.fault.abort.http2Error": f"{_LOADER}::test_http2_error_is_refused",
+    "VirtualService.http.fault.abort.percentage": f"{_STACK}::test_fault_abort_share",
     "VirtualService.http.mirrorPercent": f"{_PLANE}::test_mirrors_and_their_shares",
+    "VirtualService.http.mirror": f"{_STACK}::test_mirror_goes_out_before_the_send",
+    "VirtualService.http.mirrorPercentage": f"{_STACK}::test_mirror_percentage",
+    "VirtualService.http.mirrors.destination": f"{_TRAFFIC}::test_mirror_failures_never_reach_the_caller",
+    "VirtualService.http.mirrors.percentage": f"{_TRAFFIC}::test_mirror_failures_never_reach_the_caller",
     "VirtualService.exportTo": (
         "tests/http/test_scoping.py::test_export_to_dot_keeps_a_virtual_service_in_its_namespace"
     ),
@@ -154,6 +171,18 @@ EXERCISED: dict[str, str] = {
     ),
     "DestinationRule.trafficPolicy.loadBalancer.localityLbSetting.enabled": (
         f"{_LOCALITY}::test_failover_needs_outlier_detection_and_a_caller_locality"
+    ),
+    "DestinationRule.trafficPolicy.loadBalancer.warmupDurationSecs": (
+        f"{_SLOW}::test_the_first_endpoints_and_warmup_duration_secs"
+    ),
+    "DestinationRule.trafficPolicy.loadBalancer.warmup.duration": (
+        f"{_SLOW}::test_a_joining_endpoint_starts_at_the_minimum_and_grows_to_its_full_share"
+    ),
+    "DestinationRule.trafficPolicy.loadBalancer.warmup.minimumPercent": (
+        f"{_NEW}::test_warmup_minimum_percent_is_where_a_joining_endpoint_starts"
+    ),
+    "DestinationRule.trafficPolicy.loadBalancer.warmup.aggression": (
+        f"{_NEW}::test_warmup_aggression_bends_the_ramp_of_a_joining_endpoint"
     ),
     "DestinationRule.trafficPolicy.connectionPool.tcp.maxConnections": (
         f"{_RESILIENCE}::test_pool_overflow_fails_fast_async"
@@ -221,14 +250,34 @@ EXERCISED: dict[str, str] = {
     "DestinationRule.trafficPolicy.retryBudget.budgetInterval": (
         f"{_NEW}::test_retry_budget_interval_is_the_window_retries_are_counted_in"
     ),
+    # portLevelSettings: each of its settings replaces the rule's on its port (9080), not on 9081.
+    "DestinationRule.trafficPolicy.portLevelSettings.port": (
+        f"{_NEW}::test_port_level_outlier_detection_ejects_on_its_port_only"
+    ),
+    "DestinationRule.trafficPolicy.portLevelSettings.loadBalancer": (
+        f"{_NEW}::test_port_level_load_balancer_is_the_ports_own"
+    ),
+    "DestinationRule.trafficPolicy.portLevelSettings.connectionPool": (
+        f"{_NEW}::test_port_level_connection_pool_limits_its_port_only"
+    ),
+    "DestinationRule.trafficPolicy.portLevelSettings.outlierDetection": (
+        f"{_NEW}::test_port_level_outlier_detection_ejects_on_its_port_only"
+    ),
+    # The rule's tls is DISABLE, port 80's MUTUAL: the server requires the client certificate.
+    "DestinationRule.trafficPolicy.portLevelSettings.tls": (
+        f"{_TLS}::test_mutual_presents_the_client_certificate"
+    ),
     "DestinationRule.subsets.name": f"{_STACK}::test_subset_routes_to_its_endpoints",
     "DestinationRule.subsets.labels": f"{_PLANE}::test_cluster_filters_endpoints_by_subset_labels",
+    "DestinationRule.subsets.trafficPolicy": f"{_PLANE}::test_cluster_takes_the_subset_traffic_policy",
     "DestinationRule.exportTo": "tests/http/test_scoping.py::test_export_to_names_namespaces_and_tilde_hides",
     "DestinationRule.workloadSelector.matchLabels": (
         "tests/http/test_scoping.py::test_workload_selector_rules_apply_to_the_workloads_they_select"
     ),
     # --- PeerAuthentication ---
     "PeerAuthentication.mtls.mode": "tests/test_mtls.py::test_strict_refuses_plaintext_and_says_why",
+    "PeerAuthentication.selector": f"{_SNAPSHOT}::test_peer_authentication_mode",
+    "PeerAuthentication.portLevelMtls": f"{_SNAPSHOT}::test_port_level_mtls",
     # --- AuthorizationPolicy ---
     "AuthorizationPolicy.targetRef.group": f"{_NEW}::test_target_ref_kind_and_group_must_be_a_core_service",
     "AuthorizationPolicy.targetRef.kind": f"{_NEW}::test_target_ref_kind_and_group_must_be_a_core_service",
@@ -285,6 +334,9 @@ EXERCISED: dict[str, str] = {
     "AuthorizationPolicy.rules.when.notValues": f"{_AUTHZ}::test_jwt_attributes_in_when",
     "AuthorizationPolicy.action": f"{_AUTHORIZATION}::test_istio_examples_on_every_server",
     "AuthorizationPolicy.provider.name": f"{_NEW}::test_custom_action_asks_the_provider_the_policy_names",
+    # The cases "selector that does not select us" and "targetRef to another Service".
+    "AuthorizationPolicy.selector": _EXAMPLES,
+    "AuthorizationPolicy.targetRefs": _EXAMPLES,
     # --- RequestAuthentication ---
     "RequestAuthentication.jwtRules.issuer": f"{_JWT}::test_every_bad_token_is_refused_on_every_server",
     "RequestAuthentication.jwtRules.audiences": f"{_JWT}::test_every_bad_token_is_refused_on_every_server",
@@ -303,6 +355,13 @@ EXERCISED: dict[str, str] = {
     "RequestAuthentication.jwtRules.timeout": f"{_NEW}::test_jwks_fetch_timeout_bounds_each_fetch",
     "RequestAuthentication.jwtRules.spaceDelimitedClaims": (
         f"{_NEW}::test_space_delimited_claims_are_matched_word_by_word"
+    ),
+    "RequestAuthentication.selector": f"{_SNAPSHOT}::test_request_authentication_by_selector",
+    "RequestAuthentication.targetRef": (
+        f"{_NEW}::test_request_authentication_target_refs_name_the_services_it_applies_to"
+    ),
+    "RequestAuthentication.targetRefs": (
+        f"{_NEW}::test_request_authentication_target_refs_name_the_services_it_applies_to"
     ),
     # --- DestinationRule tls (TLS origination) ---
     "DestinationRule.trafficPolicy.tls.mode": (
@@ -335,4 +394,35 @@ EXERCISED: dict[str, str] = {
     "RateLimit.limits.tokenBucket.maxTokens": f"{_RATE}::test_a_limit_on_a_route_only",
     "RateLimit.limits.tokenBucket.tokensPerFill": f"{_NEW}::test_tokens_per_fill_is_what_each_fill_adds",
     "RateLimit.limits.tokenBucket.fillInterval": f"{_RATE}::test_the_answer_says_when_to_come_back",
+    "RateLimit.limits.match": f"{_RATE}::test_a_limit_on_a_route_only",
+    "RateLimit.selector": f"{_NEW}::test_rate_limit_selector_limits_the_workloads_it_selects",
+    # --- ServiceEntry ---
+    "ServiceEntry.hosts": f"{_SE_HTTP}::test_wildcard_entries_match_most_specific_first",
+    "ServiceEntry.addresses": (
+        f"{_SE_HTTP}::test_an_address_in_the_entry_takes_requests_to_that_ip_on_its_ports"
+    ),
+    "ServiceEntry.ports.number": (
+        f"{_SE_CORE}::test_the_most_specific_wildcard_entry_wins_and_only_on_its_ports"
+    ),
+    # A GRPC port has no endpoints on the HTTP plane; the endpoint's ports are keyed by port name.
+    "ServiceEntry.ports.protocol": _SE_PORTS,
+    "ServiceEntry.ports.name": _SE_PORTS,
+    "ServiceEntry.ports.targetPort": _SE_SELECTOR,
+    "ServiceEntry.location": _SE_SELECTOR,  # MESH_EXTERNAL: no automatic mesh mTLS
+    "ServiceEntry.resolution": (
+        f"{_SE_HTTP}::test_dns_balances_over_every_address_and_dns_round_robin_uses_the_first"
+    ),
+    "ServiceEntry.endpoints.address": _SE_PORTS,
+    "ServiceEntry.endpoints.ports": _SE_PORTS,
+    "ServiceEntry.endpoints.labels": f"{_SNAPSHOT}::test_service_entry_endpoints_filtered_by_subset",
+    "ServiceEntry.endpoints.locality": (
+        f"{_RESILIENCE}::test_locality_failover_when_the_local_zones_endpoints_are_ejected"
+    ),
+    # The SPIFFE ID an endpoint must prove over mTLS (the network layer checks it:
+    # tests/http/test_tls.py).
+    "ServiceEntry.endpoints.serviceAccount": _SE_IDENTITY,
+    "ServiceEntry.subjectAltNames": _SE_IDENTITY,
+    "ServiceEntry.endpoints.weight": f"{_SE_HTTP}::test_endpoint_weights_are_honoured_by_the_load_balancer",
+    "ServiceEntry.workloadSelector.labels": _SE_SELECTOR,
+    "ServiceEntry.exportTo": f"{_SE_CORE}::test_export_to_decides_which_namespaces_see_the_entry",
 }
