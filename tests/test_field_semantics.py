@@ -167,7 +167,11 @@ def test_export_to_follows_istios_validation(kind: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_tcp_idle_timeout_retires_an_idle_connection(backends: Endpoints, make_mesh, mode: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_tcp_idle_timeout_retires_an_idle_connection(
+    backends: Endpoints,  # noqa: F811
+    make_mesh: Any,  # noqa: F811
+    mode: str,
+) -> None:
     """Without http.idleTimeout, tcp.idleTimeout bounds how long a connection may sit idle."""
     mesh = make_mesh(
         service_entry(backends, names=["v1-a"]) + rule("    connectionPool: {tcp: {idleTimeout: 300ms}}\n")
@@ -262,7 +266,7 @@ def test_port_level_connection_pool_limits_its_port_only() -> None:
 def test_warmup_minimum_percent_is_where_a_joining_endpoint_starts() -> None:
     """50%, not Envoy's default 10%: the joining endpoint C weighs 0.5 against A's and B's 1,
     and keeps that floor while the ramp is below it."""
-    warmup = {"warmup": {"duration": "100s", "minimumPercent": 50}}
+    warmup: dict[str, object] = {"warmup": {"duration": "100s", "minimumPercent": 50}}
     assert share_of_c(warmup, 0.0) == pytest.approx(0.5 / 2.5, abs=0.01)
     assert share_of_c(warmup, 30.0) == pytest.approx(0.5 / 2.5, abs=0.01)
     assert share_of_c(warmup, 80.0) == pytest.approx(0.8 / 2.8, abs=0.01)
@@ -270,7 +274,7 @@ def test_warmup_minimum_percent_is_where_a_joining_endpoint_starts() -> None:
 
 def test_warmup_aggression_bends_the_ramp_of_a_joining_endpoint() -> None:
     """aggression 2: at a quarter of the window the weight is 0.25 ** (1/2) = 0.5 (linear: 0.25)."""
-    warmup = {"warmup": {"duration": "100s", "aggression": 2}}
+    warmup: dict[str, object] = {"warmup": {"duration": "100s", "aggression": 2}}
     assert share_of_c(warmup, 25.0) == pytest.approx(0.5 / 2.5, abs=0.01)
     assert share_of_c(warmup, 64.0) == pytest.approx(0.8 / 2.8, abs=0.01)
 

@@ -1014,3 +1014,24 @@ def test_a_local_failure_is_uf_and_retried_but_never_held_against_the_endpoint()
     for _ in range(2):
         mesh.run(Outcome(failure=Failure.CONNECT))  # a real connect failure does count
     assert mesh.run()[0].error == "UH"
+
+
+def test_a_header_set_by_both_the_route_and_its_destination_takes_the_routes_value() -> None:
+    """Envoy writes header mutations from the most specific level (the weighted cluster:
+    Istio's destination headers) to the least (the route), so the route's set wins; adds
+    keep that order too."""
+    from meshlib.core.attempt import apply_header_ops
+
+    mesh = Mesh(
+        vs(
+            "  - headers: {request: {set: {x-who: route}, add: {x-trail: route}}}\n"
+            "    route:\n"
+            "    - destination: {host: reviews}\n"
+            "      headers: {request: {set: {x-who: destination}, add: {x-trail: destination}}}\n"
+        )
+    )
+    _, actions, _ = mesh.run(OK)
+    [send] = sends(actions)
+    edited = apply_header_ops([], send.headers)
+    assert [v for k, v in edited if k == "x-who"] == ["route"]
+    assert [v for k, v in edited if k == "x-trail"] == ["destination", "route"]

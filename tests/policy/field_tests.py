@@ -21,7 +21,6 @@ _JWT = "tests/test_request_authentication.py"
 _RATE = "tests/test_rate_limit.py"
 _NEW = "tests/test_field_semantics.py"
 _LOCALITY = "tests/core/test_locality.py"
-_LOADER = "tests/policy/test_loader.py"
 _STICKY = f"{_ROUTING}::test_sticky_cookie_with_ttl_is_made_up_set_and_then_followed"
 _SNAPSHOT = "tests/core/test_snapshot.py"
 _TRAFFIC = "tests/http/test_traffic.py"
@@ -277,7 +276,9 @@ EXERCISED: dict[str, str] = {
     # --- PeerAuthentication ---
     "PeerAuthentication.mtls.mode": "tests/test_mtls.py::test_strict_refuses_plaintext_and_says_why",
     "PeerAuthentication.selector": f"{_SNAPSHOT}::test_peer_authentication_mode",
-    "PeerAuthentication.portLevelMtls": f"{_SNAPSHOT}::test_port_level_mtls",
+    "PeerAuthentication.portLevelMtls": (
+        "tests/test_mtls.py::test_scopes_narrowest_wins_port_level_modes_and_tls_disable_on_the_wire"
+    ),
     # --- AuthorizationPolicy ---
     "AuthorizationPolicy.targetRef.group": f"{_NEW}::test_target_ref_kind_and_group_must_be_a_core_service",
     "AuthorizationPolicy.targetRef.kind": f"{_NEW}::test_target_ref_kind_and_group_must_be_a_core_service",

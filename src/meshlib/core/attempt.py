@@ -4,7 +4,10 @@ the time it has. Adapters carry the decision out; they decide nothing.
 
 The rules are HTTP's and gRPC's alike (a gRPC call is a POST to ``/pkg.Service/Method``):
 Envoy's ``add`` appends a header entry, ``set`` replaces every entry of the name,
-``remove`` drops them; route edits come before the destination's.
+``remove`` drops them. The destination's edits come first and the route's after them, so
+a header both set takes the route's value: Envoy applies header mutations from the most
+specific level (the weighted cluster, Istio's destination ``headers``) to the least (the
+route, Istio's route ``headers``), and the last one written wins.
 """
 
 from __future__ import annotations
@@ -97,9 +100,9 @@ def rewrite_path(
 
 
 def request_ops(route: Route | None, target: Target) -> tuple[HeaderOps, ...]:
-    """Header edits for the upstream request: the route's, then the destination's."""
-    first = route.request_ops if route is not None else None
-    second = target.request_ops
+    """Header edits for the upstream request: the destination's, then the route's."""
+    first = target.request_ops
+    second = route.request_ops if route is not None else None
     if first is None:
         return () if second is None else (second,)
     return (first,) if second is None else (first, second)
@@ -107,8 +110,8 @@ def request_ops(route: Route | None, target: Target) -> tuple[HeaderOps, ...]:
 
 def response_ops(route: Route | None, target: Target | None) -> tuple[HeaderOps, ...]:
     """Header edits for the answer the caller sees, in the same order."""
-    first = route.response_ops if route is not None else None
-    second = target.response_ops if target is not None else None
+    first = target.response_ops if target is not None else None
+    second = route.response_ops if route is not None else None
     if first is None:
         return () if second is None else (second,)
     return (first,) if second is None else (first, second)
