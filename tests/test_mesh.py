@@ -169,6 +169,23 @@ def test_static_mode_reads_and_reloads_files(tmp_path: Path, caplog: pytest.LogC
         assert "kept the current config" in caplog.text
 
 
+def test_static_mode_applies_a_mixed_file_and_logs_what_it_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = tmp_path / "bookinfo.yaml"
+    gateway = (
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: bookinfo-gateway}\nspec: {}\n"
+    )
+    policy.write_text(gateway + "---\n" + json.dumps(virtual_service()))
+    caplog.set_level("INFO", logger="meshlib")
+    with Mesh("frontend", config=policy) as mesh:
+        assert weights(mesh) == [80, 20]
+    assert (
+        f"skipped: {policy}:1: Gateway default/bookinfo-gateway: meshlib has no ingress gateway"
+        in caplog.text
+    )
+
+
 def test_static_mode_refuses_invalid_policy_at_start(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(json.dumps(virtual_service(v1=10, v2=-10)))

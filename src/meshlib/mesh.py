@@ -569,6 +569,8 @@ class Mesh:
     def _load_static(self, path: Path) -> None:
         self._static_seen = _fingerprint(path)  # before reading: an edit meanwhile is seen next poll
         loaded = load_paths([path], namespace=self.settings.namespace)
+        for skipped in loaded.skipped:
+            log.info("skipped: %s", skipped)  # a kind meshlib does not apply (and why)
         version = self._snapshot.version + 1
         self._install(
             compile_snapshot(
