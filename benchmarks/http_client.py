@@ -45,7 +45,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", acc
 """
 
 
-def policy(port: int) -> str:
+def policy(port: int, second: int) -> str:
     return textwrap.dedent(f"""\
         apiVersion: networking.istio.io/v1
         kind: ServiceEntry
@@ -57,7 +57,7 @@ def policy(port: int) -> str:
           ports: [{{number: 80, name: http, protocol: HTTP}}]
           endpoints:
           - {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{version: v1}}}}
-          - {{address: localhost, ports: {{http: {port}}}, labels: {{version: v2}}}}
+          - {{address: 127.0.0.1, ports: {{http: {second}}}, labels: {{version: v2}}}}
         ---
         apiVersion: networking.istio.io/v1
         kind: DestinationRule
@@ -110,26 +110,29 @@ async def measure_async(client: httpx.AsyncClient, url: str, n: int) -> tuple[fl
 
 
 def run(requests: int, rounds: int) -> str:
-    port = free_port()
-    backend = subprocess.Popen([sys.executable, "-c", BACKEND, str(port)])
+    # Two backend processes, one per subset (a STATIC endpoint must be an IP: 127.0.0.1 twice).
+    port, second = free_port(), free_port()
+    backends = [subprocess.Popen([sys.executable, "-c", BACKEND, str(p)]) for p in (port, second)]
     try:
         deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/")
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        for each in (port, second):
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{each}/")
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "policy.yaml"
-            path.write_text(policy(port))
+            path.write_text(policy(port, second))
             with meshlib.Mesh("frontend", config=path) as mesh:
                 return compare(mesh, port, requests, rounds)
     finally:
-        backend.terminate()
-        backend.wait(10)
+        for backend in backends:
+            backend.terminate()
+            backend.wait(10)
 
 
 def compare(mesh: meshlib.Mesh, port: int, requests: int, rounds: int) -> str:

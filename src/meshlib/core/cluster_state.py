@@ -205,7 +205,7 @@ class ClusterState:
         endpoints: Sequence[Endpoint] = cluster.endpoints
         if self.outlier is not None:
             endpoints = self.outlier.healthy(endpoints, _key)
-        plan = self.locality_plan(cluster) if self.locality else None
+        plan = self.locality_plan(cluster) if self.locality.region else None  # no __bool__ call
         if plan is not None:
             avoid = {level for e in other_locality if (level := plan.level_of(e)) is not None}
             endpoints = plan.choose(endpoints, self.rng, avoid)
