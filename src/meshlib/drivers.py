@@ -32,6 +32,9 @@ from .core.routing_table import RoutingTable
 from .core.server_stack import Answer, Handle, Inbound
 from .core.stack import Flow
 from .peer import PeerIdentity, _peer
+from .telemetry.hub import Telemetry
+from .telemetry.tracing import enter as enter_trace
+from .telemetry.tracing import leave as leave_trace
 
 __all__ = [
     "AsyncClientIO",
@@ -62,6 +65,10 @@ class ClientMesh(Protocol):
     rng: random.Random
     workload_id: str
     metrics: RequestMetrics
+
+    @property
+    def telemetry(self) -> Telemetry | None: ...
+
     client_stack_runner: Callable[[Exchange], Flow[Reply]]
 
     @property
@@ -93,6 +100,7 @@ def outbound(
         deadline=deadline,
         replayable=replayable,
         request=request,
+        telemetry=mesh.telemetry,
     )
 
 
@@ -188,6 +196,9 @@ class ServingMesh(Protocol):
 
     @property
     def metrics(self) -> RequestMetrics: ...
+
+    @property
+    def telemetry(self) -> Telemetry | None: ...
 
     @property
     def fqdn(self) -> str: ...
@@ -318,9 +329,12 @@ class InboundRequest:
         self._ended = True
         ex, mesh = self.ex, self._mesh
         metrics = mesh.metrics
-        metrics.record(
-            "inbound", mesh.fqdn, status, flags_label(ex.flags), (ex.clock() - ex.started) * 1000.0
-        )
+        duration_ms = (ex.clock() - ex.started) * 1000.0
+        telemetry = mesh.telemetry
+        if telemetry is not None:
+            telemetry.inbound_done(ex, mesh.fqdn, status, duration_ms)
+        else:
+            metrics.record("inbound", mesh.fqdn, status, flags_label(ex.flags), duration_ms)
         if ex.denied_by is not None:
             metrics.record_denial(ex.denied_by or "none")
         elif ex.limited_by is not None:
@@ -332,10 +346,17 @@ class InboundRequest:
         return self
 
     def __enter__(self) -> None:
-        self._tokens = (_peer.set(self.ex.peer), _deadline.set(self.ex.deadline))
+        trace = self.ex.trace
+        self._tokens = (
+            _peer.set(self.ex.peer),
+            _deadline.set(self.ex.deadline),
+            enter_trace(trace) if trace is not None else None,
+        )
 
     def __exit__(self, *exc: object) -> None:
-        peer, deadline = self._tokens
+        peer, deadline, trace = self._tokens
+        if trace is not None:
+            leave_trace(trace)
         _deadline.reset(deadline)
         _peer.reset(peer)
 
@@ -346,6 +367,8 @@ class InboundRequest:
         context.run(_peer.set, self.ex.peer)
         if self.ex.deadline is not None:
             context.run(_deadline.set, self.ex.deadline)
+        if self.ex.trace is not None:
+            context.run(enter_trace, self.ex.trace)  # left with the context itself
         return context
 
 

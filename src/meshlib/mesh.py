@@ -46,7 +46,12 @@ from .policy.loader import load_paths
 from .protocol import decode_snapshot
 from .registry import AnnouncedEndpoint, WorkloadRegistration
 from .request_authn import JwksCache, compile_authenticator
-from .settings import MeshSettings
+from .settings import MeshSettings, TelemetrySettings
+from .telemetry.access_log import open_access_log
+from .telemetry.hub import Telemetry
+from .telemetry.prometheus import CONTENT_TYPE_LATEST, registry_for, scrape, seconds_until, serve_metrics
+from .telemetry.sdk import install_sdk
+from .telemetry.tracing import Tracing
 from .watcher import Watcher
 from .workload_identity import WorkloadIdentity, keep_renewed
 
@@ -87,6 +92,8 @@ class Mesh:
         static_poll_interval: float = 1.0,
         certificate_ttl: float | None = None,
         locality: str = "",
+        telemetry: TelemetrySettings | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         urls = (control_plane,) if isinstance(control_plane, str) else tuple(control_plane or ())
         self.settings = MeshSettings(
@@ -99,6 +106,7 @@ class Mesh:
             data_dir=Path(data_dir) if data_dir is not None else None,
             trust_domain=trust_domain,
             locality=locality,
+            telemetry=telemetry or TelemetrySettings(),
         )
         self.startup_timeout = startup_timeout
         self._certificate_ttl = certificate_ttl  # None: the CA's default (24h)
@@ -121,8 +129,34 @@ class Mesh:
         self.clusters = Clusters(
             time.monotonic, locality=Locality.parse(self.settings.locality), labels=self._source_labels
         )
-        self.metrics = RequestMetrics()
         self.rng = random.Random()
+        observe = self.settings.telemetry
+        self.telemetry = Telemetry(
+            service,
+            namespace,
+            self._source_labels,
+            lambda: self.identity if self.workload_identity is not None else None,
+            tracing=Tracing(
+                service,
+                namespace,
+                sampling=observe.trace_sampling,
+                trust_callers=observe.trust_caller_sampling,
+                tracer_provider=tracer_provider,
+            ),
+            access_log=(
+                open_access_log(observe.access_log, observe.access_log_sampling)
+                if observe.access_log
+                else None
+            ),
+        )
+        """Metrics, tracing and the access log of every request through this workload."""
+        self.metrics: RequestMetrics = self.telemetry.metrics
+        self.metrics_principals: set[str] = set()
+        """Mesh peers (SPIFFE IDs) that may scrape ``/.well-known/meshlib/metrics``; callers
+        without a mesh identity always may, when the path is served (``MESH_METRICS_PATH``)."""
+        self._metrics_registry: Any = None
+        self._metrics_server: Any = None
+        self._installed_at = 0.0
         self.client_stack = default_client_stack()
         self.server_stack = default_server_stack()
         self.authorization_providers: dict[str, AuthorizationProvider] = {}
@@ -155,6 +189,7 @@ class Mesh:
             "data_dir": s.data_dir,
             "trust_domain": s.trust_domain,
             "locality": s.locality,
+            "telemetry": s.telemetry,
         }
         values.update(options)
         return cls(s.service, **values)
@@ -263,7 +298,35 @@ class Mesh:
             reveal_denials=self.reveal_denials,
             authenticate=self._authenticate,
             rate_limiter=self._rate_limiter,
+            tracing=self.telemetry.tracing,
+            metrics_page=self._metrics_page if self.settings.telemetry.metrics_path else None,
         )
+
+    @property
+    def metrics_registry(self) -> Any:
+        """A prometheus_client registry with this workload's metrics (Istio's names)."""
+        if self._metrics_registry is None:
+            self._metrics_registry = registry_for(self.metrics, self._gauges)
+        return self._metrics_registry
+
+    def _gauges(self) -> dict[str, float]:
+        identity = self.workload_identity
+        return {
+            "config_version": float(self.version),
+            "config_age_seconds": time.monotonic() - self._installed_at if self._installed_at else -1.0,
+            "certificate_expiry_seconds": seconds_until(identity.expires if identity is not None else None),
+        }
+
+    def _metrics_page(self, ex: Inbound) -> Answer:
+        peer = ex.peer
+        if peer is not None and peer.spiffe_id not in self.metrics_principals:
+            return Answer(
+                403,
+                local=True,
+                body=b"metrics are served to scrapers without a mesh identity and to "
+                b"Mesh.metrics_principals only\n",
+            )
+        return Answer(200, local=True, body=scrape(self.metrics_registry), content_type=CONTENT_TYPE_LATEST)
 
     def serving_ready(self) -> bool:
         """Readiness of this workload's servers: policy loaded, not draining, and a valid
@@ -383,6 +446,13 @@ class Mesh:
             return self
         self._started = True
         s = self.settings
+        observe = s.telemetry
+        if observe.tracing:
+            install_sdk(observe.tracing, s.service, s.namespace)
+        if observe.metrics_port is not None:
+            self._metrics_server = serve_metrics(
+                self.metrics_registry, observe.metrics_address, observe.metrics_port
+            )
         if s.control_plane:
             self._start_watching()
         elif s.config is not None:
@@ -399,6 +469,10 @@ class Mesh:
         if not self._started:
             return
         self._started = False
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         loop, watcher = self._loop, self._watcher
         if loop is not None:
             if watcher is not None:
@@ -549,6 +623,7 @@ class Mesh:
             self._rate_limiter = limiter
             self._snapshot = snapshot
             self._source = source
+            self._installed_at = time.monotonic()
             self._changed.notify_all()
         for listener in self._listeners:
             try:

@@ -12,7 +12,7 @@ from .errors import ConfigError, ConfigIssue
 from .names import check_dns_label, check_label_key, check_label_value, check_locality
 from .paths import default_workload_dir
 
-__all__ = ["MeshSettings", "parse_labels"]
+__all__ = ["MeshSettings", "TelemetrySettings", "parse_labels"]
 
 
 def parse_labels(text: str, variable: str = "MESH_LABELS") -> dict[str, str]:
@@ -43,6 +43,7 @@ class MeshSettings:
     data_dir: Path | None = None
     trust_domain: str = CLUSTER_DOMAIN
     locality: str = ""  # region/zone/subzone, for locality load balancing
+    telemetry: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())
 
     def __post_init__(self) -> None:
         try:
@@ -87,4 +88,71 @@ class MeshSettings:
             data_dir=Path(data_dir) if data_dir else None,
             trust_domain=env.get("MESH_TRUST_DOMAIN", "").strip() or CLUSTER_DOMAIN,
             locality=env.get("MESH_LOCALITY", "").strip(),
+            telemetry=TelemetrySettings.from_env(env),
+        )
+
+
+def _percent(env: Mapping[str, str], variable: str, default: float) -> float:
+    text = env.get(variable, "").strip().removesuffix("%")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 100.0:
+        raise ConfigError(ConfigIssue(f"{variable}: {text!r} is not a percentage between 0 and 100"))
+    return value
+
+
+def _flag(env: Mapping[str, str], variable: str) -> bool:
+    text = env.get(variable, "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(ConfigIssue(f"{variable}: {text!r} is not a boolean (1/0, true/false)"))
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """Tracing, metrics and access logs (MESH_TRACING, MESH_TRACE_SAMPLING, ...)."""
+
+    tracing: str = ""  # "otlp" or "console": meshlib sets up an OpenTelemetry SDK ("": the app's own)
+    trace_sampling: float = 1.0  # percent of new traces sampled (Istio's default: 1)
+    trust_caller_sampling: bool = False  # a caller without a mesh identity may force sampling
+    access_log: str = ""  # "stdout", "stderr" or a file ("": off)
+    access_log_sampling: float = 100.0
+    metrics_port: int | None = None  # a Prometheus endpoint of its own on this port
+    metrics_address: str = "127.0.0.1"
+    metrics_path: bool = False  # serve /.well-known/meshlib/metrics on the serving ports
+
+    def __post_init__(self) -> None:
+        if self.tracing not in ("", "otlp", "console"):
+            raise ConfigError(
+                ConfigIssue(f"MESH_TRACING: {self.tracing!r} is not one of otlp, console (or unset)")
+            )
+        for variable, value in (
+            ("MESH_TRACE_SAMPLING", self.trace_sampling),
+            ("MESH_ACCESS_LOG_SAMPLING", self.access_log_sampling),
+        ):
+            if not 0.0 <= value <= 100.0:
+                raise ConfigError(ConfigIssue(f"{variable}: {value!r} is not a percentage between 0 and 100"))
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(ConfigIssue(f"MESH_METRICS_PORT: {self.metrics_port} is not a port"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TelemetrySettings:
+        port_text = env.get("MESH_METRICS_PORT", "").strip()
+        if port_text and not port_text.isdigit():
+            raise ConfigError(ConfigIssue(f"MESH_METRICS_PORT: {port_text!r} is not a port number"))
+        return cls(
+            tracing=env.get("MESH_TRACING", "").strip().lower(),
+            trace_sampling=_percent(env, "MESH_TRACE_SAMPLING", 1.0),
+            trust_caller_sampling=_flag(env, "MESH_TRACE_TRUST_CALLERS"),
+            access_log=env.get("MESH_ACCESS_LOG", "").strip(),
+            access_log_sampling=_percent(env, "MESH_ACCESS_LOG_SAMPLING", 100.0),
+            metrics_port=int(port_text) if port_text else None,
+            metrics_address=env.get("MESH_METRICS_ADDRESS", "").strip() or "127.0.0.1",
+            metrics_path=_flag(env, "MESH_METRICS_PATH"),
         )

@@ -38,6 +38,16 @@ A = TypeVar("A", bound=Attempt)
 ClientNext = Next[Exchange, Reply]
 
 
+def trace(ex: Exchange, next: ClientNext) -> ClientFlow:
+    """W3C trace context: the parent (the caller's own header, its current span, or the request
+    being served) and the sampling decision; spans only for a sampled request."""
+    telemetry = ex.telemetry
+    tracing = telemetry.tracing if telemetry is not None else None
+    if tracing is not None:
+        tracing.client(ex)
+    return next(ex)
+
+
 def route(ex: Exchange, next: ClientNext) -> ClientFlow:
     """VirtualService: the first matching route, then a weighted target; or a redirect."""
     host_routes = ex.table.host_routes(ex.fqdn)
@@ -262,6 +272,9 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     ex.endpoint = endpoint
     if endpoint is not None:
         ex.tried.append(endpoint)
+    trace = ex.trace
+    if trace is not None:  # sampled: a span per attempt, which its server span hangs under
+        ex.traceparent = trace.start_attempt(ex.attempts)
     per_try = ex.route.retry.per_try_timeout if ex.route is not None else None
     limit = per_try
     if ex.deadline is not None:
@@ -271,6 +284,7 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     try:
         try:
             send = decide(ex, Send, endpoint, target, cluster, limit, ex.route.retry if ex.route else None)
+            ex.mtls = send.mtls
         except CertificateUnavailableError as refused:
             # Nothing leaves the process: a connect failure (UF) for retries, never held
             # against the endpoint by outlier detection.
@@ -290,7 +304,10 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
             state.record(endpoint, Health.LOCAL_ORIGIN_FAILURE)
     elif outcome.status is not None:
         state.record(endpoint, outcome_for_status(outcome.status))
-    return Reply(outcome=outcome)
+    reply = Reply(outcome=outcome)
+    if trace is not None:
+        trace.end_attempt(ex, reply)
+    return reply
 
 
 def decide(
@@ -438,6 +455,7 @@ def default_client_stack() -> Stack[Exchange, Reply]:
     """Outermost first. Telemetry wraps this from the adapter, seeing every flag set here."""
     return Stack(
         [
+            ("trace", trace),  # outermost: every request carries trace context, faults included
             ("route", route),  # decides everything below: timeout, retries, faults, mirrors
             ("fault", fault),  # Istio: faults apply before retries and are not retried
             ("mirror", mirror),  # copies go out once per request, not once per retry

@@ -106,6 +106,7 @@ class Outcome:
     # The server's Retry-After (seconds) on a 429 or 503: a retry waits at least that long.
     retry_after: float | None = None
     ratelimited: bool = False  # the answer carries x-envoy-ratelimited (a mesh rate limit)
+    body_size: int = 0  # bytes of the answer's body, when read whole (for istio_response_bytes)
 
     def end(self) -> None:
         """A streamed answer ended (read or closed): give its pool slot back, count the request."""
@@ -163,15 +164,27 @@ class Exchange:
     # up for it (every attempt hashes on it) and the Set-Cookie the caller's answer carries.
     sticky_value: str | None = None
     set_cookie: str | None = None
+    # Telemetry (telemetry.Telemetry): where the request is counted, traced and logged when it ends.
+    telemetry: Any = None
+    trace: Any = None  # the sampled request's spans (telemetry.tracing.ClientTrace), else None
+    traceparent: str | None = None  # what every attempt sends (unsampled; sampled: per attempt)
+    tracestate: str | None = None
+    baggage: str | None = None  # to add (the caller's request has none)
+    mtls: bool = False  # the last attempt spoke mesh mTLS
 
 
 def record_outbound(metrics: RequestMetrics, ex: Exchange, reply: Reply | None) -> None:
     """Count one outbound request: the answer's status (0 when none came back), its flags and
-    its duration. ``reply`` is None when an error escaped the stack."""
+    its duration; end its span and log it. ``reply`` is None when an error escaped the stack."""
     code = 0
     if reply is not None:
         if reply.synthetic is not None:
             code = reply.synthetic.status
         elif reply.outcome is not None and reply.outcome.status is not None:
             code = reply.outcome.status
-    metrics.record("outbound", ex.fqdn, code, flags_label(ex.flags), (ex.clock() - ex.started) * 1000.0)
+    duration_ms = (ex.clock() - ex.started) * 1000.0
+    telemetry = ex.telemetry
+    if telemetry is not None:
+        telemetry.outbound_done(ex, reply, code, duration_ms)
+    else:
+        metrics.record("outbound", ex.fqdn, code, flags_label(ex.flags), duration_ms)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..peer import PeerIdentity
 from .authz import AuthorizationCheck, CheckCustom, RequestAuth
@@ -24,6 +25,7 @@ from .stack import Flow, Next, Stack
 __all__ = [
     "DENIED_BODY",
     "LIVE_PATH",
+    "METRICS_PATH",
     "READY_PATH",
     "Answer",
     "Handle",
@@ -35,6 +37,7 @@ __all__ = [
 DENIED_BODY = b"RBAC: access denied\n"  # Envoy's body: says nothing of the policies
 READY_PATH = "/.well-known/meshlib/ready"
 LIVE_PATH = "/.well-known/meshlib/live"
+METRICS_PATH = "/.well-known/meshlib/metrics"
 
 
 @dataclass(slots=True)
@@ -78,6 +81,11 @@ class Inbound:
     reveal_denials: bool = False  # name the deciding policy in a denial's body (operators only)
     denied_by: str | None = None  # the policy that denied ("" when no ALLOW matched)
     audit: tuple[str, ...] = ()  # AUDIT policies that matched
+    tracing: Any = None  # telemetry.tracing.Tracing: this workload's (None: no trace context)
+    trace: Any = None  # telemetry.tracing.ServerTrace, once the trace filter ran
+    grpc_status: str | None = None  # a gRPC call's status name, when the adapter knows it
+    response_bytes: int = 0  # the answer's body, when the adapter counted it
+    metrics_page: Callable[[Inbound], Answer] | None = None  # the Prometheus scrape (when served)
 
 
 ServerFlow = Flow[Answer]
@@ -106,7 +114,18 @@ def health(ex: Inbound, next: ServerNext) -> ServerFlow:
         return Answer(status, local=True, body=b"ready\n" if ok else b"not ready\n")
     if path == LIVE_PATH:
         return Answer(200, local=True, body=b"live\n")
+    if path == METRICS_PATH and ex.metrics_page is not None:
+        return ex.metrics_page(ex)
     return (yield from next(ex))
+
+
+def trace(ex: Inbound, next: ServerNext) -> ServerFlow:
+    """W3C trace context: continued from the caller (sampling only from a verified one) or
+    started here; a SERVER span when sampled. Probes are not traced (health runs first)."""
+    tracing = ex.tracing
+    if tracing is not None:
+        ex.trace = tracing.server(ex)
+    return next(ex)
 
 
 def path(ex: Inbound, next: ServerNext) -> ServerFlow:
@@ -233,6 +252,7 @@ def default_server_stack() -> Stack[Inbound, Answer]:
     return Stack(
         [
             ("health", health),  # probes must answer even when everything below would refuse
+            ("trace", trace),  # before any refusal: denied requests are traced too
             ("path", path),  # a path that cannot be normalized: 400 before any policy
             ("mtls", mutual_tls),  # STRICT without a verified peer: refused
             ("deadline", deadline),  # before any work: an expired request costs nothing more

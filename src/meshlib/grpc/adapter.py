@@ -253,11 +253,23 @@ class GrpcAdapter:
         return origin.current(), name, origin.generation, origin.key
 
     @staticmethod
-    def metadata(spec: Spec, attempt: Attempt) -> Metadata | None:
-        """What goes upstream: the caller's metadata with the attempt's header edits."""
-        if not attempt.headers:
+    def metadata(spec: Spec, attempt: Attempt, ex: Exchange) -> Metadata | None:
+        """What goes upstream: the caller's metadata with the attempt's header edits and the
+        trace context."""
+        traceparent = ex.traceparent
+        if not attempt.headers and traceparent is None:
             return spec.metadata  # nothing to edit: pass it as it is
-        return apply_header_ops(_lowered(spec.metadata), attempt.headers)  # type: ignore[arg-type]
+        pairs = _lowered(spec.metadata)
+        if attempt.headers:
+            pairs = apply_header_ops(pairs, attempt.headers)  # type: ignore[arg-type,assignment]
+        if traceparent is not None:
+            pairs = [(k, v) for k, v in pairs if k not in _TRACE_KEYS]
+            pairs.append(("traceparent", traceparent))
+            if ex.tracestate is not None:
+                pairs.append(("tracestate", ex.tracestate))
+            if ex.baggage is not None:
+                pairs.append(("baggage", ex.baggage))
+        return pairs  # type: ignore[return-value]
 
     @staticmethod
     def ok(response: Any) -> Outcome:
@@ -333,6 +345,9 @@ def _channel_credentials(tls: Any, material: TlsMaterial) -> grpc.ChannelCredent
 
 # Credentials of DestinationRule TLS origination, one per distinct settings, for every channel.
 CREDENTIALS: TlsOriginations[grpc.ChannelCredentials] = TlsOriginations(_channel_credentials)
+
+
+_TRACE_KEYS = frozenset(("traceparent", "tracestate"))
 
 
 def _lowered(metadata: Metadata | None) -> list[tuple[str, str | bytes]]:

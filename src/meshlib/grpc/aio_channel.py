@@ -95,7 +95,7 @@ class AioMeshChannel(Arities, grpc.aio.Channel):
         except MeshRpcError as error:
             return adapter.unsendable(error)
         call = self.channels.stub(channel, spec, send.path)(
-            spec.request, timeout=send.timeout, metadata=adapter.metadata(spec, send)
+            spec.request, timeout=send.timeout, metadata=adapter.metadata(spec, send, ex)
         )
         statuses = _Statuses(call) if spec.streaming_in else None
         try:
@@ -119,7 +119,7 @@ class AioMeshChannel(Arities, grpc.aio.Channel):
             stub = self.channels.stub(self.channels.get(copy), spec, copy.path)
         except MeshRpcError:
             return  # no certificate to send it with: never in plaintext
-        metadata = self.adapter.metadata(spec, copy)
+        metadata = self.adapter.metadata(spec, copy, ex)
         task = asyncio.get_running_loop().create_task(
             _quietly(stub(spec.request, timeout=copy.timeout, metadata=metadata))
         )

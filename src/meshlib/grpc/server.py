@@ -123,11 +123,14 @@ def _refusal(answer: Answer) -> tuple[grpc.StatusCode, str]:
     return code, answer.body.decode(errors="replace").strip()
 
 
-def _status(context: Any, raised: bool) -> int:
-    """The HTTP status the call ended with (for the stack's filters and the metrics)."""
+def _status(context: Any, raised: bool, inbound: InboundRequest) -> int:
+    """The HTTP status the call ended with (for the stack's filters and the metrics); its
+    gRPC status goes to the metrics and the span."""
     code = context.code() if hasattr(context, "code") else None
     if isinstance(code, grpc.StatusCode):
+        inbound.ex.grpc_status = code.name
         return http_status(code)
+    inbound.ex.grpc_status = "UNKNOWN" if raised else "OK"
     return 500 if raised else 200
 
 
@@ -150,9 +153,9 @@ def _wrap_sync(
             with inbound.scope():
                 result = behavior(request, _for_handler(context, inbound))
         except BaseException:
-            inbound.end(_status(context, raised=True))
+            inbound.end(_status(context, True, inbound))
             raise
-        inbound.end(_status(context, raised=False))
+        inbound.end(_status(context, False, inbound))
         return result
 
     def stream(request: Any, context: Any) -> Iterator[Any]:
@@ -172,7 +175,7 @@ def _wrap_sync(
                     return
                 yield item
         finally:
-            inbound.end(_status(context, raised))
+            inbound.end(_status(context, raised, inbound))
 
     return stream if streaming_out else unary
 
@@ -196,7 +199,7 @@ def _wrap_async(
                         yield item
                 raised = False
             finally:
-                inbound.end(_status(context, raised))
+                inbound.end(_status(context, raised, inbound))
 
         return stream
 
@@ -209,9 +212,9 @@ def _wrap_async(
             with inbound.scope():
                 result = await behavior(request, _for_handler(context, inbound))
         except BaseException:
-            inbound.end(_status(context, raised=True))
+            inbound.end(_status(context, True, inbound))
             raise
-        inbound.end(_status(context, raised=False))
+        inbound.end(_status(context, False, inbound))
         return result
 
     return unary

@@ -113,7 +113,7 @@ class MeshChannel(Arities, grpc.Channel):  # type: ignore[misc]
         except MeshRpcError as error:
             return adapter.unsendable(error)
         stub = self.channels.stub(channel, spec, send.path)
-        metadata = adapter.metadata(spec, send)
+        metadata = adapter.metadata(spec, send, ex)
         try:
             if spec.with_call:  # (response, the grpc.Call of the attempt that answered)
                 return adapter.ok(stub.with_call(spec.request, timeout=send.timeout, metadata=metadata))
@@ -137,7 +137,7 @@ class MeshChannel(Arities, grpc.Channel):  # type: ignore[misc]
         try:
             stub = self.channels.stub(self.channels.get(copy), spec, copy.path)
             future = stub.future(
-                spec.request, timeout=copy.timeout, metadata=self.adapter.metadata(spec, copy)
+                spec.request, timeout=copy.timeout, metadata=self.adapter.metadata(spec, copy, ex)
             )
         except Exception:
             self._mirror_done(None)

@@ -145,6 +145,14 @@ class HttpAdapter:
         if ex.deadline is not None:
             remaining = format_timeout_ms(max(0.0, ex.deadline - time.monotonic()))
             _set(headers, _DEADLINE_HEADER, remaining.encode())
+        if ex.traceparent is not None:
+            _set(headers, b"traceparent", ex.traceparent.encode())
+            if ex.tracestate is not None:
+                _set(headers, b"tracestate", ex.tracestate.encode())
+            else:
+                _drop(headers, b"tracestate")  # invalid, or of a traceparent that was not valid
+            if ex.baggage is not None:
+                _set(headers, b"baggage", ex.baggage.encode())
         if endpoint is not None:
             tls = send.mtls or send.tls is not None or endpoint.protocol == "https"
             core_url = httpcore.URL(
@@ -187,7 +195,9 @@ class HttpAdapter:
         response = httpx.Response(
             core.status, headers=core.headers, stream=httpx.ByteStream(content), extensions=core.extensions
         )
-        outcome = Outcome(status=core.status, response=response, grpc_status=_grpc_status(core))
+        outcome = Outcome(
+            status=core.status, response=response, grpc_status=_grpc_status(core), body_size=len(content)
+        )
         if core.status in (429, 503):
             _read_rate_limit(core, outcome)
         return outcome
@@ -314,6 +324,14 @@ def _set(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
             headers[:] = [(k, v) for k, v in headers if k.lower() != name]
             break
     headers.append((name, value))
+
+
+def _drop(headers: list[tuple[bytes, bytes]], name: bytes) -> None:
+    size = len(name)
+    for key, _ in headers:
+        if len(key) == size and key.lower() == name:
+            headers[:] = [(k, v) for k, v in headers if k.lower() != name]
+            return
 
 
 def _apply_raw(headers: list[tuple[bytes, bytes]], ops: HeaderOps) -> None:
