@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from ..core.flags import flags_label
-
 if TYPE_CHECKING:
+    from ..core.call import Call
     from ..core.exchange import Exchange
     from ..core.server_stack import Inbound
 
@@ -60,64 +59,70 @@ class AccessLog:
             self._stream.write(line)
             self._stream.flush()
 
+    def _entry(
+        self, direction: str, call: Call, code: int, grpc_status: str, flags: str, duration_ms: float
+    ) -> dict[str, Any]:
+        """The fields both sides log."""
+        return {
+            "start_time": _iso(self._clock() - duration_ms / 1000.0),
+            "direction": direction,
+            "method": call.method,
+            "authority": call.authority or call.host,
+            "path": call.path,
+            "protocol": call.protocol,
+            "response_code": code,
+            "grpc_status": grpc_status or None,
+            "response_flags": flags,
+            "duration_ms": round(duration_ms, 3),
+        }
+
     def outbound(
-        self, ex: Exchange, code: int, grpc_status: str, duration_ms: float, sent: int, received: int
+        self,
+        ex: Exchange,
+        code: int,
+        grpc_status: str,
+        flags: str,
+        duration_ms: float,
+        sent: int,
+        received: int,
     ) -> None:
         if not self.sampled():
             return
-        call, endpoint, trace = ex.call, ex.endpoint, ex.trace
-        trace_id: str | None = None
+        endpoint, trace = ex.endpoint, ex.trace
         if trace is not None:
-            trace_id = f"{trace.trace_id:032x}"
+            trace_id: str | None = f"{trace.trace_id:032x}"
         else:
             trace_id = ex.traceparent[3:35] if ex.traceparent else None
-        self.write(
-            {
-                "start_time": _iso(self._clock() - duration_ms / 1000.0),
-                "direction": "outbound",
-                "method": call.method,
-                "authority": call.authority or call.host,
-                "path": call.path,
-                "protocol": call.protocol,
-                "response_code": code,
-                "grpc_status": grpc_status or None,
-                "response_flags": flags_label(ex.flags),
-                "upstream_host": f"{endpoint.address}:{endpoint.port}" if endpoint is not None else None,
-                "upstream_cluster": ex.fqdn,
-                "upstream_peer": endpoint.identity if endpoint is not None and ex.mtls else None,
-                "attempts": ex.attempts,
-                "duration_ms": round(duration_ms, 3),
-                "bytes_sent": sent,
-                "bytes_received": received,
-                "trace_id": trace_id,
-            }
-        )
+        entry = self._entry("outbound", ex.call, code, grpc_status, flags, duration_ms)
+        entry["upstream_host"] = f"{endpoint.address}:{endpoint.port}" if endpoint is not None else None
+        entry["upstream_cluster"] = ex.fqdn
+        entry["upstream_peer"] = endpoint.identity if endpoint is not None and ex.mtls else None
+        entry["attempts"] = ex.attempts
+        entry["bytes_sent"] = sent
+        entry["bytes_received"] = received
+        entry["trace_id"] = trace_id
+        self.write(entry)
 
     def inbound(
-        self, ex: Inbound, fqdn: str, code: int, grpc_status: str, duration_ms: float, received: int
+        self,
+        ex: Inbound,
+        fqdn: str,
+        code: int,
+        grpc_status: str,
+        flags: str,
+        duration_ms: float,
+        received: int,
     ) -> None:
         if not self.sampled():
             return
-        call, trace, peer = ex.call, ex.trace, ex.peer
-        self.write(
-            {
-                "start_time": _iso(self._clock() - duration_ms / 1000.0),
-                "direction": "inbound",
-                "method": call.method,
-                "authority": call.authority or call.host,
-                "path": call.path,
-                "protocol": call.protocol,
-                "response_code": code,
-                "grpc_status": grpc_status or None,
-                "response_flags": flags_label(ex.flags),
-                "downstream_address": ex.source_ip,
-                "downstream_peer": peer.spiffe_id if peer is not None else None,
-                "destination_service": fqdn,
-                "duration_ms": round(duration_ms, 3),
-                "bytes_received": received,
-                "trace_id": trace.trace_id if trace is not None else None,
-            }
-        )
+        trace, peer = ex.trace, ex.peer
+        entry = self._entry("inbound", ex.call, code, grpc_status, flags, duration_ms)
+        entry["downstream_address"] = ex.source_ip
+        entry["downstream_peer"] = peer.spiffe_id if peer is not None else None
+        entry["destination_service"] = fqdn
+        entry["bytes_received"] = received
+        entry["trace_id"] = trace.trace_id if trace is not None else None
+        self.write(entry)
 
     def close(self) -> None:
         if self._close:

@@ -91,7 +91,7 @@ class Telemetry:
             trace.end(code, flags, ex.attempts)
         log = self.access_log
         if log is not None:
-            log.outbound(ex, code, grpc, duration_ms, sent, received)
+            log.outbound(ex, code, grpc, flags, duration_ms, sent, received)
 
     def inbound_done(self, ex: Inbound, fqdn: str, status: int, duration_ms: float) -> None:
         grpc = ""
@@ -117,4 +117,4 @@ class Telemetry:
             trace.end(status, flags, name)
         log = self.access_log
         if log is not None:
-            log.inbound(ex, fqdn, status, grpc, duration_ms, received)
+            log.inbound(ex, fqdn, status, grpc, flags, duration_ms, received)
