@@ -12,12 +12,18 @@ import pytest
 
 import meshlib
 from meshlib.http.errors import MeshTimeoutError, UpstreamOverflowError
+from meshlib.telemetry.prometheus import scrape
 from tests.http.conftest import SUBSETS, Endpoints, backend_of, route, rule, run_requests, service_entry
 
 MODES = ["sync", "async"]
 
 
 NO_RETRIES = "    retries: {attempts: 0}\n"
+
+
+def events(mesh: meshlib.Mesh, kind: str) -> dict[str, int]:
+    """The mesh's own counter ``kind`` (meshlib_events), by Envoy cluster name."""
+    return {subject: n for (k, subject), n in mesh.metrics.counters().items() if k == kind}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -34,6 +40,10 @@ def test_failing_endpoint_is_ejected_at_its_fifth_503_and_returns(
     first = run_requests(mesh, mode, 60, concurrency=1)
     assert broken.hits == 5, "ejected at once on its 5th consecutive 503, not later"
     assert sum(isinstance(r, httpx.Response) and r.status_code == 503 for r in first) == 5
+    assert events(mesh, "outlier_ejections") == {"outbound|80||reviews.default.svc.cluster.local": 1}
+    scraped = scrape(mesh.metrics_registry).decode()
+    labels = 'kind="outlier_ejections",subject="outbound|80||reviews.default.svc.cluster.local"'
+    assert f"meshlib_events_total{{{labels}}} 1.0" in scraped
     time.sleep(1.1)  # baseEjectionTime × 1
     broken.status = 200
     after = run_requests(mesh, mode, 30, concurrency=1)
@@ -75,6 +85,7 @@ def test_retries_turn_30_percent_failures_into_995_percent_success(
     assert ok / 1000 >= 0.995, f"{ok}/1000 succeeded; the others: {others}"
     hits = backends["v1-a"][0].hits + backends["v1-b"][0].hits
     assert 1000 < hits < 1000 * 1.6, "retries happened, about 0.43 per request"
+    assert events(mesh, "retries") == {"outbound|80|v1|reviews.default.svc.cluster.local": hits - 1000}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -90,6 +101,9 @@ def test_retry_budget_bounds_attempts_under_a_backend_that_always_fails(
     assert all(isinstance(r, httpx.Response) and r.status_code == 503 for r in responses)
     assert 300 <= dead.hits <= 300 * 1.2 + 3, f"{dead.hits} attempts for 300 requests"
     assert mesh.metrics.requests_total(flags="URX") > 250
+    cluster = "outbound|80|v2|reviews.default.svc.cluster.local"
+    assert events(mesh, "retries") == {cluster: dead.hits - 300}
+    assert events(mesh, "retry_budget_exhausted")[cluster] > 250
 
 
 def test_post_is_not_resent_after_it_may_have_reached_the_server(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]
@@ -153,6 +167,7 @@ def test_pool_overflow_fails_fast_async(backends: Endpoints, make_mesh) -> None:
     assert all(t < 0.2 for t, _ in refused), "overflow is refused at once, never queued"
     assert all(isinstance(r, httpx.PoolTimeout) for _, r in refused)
     assert mesh.metrics.requests_total(flags="UO") == 8
+    assert events(mesh, "pool_overflow") == {"outbound|80|v2|reviews.default.svc.cluster.local": 8}
 
 
 def test_pool_overflow_fails_fast_sync(backends: Endpoints, make_mesh) -> None:  # type: ignore[no-untyped-def]

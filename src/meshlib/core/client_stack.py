@@ -192,6 +192,7 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
             if retries >= policy.attempts:
                 if policy.attempts:
                     ex.flags.append(URX)
+                    ex.count("retry_limit_exceeded", cluster)
                 return reply
             wait = outcome.retry_after
             if wait is not None and (
@@ -200,13 +201,16 @@ def retry(ex: Exchange, next: ClientNext) -> ClientFlow:
                 return reply  # the server asked for more time than there is: its answer stands
             if not state.admit_retry(cluster):  # maxRetries first: a refused slot must not spend budget
                 ex.flags.append(URX)
+                ex.count("retry_overflow", cluster)
                 return reply
             if budget is not None and not budget.try_withdraw():
                 state.release_retry()
                 ex.flags.append(URX)
+                ex.count("retry_budget_exhausted", cluster)
                 return reply
             holding = True
             retries += 1
+            ex.count("retries", cluster)
             pause = policy.backoff(retries, ex.rng)
             if outcome.retry_after is not None:  # the server said when (a rate limit): not sooner
                 pause = max(pause, outcome.retry_after)
@@ -267,6 +271,7 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
         )
     if not state.admit(cluster, endpoint):
         ex.flags.append(UO)
+        ex.count("pool_overflow", cluster)
         return Reply(error=UO, message=f"connection pool of {_name(cluster.host, cluster.subset)} is full")
     ex.attempts += 1
     ex.endpoint = endpoint
@@ -300,10 +305,10 @@ def upstream(ex: Exchange, next: ClientNext) -> ClientFlow:
     if outcome.failure is not None:
         if outcome.failure is Failure.CONNECT:
             ex.flags.append(UF)
-        if not outcome.local:
-            state.record(endpoint, Health.LOCAL_ORIGIN_FAILURE)
-    elif outcome.status is not None:
-        state.record(endpoint, outcome_for_status(outcome.status))
+        if not outcome.local and state.record(endpoint, Health.LOCAL_ORIGIN_FAILURE):
+            ex.count("outlier_ejections", cluster)
+    elif outcome.status is not None and state.record(endpoint, outcome_for_status(outcome.status)):
+        ex.count("outlier_ejections", cluster)
     reply = Reply(outcome=outcome)
     if trace is not None:
         trace.end_attempt(ex, reply)

@@ -249,9 +249,11 @@ class ClusterState:
         with self._lock:
             self.retries_in_flight -= 1
 
-    def record(self, endpoint: Endpoint | None, outcome: Outcome) -> None:
+    def record(self, endpoint: Endpoint | None, outcome: Outcome) -> bool:
+        """Feed outlier detection; True when this outcome ejected the endpoint."""
         if self.outlier is not None and endpoint is not None:
-            self.outlier.record(endpoint.key, outcome)
+            return self.outlier.record(endpoint.key, outcome)
+        return False
 
 
 def _key(endpoint: Endpoint) -> tuple[str, int]:

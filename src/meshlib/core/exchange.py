@@ -172,6 +172,12 @@ class Exchange:
     baggage: str | None = None  # to add (the caller's request has none)
     mtls: bool = False  # the last attempt spoke mesh mTLS
 
+    def count(self, kind: str, cluster: Cluster) -> None:
+        """One of the mesh's own events (a retry, an ejection, an overflow) on ``cluster``."""
+        telemetry = self.telemetry
+        if telemetry is not None:
+            telemetry.metrics.count(kind, cluster.stat_name)
+
 
 def record_outbound(metrics: RequestMetrics, ex: Exchange, reply: Reply | None) -> None:
     """Count one outbound request: the answer's status (0 when none came back), its flags and

@@ -168,6 +168,12 @@ class Cluster:
     def key(self) -> tuple[str, str, str | None, int | None]:
         return (self.family, self.host, self.subset, self.port)
 
+    @property
+    def stat_name(self) -> str:
+        """Envoy's name for the cluster, as Istio's stats carry it:
+        ``outbound|9080|v1|reviews.ns.svc.cluster.local``."""
+        return f"outbound|{self.port or ''}|{self.subset or ''}|{self.host}"
+
 
 def _always(_: Call) -> bool:
     return True
