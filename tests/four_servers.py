@@ -41,14 +41,17 @@ def grpc_channel(frontend: Mesh, port: int) -> grpc.Channel:
     return grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options)
 
 
-def serve_asgi(reviews: Mesh, handled: list[str]) -> Iterator[int]:
+def serve_asgi(reviews: Mesh, handled: list[str], failing: str | None = None) -> Iterator[int]:
+    """Answers 200 with the path it saw; 500 for paths under ``failing``."""
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         handled.append(f"asgi {meshlib.current_peer()}")
         seen = scope["path"].encode()  # the path it saw
         headers = [(b"content-length", str(len(seen)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        status = 500 if failing is not None and scope["path"].startswith(failing) else 200
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": seen})
 
     sock = bind("127.0.0.1", 0)

@@ -48,6 +48,7 @@ from .registry import AnnouncedEndpoint, WorkloadRegistration
 from .request_authn import JwksCache, compile_authenticator
 from .settings import MeshSettings, TelemetrySettings
 from .telemetry.access_log import open_access_log
+from .telemetry.edges import EdgeTracker
 from .telemetry.hub import Telemetry
 from .telemetry.prometheus import CONTENT_TYPE_LATEST, registry_for, scrape, seconds_until, serve_metrics
 from .telemetry.sdk import install_sdk
@@ -516,6 +517,26 @@ class Mesh:
             watcher.last_error = f"{watcher.url}: {reason}"
             self._fallback(f"config service {watcher.url} unavailable at start: {reason}")
         loop.submit(watcher.run())
+        interval = s.telemetry.edge_report_interval
+        if interval:
+            loop.submit(self._report_edges(watcher, interval))
+
+    async def _report_edges(self, watcher: Watcher, interval: float) -> None:
+        """Every ``interval``: what this workload sent (and received from outside the mesh)
+        since the last delivered report, per edge (``meshctl top``). Never on the request path."""
+        tracker = EdgeTracker(self.metrics)
+        while True:
+            await asyncio.sleep(interval)
+            pending = tracker.report()
+            if pending is None:
+                continue
+            report, commit = pending
+            try:
+                await watcher.send_edges(report)
+            except (httpx.HTTPError, MeshError) as exc:
+                log.debug("could not send the traffic summary: %s", exc)
+            else:
+                commit()
 
     def _fallback(self, why: str) -> None:
         s = self.settings

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .core.hosts import CLUSTER_DOMAIN
+from .core.metrics import BUCKETS_MS
 from .core.snapshot import Snapshot, compile_snapshot
 from .errors import ConfigError, ConfigIssue
 from .policy.base import MeshModel
@@ -17,10 +18,13 @@ from .registry import WorkloadRegistration
 __all__ = [
     "DEFAULT_PORT",
     "MAX_BODY_BYTES",
+    "MAX_EDGES",
     "MAX_JSON_DEPTH",
     "MAX_REGISTRATION_BYTES",
     "MAX_WATCH_WAIT",
     "ApplyRequest",
+    "Edge",
+    "EdgeReport",
     "Nack",
     "WatchRequest",
     "WorkloadRegistration",
@@ -60,6 +64,44 @@ class Nack(MeshModel):
         except UnicodeEncodeError:
             raise ValueError("the reason is not valid text (a lone surrogate)") from None
         return value
+
+
+MAX_EDGES = 512  # per report: a workload calling more services than that reports its busiest
+_NAME = Field(max_length=253)
+_COUNT = Field(ge=0, le=2**53)
+
+
+class Edge(MeshModel):
+    """Requests on one edge of the service graph during one report window: who called whom
+    (``reporter`` source: this workload called ``destination``; destination: a caller outside
+    the mesh called this workload), how many failed, and their durations in Istio's buckets."""
+
+    reporter: Literal["source", "destination"]
+    source: str = _NAME  # workload name (``unknown``: outside the mesh)
+    source_namespace: str = _NAME
+    source_version: str = _NAME
+    destination: str = _NAME  # the destination service (host)
+    destination_workload: str = _NAME
+    destination_version: str = _NAME
+    protocol: str = Field(max_length=16)
+    requests: int = _COUNT
+    errors: int = _COUNT  # 5xx, no answer, or a gRPC status other than OK
+    buckets: list[int] = Field(min_length=len(BUCKETS_MS) + 1, max_length=len(BUCKETS_MS) + 1)
+
+    @model_validator(mode="after")
+    def _counts(self) -> Edge:
+        if self.errors > self.requests:
+            raise ValueError(f"{self.errors} errors out of {self.requests} requests")
+        if any(n < 0 for n in self.buckets) or sum(self.buckets) != self.requests:
+            raise ValueError(f"the buckets must count the {self.requests} requests, once each")
+        return self
+
+
+class EdgeReport(MeshModel):
+    """What a workload sends every report interval (``POST /v1/workloads/{id}/edges``)."""
+
+    window: float = Field(gt=0.0, le=3600.0)  # seconds the counts cover
+    edges: list[Edge] = Field(max_length=MAX_EDGES)
 
 
 class WatchRequest(MeshModel):

@@ -105,6 +105,19 @@ def _percent(env: Mapping[str, str], variable: str, default: float) -> float:
     return value
 
 
+MIN_EDGE_REPORT_INTERVAL = 0.5  # seconds: the rate at which a workload may report is bounded
+
+
+def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
+    text = env.get(variable, "").strip().removesuffix("s")
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(ConfigIssue(f"{variable}: {text!r} is not a number of seconds")) from None
+
+
 def _flag(env: Mapping[str, str], variable: str) -> bool:
     text = env.get(variable, "").strip().lower()
     if text in ("", "0", "false", "no", "off"):
@@ -126,6 +139,8 @@ class TelemetrySettings:
     metrics_port: int | None = None  # a Prometheus endpoint of its own on this port
     metrics_address: str = "127.0.0.1"
     metrics_path: bool = False  # serve /.well-known/meshlib/metrics on the serving ports
+    # Seconds between per-edge traffic summaries sent to the config service (meshctl top); 0: none.
+    edge_report_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if self.tracing not in ("", "otlp", "console"):
@@ -140,6 +155,14 @@ class TelemetrySettings:
                 raise ConfigError(ConfigIssue(f"{variable}: {value!r} is not a percentage between 0 and 100"))
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(ConfigIssue(f"MESH_METRICS_PORT: {self.metrics_port} is not a port"))
+        interval = self.edge_report_interval
+        if not (interval == 0 or MIN_EDGE_REPORT_INTERVAL <= interval <= 3600):
+            raise ConfigError(
+                ConfigIssue(
+                    f"MESH_EDGE_REPORT_INTERVAL: {interval!r} is not 0 (off) or between "
+                    f"{MIN_EDGE_REPORT_INTERVAL} and 3600 seconds"
+                )
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TelemetrySettings:
@@ -155,4 +178,5 @@ class TelemetrySettings:
             metrics_port=int(port_text) if port_text else None,
             metrics_address=env.get("MESH_METRICS_ADDRESS", "").strip() or "127.0.0.1",
             metrics_path=_flag(env, "MESH_METRICS_PATH"),
+            edge_report_interval=_seconds(env, "MESH_EDGE_REPORT_INTERVAL", 5.0),
         )

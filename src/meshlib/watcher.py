@@ -16,7 +16,7 @@ import tenacity
 
 from .core.snapshot import Snapshot
 from .errors import ConfigError, ControlPlaneError, UnauthorizedError
-from .protocol import MAX_WATCH_WAIT, WorkloadRegistration, decode_snapshot
+from .protocol import MAX_WATCH_WAIT, EdgeReport, WorkloadRegistration, decode_snapshot
 
 __all__ = ["Watcher"]
 
@@ -107,6 +107,17 @@ class Watcher:
     async def round_register(self) -> None:
         """Send the registration now (endpoints changed)."""
         await self._register()
+
+    async def send_edges(self, report: EdgeReport) -> None:
+        """This workload's traffic summary (``meshctl top``); an unknown workload registers
+        again before the next watch round."""
+        workload = self._registration().id
+        response = await self._client.post(
+            f"{self.url}/v1/workloads/{workload}/edges", content=report.model_dump_json()
+        )
+        if response.status_code == 404:
+            self._registered = False
+        self._check(response)
 
     async def deregister(self) -> None:
         workload = self._registration().id

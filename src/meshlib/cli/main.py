@@ -1,4 +1,4 @@
-"""meshctl: serve, apply, get, delete, validate, analyze, status, demo.
+"""meshctl: serve, apply, get, delete, validate, analyze, status, top, demo.
 
 Talks to the config service at ``--server`` (``$MESHCTL_SERVER``, default
 http://127.0.0.1:15010). Writes use the admin token from ``--token-file``,
@@ -32,6 +32,8 @@ from ..policy.validate import parse_resource
 from ..protocol import DEFAULT_PORT
 from ..registry import WorkloadRegistration
 from .output import age, dump, printable, table
+from .top import add_arguments as top_arguments
+from .top import cmd_top as _top
 
 __all__ = ["main"]
 
@@ -318,6 +320,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    return _top(args, _client)
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.action == "create":
@@ -479,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", cmd_status, "every workload: identity, endpoints, acknowledged config, last seen")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+
+    p = add("top", cmd_top, "who calls whom, live: requests per second, errors, p50/p99 per edge")
+    top_arguments(p)
 
     p = add("demo", cmd_demo, "run the demonstration on an embedded config service")
     p.add_argument("--keep", action="store_true", help="keep the demo's data folder")

@@ -13,6 +13,8 @@
 | PUT    /v1/workloads/{id}                | workload | register or update a workload          |
 | DELETE /v1/workloads/{id}                | workload | deregister                             |
 | GET    /v1/workloads                     | reader   | registry and acknowledged versions     |
+| POST   /v1/workloads/{id}/edges          | workload | the workload's per-edge traffic summary |
+| GET    /v1/edges                         | reader   | the service graph (``meshctl top``)    |
 
 "workload": the caller's bootstrap token must be for the workload's own identity (the admin
 token may act for any); "reader": any valid token. With ``--insecure-open-registry``,
@@ -41,9 +43,17 @@ from ..ca.tokens import TokenRegistry
 from ..errors import ConfigError
 from ..policy.resources import ResourceKey, find_kind
 from ..policy.validate import format_path
-from ..protocol import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_REGISTRATION_BYTES, ApplyRequest, WatchRequest
+from ..protocol import (
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_REGISTRATION_BYTES,
+    ApplyRequest,
+    EdgeReport,
+    WatchRequest,
+)
 from ..registry import WorkloadRegistration
 from .auth import check_bearer
+from .edges import EdgeBoard
 from .errors import HTTPError
 from .state import ConfigState, RegistryFull
 from .workload_auth import WorkloadGate
@@ -62,6 +72,7 @@ log = logging.getLogger("meshlib.controlplane")
 
 Handler = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)
+MAX_EDGE_REPORT_BYTES = 512 * 1024  # MAX_EDGES edges of ~600 bytes each
 
 
 class VersionNotifier:
@@ -216,6 +227,7 @@ def create_app(
     use the CA; identities with tokens stay protected in that mode too."""
     notifier = VersionNotifier()
     gate = WorkloadGate(admin_token, tokens, open_registry=open_registry)
+    board = EdgeBoard()
 
     admin = require_admin(admin_token)
     errors = json_errors
@@ -342,9 +354,26 @@ def create_app(
             gate.speaks_for(caller, previous.namespace, previous.service)
         elif caller.anonymous and not gate.open_registry:
             gate.reader(request)  # says what is missing
+        board.drop(request.path_params["id"])
         if state.deregister(request.path_params["id"]):
             notifier.notify_soon()
         return JSONResponse({"version": state.version})
+
+    async def put_edges(request: Request) -> Response:
+        caller = gate.caller(request)
+        workload = request.path_params["id"]
+        registration = state.registration(workload)
+        if registration is None:
+            if caller.anonymous and not gate.open_registry:
+                gate.reader(request)  # says what is missing
+            raise HTTPError(404, f"workload {workload!r} is not registered; register it first")
+        gate.speaks_for(caller, registration.namespace, registration.service)
+        board.put(workload, parse_model(EdgeReport, await read_json(request, MAX_EDGE_REPORT_BYTES)))
+        return Response(status_code=204)
+
+    async def list_edges(request: Request) -> Response:
+        gate.reader(request)
+        return JSONResponse({"edges": board.edges()})
 
     async def list_workloads(request: Request) -> Response:
         gate.reader(request)
@@ -382,6 +411,8 @@ def create_app(
         Route("/v1/workloads", errors(list_workloads), methods=["GET"]),
         Route("/v1/workloads/{id}", errors(put_workload), methods=["PUT"]),
         Route("/v1/workloads/{id}", errors(delete_workload), methods=["DELETE"]),
+        Route("/v1/workloads/{id}/edges", errors(put_edges), methods=["POST"]),
+        Route("/v1/edges", errors(list_edges), methods=["GET"]),
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

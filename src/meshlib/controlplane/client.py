@@ -98,3 +98,8 @@ class ControlPlaneClient:
     def workloads(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/workloads")
         return result
+
+    def edges(self) -> dict[str, Any]:
+        """The service graph: one row per edge, from the workloads' latest reports."""
+        result: dict[str, Any] = self._call("GET", "/v1/edges")
+        return result

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["BUCKETS_MS", "BYTES_BUCKETS", "IstioLabels", "RequestMetrics", "Series"]
+__all__ = ["BUCKETS_MS", "BYTES_BUCKETS", "IstioLabels", "RequestMetrics", "Series", "quantile"]
 
 # Istio's default buckets (ms) for istio_request_duration_milliseconds.
 BUCKETS_MS = (
@@ -30,6 +30,25 @@ BUCKETS_MS = (
 )  # fmt: skip
 # Istio's buckets for istio_request_bytes / istio_response_bytes (powers of ten).
 BYTES_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
+
+
+def quantile(buckets: Sequence[int], q: float, bounds: Sequence[float] = BUCKETS_MS) -> float | None:
+    """The ``q`` quantile of a histogram (counts per bucket, the last one above every bound),
+    interpolated within its bucket as Prometheus' ``histogram_quantile`` does; one in the
+    open top bucket is the highest bound. None for an empty histogram."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    running = 0
+    for index, count in enumerate(buckets):
+        if count and running + count >= rank:
+            if index >= len(bounds):
+                return float(bounds[-1])
+            lower = float(bounds[index - 1]) if index else 0.0
+            return lower + (float(bounds[index]) - lower) * (rank - running) / count
+        running += count
+    return float(bounds[-1])
 
 
 class IstioLabels(NamedTuple):
