@@ -4,10 +4,12 @@ Method: one backend (a bare ASGI app under uvicorn) runs in its own process, so 
 client process's CPU time is the client's alone. In the same run, rounds alternate
 between a plain ``httpx`` client talking to the backend directly and a mesh client
 calling ``http://reviews/`` with routing (a header rule, then an 80/20 split over two
-subsets of the same backend), LEAST_REQUEST balancing, outlier detection, retries and
-metrics all armed. Per round: client CPU µs per request (``time.process_time``) and
-latency percentiles. The figures are medians over rounds; the machine is shared, so
-compare within a run, never across runs.
+subsets of the same backend), LEAST_REQUEST balancing, outlier detection, retries,
+Istio-labelled metrics and tracing (an OpenTelemetry SDK, Istio's 1% sampling) all armed,
+and the same mesh with its telemetry off (no metrics, no trace context), so that the
+telemetry's own cost is the paired difference. Per round: client CPU µs per request
+(``time.process_time``) and latency percentiles. The figures are medians over rounds;
+the machine is shared, so compare within a run, never across runs.
 
     .venv/bin/python benchmarks/http_client.py [--requests 2000] [--rounds 5]
 """
@@ -90,6 +92,9 @@ def policy(port: int, second: int) -> str:
         """)
 
 
+MESH_URL = "http://reviews/"
+
+
 def free_port() -> int:
     from meshlib._net import bind
 
@@ -127,35 +132,58 @@ def run(requests: int, rounds: int) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "policy.yaml"
             path.write_text(policy(port, second))
-            with meshlib.Mesh("frontend", config=path) as mesh:
-                return compare(mesh, port, requests, rounds)
+            from opentelemetry.sdk.trace import TracerProvider
+
+            with (
+                meshlib.Mesh("frontend", config=path, tracer_provider=TracerProvider()) as mesh,
+                meshlib.Mesh("frontend", config=path) as quiet,
+            ):
+                assert quiet.telemetry is not None
+                quiet.telemetry.tracing = None
+                quiet.telemetry.outbound_done = lambda *_: None  # type: ignore[method-assign]
+                return compare(mesh, quiet, port, requests, rounds)
     finally:
         for backend in backends:
             backend.terminate()
             backend.wait(10)
 
 
-def compare(mesh: meshlib.Mesh, port: int, requests: int, rounds: int) -> str:
+def compare(mesh: meshlib.Mesh, quiet: meshlib.Mesh, port: int, requests: int, rounds: int) -> str:
     direct = f"http://127.0.0.1:{port}/"
+    kinds = ("plain", "mesh, no telemetry", "mesh")
     results: dict[str, list[tuple[float, list[float]]]] = {
-        k: [] for k in ("sync plain", "sync mesh", "async plain", "async mesh")
+        f"{mode} {kind}": [] for mode in ("sync", "async") for kind in kinds
     }
-    with httpx.Client() as plain, mesh.http_client() as meshed:
-        for client, url in ((plain, direct), (meshed, "http://reviews/")):
+    with httpx.Client() as plain, quiet.http_client() as quieted, mesh.http_client() as meshed:
+        clients = {
+            "plain": (plain, direct),
+            "mesh, no telemetry": (quieted, MESH_URL),
+            "mesh": (meshed, MESH_URL),
+        }
+        for client, url in clients.values():
             for _ in range(200):
                 client.get(url)  # warm up: connections, caches
         for _ in range(rounds):
-            results["sync plain"].append(measure(lambda: plain.get(direct), requests))
-            results["sync mesh"].append(measure(lambda: meshed.get("http://reviews/"), requests))
+            for kind, (client, url) in clients.items():
+                results[f"sync {kind}"].append(measure(lambda c=client, u=url: c.get(u), requests))
 
     async def async_rounds() -> None:
-        async with httpx.AsyncClient() as plain_a, mesh.async_http_client() as meshed_a:
-            for client, url in ((plain_a, direct), (meshed_a, "http://reviews/")):
+        async with (
+            httpx.AsyncClient() as plain_a,
+            quiet.async_http_client() as quieted_a,
+            mesh.async_http_client() as meshed_a,
+        ):
+            clients_a = {
+                "plain": (plain_a, direct),
+                "mesh, no telemetry": (quieted_a, MESH_URL),
+                "mesh": (meshed_a, MESH_URL),
+            }
+            for client, url in clients_a.values():
                 for _ in range(200):
                     await client.get(url)
             for _ in range(rounds):
-                results["async plain"].append(await measure_async(plain_a, direct, requests))
-                results["async mesh"].append(await measure_async(meshed_a, "http://reviews/", requests))
+                for kind, (client, url) in clients_a.items():
+                    results[f"async {kind}"].append(await measure_async(client, url, requests))
 
     asyncio.run(async_rounds())
     rows = []
@@ -170,11 +198,13 @@ def compare(mesh: meshlib.Mesh, port: int, requests: int, rounds: int) -> str:
     # Rounds alternate plain/mesh, so each mesh round has a plain round measured just before it
     # under the same machine load: the median of those paired differences is the figure
     # (a difference of medians would mix rounds taken under different load).
-    def paired(mode: str) -> float:
-        plain, meshed = results[f"{mode} plain"], results[f"{mode} mesh"]
+    def paired(mode: str, base: str = "plain", kind: str = "mesh") -> float:
+        plain, meshed = results[f"{mode} {base}"], results[f"{mode} {kind}"]
         return statistics.median(m[0] - p[0] for p, m in zip(plain, meshed, strict=True))
 
     added_sync, added_async = paired("sync"), paired("async")
+    telemetry_sync = paired("sync", "mesh, no telemetry")
+    telemetry_async = paired("async", "mesh, no telemetry")
     flags = mesh.metrics.requests_total()
     return "\n".join(
         [
@@ -192,6 +222,10 @@ def compare(mesh: meshlib.Mesh, port: int, requests: int, rounds: int) -> str:
             f"(ratio {summary['sync mesh'] / summary['sync plain']:.2f}), "
             f"**{added_async:.0f} µs async** (ratio {summary['async mesh'] / summary['async plain']:.2f}). "
             "Target: under 50 µs.",
+            "",
+            "Of that, telemetry (Istio-labelled metrics, trace context, 1% of requests with SDK "
+            "spans; median over rounds of mesh minus the telemetry-off mesh just before it): "
+            f"**{telemetry_sync:.1f} µs sync**, **{telemetry_async:.1f} µs async** (target: under 15).",
         ]
     )
 

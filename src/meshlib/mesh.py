@@ -47,6 +47,7 @@ from .protocol import decode_snapshot
 from .registry import AnnouncedEndpoint, WorkloadRegistration
 from .request_authn import JwksCache, compile_authenticator
 from .settings import MeshSettings, TelemetrySettings
+from .telemetry import otel_metrics
 from .telemetry.access_log import open_access_log
 from .telemetry.edges import EdgeTracker
 from .telemetry.hub import Telemetry
@@ -95,6 +96,7 @@ class Mesh:
         locality: str = "",
         telemetry: TelemetrySettings | None = None,
         tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         urls = (control_plane,) if isinstance(control_plane, str) else tuple(control_plane or ())
         self.settings = MeshSettings(
@@ -157,6 +159,7 @@ class Mesh:
         without a mesh identity always may, when the path is served (``MESH_METRICS_PATH``)."""
         self._metrics_registry: Any = None
         self._metrics_server: Any = None
+        self._meter_provider = meter_provider
         self._installed_at = 0.0
         self.client_stack = default_client_stack()
         self.server_stack = default_server_stack()
@@ -307,10 +310,14 @@ class Mesh:
     def metrics_registry(self) -> Any:
         """A prometheus_client registry with this workload's metrics (Istio's names)."""
         if self._metrics_registry is None:
-            self._metrics_registry = registry_for(self.metrics, self._gauges)
+            self._metrics_registry = registry_for(self.metrics, self.metric_gauges)
         return self._metrics_registry
 
-    def _gauges(self) -> dict[str, float]:
+    def metric_owner(self) -> tuple[str, str]:
+        return self.settings.service, self.settings.namespace
+
+    def metric_gauges(self) -> dict[str, float]:
+        """The mesh's own gauges: config version and age, certificate expiry."""
         identity = self.workload_identity
         return {
             "config_version": float(self.version),
@@ -450,6 +457,7 @@ class Mesh:
         observe = s.telemetry
         if observe.tracing:
             install_sdk(observe.tracing, s.service, s.namespace)
+        otel_metrics.observe(self, self._meter_provider)
         if observe.metrics_port is not None:
             self._metrics_server = serve_metrics(
                 self.metrics_registry, observe.metrics_address, observe.metrics_port
@@ -470,6 +478,7 @@ class Mesh:
         if not self._started:
             return
         self._started = False
+        otel_metrics.unobserve(self)
         server, self._metrics_server = self._metrics_server, None
         if server is not None:
             server.shutdown()

@@ -21,7 +21,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["BUCKETS_MS", "BYTES_BUCKETS", "IstioLabels", "RequestMetrics", "Series", "quantile"]
+__all__ = [
+    "BUCKETS_MS",
+    "BYTES_BUCKETS",
+    "SERIES_LABELS",
+    "IstioLabels",
+    "RequestMetrics",
+    "Series",
+    "quantile",
+    "series_label_values",
+]
 
 # Istio's default buckets (ms) for istio_request_duration_milliseconds.
 BUCKETS_MS = (
@@ -74,6 +83,22 @@ class IstioLabels(NamedTuple):
     destination_canonical_revision: str
     request_protocol: str
     connection_security_policy: str
+
+
+# Every label of a request series, as exported: Istio's and the per-answer ones.
+SERIES_LABELS = (*IstioLabels._fields, "response_code", "grpc_response_status", "response_flags")
+
+
+def series_label_values(
+    labels: IstioLabels | None, service: str, code: int, grpc: str, flags: str
+) -> list[str]:
+    """The values of SERIES_LABELS for one series."""
+    if labels is None:  # recorded without a label set (a stack driven outside a Mesh)
+        base = ["unknown"] * len(IstioLabels._fields)
+        base[IstioLabels._fields.index("destination_service")] = service
+    else:
+        base = list(labels)
+    return [*base, str(code), grpc, flags]
 
 
 @dataclass

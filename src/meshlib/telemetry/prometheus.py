@@ -17,11 +17,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..core.metrics import BUCKETS_MS, BYTES_BUCKETS, IstioLabels, RequestMetrics
+from ..core.metrics import BUCKETS_MS, BYTES_BUCKETS, SERIES_LABELS, RequestMetrics, series_label_values
 
 __all__ = ["CONTENT_TYPE_LATEST", "MeshCollector", "registry_for", "scrape", "seconds_until", "serve_metrics"]
-
-_LABELS = (*IstioLabels._fields, "response_code", "grpc_response_status", "response_flags")
 
 
 def _buckets(
@@ -49,14 +47,18 @@ class MeshCollector:
         self._gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("istio_requests", "Requests, by Istio's labels", labels=_LABELS)
+        requests = CounterMetricFamily("istio_requests", "Requests, by Istio's labels", labels=SERIES_LABELS)
         duration = HistogramMetricFamily(
-            "istio_request_duration_milliseconds", "Request duration (ms)", labels=_LABELS
+            "istio_request_duration_milliseconds", "Request duration (ms)", labels=SERIES_LABELS
         )
-        request_bytes = HistogramMetricFamily("istio_request_bytes", "Request body sizes", labels=_LABELS)
-        response_bytes = HistogramMetricFamily("istio_response_bytes", "Response body sizes", labels=_LABELS)
+        request_bytes = HistogramMetricFamily(
+            "istio_request_bytes", "Request body sizes", labels=SERIES_LABELS
+        )
+        response_bytes = HistogramMetricFamily(
+            "istio_response_bytes", "Response body sizes", labels=SERIES_LABELS
+        )
         for (_direction, service, code, flags, labels, grpc), series in self._metrics.series():
-            values = _label_values(labels, service, code, grpc, flags)
+            values = series_label_values(labels, service, code, grpc, flags)
             requests.add_metric(values, series.count)
             buckets, total = _buckets(BUCKETS_MS, series.buckets, series.sum_ms)
             duration.add_metric(values, buckets, total)
@@ -89,15 +91,6 @@ class MeshCollector:
         if self._gauges is not None:
             for name, value in self._gauges().items():
                 yield GaugeMetricFamily(f"meshlib_{name}", name.replace("_", " "), value=value)
-
-
-def _label_values(labels: IstioLabels | None, service: str, code: int, grpc: str, flags: str) -> list[str]:
-    if labels is None:  # recorded without a label set (a stack driven outside a Mesh)
-        base = ["unknown"] * len(IstioLabels._fields)
-        base[IstioLabels._fields.index("destination_service")] = service
-    else:
-        base = list(labels)
-    return [*base, str(code), grpc, flags]
 
 
 def registry_for(metrics: RequestMetrics, gauges: Callable[[], dict[str, float]] | None = None) -> Any:
