@@ -29,6 +29,10 @@ py=.venv/bin/python
 # Server middleware: ASGI and WSGI middleware against the bare app, in-process.
 "$py" benchmarks/server_middleware.py --requests 20000 --rounds 7
 
+# Server throughput: a uvicorn worker behind the mesh against the bare worker, under wrk.
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+"$py" benchmarks/server_throughput.py --seconds 5 --rounds 5
+
 # mTLS: CA issuance rate, handshake cost, per-request cost with keep-alive.
 "$py" benchmarks/mtls.py --rounds 5
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import meshlib
 import meshlib.grpc
 from meshlib import Mesh
 from meshlib._net import bind
+from meshlib.registry import AnnouncedEndpoint
 from meshlib.server.cheroot_server import MeshSSLAdapter, MeshWSGIServer
 from meshlib.server.uvicorn_server import mesh_protocol_class
 from tests.servers import wait_for
@@ -39,6 +41,19 @@ def grpc_channel(frontend: Mesh, port: int) -> grpc.Channel:
     )
     options = [("grpc.ssl_target_name_override", "reviews.default.svc")]
     return grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options)
+
+
+@contextlib.contextmanager
+def served_to(caller: Mesh, server: Mesh, failing: str | None = None) -> Iterator[int]:
+    """``server`` on uvicorn over mTLS (see serve_asgi), announced, and known to ``caller``."""
+    serving = serve_asgi(server, [], failing=failing)
+    port = next(serving)
+    try:
+        server.announce([AnnouncedEndpoint(address="127.0.0.1", port=port, tls=True)])
+        assert wait_for(lambda: bool(caller.snapshot.endpoints(server.fqdn)))
+        yield port
+    finally:
+        next(serving, None)
 
 
 def serve_asgi(reviews: Mesh, handled: list[str], failing: str | None = None) -> Iterator[int]:

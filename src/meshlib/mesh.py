@@ -34,7 +34,7 @@ from .core.metrics import RequestMetrics
 from .core.rate_limit import RateLimiter, compile_rate_limiter
 from .core.routing_table import RoutingTable
 from .core.server_stack import Answer, Inbound, default_server_stack
-from .core.snapshot import Snapshot, WorkloadSecurity, compile_snapshot
+from .core.snapshot import Snapshot, WorkloadSecurity, compile_snapshot, telemetry_for
 from .core.stack import Flow, Stack
 from .dns_refresh import DnsRefresher
 from .drivers import AuthorizationProvider
@@ -643,6 +643,7 @@ class Mesh:
         authenticate, uris = compile_authenticator(security.request_authentication, self._jwks)
         self._jwks_uris = uris
         limiter = compile_rate_limiter(security.rate_limits, self._rate_limiter)
+        observe = telemetry_for(snapshot, self.settings.namespace, self._source_labels)
         self._jwks.want(uris, self._loop.loop if self._loop is not None else None)
         self.dns.want(snapshot.dns_names, self._loop.loop if self._loop is not None else None)
         self.clusters.current_version = snapshot.version
@@ -651,6 +652,7 @@ class Mesh:
             self._security = security
             self._authenticate = authenticate
             self._rate_limiter = limiter
+            self.telemetry.apply(observe)
             self._snapshot = snapshot
             self._source = source
             self._installed_at = time.monotonic()

@@ -19,6 +19,8 @@ _AUTHZ = "tests/core/test_authz.py"
 _AUTHORIZATION = "tests/test_authorization.py"
 _JWT = "tests/test_request_authentication.py"
 _RATE = "tests/test_rate_limit.py"
+_TELEMETRY = "tests/telemetry/test_telemetry_policy.py"
+_BOTH_SIDES = "test_access_logs_and_tracing_follow_the_policy_on_both_sides"
 _NEW = "tests/test_field_semantics.py"
 _LOCALITY = "tests/core/test_locality.py"
 _STICKY = f"{_ROUTING}::test_sticky_cookie_with_ttl_is_made_up_set_and_then_followed"
@@ -390,6 +392,16 @@ EXERCISED: dict[str, str] = {
     "DestinationRule.trafficPolicy.tls.subjectAltNames": (
         f"{_TLS}::test_subject_alt_names_the_certificate_must_carry"
     ),
+    # --- Telemetry ---
+    "Telemetry.selector": f"{_TELEMETRY}::{_BOTH_SIDES}",
+    "Telemetry.tracing.match.mode": f"{_TELEMETRY}::test_what_meshlib_cannot_honour_is_refused",
+    "Telemetry.tracing.randomSamplingPercentage": f"{_TELEMETRY}::{_BOTH_SIDES}",
+    "Telemetry.tracing.disableSpanReporting": f"{_TELEMETRY}::{_BOTH_SIDES}",
+    "Telemetry.tracing.enableIstioTags": f"{_TELEMETRY}::test_what_meshlib_cannot_honour_is_refused",
+    "Telemetry.accessLogging.match": f"{_TELEMETRY}::{_BOTH_SIDES}",
+    "Telemetry.accessLogging.providers": f"{_TELEMETRY}::test_what_meshlib_cannot_honour_is_refused",
+    "Telemetry.accessLogging.disabled": f"{_TELEMETRY}::{_BOTH_SIDES}",
+    "Telemetry.accessLogging.filter.expression": f"{_TELEMETRY}::{_BOTH_SIDES}",
     # --- RateLimit ---
     "RateLimit.limits.per": f"{_RATE}::test_limits_per_source_principal_on_every_server",
     "RateLimit.limits.tokenBucket.maxTokens": f"{_RATE}::test_a_limit_on_a_route_only",

@@ -48,7 +48,6 @@ FAMILIES = [
     ("networking.istio.io/v1", "WorkloadEntry", "workloads register themselves with the config service"),
     ("networking.istio.io/v1", "WorkloadGroup", "workloads register themselves with the config service"),
     ("networking.istio.io/v1beta1", "ProxyConfig", "no proxy to configure"),
-    ("telemetry.istio.io/v1", "Telemetry", "observability is configured with MESH_TRACING/metrics settings"),
     ("extensions.istio.io/v1alpha1", "WasmPlugin", "no Envoy in-process to load Wasm into"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute", "the Kubernetes Gateway API is not implemented"),
     ("gateway.networking.k8s.io/v1", "Gateway", "the Kubernetes Gateway API is not implemented"),

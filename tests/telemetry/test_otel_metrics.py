@@ -12,9 +12,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from meshlib import Mesh
 from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
-from meshlib.registry import AnnouncedEndpoint
-from tests.four_servers import serve_asgi
-from tests.servers import wait_for
+from tests.four_servers import served_to
 
 A_ID = "spiffe://cluster.local/ns/default/sa/frontend"
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -43,16 +41,9 @@ def test_requests_and_gauges_reach_an_otel_sdk(tmp_path: Path) -> None:
             )
 
         with mesh("frontend") as frontend, mesh("reviews") as reviews:
-            serving = serve_asgi(reviews, [], failing="/broken")
-            port = next(serving)
-            try:
-                reviews.announce([AnnouncedEndpoint(address="127.0.0.1", port=port, tls=True)])
-                assert wait_for(lambda: bool(frontend.snapshot.endpoints(REVIEWS)))
-                with frontend.http_client() as client:
-                    assert [client.get("http://reviews/books/1").status_code for _ in range(3)] == [200] * 3
-                    assert client.get("http://reviews/broken").status_code == 500
-            finally:
-                next(serving, None)
+            with served_to(frontend, reviews, failing="/broken"), frontend.http_client() as client:
+                assert [client.get("http://reviews/books/1").status_code for _ in range(3)] == [200] * 3
+                assert client.get("http://reviews/broken").status_code == 500
             points = _points(reader)
             requests = {
                 (p.attributes["reporter"], p.attributes["response_code"]): p.value

@@ -22,6 +22,7 @@ from ..policy.resources import (
     RequestAuthentication,
     Resource,
     ServiceEntry,
+    Telemetry,
     VirtualService,
 )
 from ..policy.security import AuthorizationPolicySpec, RequestAuthenticationSpec
@@ -29,6 +30,7 @@ from ..policy.service_entry import TLS_MODE_LABEL, WorkloadEntry
 from ..registry import WorkloadRegistration, spiffe_id
 from .authz import Authorizer, compile_authorizer
 from .hosts import CLUSTER_DOMAIN, host_candidates, host_matches, normalize_host
+from .telemetry_policy import NO_TELEMETRY_POLICY, TelemetryPolicy, resolve_telemetry
 
 __all__ = [
     "ROOT_NAMESPACE",
@@ -38,6 +40,7 @@ __all__ = [
     "compile_snapshot",
     "entry_selects",
     "passthrough_endpoint",
+    "telemetry_for",
 ]
 
 ROOT_NAMESPACE = "istio-system"
@@ -118,6 +121,7 @@ class Snapshot:
     _authz: tuple[AuthorizationPolicy, ...]
     _request_authn: tuple[RequestAuthentication, ...]
     _rate_limits: tuple[RateLimit, ...]
+    _telemetry: tuple[Telemetry, ...] = ()
     wildcard_service_entries: tuple[tuple[str, ServiceEntry], ...] = ()  # most specific first
     wildcard_destination_rules: tuple[tuple[str, DestinationRule], ...] = ()  # most specific first
     address_entries: tuple[tuple[Network, ServiceEntry], ...] = ()  # longest prefix first
@@ -344,6 +348,13 @@ class Snapshot:
         return cached
 
 
+def telemetry_for(snapshot: Snapshot, namespace: str, labels: Mapping[str, str]) -> TelemetryPolicy:
+    """What the snapshot's Telemetry resources say for a workload (core/telemetry_policy.py)."""
+    if not snapshot._telemetry:
+        return NO_TELEMETRY_POLICY
+    return resolve_telemetry(snapshot._telemetry, namespace, labels, ROOT_NAMESPACE)
+
+
 def _applies(
     selector: WorkloadSelector | None,
     refs: tuple[PolicyTargetReference, ...],
@@ -524,6 +535,7 @@ def compile_snapshot(
         _authz=tuple(r for r in ordered if isinstance(r, AuthorizationPolicy)),
         _request_authn=tuple(r for r in ordered if isinstance(r, RequestAuthentication)),
         _rate_limits=tuple(r for r in ordered if isinstance(r, RateLimit)),
+        _telemetry=tuple(r for r in ordered if isinstance(r, Telemetry)),
         wildcard_service_entries=tuple(wildcard_entries),
         wildcard_destination_rules=tuple(wildcard_rules),
         address_entries=tuple(address_entries),

@@ -33,6 +33,13 @@ _L4_ROUTES = ("VirtualService.tls", "VirtualService.tcp")
 _L4 = "refused for the mesh (no TCP/TLS proxy in-process); allowed when bound to gateways only"
 PARTLY: dict[str, str] = {
     **dict.fromkeys(_L4_ROUTES, _L4),
+    "Telemetry.tracing": "one entry per resource",
+    "Telemetry.tracing.match.mode": "CLIENT_AND_SERVER (both sides alike); CLIENT and SERVER are refused",
+    "Telemetry.tracing.enableIstioTags": "true (meshlib always adds Istio's tags); false is refused",
+    "Telemetry.accessLogging.providers.name": "'envoy' (meshlib's JSON access log); other names are refused",
+    "Telemetry.accessLogging.filter.expression": (
+        "a comparison of response.code (e.g. 'response.code >= 400'); other CEL is refused"
+    ),
     "DestinationRule.trafficPolicy.connectionPool.http.h2UpgradePolicy": (
         "DEFAULT and DO_NOT_UPGRADE (what meshlib does); UPGRADE is refused"
     ),

@@ -14,6 +14,7 @@ from .destination_rule import DestinationRuleSpec
 from .rate_limit import RateLimitSpec
 from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec
 from .service_entry import ServiceEntrySpec
+from .telemetry import TelemetrySpec
 from .virtual_service import VirtualServiceSpec
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Resource",
     "ResourceKey",
     "ServiceEntry",
+    "Telemetry",
     "VirtualService",
     "find_kind",
 ]
@@ -190,6 +192,14 @@ class RateLimit(Resource):
     spec: RateLimitSpec
 
 
+class Telemetry(Resource):
+    """Access logging and trace sampling by policy (policy/telemetry.py)."""
+
+    GROUP = "telemetry.istio.io"
+    KIND = "Telemetry"
+    spec: TelemetrySpec = Field(default_factory=TelemetrySpec)
+
+
 @dataclass(frozen=True, slots=True)
 class KindInfo:
     model: type[Resource]
@@ -220,6 +230,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo(AuthorizationPolicy, "authorizationpolicies", ("ap",)),
         KindInfo(RequestAuthentication, "requestauthentications", ("ra",)),
         KindInfo(RateLimit, "ratelimits", ("rl",)),
+        KindInfo(Telemetry, "telemetries", ("telemetry",)),
     )
 }
 

@@ -40,7 +40,6 @@ _REASONS: dict[tuple[str, str], str] = {
     ("networking.istio.io", "ProxyConfig"): (
         "no proxy to configure: meshlib runs inside the process and reads MESH_* settings"
     ),
-    ("telemetry.istio.io", "Telemetry"): "observability is configured with MESH_TRACING/metrics settings",
     ("extensions.istio.io", "WasmPlugin"): (
         "no Envoy in-process to load Wasm into; write the filter as ASGI/WSGI middleware"
     ),

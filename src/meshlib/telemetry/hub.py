@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 from ..core.flags import flags_label
 from ..core.grpc_status import grpc_status_for_http
 from ..core.metrics import RequestMetrics
-from .access_log import AccessLog
+from ..core.telemetry_policy import NO_TELEMETRY_POLICY, SideLog, TelemetryPolicy, code_passes
+from ..policy.telemetry import CodeFilter
+from .access_log import AccessLog, open_access_log
 from .labels import LabelSets
 from .tracing import Tracing
 
@@ -67,8 +69,48 @@ class Telemetry:
     ) -> None:
         self.metrics = metrics or RequestMetrics()
         self.tracing = tracing
-        self.access_log = access_log
         self.labels = LabelSets(service, namespace, labels, identity)
+        self._sampling = tracing.sampling if tracing is not None else 1.0  # the MESH_* default
+        self._base_log = access_log
+        self._policy_log: AccessLog | None = None  # stdout, when only a policy turns logging on
+        self._policy = NO_TELEMETRY_POLICY
+        self.client_log: AccessLog | None = access_log
+        self.server_log: AccessLog | None = access_log
+        self._client_codes: CodeFilter | None = None
+        self._server_codes: CodeFilter | None = None
+
+    @property
+    def access_log(self) -> AccessLog | None:
+        """The workload's own access log (MESH_ACCESS_LOG); a Telemetry resource may turn a
+        side off, narrow it to some response codes, or turn it on (to stdout when unset)."""
+        return self._base_log
+
+    @access_log.setter
+    def access_log(self, log: AccessLog | None) -> None:
+        self._base_log = log
+        self.apply(self._policy)
+
+    def _side(self, side: SideLog | None) -> tuple[AccessLog | None, CodeFilter | None]:
+        if side is None:
+            return self._base_log, None
+        if not side.enabled:
+            return None, None
+        log = self._base_log
+        if log is None:
+            if self._policy_log is None:
+                self._policy_log = open_access_log("stdout")
+            log = self._policy_log
+        return log, side.codes
+
+    def apply(self, policy: TelemetryPolicy) -> None:
+        """Follow what the Telemetry resources say for this workload (at each snapshot)."""
+        self._policy = policy
+        self.client_log, self._client_codes = self._side(policy.client_log)
+        self.server_log, self._server_codes = self._side(policy.server_log)
+        tracing = self.tracing
+        if tracing is not None:
+            tracing.set_sampling(policy.sampling if policy.sampling is not None else self._sampling)
+            tracing.report_spans = policy.report_spans is not False
 
     def outbound_done(self, ex: Exchange, reply: Reply | None, code: int, duration_ms: float) -> None:
         grpc = ""
@@ -89,9 +131,11 @@ class Telemetry:
         if trace is not None:
             ex.trace = None
             trace.end(code, flags, ex.attempts)
-        log = self.access_log
+        log = self.client_log
         if log is not None:
-            log.outbound(ex, code, grpc, flags, duration_ms, sent, received)
+            codes = self._client_codes
+            if codes is None or code_passes(codes, code):
+                log.outbound(ex, code, grpc, flags, duration_ms, sent, received)
 
     def inbound_done(self, ex: Inbound, fqdn: str, status: int, duration_ms: float) -> None:
         grpc = ""
@@ -115,6 +159,8 @@ class Telemetry:
         trace = ex.trace
         if trace is not None:
             trace.end(status, flags, name)
-        log = self.access_log
+        log = self.server_log
         if log is not None:
-            log.inbound(ex, fqdn, status, grpc, flags, duration_ms, received)
+            codes = self._server_codes
+            if codes is None or code_passes(codes, status):
+                log.inbound(ex, fqdn, status, grpc, flags, duration_ms, received)

@@ -163,11 +163,10 @@ class Tracing:
         tracer_provider: Any = None,
         rng: random.Random | None = None,
     ) -> None:
-        if not 0.0 <= sampling <= 100.0:
-            raise ValueError(f"trace sampling {sampling!r} is not a percentage between 0 and 100")
-        self.sampling = sampling
+        self.set_sampling(sampling)
         self.trust_callers = trust_callers
-        self._ratio = sampling / 100.0
+        self.report_spans = True
+        """False (a Telemetry's disableSpanReporting): sampling decided and propagated, no span."""
         self._provider = tracer_provider
         self._tracer: Any = None
         self._rng = rng or random.Random()
@@ -175,6 +174,13 @@ class Tracing:
         self._namespace = namespace
         self._client_names: dict[tuple[str, int | None], tuple[str, dict[str, Any]]] = {}
         self._server_names: dict[int | None, tuple[str, dict[str, Any]]] = {}
+
+    def set_sampling(self, sampling: float) -> None:
+        """Percent of new traces sampled (MESH_TRACE_SAMPLING, or a Telemetry resource)."""
+        if not 0.0 <= sampling <= 100.0:
+            raise ValueError(f"trace sampling {sampling!r} is not a percentage between 0 and 100")
+        self.sampling = sampling
+        self._ratio = sampling / 100.0
 
     @property
     def tracer(self) -> Any:
@@ -214,7 +220,7 @@ class Tracing:
                     ex.baggage = scope.baggage
         sampled = parent.sampled if parent is not None else self._sample()
         ex.tracestate = tracestate
-        if sampled:
+        if sampled and self.report_spans:
             if parent_context is None and parent is not None:
                 parent_context = _span_context(parent, True, tracestate)
             name, attributes = self._client_name(ex.fqdn, call.port)
@@ -265,7 +271,7 @@ class Tracing:
             sampled = incoming.sampled
         else:
             sampled = self._sample()
-        if sampled:
+        if sampled and self.report_spans:
             context = _span_context(incoming, True, tracestate) if incoming is not None else None
             name, attributes = self._server_name(call.port)
             span = self.tracer.start_span(name, context=context, kind=SpanKind.SERVER, attributes=attributes)
