@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,10 @@ from meshlib import Mesh
 from tests.test_asgi import _empty_policy
 
 
-def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    if environ["PATH_INFO"] == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (chunk for chunk in (b"abc", b"defgh"))  # produced as the server iterates
     if environ["PATH_INFO"] == "/boom":
         start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
         return [b"boom"]
@@ -81,3 +84,15 @@ def test_health_and_metrics(served: tuple[int, Mesh]) -> None:
     assert httpx.get(f"http://127.0.0.1:{port}/boom").status_code == 500
     assert mesh.metrics.requests_total("reviews.default.svc.cluster.local", 500, direction="inbound") == 1
     assert mesh.metrics.requests_total(direction="inbound") == 3
+
+
+def test_response_bytes_are_counted_whole_and_streamed(served: tuple[int, Mesh]) -> None:
+    port, mesh = served
+    assert httpx.get(f"http://127.0.0.1:{port}/boom").content == b"boom"
+    assert httpx.get(f"http://127.0.0.1:{port}/stream").content == b"abcdefgh"
+    sizes = {
+        code: series.response_bytes
+        for (direction, _service, code, _flags, _labels, _grpc), series in mesh.metrics.series()
+        if direction == "inbound"
+    }
+    assert sizes == {500: 4, 200: 8}  # istio_response_bytes on the server side

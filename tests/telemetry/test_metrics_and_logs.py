@@ -97,6 +97,12 @@ def test_istio_metrics_on_both_sides_scraped_over_http(pair: Any) -> None:
     (inbound,) = server_side
     assert inbound["value"] == "4.0", "3 requests and the allowed scrape (a local answer is counted too)"
     assert inbound["reporter"] == "destination"
+    served_bytes = [
+        s
+        for s in _samples(plain.text, "istio_response_bytes_sum")
+        if s["response_code"] == "200" and s["source_principal"] == A_ID
+    ]
+    assert [s["value"] for s in served_bytes] == ["24.0"], "3 bodies of '/books/1' (the scrape is local)"
     assert inbound["source_workload"] == "frontend"
     assert inbound["destination_service"] == REVIEWS
     assert inbound["destination_version"] == "v2"

@@ -102,8 +102,10 @@ class MeshMiddleware:
             if kind == "http.response.start":
                 status = message["status"]
                 started = True
-            elif kind == "http.response.body" and not message.get("more_body", False):
-                inbound.end(status)  # counted before the last bytes leave: the caller sees it
+            elif kind == "http.response.body":
+                inbound.ex.response_bytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    inbound.end(status)  # counted before the last bytes leave: the caller sees it
             await send(message)
 
         try:

@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from ..core.call import Call
 from ..core.paths import PathError, normalize_path, requote, split_target
-from ..core.server_stack import Answer
+from ..core.server_stack import Answer, Inbound
 from ..drivers import InboundRequest, ServingMesh
 from ..peer import PeerIdentity
 
@@ -81,23 +81,28 @@ class MeshMiddleware:
             inbound.end(500)
             raise
         if isinstance(body, list | tuple):  # the whole answer is made: count it now
+            inbound.ex.response_bytes = sum(len(chunk) for chunk in body)
             inbound.end(status[0])
             return body
         # A body still being produced: counted when the server closes it (its whole duration).
-        return _Counted(body, lambda: inbound.end(status[0]))
+        return _Counted(body, inbound.ex, lambda: inbound.end(status[0]))
 
 
 class _Counted:
     """The application's body, and the end of the request when the server closes it (PEP 3333)."""
 
-    __slots__ = ("_body", "_done")
+    __slots__ = ("_body", "_done", "_ex")
 
-    def __init__(self, body: Iterable[bytes], done: Callable[[], object]) -> None:
+    def __init__(self, body: Iterable[bytes], ex: Inbound, done: Callable[[], object]) -> None:
         self._body = body
+        self._ex = ex
         self._done = done
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        ex = self._ex
+        for chunk in self._body:
+            ex.response_bytes += len(chunk)  # istio_response_bytes
+            yield chunk
 
     def close(self) -> None:
         try:
