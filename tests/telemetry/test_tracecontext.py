@@ -15,6 +15,7 @@ from meshlib.telemetry.tracecontext import (
     TraceParent,
     format_tracestate,
     new_traceparent,
+    new_traceparent_header,
     parse_baggage,
     parse_traceparent,
     parse_tracestate,
@@ -37,6 +38,7 @@ def test_all_lists_the_public_names() -> None:
         "TraceParent",
         "format_tracestate",
         "new_traceparent",
+        "new_traceparent_header",
         "parse_baggage",
         "parse_traceparent",
         "parse_tracestate",
@@ -253,6 +255,37 @@ def test_new_traceparent(sampled: bool) -> None:
         assert parse_traceparent(parent.header()) == parent
     assert len({parent.trace_id for parent in made}) == 50
     assert new_traceparent(random.Random(7), sampled) == made[0]  # the ids come from rng alone
+
+
+@pytest.mark.parametrize("sampled", [True, False], ids=["sampled", "unsampled"])
+def test_new_traceparent_header_is_the_header_of_new_traceparent(sampled: bool) -> None:
+    """The object-free fast path sends exactly what new_traceparent(...).header() would."""
+    one, other = random.Random(11), random.Random(11)
+    for _ in range(50):
+        assert new_traceparent_header(one, sampled) == new_traceparent(other, sampled).header()
+
+
+class _ZeroFirst(random.Random):
+    """Draws 0 once for each id size, then real bits: the all-zero ids must be drawn again."""
+
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.zeroed: set[int] = set()
+
+    def getrandbits(self, k: int) -> int:
+        if k not in self.zeroed:
+            self.zeroed.add(k)
+            return 0
+        return super().getrandbits(k)
+
+
+def test_new_traceparent_header_never_sends_zero_ids() -> None:
+    header = new_traceparent_header(_ZeroFirst(), False)
+    parent = parse_traceparent(header)
+    assert parent is not None
+    assert parent.trace_id != 0
+    assert parent.parent_id != 0
+    assert header.endswith("-02")
 
 
 class _ZerosFirst(random.Random):

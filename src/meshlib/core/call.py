@@ -43,8 +43,9 @@ class Call:
 
 class RawHeaders:
     """Lookups by lower-case name over raw (bytes, bytes) header pairs, as httpx, httpcore and
-    ASGI carry them (a list: it may be read more than once). The first lookups scan the list
-    (a route usually asks for one header or none); from the third on, a dict is built once.
+    ASGI carry them (a list: it may be read more than once). The first three lookups scan the
+    list (a route asks for one header or none, then tracing for ``traceparent`` and metrics for
+    ``content-length``); from the fourth on, a dict is built once.
     httpx.Headers.get would scan and decode every header on each lookup."""
 
     __slots__ = ("_lookups", "_map", "_raw")
@@ -58,7 +59,7 @@ class RawHeaders:
         found = self._map
         if found is not None:
             return found.get(name)
-        if self._lookups < 2:
+        if self._lookups < 3:
             self._lookups += 1
             try:
                 key = name.encode("latin-1")

@@ -37,6 +37,9 @@ BUCKETS_MS = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
     1800000, 3600000,
 )  # fmt: skip
+# The same bounds as floats, for bisect: a float duration against int bounds compares
+# through the slow mixed-type path at every step.
+_BOUNDS_MS = tuple(float(bound) for bound in BUCKETS_MS)
 # Istio's buckets for istio_request_bytes / istio_response_bytes (powers of ten).
 BYTES_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
 
@@ -174,7 +177,7 @@ class RequestMetrics:
                 series = self._series[key] = Series()
             series.count += 1
             series.sum_ms += duration_ms
-            series.buckets[bisect.bisect_left(BUCKETS_MS, duration_ms)] += 1
+            series.buckets[bisect.bisect_left(_BOUNDS_MS, duration_ms)] += 1
             series.request_bytes += request_bytes
             series.request_buckets[bisect.bisect_left(BYTES_BUCKETS, request_bytes)] += 1
             series.response_bytes += response_bytes

@@ -33,6 +33,7 @@ from .tracecontext import (
     TraceParent,
     format_tracestate,
     new_traceparent,
+    new_traceparent_header,
     parse_baggage,
     parse_traceparent,
     parse_tracestate,
@@ -207,11 +208,14 @@ class Tracing:
             if parent is not None:
                 tracestate = _normalised_tracestate(call.header("tracestate"))
         else:
-            current = otel_trace.get_current_span().get_span_context()
-            if current.is_valid:  # a span of the application's own (or our server span)
+            # The current OpenTelemetry context, read once; an empty one (no span of the
+            # application's, nothing attached: the usual case) skips the span lookup.
+            active = otel_context.get_current()
+            current = otel_trace.get_current_span(active).get_span_context() if active else None
+            if current is not None and current.is_valid:  # the application's span (or our server span)
                 parent = TraceParent(current.trace_id, current.span_id, int(current.trace_flags))
                 tracestate = current.trace_state.to_header() or None
-                parent_context = otel_context.get_current()
+                parent_context = active
             else:
                 scope = _scope.get()
                 if scope is not None:
@@ -241,7 +245,7 @@ class Tracing:
                     ex.tracestate = span_context.trace_state.to_header()
                 return
         # Not recorded here: the parent goes on as it is (or a new root, sampled or not).
-        ex.traceparent = (parent if parent is not None else new_traceparent(self._rng, sampled)).header()
+        ex.traceparent = parent.header() if parent is not None else new_traceparent_header(self._rng, sampled)
 
     def _client_name(self, fqdn: str, port: int | None) -> tuple[str, dict[str, Any]]:
         found = self._client_names.get((fqdn, port))
