@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .._files import write_secret
 from ..errors import MeshError
-from .svid import CaMaterial, issue_svid, key_id, make_ca
+from .svid import CaMaterial, issue_svid, key_id, make_ca, pem_certificate, pem_key
 
 __all__ = ["DEFAULT_TTL", "MAX_TTL", "MIN_TTL", "CertificateAuthority", "CertificateRefused"]
 
@@ -29,10 +29,6 @@ MIN_TTL = dt.timedelta(seconds=1)  # X.509 validity counts whole seconds: less i
 
 class CertificateRefused(MeshError):
     """A certificate request the CA will not sign; the message says why."""
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 class CertificateAuthority:
@@ -76,12 +72,9 @@ class CertificateAuthority:
             material = _load_operator_ca(cert_path, key_path)
         else:
             material = make_ca(trust_domain)
-            key_pem = material.key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ).decode()
-            write_secret(key_path, key_pem)
-            cert_path.write_text(_pem(material.certificate))
-            (folder / "roots.pem").write_text(_pem(material.certificate))
+            write_secret(key_path, pem_key(material.key))
+            cert_path.write_text(pem_certificate(material.certificate))
+            (folder / "roots.pem").write_text(pem_certificate(material.certificate))
         return cls(material, trust_domain, material.roots, max_ttl=max_ttl)
 
     @property
@@ -89,7 +82,7 @@ class CertificateAuthority:
         return key_id(self.material.certificate)
 
     def trust_bundle(self) -> list[str]:
-        return [_pem(root) for root in self.roots]
+        return [pem_certificate(root) for root in self.roots]
 
     def sign(
         self, csr_pem: str, namespace: str, service_account: str, ttl: dt.timedelta | None = None
@@ -109,7 +102,7 @@ class CertificateAuthority:
             leaf = issue_svid(self.material, csr, spiffe_id, ttl)
         except ValueError as exc:
             raise CertificateRefused(str(exc)) from None
-        chain = [_pem(leaf), *(_pem(c) for c in self._chain_above_leaf())]
+        chain = [pem_certificate(leaf), *(pem_certificate(c) for c in self._chain_above_leaf())]
         return chain, leaf.not_valid_after_utc
 
     def _chain_above_leaf(self) -> list[x509.Certificate]:

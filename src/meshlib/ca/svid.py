@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -28,12 +28,25 @@ __all__ = [
     "issuer_key_id",
     "key_id",
     "make_ca",
+    "pem_certificate",
+    "pem_key",
     "service_dns_name",
     "spiffe_id_of",
     "verify_csr",
 ]
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def pem_certificate(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def pem_key(key: SigningKey) -> str:
+    """The private key as unencrypted PKCS#8 PEM: for a 0600 file or the shared store only."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 @dataclass(frozen=True)

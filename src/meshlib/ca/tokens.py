@@ -65,6 +65,15 @@ class TokenRegistry:
         self._clock = clock
         self._tokens = {t["id"]: BootstrapToken(**t) for t in store.load_tokens()}
 
+    def reload(self) -> None:
+        """Read the tokens again (a shared store: another replica created or revoked some).
+        A revocation known here stays, whatever the store says."""
+        loaded = {t["id"]: BootstrapToken(**t) for t in self._store.load_tokens()}
+        for token_id, record in self._tokens.items():
+            if record.revoked and token_id in loaded and not loaded[token_id].revoked:
+                loaded[token_id] = record
+        self._tokens = loaded
+
     def create(self, service: str, namespace: str, ttl: float) -> tuple[BootstrapToken, str]:
         for label, value in (("service", service), ("namespace", namespace)):
             try:

@@ -83,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ca_key=path(args.ca_key),
         ca_bundle=path(args.ca_bundle),
         open_registry=args.insecure_open_registry,
+        store_url=args.store,
     )
     return 0
 
@@ -423,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument(
+        "--store",
+        help="keep state in etcd, shared by every replica: etcd://host:port[,host:port...] "
+        "(needs meshlib[etcd]; default: SQLite in --data-dir)",
+    )
     p.add_argument("--trust-domain", default=CLUSTER_DOMAIN)
     p.add_argument(
         "--workload-ttl",

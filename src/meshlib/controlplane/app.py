@@ -109,6 +109,35 @@ class VersionNotifier:
             self._pending = asyncio.get_running_loop().call_later(self._coalesce, self.notify)
 
 
+def _follower(
+    state: ConfigState, notifier: VersionNotifier, tokens: TokenRegistry | None, delay: float = 0.01
+) -> Callable[[], None]:
+    """What a shared store calls (from its own thread) when another replica changed it: the
+    state is read again on this loop, once per burst of changes, and every watch woken."""
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.TimerHandle] = []
+
+    def resync() -> None:
+        pending.clear()
+        try:
+            state.resync()
+            if tokens is not None:
+                tokens.reload()
+        except Exception:
+            log.exception("reading the shared store again failed; the next change retries")
+            return
+        notifier.notify()
+
+    def schedule() -> None:
+        if not pending:
+            pending.append(loop.call_later(delay, resync))
+
+    def changed() -> None:
+        loop.call_soon_threadsafe(schedule)
+
+    return changed
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -392,6 +421,9 @@ def create_app(
                     log.exception("registry housekeeping failed; will retry")
 
         task = asyncio.create_task(housekeeping())
+        follow = getattr(state.store, "follow", None)
+        if follow is not None:  # a shared store: other replicas change it too
+            follow(_follower(state, notifier, tokens))
         try:
             yield
         finally:

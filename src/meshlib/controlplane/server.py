@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
 
+from .._files import atomic_write
 from .._net import bind
 from ..ca.authority import CertificateAuthority
+from ..ca.svid import pem_certificate, pem_key
 from ..ca.tokens import TokenRegistry
 from ..core.hosts import CLUSTER_DOMAIN
 from ..protocol import DEFAULT_PORT
@@ -21,7 +25,10 @@ from .app import VersionNotifier, create_app
 from .auth import ensure_admin_token
 from .ca_routes import ca_routes
 from .state import ConfigState
-from .store import SQLiteStore
+from .store import SQLiteStore, Store
+
+if TYPE_CHECKING:
+    from .etcd_store import EtcdStore
 
 __all__ = ["INSECURE_WARNING", "ConfigServer", "build_app", "serve_forever"]
 
@@ -51,15 +58,35 @@ def build_app(
     ca_key: Path | None = None,
     ca_bundle: Path | None = None,
     open_registry: bool = False,
+    store_url: str | None = None,
 ) -> tuple[Starlette, ConfigState, Path, bool]:
-    """The app over the embedded store in ``data_dir``: (app, state, token path, token created)."""
+    """The app over the embedded store in ``data_dir``, or over etcd (``store_url``
+    ``etcd://host:port[,...]``, shared by replicas): (app, state, token path, token created)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     token, token_path, created = ensure_admin_token(data_dir)
-    store = SQLiteStore(data_dir / DB_FILE)
-    ca = CertificateAuthority.load_or_create(
-        data_dir, trust_domain, ca_cert=ca_cert, ca_key=ca_key, ca_bundle=ca_bundle
-    )
+    store: Store
+    if store_url is None:
+        store = SQLiteStore(data_dir / DB_FILE)
+    else:
+        from .etcd_store import EtcdStore, parse_etcd_url
+
+        store = shared = EtcdStore(parse_etcd_url(store_url))
+    try:
+        ca = CertificateAuthority.load_or_create(
+            data_dir, trust_domain, ca_cert=ca_cert, ca_key=ca_key, ca_bundle=ca_bundle
+        )
+        if store_url is not None and ca_cert is None:
+            # Every replica signs with the CA the first one to start settled in etcd.
+            ca = _shared_ca(shared, ca, data_dir, trust_domain)
+        if store_url is not None:
+            held = shared.claim("admin_token", token.encode()).decode()
+            if held != token:  # another replica's: the same token works on every replica
+                atomic_write(token_path, held + "\n")
+                token, created = held, False
+    except BaseException:
+        store.close()
+        raise
     state = ConfigState(
         store, trust_domain=trust_domain, workload_ttl=workload_ttl, trust_bundle=tuple(ca.trust_bundle())
     )
@@ -75,6 +102,23 @@ def build_app(
     )
     app.state.ca_key_id = ca.key_id
     return app, state, token_path, created
+
+
+def _shared_ca(
+    store: EtcdStore, local: CertificateAuthority, data_dir: Path, trust_domain: str
+) -> CertificateAuthority:
+    """The CA stored in etcd (this replica's own when it is the first); written to the data
+    dir too, so a restart without etcd at hand still knows its roots."""
+    material = local.material
+    offer = json.dumps({"cert": pem_certificate(material.certificate), "key": pem_key(material.key)})
+    held = json.loads(store.claim("ca", offer.encode()))
+    if held["cert"] == pem_certificate(material.certificate):
+        return local
+    folder = data_dir / "ca"
+    atomic_write(folder / "ca-key.pem", held["key"])  # mkstemp: 0600
+    atomic_write(folder / "ca.pem", held["cert"])
+    atomic_write(folder / "roots.pem", held["cert"])
+    return CertificateAuthority.load_or_create(data_dir, trust_domain)
 
 
 INSECURE_WARNING = (
@@ -95,6 +139,7 @@ def serve_forever(
     ca_key: Path | None = None,
     ca_bundle: Path | None = None,
     open_registry: bool = False,
+    store_url: str | None = None,
 ) -> None:
     """``meshctl serve``: run until SIGINT/SIGTERM, then release watches and exit cleanly."""
     app, state, token_path, created = build_app(
@@ -105,6 +150,7 @@ def serve_forever(
         ca_key=ca_key,
         ca_bundle=ca_bundle,
         open_registry=open_registry,
+        store_url=store_url,
     )
     sock = bind(host, port)
     bound = sock.getsockname()[1]
@@ -114,7 +160,8 @@ def serve_forever(
         log.warning(INSECURE_WARNING)
     verb = "created" if created else "in"
     print(f"meshlib config service on http://{host}:{bound} (version {state.version})", flush=True)
-    print(f"data in {data_dir}; admin token {verb} {token_path}", flush=True)
+    where = f"state in {store_url}, local files in {data_dir}" if store_url else f"data in {data_dir}"
+    print(f"{where}; admin token {verb} {token_path}", flush=True)
     print(f"CA key id {app.state.ca_key_id}; trust bundle of {len(state.trust_bundle)} root(s)", flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, backlog=4096)
     try:
@@ -143,8 +190,10 @@ class ConfigServer:
         ca_key: Path | None = None,
         ca_bundle: Path | None = None,
         insecure_open_registry: bool = False,
+        store_url: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.store_url = store_url
         self.open_registry = insecure_open_registry
         self._ca = {"ca_cert": ca_cert, "ca_key": ca_key, "ca_bundle": ca_bundle}
         self.host = host
@@ -173,6 +222,7 @@ class ConfigServer:
             workload_ttl=self.workload_ttl,
             reap_interval=self.reap_interval,
             open_registry=self.open_registry,
+            store_url=self.store_url,
             **self._ca,
         )
         sock = bind(self.host, self.port)

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -30,7 +30,7 @@ from ..policy.resources import Resource, ResourceKey, ServiceEntry
 from ..policy.skipped import SkippedResource
 from ..policy.validate import format_path, parse_document, parse_resource, resource_label
 from ..registry import WorkloadRegistration
-from .store import Store, StoredResource, StoredWorkload
+from .store import Store, StoreConflict, StoredResource, StoredWorkload
 
 __all__ = [
     "MAX_ENDPOINTS_PER_SERVICE",
@@ -50,6 +50,8 @@ MAX_ENDPOINTS_PER_SERVICE = 1_000
 MAX_REGISTRY_ENDPOINTS = 20_000
 
 log = logging.getLogger("meshlib.controlplane")
+R = TypeVar("R")
+_RACE_RETRIES = 8
 
 Action = Literal["created", "configured", "unchanged"]
 
@@ -153,7 +155,26 @@ class ConfigState:
         loaded = self.store.load()
         self.version = loaded.version
         now = self.clock()
-        for item in loaded.resources:
+        self._take_resources(loaded.resources)
+        for stored in loaded.workloads:
+            registration = _registration_of(stored)
+            if registration is None:
+                continue
+            # Give every known workload a full TTL to reconnect after a restart.
+            stored.last_seen = max(stored.last_seen, now)
+            entry = self._workloads[stored.id] = _Workload(stored, registration)
+            self._account(entry, 1)
+        self._note_trust_bundle(loaded.trust_bundle)
+
+    def _take_resources(self, stored: Sequence[StoredResource]) -> None:
+        """Serve ``stored`` (parsed again only where it changed)."""
+        resources: dict[ResourceKey, StoredResource] = {}
+        parsed: dict[ResourceKey, Resource] = {}
+        for item in stored:
+            old = self._resources.get(item.key)
+            if old is not None and old.version == item.version and old.manifest == item.manifest:
+                resources[item.key], parsed[item.key] = old, self._parsed[item.key]
+                continue
             resource, problems = parse_resource(item.manifest, item.key.namespace)
             if resource is None:
                 # Stored by an older meshlib whose rules were looser: keep it in the store
@@ -161,20 +182,55 @@ class ConfigState:
                 detail = "; ".join(f"{format_path(p)}: {m}" for p, m in problems)
                 log.error("stored %s is no longer valid and is not served: %s", item.key, detail)
                 continue
-            self._resources[item.key] = item
-            self._parsed[item.key] = resource
+            resources[item.key], parsed[item.key] = item, resource
+        self._resources, self._parsed = resources, parsed
+        self._payload = self._entries = None
+
+    def resync(self) -> None:
+        """Read the store again: another replica changed it (a shared store), or a write of
+        ours lost a race. What this replica alone knows is kept: watches in progress, which
+        workloads it judged lost, acks and last-seen times it has not flushed yet."""
+        loaded = self.store.load()
+        self._take_resources(loaded.resources)
+        workloads: dict[str, _Workload] = {}
         for stored in loaded.workloads:
-            try:
-                registration = WorkloadRegistration.model_validate(stored.registration)
-            except ValidationError as exc:
-                # Registered under an older meshlib's looser rules: kept in the store, not served.
-                log.error("stored workload %r is no longer valid and is not served: %s", stored.id, exc)
+            current = self._workloads.get(stored.id)
+            if current is not None and current.stored.registration == stored.registration:
+                registration: WorkloadRegistration | None = current.registration
+            else:
+                registration = _registration_of(stored)
+            if registration is None:
                 continue
-            # Give every known workload a full TTL to reconnect after a restart.
-            stored.last_seen = max(stored.last_seen, now)
-            entry = self._workloads[stored.id] = _Workload(stored, registration)
-            self._account(entry, 1)
-        self._note_trust_bundle(loaded.trust_bundle)
+            if current is None:
+                workloads[stored.id] = _Workload(stored, registration)
+                continue
+            mine = current.stored
+            stored.last_seen = max(stored.last_seen, mine.last_seen)
+            if stored.id in self._dirty:  # our acks are newer than the store's
+                stored.acked_version, stored.nack_version = mine.acked_version, mine.nack_version
+                stored.nack_reason = mine.nack_reason
+            current.stored, current.registration = stored, registration
+            if current.lost and self.clock() - stored.last_seen <= self.workload_ttl:
+                current.lost = False  # seen through another replica
+            workloads[stored.id] = current
+        self._workloads = workloads
+        self._dirty &= workloads.keys()
+        self._per_service.clear()
+        self._live = 0
+        for item in workloads.values():
+            self._account(item, 1)
+        self.version = loaded.version
+        self._payload = None
+
+    def _raced(self, action: Callable[[], R]) -> R:
+        """Run ``action``; when another replica moved the version first, re-read and run it
+        again (a few times: each loss means the other side made progress)."""
+        for _ in range(_RACE_RETRIES):
+            try:
+                return action()
+            except StoreConflict:
+                self.resync()
+        return action()
 
     def _note_trust_bundle(self, served: str) -> None:
         """A restart with other roots (a root rotation) is a new version: watchers that are
@@ -212,6 +268,11 @@ class ConfigState:
     ) -> ApplyOutcome:
         """Validate every manifest, then store all of them at one new version, or none.
         Manifests of kinds meshlib does not apply are skipped, or refused when ``strict``."""
+        return self._raced(lambda: self._apply(manifests, namespace, dry_run, strict))
+
+    def _apply(
+        self, manifests: Sequence[object], namespace: str, dry_run: bool, strict: bool
+    ) -> ApplyOutcome:
         parsed, skipped = self._validate(manifests, namespace, strict)
         results: list[ApplyResult] = []
         changed: list[tuple[Resource, StoredResource | None]] = []
@@ -241,6 +302,10 @@ class ConfigState:
 
     def delete(self, keys: Iterable[ResourceKey]) -> list[ResourceKey]:
         """Remove the resources that exist; return them. One version for the lot."""
+        wanted = list(keys)
+        return self._raced(lambda: self._delete(wanted))
+
+    def _delete(self, keys: Sequence[ResourceKey]) -> list[ResourceKey]:
         present = [key for key in keys if key in self._resources]
         if not present:
             return []
@@ -304,6 +369,9 @@ class ConfigState:
         """Record a workload; True when what clients see (its endpoints, labels) changed.
         Raises RegistryFull for a registration the registry may not take; the store is
         written first, so a refusal or a failed write changes nothing."""
+        return self._raced(lambda: self._register(registration))
+
+    def _register(self, registration: WorkloadRegistration) -> bool:
         self._admit(registration)
         now = self.clock()
         current = self._workloads.get(registration.id)
@@ -414,6 +482,9 @@ class ConfigState:
         return current.registration if current is not None else None
 
     def deregister(self, workload_id: str) -> bool:
+        return self._raced(lambda: self._deregister(workload_id))
+
+    def _deregister(self, workload_id: str) -> bool:
         current = self._workloads.get(workload_id)
         if current is None:
             return False
@@ -519,6 +590,9 @@ class ConfigState:
         return out
 
     def _bump(self) -> None:
+        self._raced(self._bump_once)
+
+    def _bump_once(self) -> None:
         version = self.version + 1
         self.store.save_workloads(version, (), ())
         self._moved_to(version)
@@ -580,6 +654,15 @@ def _machine_addresses() -> set[str]:
     except OSError:
         pass
     return found
+
+
+def _registration_of(stored: StoredWorkload) -> WorkloadRegistration | None:
+    try:
+        return WorkloadRegistration.model_validate(stored.registration)
+    except ValidationError as exc:
+        # Registered under an older meshlib's looser rules: kept in the store, not served.
+        log.error("stored workload %r is no longer valid and is not served: %s", stored.id, exc)
+        return None
 
 
 def _visible(registration: WorkloadRegistration) -> Mapping[str, Any]:

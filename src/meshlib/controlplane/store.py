@@ -17,7 +17,12 @@ from typing import Any, Protocol
 
 from ..policy.resources import ResourceKey
 
-__all__ = ["SQLiteStore", "Store", "StoreState", "StoredResource", "StoredWorkload"]
+__all__ = ["SQLiteStore", "Store", "StoreConflict", "StoreState", "StoredResource", "StoredWorkload"]
+
+
+class StoreConflict(Exception):
+    """A write refused because another replica moved the version first (shared stores only):
+    nothing was written; re-read the store and decide again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,312 @@
+"""The config service's state in etcd, shared by every replica (``meshctl serve --store etcd://...``).
+
+Layout under one prefix (``/meshlib/``): ``version`` (the global version, decimal),
+``trust_bundle`` (the digest last served), ``resources/<kind>/<namespace>/<name>``,
+``workloads/<id>``, ``tokens/<id>`` (JSON each) and ``claims/<name>`` (what the first
+replica to start settles for all: the CA, the admin token).
+
+Replicas agree on versions through etcd: a write that moves the version is a transaction
+that compares the stored version with the one the replica holds, so two replicas can never
+both publish version N with different contents; the loser gets ``StoreConflict``, re-reads
+(``ConfigState.resync``) and tries again. Writes that keep the version (acks, last-seen
+times, tokens) go through without the comparison. Each replica watches the prefix and is
+told (``follow``) of every change another replica made, at most a few milliseconds later.
+
+The client is aetcd (asyncio, etcd's v3 gRPC API) on a private loop thread, because the
+store interface is synchronous: each call costs one round trip to etcd (about 1 ms here);
+only the config service's write paths make them, never a workload's request.
+
+Not here yet: TLS and authentication towards etcd (run it on 127.0.0.1 or a private network),
+registry entries as etcd leases (a workload's TTL is still judged by each replica from the
+last-seen times in the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from .._loop import LoopThread
+from ..errors import MeshError
+from ..policy.resources import ResourceKey
+from .store import StoreConflict, StoredResource, StoredWorkload, StoreState
+
+__all__ = ["EtcdStore", "parse_etcd_url"]
+
+log = logging.getLogger("meshlib.controlplane.etcd")
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "/meshlib/"
+_OWN_REVISIONS = 4096  # revisions of this replica's own writes remembered (to skip their events)
+
+
+def parse_etcd_url(url: str) -> list[tuple[str, int]]:
+    """``etcd://host:port[,host:port...]`` as (host, port) pairs, in order of preference."""
+    parts = urlsplit(url)
+    if parts.scheme != "etcd" or not parts.netloc:
+        raise MeshError(f"--store {url!r}: expected etcd://host:port[,host:port...]")
+    endpoints = []
+    for item in parts.netloc.split(","):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise MeshError(f"--store {url!r}: {item!r} is not host:port")
+        endpoints.append((host.strip("[]"), int(port)))
+    return endpoints
+
+
+class EtcdStore:
+    """The Store protocol over etcd v3; see the module docstring."""
+
+    def __init__(
+        self, endpoints: Sequence[tuple[str, int]], *, prefix: str = DEFAULT_PREFIX, timeout: float = 5.0
+    ) -> None:
+        import aetcd  # type: ignore[import-untyped]  # meshlib[etcd]; imported here: SQLite users skip it
+
+        if not endpoints:
+            raise MeshError("an etcd store needs at least one endpoint")
+        self._aetcd = aetcd
+        self._endpoints = list(endpoints)
+        self._current = 0
+        self._prefix = prefix.encode()
+        self._timeout = timeout
+        self._loop = LoopThread("meshlib-etcd")
+        self._client: Any = None
+        self._own: set[int] = set()
+        self._revision = 0  # the revision this replica's view was last loaded at
+        self._held = 0  # the version this replica last loaded or wrote
+        self._follower: asyncio.Task[None] | None = None
+        self._closed = False
+        self._call(self._connect())
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> bytes:
+        return self._prefix + "/".join(parts).encode()
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.submit(coro).result(self._timeout * 2)
+
+    async def _connect(self) -> None:
+        """Connect to the first endpoint that answers, starting with the current one."""
+        problems = []
+        for attempt in range(len(self._endpoints)):
+            host, port = self._endpoints[(self._current + attempt) % len(self._endpoints)]
+            client = self._aetcd.Client(host=host, port=port, timeout=self._timeout)
+            try:
+                await client.connect()
+                await client.status()
+            except Exception as exc:
+                problems.append(f"{host}:{port}: {exc.__class__.__name__}")
+                with contextlib.suppress(Exception):
+                    await client.close()
+                continue
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    await self._client.close()
+            self._client = client
+            self._current = (self._current + attempt) % len(self._endpoints)
+            return
+        raise MeshError(f"no etcd endpoint answers ({'; '.join(problems)})")
+
+    async def _retrying(self, op: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """Run ``op(client)``; on a connection failure move to the next endpoint and run it once more."""
+        try:
+            return await op(self._client)
+        except self._aetcd.exceptions.ClientError as exc:
+            if isinstance(exc, self._aetcd.exceptions.PreconditionFailedError):
+                raise
+            log.warning(
+                "etcd %s:%d failed (%s): trying the next endpoint", *self._endpoints[self._current], exc
+            )
+            self._current = (self._current + 1) % len(self._endpoints)
+            await self._connect()
+            return await op(self._client)
+
+    async def _txn(self, compare: list[Any], puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> bool:
+        """One transaction: ``puts`` and ``deletes`` if every comparison holds. Its revision is
+        remembered as this replica's own, so the watch does not report it back."""
+
+        async def run(client: Any) -> bool:
+            tx = client.transactions
+            ops = [tx.put(key, value) for key, value in puts] + [tx.delete(key) for key in deletes]
+            probe = puts[0][0] if puts else self._key("version")
+            ops.append(tx.get(probe))  # read back: the response carries the transaction's revision
+            succeeded, responses = await client.transaction(compare=compare, success=ops, failure=[])
+            if succeeded:
+                revision = _revision_of(responses)
+                if revision is not None:
+                    self._own.add(revision)
+                    if len(self._own) > _OWN_REVISIONS:
+                        self._own = set(sorted(self._own)[-_OWN_REVISIONS // 2 :])
+            return bool(succeeded)
+
+        return await self._retrying(run)
+
+    async def _write(self, version: int, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        """A change at ``version``. When that is not the version this replica last read or
+        wrote, it moves the global version: written only over the version before it."""
+        key = self._key("version")
+        if version == self._held:
+            if puts or deletes:
+                await self._txn([], puts, deletes)
+            return
+        tx = self._client.transactions
+        before = str(version - 1).encode()
+        compare = [tx.value(key) == before]
+        if version == 1:  # the first version: over no version key at all, or over "0"
+            current = await self._retrying(lambda c: c.get(key))
+            if current is None:
+                compare = [tx.version(key) == 0]
+        if not await self._txn(compare, [*puts, (key, str(version).encode())], deletes):
+            raise StoreConflict(f"another replica moved the version past {version - 1}")
+        self._held = version
+
+    # --- the Store protocol ---------------------------------------------------------------
+
+    def load(self) -> StoreState:
+        return self._call(self._load())
+
+    async def _load(self) -> StoreState:
+        found = await self._retrying(lambda c: c.get_prefix(self._prefix))
+        self._revision = int(found.header.revision) if found.header is not None else 0
+        state = StoreState()
+        self._held = 0
+        resources: list[StoredResource] = []
+        for kv in found:
+            name = kv.key[len(self._prefix) :].decode()
+            if name == "version":
+                state.version = int(kv.value)
+                self._held = state.version
+            elif name == "trust_bundle":
+                state.trust_bundle = kv.value.decode()
+            elif name.startswith("resources/"):
+                kind, namespace, resource = name.split("/", 3)[1:]
+                data = json.loads(kv.value)
+                resources.append(
+                    StoredResource(ResourceKey(kind, namespace, resource), data["manifest"], data["version"])
+                )
+            elif name.startswith("workloads/"):
+                data = json.loads(kv.value)
+                state.workloads.append(StoredWorkload(**data))
+        state.resources = sorted(resources, key=lambda r: (r.version, *r.key))
+        state.workloads.sort(key=lambda w: w.first_seen)
+        return state
+
+    def commit(self, version: int, put: Sequence[StoredResource], delete: Sequence[ResourceKey]) -> None:
+        puts = [
+            (
+                self._key("resources", *item.key),
+                json.dumps({"manifest": item.manifest, "version": item.version}, sort_keys=True).encode(),
+            )
+            for item in put
+        ]
+        self._call(self._write(version, puts, [self._key("resources", *key) for key in delete]))
+
+    def save_workloads(self, version: int, put: Sequence[StoredWorkload], delete: Sequence[str]) -> None:
+        puts = [(self._key("workloads", item.id), _workload_json(item)) for item in put]
+        self._call(self._write(version, puts, [self._key("workloads", i) for i in delete]))
+
+    def save_trust_bundle(self, version: int, digest: str) -> None:
+        self._call(self._write(version, [(self._key("trust_bundle"), digest.encode())], []))
+
+    def load_tokens(self) -> list[dict[str, Any]]:
+        found = self._call(self._retrying(lambda c: c.get_prefix(self._key("tokens/"))))
+        tokens = [json.loads(kv.value) for kv in found]
+        return sorted(tokens, key=lambda t: t["created"])
+
+    def put_token(self, token: dict[str, Any]) -> None:
+        data = json.dumps(token, sort_keys=True).encode()
+        self._call(self._txn([], [(self._key("tokens", str(token["id"])), data)], []))
+
+    def claim(self, name: str, value: bytes) -> bytes:
+        """``value`` stored under ``claims/<name>`` unless a replica stored one first; the one that holds."""
+        return self._call(self._claim(name, value))
+
+    async def _claim(self, name: str, value: bytes) -> bytes:
+        key = self._key("claims", name)
+        tx = self._client.transactions
+        await self._txn([tx.version(key) == 0], [(key, value)], [])
+        held = await self._retrying(lambda c: c.get(key))
+        if held is None:
+            raise MeshError(f"etcd lost the claim {name!r} just written")
+        return bytes(held.value)
+
+    # --- following the other replicas -----------------------------------------------------
+
+    def follow(self, changed: Callable[[], None]) -> None:
+        """Call ``changed()`` (on the store's thread) after every change another replica
+        makes, from the revision of the last ``load`` on; also after losing the watch (the
+        store may have moved meanwhile)."""
+        self._follower = self._loop.submit(self._follow(changed))  # type: ignore[assignment]
+
+    async def _follow(self, changed: Callable[[], None]) -> None:
+        start = self._revision + 1
+        delay = 0.1
+        while not self._closed:
+            try:
+                watch = await self._client.watch_prefix(self._prefix, start_revision=start)
+                delay = 0.1
+                async for event in watch:
+                    revision = int(event.kv.mod_revision)
+                    start = max(start, revision + 1)
+                    if revision not in self._own:
+                        changed()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    return
+                log.warning("etcd watch lost (%s); taking it up again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                with contextlib.suppress(Exception):
+                    await self._connect()
+                changed()  # whatever happened meanwhile: re-read
+                with contextlib.suppress(Exception):
+                    start = max(start, await self._head())
+
+    async def _head(self) -> int:
+        found = await self._retrying(lambda c: c.get(self._key("version")))
+        return int(found.header.revision) + 1 if found is not None else 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        async def shut() -> None:
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    await self._client.close()
+
+        with contextlib.suppress(Exception):
+            self._call(shut())
+        self._loop.stop()
+
+
+def _revision_of(responses: list[Any]) -> int | None:
+    """The revision of a transaction, from its trailing range response."""
+    for response in reversed(responses):
+        if isinstance(response, list):
+            for _, got in response:
+                return int(got.header.revision)
+    return None
+
+
+def _workload_json(item: StoredWorkload) -> bytes:
+    return json.dumps(
+        {
+            "registration": item.registration,
+            "acked_version": item.acked_version,
+            "nack_version": item.nack_version,
+            "nack_reason": item.nack_reason,
+            "first_seen": item.first_seen,
+            "last_seen": item.last_seen,
+        },
+        sort_keys=True,
+    ).encode()

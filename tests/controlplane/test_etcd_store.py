@@ -1,0 +1,156 @@
+"""Config-service replicas sharing one real etcd: policy, registry, tokens, CA and versions."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from meshlib import Mesh
+from meshlib.controlplane.client import ControlPlaneClient
+from meshlib.controlplane.etcd_store import EtcdStore, parse_etcd_url
+from meshlib.controlplane.server import ConfigServer
+from meshlib.errors import MeshError
+from tests.conftest import destination_rule, virtual_service
+from tests.etcd import running_etcd
+from tests.servers import wait_for
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[str]:
+    with running_etcd(tmp_path / "etcd") as url:
+        yield url
+
+
+def replica(tmp_path: Path, etcd: str, name: str) -> ConfigServer:
+    return ConfigServer(tmp_path / name, store_url=etcd, reap_interval=0.2)
+
+
+def named(name: str, **split: int) -> dict[str, object]:
+    return virtual_service(name, host=name, **split)
+
+
+def test_three_replicas_share_policy_tokens_the_ca_and_the_registry(tmp_path: Path, etcd: str) -> None:
+    with ExitStack() as stack:
+        a, b, c = (stack.enter_context(replica(tmp_path, etcd, n)) for n in ("a", "b", "c"))
+        # One admin token and one CA for all: the first replica's, settled in etcd.
+        assert a.admin_token == b.admin_token == c.admin_token
+        assert (tmp_path / "b" / "admin.token").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "c" / "ca" / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+        assert a.state is not None
+        assert b.state is not None
+        assert c.state is not None
+        assert a.state.trust_bundle == b.state.trust_bundle == c.state.trust_bundle
+        admin_a = stack.enter_context(ControlPlaneClient(a.url, a.admin_token))
+        admin_b = stack.enter_context(ControlPlaneClient(b.url, b.admin_token))
+        admin_c = stack.enter_context(ControlPlaneClient(c.url, c.admin_token))
+        # A token made on A proves the identity to B's CA; the workload watches B.
+        token = admin_a.create_token("frontend")["token"]
+        mesh = stack.enter_context(
+            Mesh("frontend", control_plane=b.url, token=token, data_dir=tmp_path / "frontend")
+        )
+        identity = mesh.workload_identity
+        assert identity is not None
+        leaf = identity.certificate
+        assert leaf is not None
+        root = x509.load_pem_x509_certificate(c.state.trust_bundle[0].encode())
+        assert leaf.issuer == root.subject
+        leaf.verify_directly_issued_by(root)
+        # Policy applied on C reaches the workload watching B within a second.
+        version = admin_c.apply([destination_rule(), virtual_service()])["version"]
+        started = time.monotonic()
+        assert mesh.wait_for_version(version, 5)
+        assert time.monotonic() - started < 1.0
+        assert sorted((r.kind, r.name) for r in mesh.snapshot.resources) == [
+            ("DestinationRule", "reviews"),
+            ("VirtualService", "reviews"),
+        ]
+        # The workload registered with B is listed by A.
+        assert wait_for(
+            lambda: [w["registration"]["service"] for w in admin_a.workloads()["items"]] == ["frontend"],
+            2,
+        )
+        # A revoked token is refused by every replica.
+        token_id = token.split("_", 1)[1].split(".", 1)[0]
+        admin_a.revoke_token(token_id)
+        assert wait_for(
+            lambda: any(t["revoked"] for t in admin_b.list_tokens()["items"]),
+            2,
+        )
+
+
+def test_racing_applies_on_two_replicas_never_share_a_version(tmp_path: Path, etcd: str) -> None:
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(replica(tmp_path, etcd, n)) for n in ("a", "b"))
+        clients = [stack.enter_context(ControlPlaneClient(s.url, s.admin_token)) for s in (a, b)]
+        start = clients[0].apply([named("base")])["version"]
+        versions: list[int] = []
+        lock = threading.Lock()
+
+        def apply_many(client: ControlPlaneClient, prefix: str) -> None:
+            for i in range(10):
+                got = client.apply([named(f"{prefix}{i}")])["version"]
+                with lock:
+                    versions.append(got)
+
+        threads = [
+            threading.Thread(target=apply_many, args=(c, p)) for c, p in zip(clients, "xy", strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(versions) == list(range(start + 1, start + 21))  # 20 changes, 20 versions, no gap
+        assert a.state is not None
+        assert b.state is not None
+        assert wait_for(lambda: a.state.version == b.state.version == start + 20, 2)
+        for state in (a.state, b.state):
+            names = {r.key.name for r in state.resources("VirtualService")}
+            assert names == {"base", *(f"{p}{i}" for p in "xy" for i in range(10))}
+
+
+def test_a_restarted_replica_catches_up_and_keeps_its_identity(tmp_path: Path, etcd: str) -> None:
+    with replica(tmp_path, etcd, "a") as a, ControlPlaneClient(a.url, a.admin_token) as admin:
+        b = replica(tmp_path, etcd, "b").start()
+        assert b.state is not None
+        assert a.state is not None
+        bundle = b.state.trust_bundle
+        b.stop()
+        version = admin.apply([named("while-b-was-down")])["version"]
+        with replica(tmp_path, etcd, "b") as again:
+            assert again.state is not None
+            assert again.state.version == version
+            assert again.state.trust_bundle == bundle == a.state.trust_bundle
+            assert [r.key.name for r in again.state.resources("VirtualService")] == ["while-b-was-down"]
+
+
+def test_an_unreachable_etcd_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    port = free_port()
+    with pytest.raises(MeshError, match=rf"no etcd endpoint answers \(127\.0\.0\.1:{port}"):
+        EtcdStore([("127.0.0.1", port)], timeout=1.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:2379", "expected etcd://"),
+        ("etcd://", "expected etcd://"),
+        ("etcd://127.0.0.1", "'127.0.0.1' is not host:port"),
+        ("etcd://127.0.0.1:2379,:12", "':12' is not host:port"),
+        ("etcd://h:99999", "'h:99999' is not host:port"),
+    ],
+)
+def test_store_urls_are_checked(url: str, message: str) -> None:
+    with pytest.raises(MeshError, match=message):
+        parse_etcd_url(url)
+
+
+def test_store_urls_keep_their_order() -> None:
+    assert parse_etcd_url("etcd://10.0.0.1:2379,[::1]:2380") == [("10.0.0.1", 2379), ("::1", 2380)]
