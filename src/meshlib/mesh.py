@@ -38,7 +38,7 @@ from .core.snapshot import Snapshot, WorkloadSecurity, compile_snapshot, telemet
 from .core.stack import Flow, Stack
 from .dns_refresh import DnsRefresher
 from .drivers import AuthorizationProvider
-from .errors import ConfigError, MeshError
+from .errors import ConfigError, ControlPlaneError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
 from .last_known_good import load_last_known_good, save_last_known_good
 from .peer import PeerIdentity
@@ -586,8 +586,9 @@ class Mesh:
             due = None  # saved from another CA: get one from this config service's now
         if due is None or due <= dt.datetime.now(dt.UTC):
             try:
+                token = s.token
                 with httpx.Client() as client:
-                    identity.request(client, s.control_plane[0], s.token)
+                    _first_answer(s.control_plane, lambda url: identity.request(client, url, token))
             except MeshError as exc:
                 state = (
                     f"keeping the saved one (expires {identity.expires})"
@@ -600,11 +601,17 @@ class Mesh:
     def _saved_certificate_trusted(self, identity: WorkloadIdentity) -> bool:
         """Is a saved certificate anchored in the config service's trust bundle? True when the
         bundle cannot be fetched now (the saved certificate is then the best there is)."""
-        url = self.settings.control_plane[0]
-        try:
-            response = httpx.get(f"{url}/v1/trust-bundle", timeout=2.0)
-            roots = [str(r) for r in response.json()["roots"]] if response.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        roots: list[str] = []
+        for url in self.settings.control_plane:  # the first replica that answers
+            try:
+                response = httpx.get(f"{url}/v1/trust-bundle", timeout=2.0)
+                roots = [str(r) for r in response.json()["roots"]] if response.status_code == 200 else []
+                break
+            except httpx.HTTPError:
+                continue
+            except (ValueError, KeyError, TypeError):
+                return True
+        else:
             return True
         if not roots or identity.anchored(roots):
             return True
@@ -724,3 +731,19 @@ def _fingerprint(path: Path) -> tuple[tuple[str, str], ...]:
         return tuple((str(f), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files if f.is_file())
     except OSError:
         return ()
+
+
+def _first_answer(urls: Sequence[str], ask: Callable[[str], None]) -> None:
+    """``ask`` each config-service replica in turn until one answers; the last failure if none
+    does (a refusal, e.g. a revoked token, is an answer: it is not asked of the others)."""
+    failure: ControlPlaneError | None = None
+    for url in urls:
+        try:
+            ask(url)
+            return
+        except ControlPlaneError as exc:
+            if exc.status_code is not None:
+                raise
+            failure = exc
+    if failure is not None:
+        raise failure

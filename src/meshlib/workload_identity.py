@@ -309,9 +309,10 @@ async def keep_renewed(
 ) -> None:
     """Renew at half-life (with jitter) until cancelled. A failed renewal is retried after a
     fully jittered exponential back-off (up to 30 s, 5 s once the certificate has expired),
-    moving through the config service URLs;
+    moving through the config service URLs (the one that answered is asked first next time);
     meanwhile the current certificate stays in use. ``renewed`` runs after each renewal."""
     failures = 0
+    index = 0
     while True:
         if failures:
             delay = retry_delay(failures, identity.valid(), rng)
@@ -320,11 +321,12 @@ async def keep_renewed(
             delay = 0.0 if due is None else (due - dt.datetime.now(dt.UTC)).total_seconds()
         if delay > 0:
             await asyncio.sleep(delay)
-        url = urls[failures % len(urls)]
+        url = urls[index % len(urls)]
         try:
             await asyncio.to_thread(_renew, identity, url, token)
         except ControlPlaneError as exc:
             failures += 1
+            index += 1
             log.log(
                 logging.WARNING if failures == 1 else logging.DEBUG,
                 "certificate renewal failed (attempt %d): %s",
