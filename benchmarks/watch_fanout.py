@@ -88,6 +88,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil  # type: ignore[import-untyped]
 from _results import RESULTS, cpu_model, write_results
 
+from meshlib.controlplane.etcd_process import running_etcd
+
 HOST = "127.0.0.1"
 SECTION = "## Watch fan-out (config service)"
 SERVICE_SRC = "src/meshlib/controlplane"
@@ -112,7 +114,8 @@ want = 65536 if hard == resource.RLIM_INFINITY else hard
 resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 from meshlib.controlplane.server import serve_forever
 # The simulated workloads carry no bootstrap tokens: the open registry mode (loopback only).
-serve_forever(Path(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]), open_registry=True)
+store = sys.argv[4] if len(sys.argv) > 4 else None  # etcd://...: the etcd store
+serve_forever(Path(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]), open_registry=True, store_url=store)
 """
 
 
@@ -125,6 +128,7 @@ class Options:
     rounds: int
     clients: list[str]
     nodelay: list[str]
+    stores: list[str]
     client_procs: int  # 0: automatic
     decode: str
     endpoints: bool
@@ -154,6 +158,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         default="as-is",
         help="comma-separated: as-is (the service unchanged) and/or forced (TCP_NODELAY forced on "
         "the service's accepted sockets, to measure Nagle's cost) (default as-is)",
+    )
+    p.add_argument(
+        "--store",
+        default="sqlite",
+        help="comma-separated: sqlite (the embedded default) and/or etcd (a local etcd-server "
+        "started per case; its CPU and RSS reported apart) (default sqlite)",
     )
     p.add_argument("--client-procs", type=int, default=0, help="client processes (default: automatic)")
     p.add_argument(
@@ -197,8 +207,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     nodelay = [c.strip() for c in a.nodelay.split(",") if c.strip()]
     if not nodelay or not set(nodelay) <= {"as-is", "forced"}:
         p.error("--nodelay takes as-is, forced or both")
+    stores = [c.strip() for c in a.store.split(",") if c.strip()]
+    if not stores or not set(stores) <= {"sqlite", "etcd"}:
+        p.error("--store takes sqlite, etcd or both")
     return Options(
         workloads=counts,
+        stores=stores,
         rounds=a.rounds,
         clients=clients,
         nodelay=nodelay,
@@ -253,8 +267,10 @@ def raise_fd_limit() -> None:
 class ServiceProcess:
     """``serve_forever`` in a subprocess over ``data_dir``; stopped by its pid only."""
 
-    def __init__(self, data_dir: Path, *, force_nodelay: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, force_nodelay: bool = False, store_url: str | None = None) -> None:
         self.data_dir = data_dir
+        self.store_url = store_url
+        self.etcd: psutil.Process | None = None  # the etcd behind the service (--store etcd)
         self.code = (NODELAY_PATCH if force_nodelay else "") + SERVER_CODE
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -264,7 +280,15 @@ class ServiceProcess:
     def start(self, deadline: Deadline) -> None:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", self.code, str(self.data_dir), HOST, str(self.port)],
+                [
+                    sys.executable,
+                    "-c",
+                    self.code,
+                    str(self.data_dir),
+                    HOST,
+                    str(self.port),
+                    *([self.store_url] if self.store_url else []),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -649,9 +673,10 @@ class Case:
     n: int
     client: str
     nodelay: str
+    store: str = "sqlite"
 
     def __str__(self) -> str:
-        return f"N={self.n} client={self.client} nodelay={self.nodelay}"
+        return f"N={self.n} client={self.client} nodelay={self.nodelay} store={self.store}"
 
 
 @dataclass
@@ -667,6 +692,8 @@ class RunResult:
     other_load: float = math.nan  # share of all cores used by other processes during the rounds
     compile_seconds: float = math.nan
     setup_seconds: float = 0.0
+    etcd_cpu: float = math.nan  # seconds of etcd's CPU over the rounds (--store etcd)
+    etcd_rss: int = 0
     failure: str | None = None
 
 
@@ -812,6 +839,8 @@ class OtherLoad:
         machine = psutil.cpu_times()
         busy = sum(getattr(machine, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))
         ours = cpu_seconds(self._service.ps()) + self._clients.cpu_seconds() + cpu_seconds(psutil.Process())
+        if self._service.etcd is not None:
+            ours += cpu_seconds(self._service.etcd)
         return time.monotonic(), busy, ours
 
     def __enter__(self) -> OtherLoad:
@@ -842,6 +871,7 @@ def measure(result: RunResult, service: ServiceProcess, clients: ClientProcesses
         time.sleep(0.5)
         result.rss["connected"] = driver.rss()
         result.listing_seconds = driver.time_listing()
+        etcd_before = cpu_seconds(service.etcd) if service.etcd is not None else math.nan
         with RssSampler(service.ps()) as sampler, OtherLoad(service, clients) as other:
             for round_no in range(1, opts.rounds + 1):
                 if not clients.alive():
@@ -849,6 +879,9 @@ def measure(result: RunResult, service: ServiceProcess, clients: ClientProcesses
                 result.rounds.append(run_round(driver, clients, round_no, opts, limit))
                 time.sleep(opts.pause)
         result.other_load = other.share
+        if service.etcd is not None:
+            result.etcd_cpu = cpu_seconds(service.etcd) - etcd_before
+            result.etcd_rss = service.etcd.memory_info().rss
         result.rss["peak"] = sampler.peak
         result.rss["after"] = driver.rss()
 
@@ -856,8 +889,15 @@ def measure(result: RunResult, service: ServiceProcess, clients: ClientProcesses
 def run_case(case: Case, opts: Options) -> RunResult:
     """One case: a fresh service and data dir, N workloads, ``opts.rounds`` changes."""
     result = RunResult(case=case, procs=client_procs_for(case.n, opts))
-    with tempfile.TemporaryDirectory(prefix="meshlib-fanout-") as tmp:
-        service = ServiceProcess(Path(tmp) / "data", force_nodelay=case.nodelay == "forced")
+    with tempfile.TemporaryDirectory(prefix="meshlib-fanout-") as tmp, contextlib.ExitStack() as stack:
+        store_url = None
+        if case.store == "etcd":
+            store_url, etcd = stack.enter_context(running_etcd(Path(tmp) / "etcd"))
+        service = ServiceProcess(
+            Path(tmp) / "data", force_nodelay=case.nodelay == "forced", store_url=store_url
+        )
+        if case.store == "etcd":
+            service.etcd = psutil.Process(etcd.pid)
         clients = ClientProcesses(service, case.n, result.procs, case.client, opts)
         try:
             measure(result, service, clients, opts)
@@ -924,11 +964,11 @@ def mib(run: RunResult, key: str) -> str:
 
 
 def case_cells(run: RunResult) -> list[str]:
-    return [str(run.case.n), run.case.client, run.case.nodelay]
+    return [str(run.case.n), run.case.client, run.case.nodelay, run.case.store]
 
 
 # Column titles; a trailing ">" right-aligns the column.
-CASE_COLUMNS = ("N>", "client", "nodelay")
+CASE_COLUMNS = ("N>", "client", "nodelay", "store")
 LATENCY_COLUMNS = (
     *CASE_COLUMNS,
     "client procs>",
@@ -947,6 +987,7 @@ RESOURCE_COLUMNS = (
     "RSS after>",
     "service CPU ms/round>",
     "clients CPU ms/round>",
+    "etcd CPU ms/round, RSS>",
     "GET /v1/workloads ms, quiet / in rounds>",
     "snapshots sent in setup>",
     "apply ms",
@@ -1002,6 +1043,9 @@ def resource_cells(run: RunResult) -> list[str]:
         mib(run, "after"),
         f"{sum(r.server_cpu for r in run.rounds) / per_round * 1000:.0f}",
         f"{sum(r.client_cpu for r in run.rounds) / per_round * 1000:.0f}",
+        "-"
+        if math.isnan(run.etcd_cpu)
+        else f"{run.etcd_cpu / per_round * 1000:.0f}, {run.etcd_rss / 2**20:.0f} MiB",
         f"{ms(run.listing_seconds)} / {ms(statistics.mean(polls)) if polls else 'n/a'}",
         str(setup_receipts(run)),
         mid_max([r.apply_seconds for r in run.rounds]),
@@ -1132,7 +1176,13 @@ def on_sigterm(signum: int, frame: object) -> None:
 
 
 def cases(opts: Options) -> list[Case]:
-    return [Case(n, c, d) for c in opts.clients for d in opts.nodelay for n in opts.workloads]
+    return [
+        Case(n, c, d, store)
+        for store in opts.stores
+        for c in opts.clients
+        for d in opts.nodelay
+        for n in opts.workloads
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
