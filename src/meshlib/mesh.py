@@ -24,6 +24,7 @@ import httpx
 
 from ._loop import LoopThread
 from ._version import __version__
+from .control_plane_tls import cleartext_remote, control_plane_verify
 from .core.call import Call
 from .core.client_stack import default_client_stack
 from .core.cluster_state import Clusters
@@ -85,6 +86,7 @@ class Mesh:
         namespace: str = "default",
         labels: Mapping[str, str] | None = None,
         control_plane: str | Sequence[str] | None = None,
+        control_plane_ca: str | Path | None = None,
         token: str | None = None,
         config: str | Path | None = None,
         data_dir: str | Path | None = None,
@@ -104,6 +106,7 @@ class Mesh:
             namespace=namespace,
             labels=dict(labels or {}),
             control_plane=tuple(u.rstrip("/") for u in urls),
+            control_plane_ca=Path(control_plane_ca) if control_plane_ca is not None else None,
             token=token,
             config=Path(config) if config is not None else None,
             data_dir=Path(data_dir) if data_dir is not None else None,
@@ -112,6 +115,7 @@ class Mesh:
             telemetry=telemetry or TelemetrySettings(),
         )
         self.startup_timeout = startup_timeout
+        self._verify = control_plane_verify(self.settings.control_plane_ca)
         self._certificate_ttl = certificate_ttl  # None: the CA's default (24h)
         self._watch_wait = watch_wait
         self._static_poll = static_poll_interval
@@ -513,9 +517,20 @@ class Mesh:
         s = self.settings
         self._loop = loop = LoopThread(f"meshlib-{s.service}")
         if s.token:
+            for url in cleartext_remote(s.control_plane):
+                log.warning(
+                    "the bootstrap token goes to %s in the clear: serve the config service with "
+                    "--tls and give its bundle as MESH_CONTROL_PLANE_CA",
+                    url,
+                )
             self._start_identity()
         self._watcher = watcher = Watcher(
-            s.control_plane, self.registration, self._received, token=s.token, wait=self._watch_wait
+            s.control_plane,
+            self.registration,
+            self._received,
+            token=s.token,
+            wait=self._watch_wait,
+            verify=self._verify,
         )
         first = loop.submit(watcher.round())
         try:
@@ -587,7 +602,7 @@ class Mesh:
         if due is None or due <= dt.datetime.now(dt.UTC):
             try:
                 token = s.token
-                with httpx.Client() as client:
+                with httpx.Client(verify=self._verify) as client:
                     _first_answer(s.control_plane, lambda url: identity.request(client, url, token))
             except MeshError as exc:
                 state = (
@@ -596,7 +611,9 @@ class Mesh:
                     else ("no mesh identity until it succeeds: servers requiring mTLS refuse traffic")
                 )
                 log.error("could not get a certificate: %s; %s", exc, state)
-        self._loop.submit(keep_renewed(identity, list(s.control_plane), s.token, self.rng, self._renewed))
+        self._loop.submit(
+            keep_renewed(identity, list(s.control_plane), s.token, self.rng, self._renewed, self._verify)
+        )
 
     def _saved_certificate_trusted(self, identity: WorkloadIdentity) -> bool:
         """Is a saved certificate anchored in the config service's trust bundle? True when the
@@ -604,7 +621,7 @@ class Mesh:
         roots: list[str] = []
         for url in self.settings.control_plane:  # the first replica that answers
             try:
-                response = httpx.get(f"{url}/v1/trust-bundle", timeout=2.0)
+                response = httpx.get(f"{url}/v1/trust-bundle", timeout=2.0, verify=self._verify)
                 roots = [str(r) for r in response.json()["roots"]] if response.status_code == 200 else []
                 break
             except httpx.HTTPError:

@@ -38,6 +38,7 @@ class MeshSettings:
     namespace: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
     control_plane: tuple[str, ...] = ()
+    control_plane_ca: Path | None = None  # the bundle a TLS config service is verified by
     token: str | None = field(default=None, repr=False)
     config: Path | None = None
     data_dir: Path | None = None
@@ -83,6 +84,7 @@ class MeshSettings:
             namespace=env.get("MESH_NAMESPACE", "").strip() or "default",
             labels=parse_labels(env.get("MESH_LABELS", "")),
             control_plane=urls,
+            control_plane_ca=Path(ca) if (ca := env.get("MESH_CONTROL_PLANE_CA", "").strip()) else None,
             token=env.get("MESH_TOKEN") or None,
             config=Path(config) if config else None,
             data_dir=Path(data_dir) if data_dir else None,

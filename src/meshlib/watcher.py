@@ -8,6 +8,7 @@ service URL; the data plane keeps its current snapshot meanwhile.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,13 +37,16 @@ class Watcher:
         wait: float = 30.0,
         backoff_base: float = 0.25,
         backoff_max: float = 15.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.urls = list(urls)
         self._registration = registration
         self._on_snapshot = on_snapshot
         self._wait = min(wait, MAX_WATCH_WAIT)
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(5.0, read=self._wait + 10.0))
+        self._client = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(5.0, read=self._wait + 10.0), verify=verify
+        )
         self._index = 0
         self.version = -1
         self.connected = False

@@ -306,6 +306,7 @@ async def keep_renewed(
     token: str,
     rng: random.Random,
     renewed: Callable[[], Awaitable[None]] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> None:
     """Renew at half-life (with jitter) until cancelled. A failed renewal is retried after a
     fully jittered exponential back-off (up to 30 s, 5 s once the certificate has expired),
@@ -323,7 +324,7 @@ async def keep_renewed(
             await asyncio.sleep(delay)
         url = urls[index % len(urls)]
         try:
-            await asyncio.to_thread(_renew, identity, url, token)
+            await asyncio.to_thread(_renew, identity, url, token, verify)
         except ControlPlaneError as exc:
             failures += 1
             index += 1
@@ -339,6 +340,6 @@ async def keep_renewed(
                 await renewed()
 
 
-def _renew(identity: WorkloadIdentity, url: str, token: str) -> None:
-    with httpx.Client() as client:
+def _renew(identity: WorkloadIdentity, url: str, token: str, verify: ssl.SSLContext | bool) -> None:
+    with httpx.Client(verify=verify) as client:
         identity.request(client, url, token)

@@ -9,6 +9,7 @@ names the roots to trust (default: the CA itself).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -18,12 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .._files import write_secret
 from ..errors import MeshError
-from .svid import CaMaterial, issue_svid, key_id, make_ca, pem_certificate, pem_key
+from .svid import CaMaterial, issue_server_certificate, issue_svid, key_id, make_ca, pem_certificate, pem_key
 
 __all__ = ["DEFAULT_TTL", "MAX_TTL", "MIN_TTL", "CertificateAuthority", "CertificateRefused"]
 
 DEFAULT_TTL = dt.timedelta(hours=24)
 MAX_TTL = dt.timedelta(days=7)
+SERVER_TTL = dt.timedelta(days=90)  # the config service's own TLS certificate
 MIN_TTL = dt.timedelta(seconds=1)  # X.509 validity counts whole seconds: less is no certificate
 
 
@@ -104,6 +106,14 @@ class CertificateAuthority:
             raise CertificateRefused(str(exc)) from None
         chain = [pem_certificate(leaf), *(pem_certificate(c) for c in self._chain_above_leaf())]
         return chain, leaf.not_valid_after_utc
+
+    def server_certificate(self, names: Sequence[str], ttl: dt.timedelta = SERVER_TTL) -> tuple[str, str]:
+        """A TLS certificate for the config service at ``names``, with a key made here:
+        (chain PEM, leaf first; key PEM). Made again at every start."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = issue_server_certificate(self.material, key, names, ttl)
+        chain = "".join([pem_certificate(leaf), *(pem_certificate(c) for c in self._chain_above_leaf())])
+        return chain, pem_key(key)
 
     def _chain_above_leaf(self) -> list[x509.Certificate]:
         """The signing CA (when it is not itself a root) and its intermediates."""

@@ -14,8 +14,11 @@ Rules (SPIFFE X.509-SVID, §4-5) every issued leaf follows:
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CaMaterial",
+    "issue_server_certificate",
     "issue_svid",
     "issuer_key_id",
     "key_id",
@@ -135,7 +139,31 @@ def issue_svid(
     """Sign a leaf for ``spiffe_id`` over the CSR's key. Like istiod, the identity comes from
     the caller's credential, never from the CSR: its subject and SANs are discarded."""
     verify_csr(csr)
-    public = csr.public_key()
+    sans = [x509.UniformResourceIdentifier(spiffe_id), *_dns_names(spiffe_id)]
+    return _leaf(ca, csr.public_key(), sans, ttl, now)
+
+
+def issue_server_certificate(
+    ca: CaMaterial, key: SigningKey, names: Sequence[str], ttl: dt.timedelta
+) -> x509.Certificate:
+    """A TLS server certificate for the config service itself: ``names`` (host names or IP
+    addresses) as its SANs, no SPIFFE ID (it is no workload)."""
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    return _leaf(ca, key.public_key(), sans, ttl, None)
+
+
+def _leaf(
+    ca: CaMaterial,
+    public: Any,
+    sans: Sequence[x509.GeneralName],
+    ttl: dt.timedelta,
+    now: dt.datetime | None,
+) -> x509.Certificate:
     issued = now or dt.datetime.now(dt.UTC)
     start = issued - min(dt.timedelta(minutes=1), ttl / 10)  # tolerate a little clock skew
     end = min(issued + ttl, ca.certificate.not_valid_after_utc)
@@ -148,10 +176,7 @@ def issue_svid(
         .serial_number(_serial())
         .not_valid_before(start)
         .not_valid_after(end)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id), *_dns_names(spiffe_id)]),
-            critical=True,
-        )
+        .add_extension(x509.SubjectAlternativeName(list(sans)), critical=True)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

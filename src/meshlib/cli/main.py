@@ -20,6 +20,7 @@ from typing import Any
 
 from .._files import write_secret
 from .._version import __version__
+from ..control_plane_tls import control_plane_verify
 from ..controlplane.client import ControlPlaneClient
 from ..core.analyze import analyze
 from ..core.hosts import CLUSTER_DOMAIN
@@ -53,7 +54,8 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _client(args: argparse.Namespace) -> ControlPlaneClient:
-    return ControlPlaneClient(args.server, _token(args))
+    ca_file = Path(args.ca_file) if args.ca_file else None
+    return ControlPlaneClient(args.server, _token(args), verify=control_plane_verify(ca_file, "--ca-file"))
 
 
 def _kind(name: str) -> KindInfo:
@@ -84,6 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ca_bundle=path(args.ca_bundle),
         open_registry=args.insecure_open_registry,
         store_url=args.store,
+        tls=args.tls,
+        tls_names=args.tls_name,
     )
     return 0
 
@@ -387,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="config service URL (env MESHCTL_SERVER)",
     )
     parser.add_argument("--token-file", help="admin token file (env MESHCTL_TOKEN holds the token itself)")
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get("MESHCTL_CA_FILE"),
+        help="CA bundle of a TLS config service (its <data-dir>/tls/ca-bundle.pem; env MESHCTL_CA_FILE)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -428,6 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         help="keep state in etcd, shared by every replica: etcd://host:port[,host:port...] "
         "(needs meshlib[etcd]; default: SQLite in --data-dir)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a certificate of the mesh CA (clients verify it with "
+        "<data-dir>/tls/ca-bundle.pem: MESH_CONTROL_PLANE_CA, meshctl --ca-file)",
+    )
+    p.add_argument(
+        "--tls-name",
+        action="append",
+        default=[],
+        help="another host name or address the TLS certificate covers (repeatable)",
     )
     p.add_argument("--trust-domain", default=CLUSTER_DOMAIN)
     p.add_argument(

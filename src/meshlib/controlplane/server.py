@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -59,9 +60,13 @@ def build_app(
     ca_bundle: Path | None = None,
     open_registry: bool = False,
     store_url: str | None = None,
+    tls_names: Sequence[str] | None = None,
 ) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``, or over etcd (``store_url``
-    ``etcd://host:port[,...]``, shared by replicas): (app, state, token path, token created)."""
+    ``etcd://host:port[,...]``, shared by replicas): (app, state, token path, token created).
+    With ``tls_names`` the service gets a certificate of its CA for those names (written to
+    ``<data-dir>/tls``, with the bundle clients verify it by: ``tls/ca-bundle.pem``); the
+    paths are in ``app.state.tls``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     token, token_path, created = ensure_admin_token(data_dir)
@@ -101,7 +106,44 @@ def build_app(
         open_registry=open_registry,
     )
     app.state.ca_key_id = ca.key_id
+    app.state.tls = _tls_files(ca, data_dir, tls_names) if tls_names is not None else None
     return app, state, token_path, created
+
+
+def _tls_files(ca: CertificateAuthority, data_dir: Path, names: Sequence[str]) -> tuple[Path, Path, Path]:
+    """(certificate chain, key, CA bundle) of the service's TLS certificate, made now."""
+    folder = data_dir / "tls"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    chain, key = ca.server_certificate(names)
+    paths = folder / "server.pem", folder / "server-key.pem", folder / "ca-bundle.pem"
+    atomic_write(paths[1], key)  # mkstemp: 0600
+    atomic_write(paths[0], chain)
+    atomic_write(paths[2], "".join(ca.trust_bundle()))
+    return paths
+
+
+def tls_names_for(host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The names a TLS certificate of the service covers: where it listens (for a wildcard
+    address, this machine's loopback names), plus ``extra`` (``--tls-name``)."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - names for a wildcard address, not a bind
+        names = ["localhost", "127.0.0.1", "::1"]
+    elif host in ("127.0.0.1", "localhost"):
+        names = ["localhost", "127.0.0.1"]
+    else:
+        names = [host]
+    return list(dict.fromkeys([*names, *extra]))
+
+
+def _uvicorn_config(app: Starlette, graceful: int) -> uvicorn.Config:
+    tls = app.state.tls
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        timeout_graceful_shutdown=graceful,
+        backlog=4096,
+        ssl_certfile=str(tls[0]) if tls is not None else None,
+        ssl_keyfile=str(tls[1]) if tls is not None else None,
+    )
 
 
 def _shared_ca(
@@ -140,6 +182,8 @@ def serve_forever(
     ca_bundle: Path | None = None,
     open_registry: bool = False,
     store_url: str | None = None,
+    tls: bool = False,
+    tls_names: Sequence[str] = (),
 ) -> None:
     """``meshctl serve``: run until SIGINT/SIGTERM, then release watches and exit cleanly."""
     app, state, token_path, created = build_app(
@@ -151,6 +195,7 @@ def serve_forever(
         ca_bundle=ca_bundle,
         open_registry=open_registry,
         store_url=store_url,
+        tls_names=tls_names_for(host, tls_names) if tls else None,
     )
     sock = bind(host, port)
     bound = sock.getsockname()[1]
@@ -159,11 +204,14 @@ def serve_forever(
         print(INSECURE_WARNING, flush=True)
         log.warning(INSECURE_WARNING)
     verb = "created" if created else "in"
-    print(f"meshlib config service on http://{host}:{bound} (version {state.version})", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"meshlib config service on {scheme}://{host}:{bound} (version {state.version})", flush=True)
+    if app.state.tls is not None:
+        print(f"TLS: workloads and meshctl verify it with {app.state.tls[2]}", flush=True)
     where = f"state in {store_url}, local files in {data_dir}" if store_url else f"data in {data_dir}"
     print(f"{where}; admin token {verb} {token_path}", flush=True)
     print(f"CA key id {app.state.ca_key_id}; trust bundle of {len(state.trust_bundle)} root(s)", flush=True)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, backlog=4096)
+    config = _uvicorn_config(app, 5)
     try:
         _Server(config, app.state.notifier).run(sockets=[sock])
     finally:
@@ -191,9 +239,12 @@ class ConfigServer:
         ca_bundle: Path | None = None,
         insecure_open_registry: bool = False,
         store_url: str | None = None,
+        tls: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.store_url = store_url
+        self.tls = tls
+        self.ca_bundle_path: Path | None = None  # with tls: what clients verify the service by
         self.open_registry = insecure_open_registry
         self._ca = {"ca_cert": ca_cert, "ca_key": ca_key, "ca_bundle": ca_bundle}
         self.host = host
@@ -208,7 +259,7 @@ class ConfigServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def admin_token(self) -> str:
@@ -223,14 +274,17 @@ class ConfigServer:
             reap_interval=self.reap_interval,
             open_registry=self.open_registry,
             store_url=self.store_url,
+            tls_names=tls_names_for(self.host) if self.tls else None,
             **self._ca,
         )
+        if app.state.tls is not None:
+            self.ca_bundle_path = app.state.tls[2]
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self.state.reserve(self.host, self.port)
         if self.open_registry:
             log.warning(INSECURE_WARNING)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, backlog=4096)
+        config = _uvicorn_config(app, 2)
         self._server = server = _Server(config, app.state.notifier)
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="meshlib-config-service", daemon=True
