@@ -85,6 +85,7 @@ class Inbound:
     trace: Any = None  # telemetry.tracing.ServerTrace, once the trace filter ran
     grpc_status: str | None = None  # a gRPC call's status name, when the adapter knows it
     response_bytes: int = 0  # the answer's body, when the adapter counted it
+    request_bytes: int | None = None  # the request's body as the adapter counted it (else Content-Length)
     metrics_page: Callable[[Inbound], Answer] | None = None  # the Prometheus scrape (when served)
 
 

@@ -134,6 +134,20 @@ def _status(context: Any, raised: bool, inbound: InboundRequest) -> int:
     return 500 if raised else 200
 
 
+def _wire_size(message: Any, serializer: Callable[[Any], bytes] | None) -> int | None:
+    """Bytes one message takes on the wire: gRPC's 5-byte length prefix and the serialized
+    message (a protobuf message's ByteSize, no second serialization); None for a stream of
+    requests (an iterator), which is not counted."""
+    size = getattr(message, "ByteSize", None)
+    if size is not None:
+        return 5 + int(size())
+    if isinstance(message, bytes | bytearray | memoryview):
+        return 5 + len(message)
+    if serializer is not None and not hasattr(message, "__next__") and not hasattr(message, "__anext__"):
+        return 5 + len(serializer(message))  # another message type: serialized once more to count it
+    return None
+
+
 def _wrap_sync(
     mesh: ServingMesh,
     behavior: Callable[..., Any],
@@ -141,11 +155,13 @@ def _wrap_sync(
     metadata: Any,
     streaming_out: bool,
     port: int | None,
+    serializer: Callable[[Any], bytes] | None = None,
 ) -> Any:
     """A handler that blocks (grpc.server, or a sync handler on grpc.aio.server)."""
 
     def unary(request: Any, context: Any) -> Any:
         inbound = _inbound(InboundRequest, mesh, method, metadata, context, port)
+        inbound.ex.request_bytes = _wire_size(request, None)
         answer = inbound.admit()
         if answer is not None:
             context.abort(*_refusal(answer))
@@ -155,11 +171,13 @@ def _wrap_sync(
         except BaseException:
             inbound.end(_status(context, True, inbound))
             raise
+        inbound.ex.response_bytes = _wire_size(result, serializer) or 0
         inbound.end(_status(context, False, inbound))
         return result
 
     def stream(request: Any, context: Any) -> Iterator[Any]:
         inbound = _inbound(InboundRequest, mesh, method, metadata, context, port)
+        inbound.ex.request_bytes = _wire_size(request, None)
         answer = inbound.admit()
         if answer is not None:
             context.abort(*_refusal(answer))
@@ -173,6 +191,7 @@ def _wrap_sync(
                 except StopIteration:
                     raised = False
                     return
+                inbound.ex.response_bytes += _wire_size(item, serializer) or 0
                 yield item
         finally:
             inbound.end(_status(context, raised, inbound))
@@ -181,7 +200,12 @@ def _wrap_sync(
 
 
 def _wrap_async(
-    mesh: ServingMesh, behavior: Callable[..., Any], method: str, metadata: Any, port: int | None
+    mesh: ServingMesh,
+    behavior: Callable[..., Any],
+    method: str,
+    metadata: Any,
+    port: int | None,
+    serializer: Callable[[Any], bytes] | None = None,
 ) -> Any:
     """A coroutine or async-generator handler on grpc.aio.server."""
 
@@ -189,6 +213,7 @@ def _wrap_async(
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context, port)
+            inbound.ex.request_bytes = _wire_size(request, None)
             answer = await inbound.admit_async()
             if answer is not None:
                 await context.abort(*_refusal(answer))
@@ -196,6 +221,7 @@ def _wrap_async(
             try:
                 with inbound.scope():  # this call's own task: the scope covers every step
                     async for item in behavior(request, _for_handler(context, inbound)):
+                        inbound.ex.response_bytes += _wire_size(item, serializer) or 0
                         yield item
                 raised = False
             finally:
@@ -205,6 +231,7 @@ def _wrap_async(
 
     async def unary(request: Any, context: Any) -> Any:
         inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context, port)
+        inbound.ex.request_bytes = _wire_size(request, None)
         answer = await inbound.admit_async()
         if answer is not None:
             await context.abort(*_refusal(answer))
@@ -214,6 +241,7 @@ def _wrap_async(
         except BaseException:
             inbound.end(_status(context, True, inbound))
             raise
+        inbound.ex.response_bytes = _wire_size(result, serializer) or 0
         inbound.end(_status(context, False, inbound))
         return result
 
@@ -229,9 +257,11 @@ def _wrapped_handler(mesh: ServingMesh, handler: Any, details: Any, port: int | 
         if behavior is None:
             continue
         if inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior):
-            changes[kind] = _wrap_async(mesh, behavior, method, metadata, port)
+            changes[kind] = _wrap_async(mesh, behavior, method, metadata, port, handler.response_serializer)
         else:
-            changes[kind] = _wrap_sync(mesh, behavior, method, metadata, kind.endswith("stream"), port)
+            streaming = kind.endswith("stream")
+            serializer = handler.response_serializer
+            changes[kind] = _wrap_sync(mesh, behavior, method, metadata, streaming, port, serializer)
     return handler._replace(**changes)
 
 

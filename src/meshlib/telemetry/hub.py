@@ -144,7 +144,7 @@ class Telemetry:
             name = ex.grpc_status or grpc_status_for_http(status)
             grpc = GRPC_CODES.get(name, "")
         flags = flags_label(ex.flags)
-        received = _content_length(ex.call)
+        received = ex.request_bytes if ex.request_bytes is not None else _content_length(ex.call)
         self.metrics.record(
             "inbound",
             fqdn,
