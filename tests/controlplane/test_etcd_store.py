@@ -15,7 +15,9 @@ from meshlib import Mesh
 from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.etcd_store import EtcdStore, parse_etcd_url
 from meshlib.controlplane.server import ConfigServer
+from meshlib.controlplane.state import ConfigState
 from meshlib.errors import MeshError
+from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
 from tests.conftest import destination_rule, virtual_service
 from tests.etcd import running_etcd
 from tests.servers import wait_for
@@ -31,8 +33,8 @@ def replica(tmp_path: Path, etcd: str, name: str) -> ConfigServer:
     return ConfigServer(tmp_path / name, store_url=etcd, reap_interval=0.2)
 
 
-def named(name: str, **split: int) -> dict[str, object]:
-    return virtual_service(name, host=name, **split)
+def named(name: str) -> dict[str, object]:
+    return virtual_service(name, host=name)
 
 
 def test_three_replicas_share_policy_tokens_the_ca_and_the_registry(tmp_path: Path, etcd: str) -> None:
@@ -154,3 +156,31 @@ def test_store_urls_are_checked(url: str, message: str) -> None:
 
 def test_store_urls_keep_their_order() -> None:
     assert parse_etcd_url("etcd://10.0.0.1:2379,[::1]:2380") == [("10.0.0.1", 2379), ("::1", 2380)]
+
+
+def test_a_replica_never_writes_back_an_older_registration_over_a_newer_one(etcd: str) -> None:
+    """A workload acked on A, then re-registered on B with a new endpoint, then A flushes the
+    ack before it has heard of B's change (no follower here: the worst order, every time).
+    The store ends with B's endpoint and A's ack, and A with B's version."""
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
+    try:
+        a, b = (ConfigState(store) for store in stores)
+        registration = WorkloadRegistration(
+            id="w-1", service="reviews", endpoints=[{"address": "127.0.0.1", "port": 9080}]
+        )
+        assert a.register(registration)
+        version = a.version
+        b.resync()
+        a.seen("w-1", acked=version)
+        assert b.register(
+            registration.model_copy(update={"endpoints": [AnnouncedEndpoint(address="127.0.0.1", port=9090)]})
+        )
+        assert b.version == version + 1
+        a.flush()
+        (stored,) = stores[0].load().workloads
+        assert [e["port"] for e in stored.registration["endpoints"]] == [9090]
+        assert stored.acked_version == version
+        assert a.version == version + 1
+    finally:
+        for store in stores:
+            store.close()

@@ -79,6 +79,7 @@ class EtcdStore:
         self._own: set[int] = set()
         self._revision = 0  # the revision this replica's view was last loaded at
         self._held = 0  # the version this replica last loaded or wrote
+        self._seen: dict[bytes, int] = {}  # key -> the mod revision this replica last read or wrote
         self._follower: asyncio.Task[None] | None = None
         self._closed = False
         self._call(self._connect())
@@ -140,6 +141,10 @@ class EtcdStore:
             if succeeded:
                 revision = _revision_of(responses)
                 if revision is not None:
+                    for key, _ in puts:
+                        self._seen[key] = revision
+                    for key in deletes:
+                        self._seen.pop(key, None)
                     self._own.add(revision)
                     if len(self._own) > _OWN_REVISIONS:
                         self._own = set(sorted(self._own)[-_OWN_REVISIONS // 2 :])
@@ -152,8 +157,15 @@ class EtcdStore:
         wrote, it moves the global version: written only over the version before it."""
         key = self._key("version")
         if version == self._held:
-            if puts or deletes:
-                await self._txn([], puts, deletes)
+            if not (puts or deletes):
+                return
+            # Only over what this replica last read or wrote of each key: a registration
+            # another replica changed meanwhile is never overwritten with an older copy
+            # (the loser re-reads, keeps its own acks and last-seen times, and writes again).
+            tx = self._client.transactions
+            compare = [tx.mod(key) == self._seen.get(key, 0) for key, _ in puts]
+            if not await self._txn(compare, puts, deletes):
+                raise StoreConflict("another replica changed these entries since they were read")
             return
         tx = self._client.transactions
         before = str(version - 1).encode()
@@ -177,6 +189,7 @@ class EtcdStore:
         state = StoreState()
         self._held = 0
         resources: list[StoredResource] = []
+        self._seen = {bytes(kv.key): int(kv.mod_revision) for kv in found}
         for kv in found:
             name = kv.key[len(self._prefix) :].decode()
             if name == "version":

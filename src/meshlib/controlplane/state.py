@@ -164,7 +164,14 @@ class ConfigState:
             stored.last_seen = max(stored.last_seen, now)
             entry = self._workloads[stored.id] = _Workload(stored, registration)
             self._account(entry, 1)
-        self._note_trust_bundle(loaded.trust_bundle)
+        served = loaded.trust_bundle
+        for _ in range(_RACE_RETRIES):  # replicas starting together race to record the bundle
+            try:
+                self._note_trust_bundle(served)
+                break
+            except StoreConflict:
+                self.resync()
+                served = self.store.load().trust_bundle
 
     def _take_resources(self, stored: Sequence[StoredResource]) -> None:
         """Serve ``stored`` (parsed again only where it changed)."""
@@ -563,8 +570,10 @@ class ConfigState:
     def flush(self) -> None:
         """Write acks and last-seen times collected since the last flush (kept for the next
         flush if the store refuses them now)."""
-        if not self._dirty:
-            return
+        if self._dirty:
+            self._raced(self._flush_once)
+
+    def _flush_once(self) -> None:
         dirty = set(self._dirty)
         items = [self._workloads[i].stored for i in dirty if i in self._workloads]
         self.store.save_workloads(self.version, items, ())
