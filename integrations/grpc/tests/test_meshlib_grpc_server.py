@@ -225,8 +225,8 @@ def _inbound_bytes(mesh: Mesh) -> tuple[float, float]:
 
 def test_served_grpc_calls_count_their_messages_bytes_as_sent_on_the_wire(tmp_path: Path) -> None:
     """istio_request_bytes / istio_response_bytes on a gRPC server: each message is its
-    5-byte gRPC prefix plus its body; a stream of requests is not counted (yet)."""
-    from grpc_backends import STREAM, UPLOAD
+    5-byte gRPC prefix plus its body, streams message by message."""
+    from grpc_backends import CHAT, STREAM, UPLOAD
 
     reviews = GrpcBackend("reviews")
     with Mesh("reviews", data_dir=tmp_path / "reviews") as mesh:
@@ -239,8 +239,10 @@ def test_served_grpc_calls_count_their_messages_bytes_as_sent_on_the_wire(tmp_pa
             assert _inbound_bytes(mesh) == (5 + 5, 5 + 7)
             assert list(plain.unary_stream(STREAM)(b"x")) == [b"reviews-0", b"reviews-1", b"reviews-2"]
             assert _inbound_bytes(mesh) == (10 + 5 + 1, 12 + 3 * (5 + 9))
-            assert plain.stream_unary(UPLOAD)(iter([b"a", b"b"])) == b"reviews:2"
-            assert _inbound_bytes(mesh) == (16, 54 + 5 + 9)
+            assert plain.stream_unary(UPLOAD)(iter([b"a", b"bc"])) == b"reviews:2"
+            assert _inbound_bytes(mesh) == (16 + (5 + 1) + (5 + 2), 54 + 5 + 9)
+            assert list(plain.stream_stream(CHAT)(iter([b"q", b"rs"]))) == [b"reviews-q", b"reviews-rs"]
+            assert _inbound_bytes(mesh) == (29 + (5 + 1) + (5 + 2), 68 + (5 + 9) + (5 + 10))
 
 
 def test_aio_served_grpc_calls_count_their_messages_bytes(tmp_path: Path) -> None:
@@ -253,6 +255,9 @@ def test_aio_served_grpc_calls_count_their_messages_bytes(tmp_path: Path) -> Non
         for i in range(2):
             yield f"r{i}".encode()
 
+    async def upload(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
+        return b"%d" % len([m async for m in requests])
+
     async def main(mesh: Mesh) -> None:
         server = grpc.aio.server(interceptors=[meshlib_grpc.AioMeshServerInterceptor(mesh)])
         server.add_generic_rpc_handlers(
@@ -262,6 +267,7 @@ def test_aio_served_grpc_calls_count_their_messages_bytes(tmp_path: Path) -> Non
                     {
                         "Unary": grpc.unary_unary_rpc_method_handler(unary),
                         "Stream": grpc.unary_stream_rpc_method_handler(stream),
+                        "Upload": grpc.stream_unary_rpc_method_handler(upload),
                     },
                 ),
             )
@@ -273,9 +279,10 @@ def test_aio_served_grpc_calls_count_their_messages_bytes(tmp_path: Path) -> Non
                 assert await channel.unary_unary("/test.Echo/Unary")(b"abc") == b"reviews"
                 got = [m async for m in channel.unary_stream("/test.Echo/Stream")(b"")]
                 assert got == [b"r0", b"r1"]
+                assert await channel.stream_unary("/test.Echo/Upload")(iter([b"ab", b"c"])) == b"2"
         finally:
             await server.stop(0)
 
     with Mesh("reviews", data_dir=tmp_path / "reviews") as mesh:
         asyncio.run(main(mesh))
-        assert _inbound_bytes(mesh) == (5 + 3 + 5 + 0, 5 + 7 + 2 * (5 + 2))
+        assert _inbound_bytes(mesh) == (5 + 3 + 5 + 0 + (5 + 2) + (5 + 1), 5 + 7 + 2 * (5 + 2) + (5 + 1))

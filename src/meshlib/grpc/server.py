@@ -136,8 +136,8 @@ def _status(context: Any, raised: bool, inbound: InboundRequest) -> int:
 
 def _wire_size(message: Any, serializer: Callable[[Any], bytes] | None) -> int | None:
     """Bytes one message takes on the wire: gRPC's 5-byte length prefix and the serialized
-    message (a protobuf message's ByteSize, no second serialization); None for a stream of
-    requests (an iterator), which is not counted."""
+    message (a protobuf message's ByteSize, no second serialization); None for a stream (an
+    iterator: counted message by message as it is read)."""
     size = getattr(message, "ByteSize", None)
     if size is not None:
         return 5 + int(size())
@@ -146,6 +146,33 @@ def _wire_size(message: Any, serializer: Callable[[Any], bytes] | None) -> int |
     if serializer is not None and not hasattr(message, "__next__") and not hasattr(message, "__anext__"):
         return 5 + len(serializer(message))  # another message type: serialized once more to count it
     return None
+
+
+def _count_requests(request: Any, ex: Any) -> Any:
+    """Count the request's bytes into ``ex.request_bytes``: one message now, a stream of them
+    (an iterator, sync or async) as the handler reads it."""
+    size = _wire_size(request, None)
+    if size is not None:
+        ex.request_bytes = size
+        return request
+    ex.request_bytes = 0
+    if hasattr(request, "__anext__"):
+        return _counted_async(request, ex)
+    if hasattr(request, "__next__"):
+        return _counted(request, ex)
+    return request
+
+
+def _counted(requests: Iterator[Any], ex: Any) -> Iterator[Any]:
+    for message in requests:
+        ex.request_bytes += _wire_size(message, None) or 0
+        yield message
+
+
+async def _counted_async(requests: AsyncIterator[Any], ex: Any) -> AsyncIterator[Any]:
+    async for message in requests:
+        ex.request_bytes += _wire_size(message, None) or 0
+        yield message
 
 
 def _wrap_sync(
@@ -161,7 +188,7 @@ def _wrap_sync(
 
     def unary(request: Any, context: Any) -> Any:
         inbound = _inbound(InboundRequest, mesh, method, metadata, context, port)
-        inbound.ex.request_bytes = _wire_size(request, None)
+        request = _count_requests(request, inbound.ex)
         answer = inbound.admit()
         if answer is not None:
             context.abort(*_refusal(answer))
@@ -177,7 +204,7 @@ def _wrap_sync(
 
     def stream(request: Any, context: Any) -> Iterator[Any]:
         inbound = _inbound(InboundRequest, mesh, method, metadata, context, port)
-        inbound.ex.request_bytes = _wire_size(request, None)
+        request = _count_requests(request, inbound.ex)
         answer = inbound.admit()
         if answer is not None:
             context.abort(*_refusal(answer))
@@ -213,7 +240,7 @@ def _wrap_async(
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context, port)
-            inbound.ex.request_bytes = _wire_size(request, None)
+            request = _count_requests(request, inbound.ex)
             answer = await inbound.admit_async()
             if answer is not None:
                 await context.abort(*_refusal(answer))
@@ -231,7 +258,7 @@ def _wrap_async(
 
     async def unary(request: Any, context: Any) -> Any:
         inbound = _inbound(AsyncInboundRequest, mesh, method, metadata, context, port)
-        inbound.ex.request_bytes = _wire_size(request, None)
+        request = _count_requests(request, inbound.ex)
         answer = await inbound.admit_async()
         if answer is not None:
             await context.abort(*_refusal(answer))
