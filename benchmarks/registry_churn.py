@@ -1,0 +1,240 @@
+"""Registry churn: endpoints joining and leaving at a steady rate while workloads watch.
+
+Method: the config service runs in its own process (as in watch_fanout.py: SQLite, or etcd
+started per case). One asyncio driver process holds ``--watchers`` long-poll watches (one
+minimal HTTP/1.1 keep-alive connection each; each watch sends the version it has and ACKs it, parses the snapshot's
+JSON and keeps its set of endpoints); a second process churns the registry at ``--rate``
+operations per second for ``--seconds`` (one at a time, each waiting for its answer): a
+new workload with one endpoint joins, or the oldest leaves, keeping about ``--live``
+registered. When the churn stops, the
+service's own snapshot is the truth; the figure is how long every watcher takes to hold
+exactly its endpoints at its version, plus how many versions the churn made, the service's
+CPU during the churn and every error. Bounded in count and time; 127.0.0.1 only; the
+processes started here are stopped by pid.
+
+    .venv/bin/python benchmarks/registry_churn.py [--watchers 200] [--rate 100] [--seconds 10]
+        [--store sqlite,etcd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psutil  # type: ignore[import-untyped]
+from _results import machine, write_section
+from watch_fanout import Deadline, RawTransport, ServiceProcess, cpu_seconds
+
+from meshlib.controlplane.etcd_process import running_etcd
+
+
+@dataclass
+class Watch:
+    version: int = -1
+    endpoints: frozenset[int] = frozenset()
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    store: str
+    ops: int = 0
+    ops_seconds: float = 0.0
+    versions: int = 0
+    converged: float | None = None
+    service_cpu: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def endpoints_of(snapshot: dict[str, Any]) -> frozenset[int]:
+    return frozenset(e["port"] for w in snapshot["workloads"] for e in w["endpoints"])
+
+
+async def watch(port: int, index: int, state: Watch, stop: asyncio.Event) -> None:
+    """One watcher on its own keep-alive connection (watch_fanout's minimal HTTP/1.1 client:
+    httpx would cost the driver more than the service spends)."""
+    transport = RawTransport(port, 30.0)
+    workload = f"watcher-{index}"
+    try:
+        status, _ = await transport.request(
+            "PUT", f"/v1/workloads/{workload}", json.dumps({"id": workload, "service": "frontend"}).encode()
+        )
+        if status != 200:
+            state.errors.append(f"register: {status}")
+            return
+        ack: int | None = None
+        while not stop.is_set():
+            body: dict[str, Any] = {"workload": workload, "version": state.version, "wait": 2}
+            if ack is not None:
+                body["ack"] = ack
+            try:
+                status, content = await transport.request("POST", "/v1/watch", json.dumps(body).encode())
+            except (TimeoutError, OSError, ValueError) as exc:
+                state.errors.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.1)
+                continue
+            if status == 204:
+                continue
+            if status != 200:
+                state.errors.append(f"watch: {status} {content[:100]!r}")
+                await asyncio.sleep(0.1)
+                continue
+            snapshot = json.loads(content)
+            state.version, state.endpoints = snapshot["version"], endpoints_of(snapshot)
+            ack = state.version
+    finally:
+        await transport.aclose()
+
+
+def churn_process(url: str, rate: float, seconds: float, live: int, results: Any) -> None:
+    """The churn in a process of its own: the watchers' JSON and httpx work must not slow it."""
+
+    async def main() -> Outcome:
+        outcome = Outcome("")
+        async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+            await churn(client, rate, seconds, live, outcome)
+        return outcome
+
+    done = asyncio.run(main())
+    results.put((done.ops, done.ops_seconds, done.errors))
+
+
+async def churn(client: httpx.AsyncClient, rate: float, seconds: float, live: int, outcome: Outcome) -> None:
+    joined: list[str] = []
+    started = time.monotonic()
+    serial = 0
+    while (elapsed := time.monotonic() - started) < seconds:
+        due = started + outcome.ops / rate
+        if due > time.monotonic():
+            await asyncio.sleep(due - time.monotonic())
+        if len(joined) < live or (serial % 2 == 0 and len(joined) < 2 * live):
+            serial += 1
+            workload = f"churn-{serial}"
+            registration = {
+                "id": workload,
+                "service": "reviews",
+                "endpoints": [{"address": "127.0.0.1", "port": 20000 + serial % 40000}],
+            }
+            response = await client.put(f"/v1/workloads/{workload}", json=registration)
+            joined.append(workload)
+        else:
+            serial += 1
+            response = await client.delete(f"/v1/workloads/{joined.pop(0)}")
+        if response.status_code >= 300:
+            outcome.errors.append(f"churn: {response.status_code} {response.text[:100]}")
+        outcome.ops += 1
+    outcome.ops_seconds = elapsed
+
+
+async def drive(url: str, service: psutil.Process, opts: argparse.Namespace, outcome: Outcome) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as driver:
+        stop = asyncio.Event()
+        states = [Watch() for _ in range(opts.watchers)]
+        tasks = [asyncio.create_task(watch(port, i, s, stop)) for i, s in enumerate(states)]
+        start_version = (await driver.get("/v1/snapshot")).json()["version"]
+        await asyncio.sleep(1.0)  # every watch registered and holding
+        cpu = cpu_seconds(service)
+        context = mp.get_context("spawn")
+        results = context.Queue()
+        worker = context.Process(
+            target=churn_process, args=(url, opts.rate, opts.seconds, opts.live, results), daemon=True
+        )
+        worker.start()
+        try:
+            got = await asyncio.to_thread(results.get, True, opts.seconds + 60)
+            outcome.ops, outcome.ops_seconds, errors = got
+            outcome.errors += errors
+        finally:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+        outcome.service_cpu = cpu_seconds(service) - cpu
+        ended = time.monotonic()
+        truth = (await driver.get("/v1/snapshot")).json()
+        outcome.versions = truth["version"] - start_version
+        wanted = endpoints_of(truth)
+        deadline = ended + 30
+        while time.monotonic() < deadline:
+            if all(s.version >= truth["version"] and s.endpoints == wanted for s in states):
+                outcome.converged = time.monotonic() - ended
+                break
+            await asyncio.sleep(0.005)
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        outcome.errors += [e for s in states for e in s.errors]
+
+
+def run(store: str, opts: argparse.Namespace) -> Outcome:
+    outcome = Outcome(store)
+    with tempfile.TemporaryDirectory(prefix="meshlib-churn-") as tmp, contextlib.ExitStack() as stack:
+        url = None
+        if store == "etcd":
+            url, _ = stack.enter_context(running_etcd(Path(tmp) / "etcd"))
+        service = ServiceProcess(Path(tmp) / "data", store_url=url)
+        try:
+            service.start(Deadline(60))
+            asyncio.run(asyncio.wait_for(drive(service.url, service.ps(), opts, outcome), opts.seconds + 90))
+        finally:
+            service.stop()
+            if outcome.errors:
+                print(f"{store}: the service's log ends with:\n{service.log_tail(4000)}", file=sys.stderr)
+    return outcome
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--watchers", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=100.0, help="registry operations per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--live", type=int, default=50, help="churning workloads registered at a time")
+    parser.add_argument("--store", default="sqlite,etcd")
+    opts = parser.parse_args()
+    outcomes = [run(store, opts) for store in opts.store.split(",")]
+    rows = []
+    for o in outcomes:
+        converged = f"{o.converged * 1000:.0f} ms" if o.converged is not None else "**not within 30 s**"
+        rows.append(
+            f"| {o.store} | {o.ops / o.ops_seconds:.0f} | {o.versions} | {converged} | "
+            f"{o.service_cpu / o.ops_seconds * 100:.0f}% | {len(o.errors)} |"
+        )
+    errors = [f"- {o.store}: {len(o.errors)} errors, first: `{o.errors[0]}`" for o in outcomes if o.errors]
+    body = "\n".join(
+        [
+            f"Command: `.venv/bin/python benchmarks/registry_churn.py --watchers {opts.watchers} "
+            f"--rate {opts.rate:g} --seconds {opts.seconds:g} --live {opts.live} --store {opts.store}`  ",
+            f"Machine: {machine()}; the service, etcd and the driver share it  ",
+            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            "",
+            f"{opts.watchers} watchers (JSON-parsed snapshots, ACKed) while workloads with one endpoint "
+            f"join and leave at {opts.rate:g} operations/s for {opts.seconds:g} s; converged = from the "
+            "last operation until every watcher holds exactly the service's endpoints at its version.",
+            "",
+            "| store | operations/s | versions made | converged after the churn "
+            "| service CPU (one core = 100%) | errors |",
+            "|---|---:|---:|---:|---:|---:|",
+            *rows,
+            *(["", *errors] if errors else []),
+        ]
+    )
+    print(body)
+    write_section("Registry churn (config service)", body)
+    sys.exit(0 if all(o.converged is not None and not o.errors for o in outcomes) else 1)
+
+
+if __name__ == "__main__":
+    main()
