@@ -2,15 +2,14 @@
 
 Method: the config service runs in its own process (as in watch_fanout.py: SQLite, or etcd
 started per case). One asyncio driver process holds ``--watchers`` long-poll watches (one
-minimal HTTP/1.1 keep-alive connection each; each watch sends the version it has and ACKs it, parses the snapshot's
-JSON and keeps its set of endpoints); a second process churns the registry at ``--rate``
-operations per second for ``--seconds`` (one at a time, each waiting for its answer): a
-new workload with one endpoint joins, or the oldest leaves, keeping about ``--live``
-registered. When the churn stops, the
-service's own snapshot is the truth; the figure is how long every watcher takes to hold
-exactly its endpoints at its version, plus how many versions the churn made, the service's
-CPU during the churn and every error. Bounded in count and time; 127.0.0.1 only; the
-processes started here are stopped by pid.
+minimal HTTP/1.1 keep-alive connection each; each watch sends the version it has and ACKs
+it, parses the snapshot's JSON and keeps its set of endpoints); a second process churns the
+registry at ``--rate`` operations per second for ``--seconds`` (one at a time, each waiting
+for its answer): a new workload with one endpoint joins, or the oldest leaves, keeping about
+``--live`` registered. When the churn stops, the service's own snapshot is the truth; the
+figure is how long every watcher takes to hold exactly its endpoints at its version, plus
+how many versions the churn made, the service's CPU during the churn and every error.
+Bounded in count and time; 127.0.0.1 only; the processes started here are stopped by pid.
 
     .venv/bin/python benchmarks/registry_churn.py [--watchers 200] [--rate 100] [--seconds 10]
         [--store sqlite,etcd]
