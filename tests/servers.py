@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from meshlib._net import bind
+from meshlib._net import free_port as free_port  # re-exported: the tests import it from here
 
 Scope = dict[str, Any]
 
@@ -104,15 +105,6 @@ def wait_for(condition: Any, timeout: float = 15.0) -> bool:
             return True
         time.sleep(0.02)
     return False
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for servers started in subprocesses)."""
-    sock = bind("127.0.0.1", 0)
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 def service_entry_policy(folder: Any, host: str, port: int) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ["advertise_address", "bind"]
+__all__ = ["advertise_address", "bind", "free_port"]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -31,3 +31,12 @@ def advertise_address(host: str) -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for servers started in other processes)."""
+    sock = bind(host, 0)
+    try:
+        return int(sock.getsockname()[1])
+    finally:
+        sock.close()

@@ -11,18 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .._net import bind
+from .._net import free_port
 from ..errors import MeshError
 
 __all__ = ["running_etcd"]
-
-
-def _free_port() -> int:
-    sock = bind("127.0.0.1", 0)
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 @contextmanager
@@ -31,7 +23,7 @@ def running_etcd(data_dir: Path, timeout: float = 20.0) -> Iterator[tuple[str, s
     binary = shutil.which("etcd")
     if binary is None:
         raise MeshError("etcd is not installed (Debian: apt-get install etcd-server)")
-    client, peer = _free_port(), _free_port()
+    client, peer = free_port(), free_port()
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - the etcd found on PATH, fixed arguments
