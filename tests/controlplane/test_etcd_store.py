@@ -184,3 +184,60 @@ def test_a_replica_never_writes_back_an_older_registration_over_a_newer_one(etcd
     finally:
         for store in stores:
             store.close()
+
+
+def test_changes_larger_than_one_etcd_transaction_are_written_whole(etcd: str) -> None:
+    """etcd takes at most 128 operations per transaction (--max-txn-ops): 200 workloads'
+    acks and an apply of 300 resources still land, and another replica reads all of them."""
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
+    try:
+        a, b = (ConfigState(store) for store in stores)
+        for i in range(200):
+            endpoint = AnnouncedEndpoint(address="127.0.0.1", port=10000 + i)
+            assert a.register(WorkloadRegistration(id=f"w-{i}", service=f"svc{i}", endpoints=[endpoint]))
+        acked = a.version
+        for i in range(200):
+            a.seen(f"w-{i}", acked=acked)
+        a.flush()
+        manifests = [named(f"vs{i}") for i in range(300)]
+        a.apply(manifests)
+        b.resync()
+        assert b.version == a.version
+        assert {w.registration.id: w.acked_version for w in b.workloads()} == {
+            f"w-{i}": acked for i in range(200)
+        }
+        assert len(b.resources("VirtualService")) == 300
+        assert b.delete([r.key for r in b.resources("VirtualService")])
+        a.resync()
+        assert a.resources("VirtualService") == []
+        assert a.version == b.version
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_large_change_left_half_written_is_finished_by_the_next_reader(
+    etcd: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer stops (dies) right after it stored the change as one intent with the new
+    version: the next replica to read writes the change out, and the version moves on."""
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
+    try:
+        a, b = (ConfigState(store) for store in stores)
+
+        async def dies(*_: object) -> None:
+            return None
+
+        monkeypatch.setattr(stores[0], "_finish", dies)
+        assert a.apply([named(f"vs{i}") for i in range(150)]).results
+        version = a.version
+        b.resync()
+        assert b.version == version
+        assert len(b.resources("VirtualService")) == 150
+        assert b.apply([named("after")]).results
+        assert b.version == version + 1
+        raw = stores[1]._call(stores[1]._retrying(lambda c: c.get(stores[1]._key("pending"))))
+        assert raw is None  # the intent is gone once written out
+    finally:
+        for store in stores:
+            store.close()

@@ -2,8 +2,9 @@
 
 Layout under one prefix (``/meshlib/``): ``version`` (the global version, decimal),
 ``trust_bundle`` (the digest last served), ``resources/<kind>/<namespace>/<name>``,
-``workloads/<id>``, ``tokens/<id>`` (JSON each) and ``claims/<name>`` (what the first
-replica to start settles for all: the CA, the admin token).
+``workloads/<id>``, ``tokens/<id>`` (JSON each), ``claims/<name>`` (what the first
+replica to start settles for all: the CA, the admin token) and, only while a change too large
+for one etcd transaction is being written out, ``pending`` (that change, whole).
 
 Replicas agree on versions through etcd: a write that moves the version is a transaction
 that compares the stored version with the one the replica holds, so two replicas can never
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .._loop import LoopThread
-from ..errors import MeshError
+from ..errors import ConfigError, MeshError
 from ..policy.resources import ResourceKey
 from .store import StoreConflict, StoredResource, StoredWorkload, StoreState
 
@@ -43,6 +44,8 @@ T = TypeVar("T")
 
 DEFAULT_PREFIX = "/meshlib/"
 _OWN_REVISIONS = 4096  # revisions of this replica's own writes remembered (to skip their events)
+_TXN_OPS = 100  # puts and deletes per transaction: etcd refuses more than --max-txn-ops (128 by default)
+_INTENT_BYTES = 1_400_000  # etcd refuses requests over --max-request-bytes (1.5 MiB by default)
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
@@ -156,27 +159,52 @@ class EtcdStore:
         """A change at ``version``. When that is not the version this replica last read or
         wrote, it moves the global version: written only over the version before it."""
         key = self._key("version")
+        tx = self._client.transactions
         if version == self._held:
-            if not (puts or deletes):
-                return
             # Only over what this replica last read or wrote of each key: a registration
             # another replica changed meanwhile is never overwritten with an older copy
             # (the loser re-reads, keeps its own acks and last-seen times, and writes again).
-            tx = self._client.transactions
-            compare = [tx.mod(key) == self._seen.get(key, 0) for key, _ in puts]
-            if not await self._txn(compare, puts, deletes):
-                raise StoreConflict("another replica changed these entries since they were read")
+            # In pieces (etcd's --max-txn-ops); a piece already written is simply current.
+            for some_puts, some_deletes in _pieces(puts, deletes):
+                compare = [tx.mod(k) == self._seen.get(k, 0) for k, _ in some_puts]
+                if not await self._txn(compare, some_puts, some_deletes):
+                    raise StoreConflict("another replica changed these entries since they were read")
             return
-        tx = self._client.transactions
-        before = str(version - 1).encode()
-        compare = [tx.value(key) == before]
+        pending = self._key("pending")
+        compare = [tx.value(key) == str(version - 1).encode(), tx.version(pending) == 0]
         if version == 1:  # the first version: over no version key at all, or over "0"
             current = await self._retrying(lambda c: c.get(key))
             if current is None:
-                compare = [tx.version(key) == 0]
-        if not await self._txn(compare, [*puts, (key, str(version).encode())], deletes):
-            raise StoreConflict(f"another replica moved the version past {version - 1}")
+                compare[0] = tx.version(key) == 0
+        moved = (key, str(version).encode())
+        if len(puts) + len(deletes) < _TXN_OPS:
+            if not await self._txn(compare, [*puts, moved], deletes):
+                raise StoreConflict(f"another replica moved the version past {version - 1}")
+        else:
+            # Too many for one transaction: the whole change goes in first as one intent,
+            # with the version; then its keys, piece by piece. Until the intent is gone no
+            # replica moves the version, and any replica that reads it finishes the job.
+            written = [[k.decode(), v.decode()] for k, v in puts]
+            intent = json.dumps({"puts": written, "deletes": [k.decode() for k in deletes]}).encode()
+            if len(intent) > _INTENT_BYTES:
+                raise ConfigError(  # answered 422 with this message; nothing was written
+                    f"a change of {len(puts) + len(deletes)} resources ({len(intent)} bytes) is larger "
+                    f"than one etcd request may be ({_INTENT_BYTES} bytes): apply it in smaller parts"
+                )
+            if not await self._txn(compare, [(pending, intent), moved], []):
+                raise StoreConflict(f"another replica moved the version past {version - 1}")
+            await self._finish(self._seen[pending], puts, deletes)
         self._held = version
+
+    async def _finish(self, revision: int, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        """Write out the intent stored at ``revision``, then remove it; each piece only while
+        that intent is still there (whoever finishes first, the others stop)."""
+        pending = self._key("pending")
+        tx = self._client.transactions
+        for some_puts, some_deletes in _pieces(puts, deletes):
+            if not await self._txn([tx.mod(pending) == revision], some_puts, some_deletes):
+                return
+        await self._txn([tx.mod(pending) == revision], [], [pending])
 
     # --- the Store protocol ---------------------------------------------------------------
 
@@ -185,6 +213,12 @@ class EtcdStore:
 
     async def _load(self) -> StoreState:
         found = await self._retrying(lambda c: c.get_prefix(self._prefix))
+        for kv in found:
+            if bytes(kv.key) == self._key("pending"):  # a large change half written: finish it first
+                intent = json.loads(kv.value)
+                puts = [(k.encode(), v.encode()) for k, v in intent["puts"]]
+                await self._finish(int(kv.mod_revision), puts, [k.encode() for k in intent["deletes"]])
+                return await self._load()
         self._revision = int(found.header.revision) if found.header is not None else 0
         state = StoreState()
         self._held = 0
@@ -300,6 +334,16 @@ class EtcdStore:
         with contextlib.suppress(Exception):
             self._call(shut())
         self._loop.stop()
+
+
+def _pieces(
+    puts: list[tuple[bytes, bytes]], deletes: list[bytes]
+) -> list[tuple[list[tuple[bytes, bytes]], list[bytes]]]:
+    """``puts`` and ``deletes`` cut into transactions of at most ``_TXN_OPS`` operations."""
+    pieces: list[tuple[list[tuple[bytes, bytes]], list[bytes]]] = []
+    pieces += [(puts[i : i + _TXN_OPS], []) for i in range(0, len(puts), _TXN_OPS)]
+    pieces += [([], deletes[i : i + _TXN_OPS]) for i in range(0, len(deletes), _TXN_OPS)]
+    return pieces
 
 
 def _revision_of(responses: list[Any]) -> int | None:
