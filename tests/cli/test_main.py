@@ -285,15 +285,6 @@ def test_python_dash_m_meshlib_is_meshctl() -> None:
         assert command in result.stdout
 
 
-def test_demo_runs_end_to_end() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "meshlib", "demo"], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert "canary shifted to 50/50" in result.stdout
-    assert "last-known-good copy, config version 2" in result.stdout
-
-
 def test_token_create_list_revoke_and_the_ca_refuses_a_revoked_token(
     ctl, server: ConfigServer, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -376,7 +376,13 @@ def _expiry(value: str | None) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(keep=args.keep)
+    try:
+        report = run_demo(keep=args.keep, quick=args.quick)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process the demo started is stopped", file=sys.stderr)
+        return 130
+    good = report.failed == 0 and all(step.within_tolerance() for step in report.steps)
+    return 0 if good else 1
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -516,8 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("top", cmd_top, "who calls whom, live: requests per second, errors, p50/p99 per edge")
     top_arguments(p)
 
-    p = add("demo", cmd_demo, "run the demonstration on an embedded config service")
-    p.add_argument("--keep", action="store_true", help="keep the demo's data folder")
+    p = add("demo", cmd_demo, "the order app on an embedded mesh, under real traffic (examples/order-app)")
+    p.add_argument("--keep", action="store_true", help="leave the mesh running at the end, until Ctrl-C")
+    p.add_argument("--quick", action="store_true", help="fewer requests per step (about half the time)")
     return parser
 
 
