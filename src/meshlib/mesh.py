@@ -43,6 +43,7 @@ from .errors import ConfigError, ControlPlaneError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
 from .last_known_good import load_last_known_good, save_last_known_good
 from .peer import PeerIdentity
+from .policy.discovered_endpoints import refuse_in_files
 from .policy.loader import load_paths
 from .protocol import decode_snapshot
 from .registry import AnnouncedEndpoint, WorkloadRegistration
@@ -700,6 +701,7 @@ class Mesh:
     def _load_static(self, path: Path) -> None:
         self._static_seen = _fingerprint(path)  # before reading: an edit meanwhile is seen next poll
         loaded = load_paths([path], namespace=self.settings.namespace)
+        refuse_in_files(loaded)  # an entry naming Consul: only the config service asks it
         for skipped in loaded.skipped:
             log.info("skipped: %s", skipped)  # a kind meshlib does not apply (and why)
         version = self._snapshot.version + 1

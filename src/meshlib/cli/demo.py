@@ -38,6 +38,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.tree import Tree
 
+from .._files import write_secret
 from ..errors import MeshError
 from ..policy.loader import load_paths
 from .demo_mesh import APP_SERVICES, DemoMesh, find_app, interrupted_as_exit
@@ -322,25 +323,27 @@ def _rate_limit(client: httpx.Client, mesh: DemoMesh, report: DemoReport, out: C
 
 def _trace(client: httpx.Client, mesh: DemoMesh, report: DemoReport, out: Console) -> None:
     """A few orders sampled (a caller with a mesh identity may ask for it); the trace shown is
-    the longest, which is one with a retry whenever the sick replica answered one of them."""
+    one with a retry when the sick replica failed one of them, else the longest."""
     from opentelemetry import trace
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-    sent = []
-    for _ in range(6):
+    sent: list[tuple[str, str]] = []
+    traces: list[tuple[list[dict[str, Any]], str, str]] = []
+    for _ in range(12):  # a few: most likely one meets the sick replica, and its trace shows a retry
         trace_id, span_id = secrets.randbits(128) or 1, secrets.randbits(64) or 1
         parent = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
         with trace.use_span(NonRecordingSpan(parent)):  # sampled: the mesh traces it in every process
             client.get(ORDER_URL)
         sent.append((f"{trace_id:032x}", f"{span_id:016x}"))
     deadline = time.monotonic() + 10
-    traces: list[tuple[list[dict[str, Any]], str, str]] = []
     while time.monotonic() < deadline:
         traces = [(mesh.spans(trace_id), trace_id, root) for trace_id, root in sent]
         if all({"frontend", "orders", "inventory"} <= _services(spans) for spans, _, _ in traces):
             break
         time.sleep(0.2)
-    spans, report.trace_id, root = max(traces, key=lambda t: len(t[0]))
+    spans, report.trace_id, root = max(
+        traces, key=lambda t: (any("attempt 2" in s.get("name", "") for s in t[0]), len(t[0]))
+    )
     report.trace_services = _services(spans)
     out.print(f"\n[bold]7. One order's trace[/] (trace id {report.trace_id}), as each process exported it")
     out.print(_trace_tree(spans, root))
@@ -433,15 +436,19 @@ def _summary(report: DemoReport, out: Console) -> None:
 
 def _kept(mesh: DemoMesh, out: Console) -> None:
     assert mesh.server is not None
-    token = mesh.work / "config-service" / "admin.token"
+    admin = mesh.work / "config-service" / "admin.token"
+    ingress = mesh.work / "ingress.token"
+    write_secret(ingress, mesh.token("ingress"))  # 0600, as every token the mesh writes
+    call = mesh.app / "call.py"
     out.print(
-        f"\n[bold]--keep[/]: the mesh keeps running (data in {mesh.work}). In another terminal:\n"
-        f"  export MESHCTL_CONTROL_PLANE={mesh.server.url} MESHCTL_TOKEN_FILE={token}\n"
-        f"  meshctl status                      # every workload, its version and identity\n"
-        f"  meshctl apply -f {mesh.app / 'policy'}   # change the YAML and apply it again\n"
-        f"  meshctl top                         # who calls whom, live\n"
-        "Traffic: any workload with a token (meshctl token create NAME) can call http://frontend/order/book.\n"
-        "Ctrl-C stops everything."
+        f"\n[bold]--keep[/]: the mesh keeps running (its files are in {mesh.work}). In another terminal:\n"
+        f'  export MESHCTL_SERVER={mesh.server.url} MESHCTL_TOKEN="$(cat {admin})"\n'
+        "  meshctl status                # every workload, its version, identity and certificate\n"
+        "  meshctl top                   # who calls whom, live\n"
+        f"  meshctl apply -f {mesh.app / 'policy'}   # after editing the YAML (e.g. the canary's weights)\n"
+        f'  MESH_SERVICE=ingress MESH_CONTROL_PLANE={mesh.server.url} MESH_TOKEN="$(cat {ingress})" \\\n'
+        f"    python {call}               # two orders, as the ingress workload\n"
+        "Ctrl-C here stops everything."
     )
     try:
         while True:

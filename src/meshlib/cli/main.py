@@ -75,6 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
+    consul = None
+    if args.consul:
+        from ..controlplane.consul_source import ConsulSettings
+
+        consul = ConsulSettings.from_options(args.consul, path(args.consul_token_file))
+    elif args.consul_token_file:
+        raise MeshError("--consul-token-file needs --consul URL")
     serve_forever(
         Path(args.data_dir),
         args.host,
@@ -88,6 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store_url=args.store,
         tls=args.tls,
         tls_names=args.tls_name,
+        consul=consul,
     )
     return 0
 
@@ -455,6 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="another host name or address the TLS certificate covers (repeatable)",
+    )
+    p.add_argument(
+        "--consul",
+        metavar="URL",
+        help="let ServiceEntries annotated discovery.meshlib.io/source: consul take their endpoints "
+        "from this Consul agent, e.g. http://127.0.0.1:8500 (needs meshlib[consul])",
+    )
+    p.add_argument(
+        "--consul-token-file",
+        help="the Consul ACL token, read from this file (else $CONSUL_HTTP_TOKEN_FILE or "
+        "$CONSUL_HTTP_TOKEN); never printed or logged",
     )
     p.add_argument("--trust-domain", default=CLUSTER_DOMAIN)
     p.add_argument(
