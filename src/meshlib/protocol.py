@@ -11,7 +11,9 @@ from .core.metrics import BUCKETS_MS
 from .core.snapshot import Snapshot, compile_snapshot
 from .errors import ConfigError, ConfigIssue
 from .policy.base import MeshModel
-from .policy.resources import Resource
+from .policy.discovered_endpoints import with_instances
+from .policy.discovery import consul_target
+from .policy.resources import Resource, ServiceEntry
 from .policy.validate import format_path, parse_resource, resource_label
 from .registry import WorkloadRegistration
 
@@ -115,6 +117,28 @@ class WatchRequest(MeshModel):
     nack: Nack | None = None
 
 
+def _with_discovered(resources: list[Resource], discovered: Any) -> list[Resource]:
+    """ServiceEntries annotated with a discovery source get the instances the config service
+    found (``discovered``: one record per Consul service); without a record, none yet."""
+    found: dict[tuple[str, str], list[Any]] = {}
+    for record in discovered if isinstance(discovered, list) else ():
+        if isinstance(record, dict) and record.get("source") == "consul":
+            instances = record.get("instances")
+            key = (str(record.get("service")), str(record.get("datacenter") or ""))
+            found[key] = instances if isinstance(instances, list) else []
+    out: list[Resource] = []
+    for resource in resources:
+        target = (
+            consul_target(resource.metadata.annotations, resource.spec.hosts)
+            if isinstance(resource, ServiceEntry)
+            else None
+        )
+        if isinstance(resource, ServiceEntry) and target is not None:
+            resource = with_instances(resource, found.get((target.service, target.datacenter), []))
+        out.append(resource)
+    return out
+
+
 def decode_snapshot(payload: Any) -> Snapshot:
     """A snapshot payload (from the watch API or a last-known-good file) compiled for use.
 
@@ -145,7 +169,7 @@ def decode_snapshot(payload: Any) -> Snapshot:
         raise ConfigError(issues)
     return compile_snapshot(
         payload["version"],
-        resources,
+        _with_discovered(resources, payload.get("discovered")),
         workloads,
         trust_domain=str(payload.get("trustDomain") or CLUSTER_DOMAIN),
     )

@@ -15,6 +15,7 @@
 | GET    /v1/workloads                     | reader   | registry and acknowledged versions     |
 | POST   /v1/workloads/{id}/edges          | workload | the workload's per-edge traffic summary |
 | GET    /v1/edges                         | reader   | the service graph (``meshctl top``)    |
+| GET    /v1/discovery                     | reader   | discovery sources: each Consul watch   |
 
 "workload": the caller's bootstrap token must be for the workload's own identity (the admin
 token may act for any); "reader": any valid token. With ``--insecure-open-registry``,
@@ -31,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -57,6 +58,9 @@ from .edges import EdgeBoard
 from .errors import HTTPError
 from .state import ConfigState, RegistryFull
 from .workload_auth import WorkloadGate
+
+if TYPE_CHECKING:
+    from .consul_source import ConsulDiscovery, ConsulSettings
 
 __all__ = [
     "HTTPError",  # re-exported: the CA routes raise it too
@@ -110,7 +114,11 @@ class VersionNotifier:
 
 
 def _follower(
-    state: ConfigState, notifier: VersionNotifier, tokens: TokenRegistry | None, delay: float = 0.01
+    state: ConfigState,
+    notifier: VersionNotifier,
+    tokens: TokenRegistry | None,
+    delay: float = 0.01,
+    after: Callable[[], None] = lambda: None,
 ) -> Callable[[], None]:
     """What a shared store calls (from its own thread) when another replica changed it: the
     state is read again on this loop, once per burst of changes, and every watch woken."""
@@ -127,6 +135,7 @@ def _follower(
             log.exception("reading the shared store again failed; the next change retries")
             return
         notifier.notify()
+        after()
 
     def schedule() -> None:
         if not pending:
@@ -245,6 +254,7 @@ def create_app(
     extra_routes: list[Route] | None = None,
     tokens: TokenRegistry | None = None,
     open_registry: bool = False,
+    consul: ConsulSettings | None = None,
 ) -> Starlette:
     """The /v1 API over ``state``; writes need ``Authorization: Bearer <admin token>``.
 
@@ -253,8 +263,15 @@ def create_app(
     caller on the network can announce itself as, or withdraw, or speak for another
     workload. ``open_registry`` (``meshctl serve --insecure-open-registry``) lets callers
     without credentials register identities that never had a token, for meshes that do not
-    use the CA; identities with tokens stay protected in that mode too."""
+    use the CA; identities with tokens stay protected in that mode too. With ``consul`` the
+    service watches Consul for the ServiceEntries that name it (consul_source.py)."""
     notifier = VersionNotifier()
+    discovery: list[ConsulDiscovery] = []  # started with the app (it needs the loop)
+
+    def entries_changed() -> None:
+        for source in discovery:
+            source.reconcile()
+
     gate = WorkloadGate(admin_token, tokens, open_registry=open_registry)
     board = EdgeBoard()
 
@@ -279,6 +296,7 @@ def create_app(
         results = outcome.results
         if not body.dry_run and any(r.action != "unchanged" for r in results):
             notifier.notify()
+            entries_changed()
             log.info(
                 "applied version %d: %s",
                 state.version,
@@ -318,6 +336,7 @@ def create_app(
         if not state.delete([key]):
             raise HTTPError(404, f"{key} not found")
         notifier.notify()
+        entries_changed()
         log.info("deleted %s at version %d", key, state.version)
         return JSONResponse({"version": state.version, "deleted": key._asdict()})
 
@@ -404,6 +423,25 @@ def create_app(
         gate.reader(request)
         return JSONResponse({"edges": board.edges()})
 
+    async def list_discovery(request: Request) -> Response:
+        gate.reader(request)
+        if discovery:
+            return JSONResponse({"version": state.version, "consul": discovery[0].status()})
+        # Without --consul: entries that name it are served with what the store last held.
+        items = [
+            {
+                **target.to_json(),
+                "entries": [f"{e.namespace}/{e.name}" for e in entries],
+                "state": "not configured",
+                "instances": len(found) if (found := state.discovered(target)) is not None else None,
+                "stale": True,
+                "error": "this config service was started without --consul: "
+                "the instances stored last are served",
+            }
+            for target, entries in sorted(state.consul_targets().items())
+        ]
+        return JSONResponse({"version": state.version, "consul": items})
+
     async def list_workloads(request: Request) -> Response:
         gate.reader(request)
         return JSONResponse({"version": state.version, "items": [w.to_json() for w in state.workloads()]})
@@ -417,19 +455,35 @@ def create_app(
                     if state.reap():
                         notifier.notify_soon()
                     state.flush()
+                    entries_changed()  # also catches up after a failed reconcile
                 except Exception:
                     log.exception("registry housekeeping failed; will retry")
 
+        if consul is not None:
+            from .consul_source import ConsulDiscovery
+
+            discovery.append(ConsulDiscovery(consul, state, notifier.notify))
+            entries_changed()
+        elif state.consul_targets():
+            for target, entries in sorted(state.consul_targets().items()):
+                log.error(
+                    "ServiceEntry %s names Consul service %s but this config service has no --consul: "
+                    "serving the instances stored last, which nothing updates",
+                    ", ".join(f"{e.namespace}/{e.name}" for e in entries),
+                    target.name,
+                )
         task = asyncio.create_task(housekeeping())
         follow = getattr(state.store, "follow", None)
         if follow is not None:  # a shared store: other replicas change it too
-            follow(_follower(state, notifier, tokens))
+            follow(_follower(state, notifier, tokens, after=entries_changed))
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            for source in discovery:
+                await source.close()
             state.flush()
 
     routes = [
@@ -445,6 +499,7 @@ def create_app(
         Route("/v1/workloads/{id}", errors(delete_workload), methods=["DELETE"]),
         Route("/v1/workloads/{id}/edges", errors(put_edges), methods=["POST"]),
         Route("/v1/edges", errors(list_edges), methods=["GET"]),
+        Route("/v1/discovery", errors(list_discovery), methods=["GET"]),
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

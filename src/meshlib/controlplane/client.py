@@ -106,6 +106,11 @@ class ControlPlaneClient:
         result: dict[str, Any] = self._call("GET", "/v1/workloads")
         return result
 
+    def discovery(self) -> dict[str, Any]:
+        """Each discovery source's watches (``consul``): state, instances, errors."""
+        result: dict[str, Any] = self._call("GET", "/v1/discovery")
+        return result
+
     def edges(self) -> dict[str, Any]:
         """The service graph: one row per edge, from the workloads' latest reports."""
         result: dict[str, Any] = self._call("GET", "/v1/edges")

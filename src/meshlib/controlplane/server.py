@@ -29,6 +29,7 @@ from .state import ConfigState
 from .store import SQLiteStore, Store
 
 if TYPE_CHECKING:
+    from .consul_source import ConsulSettings
     from .etcd_store import EtcdStore
 
 __all__ = ["INSECURE_WARNING", "ConfigServer", "build_app", "serve_forever"]
@@ -61,12 +62,14 @@ def build_app(
     open_registry: bool = False,
     store_url: str | None = None,
     tls_names: Sequence[str] | None = None,
+    consul: ConsulSettings | None = None,
 ) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``, or over etcd (``store_url``
     ``etcd://host:port[,...]``, shared by replicas): (app, state, token path, token created).
     With ``tls_names`` the service gets a certificate of its CA for those names (written to
     ``<data-dir>/tls``, with the bundle clients verify it by: ``tls/ca-bundle.pem``); the
-    paths are in ``app.state.tls``."""
+    paths are in ``app.state.tls``. With ``consul`` ServiceEntries may take their endpoints
+    from that Consul agent (consul_source.py)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     token, token_path, created = ensure_admin_token(data_dir)
@@ -93,7 +96,11 @@ def build_app(
         store.close()
         raise
     state = ConfigState(
-        store, trust_domain=trust_domain, workload_ttl=workload_ttl, trust_bundle=tuple(ca.trust_bundle())
+        store,
+        trust_domain=trust_domain,
+        workload_ttl=workload_ttl,
+        trust_bundle=tuple(ca.trust_bundle()),
+        discovery_sources=frozenset({"consul"}) if consul is not None else frozenset(),
     )
     tokens = TokenRegistry(store)
     routes = ca_routes(ca, tokens, token)
@@ -104,6 +111,7 @@ def build_app(
         extra_routes=routes,
         tokens=tokens,
         open_registry=open_registry,
+        consul=consul,
     )
     app.state.ca_key_id = ca.key_id
     app.state.tls = _tls_files(ca, data_dir, tls_names) if tls_names is not None else None
@@ -184,6 +192,7 @@ def serve_forever(
     store_url: str | None = None,
     tls: bool = False,
     tls_names: Sequence[str] = (),
+    consul: ConsulSettings | None = None,
 ) -> None:
     """``meshctl serve``: run until SIGINT/SIGTERM, then release watches and exit cleanly."""
     app, state, token_path, created = build_app(
@@ -196,6 +205,7 @@ def serve_forever(
         open_registry=open_registry,
         store_url=store_url,
         tls_names=tls_names_for(host, tls_names) if tls else None,
+        consul=consul,
     )
     sock = bind(host, port)
     bound = sock.getsockname()[1]
@@ -211,6 +221,9 @@ def serve_forever(
     where = f"state in {store_url}, local files in {data_dir}" if store_url else f"data in {data_dir}"
     print(f"{where}; admin token {verb} {token_path}", flush=True)
     print(f"CA key id {app.state.ca_key_id}; trust bundle of {len(state.trust_bundle)} root(s)", flush=True)
+    if consul is not None:  # never the token
+        acl = "with an ACL token" if consul.token else "without an ACL token"
+        print(f"discovery: Consul at {consul.url} ({acl})", flush=True)
     config = _uvicorn_config(app, 5)
     try:
         _Server(config, app.state.notifier).run(sockets=[sock])
@@ -240,8 +253,10 @@ class ConfigServer:
         insecure_open_registry: bool = False,
         store_url: str | None = None,
         tls: bool = False,
+        consul: ConsulSettings | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.consul = consul
         self.store_url = store_url
         self.tls = tls
         self.ca_bundle_path: Path | None = None  # with tls: what clients verify the service by
@@ -275,6 +290,7 @@ class ConfigServer:
             open_registry=self.open_registry,
             store_url=self.store_url,
             tls_names=tls_names_for(self.host) if self.tls else None,
+            consul=self.consul,
             **self._ca,
         )
         if app.state.tls is not None:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from ..core.hosts import CLUSTER_DOMAIN, normalize_host
 from ..core.snapshot import entry_selects
 from ..errors import ConfigError, ConfigIssue
+from ..policy.discovery import SOURCE_ANNOTATION, ConsulTarget, consul_target
 from ..policy.resources import Resource, ResourceKey, ServiceEntry
 from ..policy.skipped import SkippedResource
 from ..policy.validate import format_path, parse_document, parse_resource, resource_label
@@ -33,6 +34,7 @@ from ..registry import WorkloadRegistration
 from .store import Store, StoreConflict, StoredResource, StoredWorkload
 
 __all__ = [
+    "DISCOVERED_KIND",
     "MAX_ENDPOINTS_PER_SERVICE",
     "MAX_REGISTRY_ENDPOINTS",
     "MAX_WORKLOADS",
@@ -54,6 +56,11 @@ R = TypeVar("R")
 _RACE_RETRIES = 8
 
 Action = Literal["created", "configured", "unchanged"]
+
+# What a discovery source found is stored as a resource of this kind (no policy kind starts
+# with "_": a user cannot apply one), one per Consul service: written once at a new version by
+# whichever replica sees the change first, read by the others with the rest of the store.
+DISCOVERED_KIND = "_Discovered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +145,9 @@ class ConfigState:
     # (clients would send their requests, and their credentials, to the config service).
     reserved: set[tuple[str, int]] = field(default_factory=set)
     forget_after: float = 0.0  # seconds a lost workload stays listed (0: ten times the TTL)
+    # Discovery sources this config service runs ("consul": meshctl serve --consul); an entry
+    # naming another is refused at apply.
+    discovery_sources: frozenset[str] = frozenset()
     version: int = field(init=False, default=0)
     _resources: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
     _parsed: dict[ResourceKey, Resource] = field(init=False, default_factory=dict)
@@ -148,6 +158,7 @@ class ConfigState:
     _live: int = field(init=False, default=0)  # workloads not lost
     _own_addresses: set[str] = field(init=False, default_factory=set)
     _entries: dict[str, ServiceEntry] | None = field(init=False, default=None)  # host -> its ServiceEntry
+    _discovered: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.forget_after:
@@ -177,7 +188,11 @@ class ConfigState:
         """Serve ``stored`` (parsed again only where it changed)."""
         resources: dict[ResourceKey, StoredResource] = {}
         parsed: dict[ResourceKey, Resource] = {}
+        self._discovered = {}
         for item in stored:
+            if item.key.kind == DISCOVERED_KIND:
+                self._discovered[item.key] = item
+                continue
             old = self._resources.get(item.key)
             if old is not None and old.version == item.version and old.manifest == item.manifest:
                 resources[item.key], parsed[item.key] = old, self._parsed[item.key]
@@ -354,6 +369,19 @@ class ConfigState:
                 continue
             first[resource.key] = index
             parsed.append(resource)
+            if (
+                isinstance(resource, ServiceEntry)
+                and consul_target(resource.metadata.annotations, resource.spec.hosts) is not None
+                and "consul" not in self.discovery_sources
+            ):
+                issues.append(
+                    ConfigIssue(
+                        "consul: this config service has no Consul agent to ask; start meshctl serve "
+                        "with --consul http://<agent>:8500, or list the endpoints",
+                        resource=label,
+                        path=format_path(("metadata", "annotations", SOURCE_ANNOTATION)),
+                    )
+                )
         if issues:
             raise ConfigError(issues)
         return parsed, skipped
@@ -606,6 +634,62 @@ class ConfigState:
         self.store.save_workloads(version, (), ())
         self._moved_to(version)
 
+    # --- discovered endpoints (controlplane/consul_source.py) ---------------------------
+
+    def consul_targets(self) -> dict[ConsulTarget, list[ServiceEntry]]:
+        """Every Consul service a ServiceEntry takes its endpoints from, with those entries."""
+        out: dict[ConsulTarget, list[ServiceEntry]] = {}
+        for resource in self._parsed.values():
+            if isinstance(resource, ServiceEntry):
+                target = consul_target(resource.metadata.annotations, resource.spec.hosts)
+                if target is not None:
+                    out.setdefault(target, []).append(resource)
+        return out
+
+    def discovered(self, target: ConsulTarget) -> list[dict[str, Any]] | None:
+        """The instances stored for ``target`` (None: none stored yet)."""
+        item = self._discovered.get(_discovered_key(target))
+        return list(item.manifest["instances"]) if item is not None else None
+
+    def put_discovered(self, target: ConsulTarget, instances: list[dict[str, Any]]) -> bool:
+        """Store what a source found for ``target``; True when that is a new version (the
+        instances differ from those stored, by this replica or another). Nothing for a target
+        no entry uses any more."""
+        return self._raced(lambda: self._put_discovered(target, instances))
+
+    def _put_discovered(self, target: ConsulTarget, instances: list[dict[str, Any]]) -> bool:
+        key = _discovered_key(target)
+        current = self._discovered.get(key)
+        if target not in self.consul_targets() or (
+            current is not None and current.manifest["instances"] == instances
+        ):
+            return False
+        version = self.version + 1
+        item = StoredResource(key, {"source": "consul", **target.to_json(), "instances": instances}, version)
+        self.store.commit(version, [item], ())
+        self.version = version
+        self._discovered[key] = item
+        self._payload = None
+        return True
+
+    def drop_unused_discovered(self) -> bool:
+        """Remove records no ServiceEntry uses any more (an entry deleted or changed); they
+        are in no snapshot, but the version moves so that replicas agree on the store."""
+        return self._raced(self._drop_unused)
+
+    def _drop_unused(self) -> bool:
+        used = {_discovered_key(t) for t in self.consul_targets()}
+        unused = [key for key in self._discovered if key not in used]
+        if not unused:
+            return False
+        version = self.version + 1
+        self.store.commit(version, (), unused)
+        self.version = version
+        for key in unused:
+            del self._discovered[key]
+        self._payload = None
+        return True
+
     # --- what workloads receive -------------------------------------------------------
 
     def payload(self) -> bytes:
@@ -621,9 +705,18 @@ class ConfigState:
                     for w in self._workloads.values()
                     if not w.lost and w.registration.endpoints
                 ],
+                "discovered": [
+                    self._discovered[key].manifest
+                    for key in sorted({_discovered_key(t) for t in self.consul_targets()})
+                    if key in self._discovered
+                ],
             }
             self._payload = (self.version, json.dumps(body, separators=(",", ":")).encode())
         return self._payload[1]
+
+
+def _discovered_key(target: ConsulTarget) -> ResourceKey:
+    return ResourceKey(DISCOVERED_KIND, "consul", target.name)
 
 
 def _canonical(address: str) -> str:

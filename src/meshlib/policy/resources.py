@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 
 from .base import FieldPath, MeshModel
 from .destination_rule import DestinationRuleSpec
+from .discovery import discovery_problems
 from .rate_limit import RateLimitSpec
 from .security import AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec
 from .service_entry import ServiceEntrySpec
@@ -164,6 +165,10 @@ class ServiceEntry(Resource):
     GROUP = "networking.istio.io"
     KIND = "ServiceEntry"
     spec: ServiceEntrySpec
+
+    def _check(self) -> Iterator[tuple[FieldPath, str]]:
+        yield from super()._check()
+        yield from discovery_problems(self.metadata.annotations, self.spec)  # policy/discovery.py
 
 
 class PeerAuthentication(Resource):
