@@ -90,3 +90,35 @@ def test_ctrl_c_stops_every_process_the_demo_started() -> None:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+
+
+def test_keep_leaves_the_mesh_running_and_the_commands_it_prints_work() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "meshlib", "demo", "--quick", "--keep"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        printed: list[str] = []
+        for line in demo.stdout:
+            printed.append(line)
+            if line.startswith("Ctrl-C here stops everything"):
+                break
+        text = "".join(printed)
+        commands = text[text.index("In another terminal:") :].splitlines()[1:]
+        shell = "\n".join(line.split("  #")[0] for line in commands if line.startswith("  "))
+        shell = shell.replace("meshctl top", "true").replace("meshctl apply", "true")  # top runs until stopped
+        shell = shell.replace("meshctl ", f"{sys.executable} -m meshlib ")
+        ran = subprocess.run(["bash", "-euc", shell], capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert ran.stdout.count("200 {") == 2, ran.stdout
+        assert "spiffe://cluster.local/ns/default/sa/frontend" in ran.stdout  # meshctl status
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=30)
+        assert demo.returncode == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()

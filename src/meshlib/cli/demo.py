@@ -24,6 +24,7 @@ import copy
 import logging
 import math
 import secrets
+import sys
 import threading
 import time
 from collections import Counter
@@ -440,15 +441,19 @@ def _kept(mesh: DemoMesh, out: Console) -> None:
     ingress = mesh.work / "ingress.token"
     write_secret(ingress, mesh.token("ingress"))  # 0600, as every token the mesh writes
     call = mesh.app / "call.py"
-    out.print(
-        f"\n[bold]--keep[/]: the mesh keeps running (its files are in {mesh.work}). In another terminal:\n"
+    out.print(f"\n[bold]--keep[/]: the mesh keeps running (its files are in {mesh.work}).", soft_wrap=True)
+    out.print(  # soft_wrap: commands are copied as printed, never cut at the terminal's width
+        "In another terminal:\n"
         f'  export MESHCTL_SERVER={mesh.server.url} MESHCTL_TOKEN="$(cat {admin})"\n'
         "  meshctl status                # every workload, its version, identity and certificate\n"
         "  meshctl top                   # who calls whom, live\n"
         f"  meshctl apply -f {mesh.app / 'policy'}   # after editing the YAML (e.g. the canary's weights)\n"
         f'  MESH_SERVICE=ingress MESH_CONTROL_PLANE={mesh.server.url} MESH_TOKEN="$(cat {ingress})" \\\n'
-        f"    python {call}               # two orders, as the ingress workload\n"
-        "Ctrl-C here stops everything."
+        f"    {sys.executable} {call}   # two orders, as the ingress workload\n"
+        "Ctrl-C here stops everything.",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
     )
     try:
         while True:
