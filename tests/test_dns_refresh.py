@@ -31,7 +31,7 @@ async def test_answers_follow_changes_survive_failures_and_drop_unwanted_names()
         assert isinstance(found, tuple)
         return found
 
-    refresher = DnsRefresher(published.append, lookup, refresh=0.01)
+    refresher = DnsRefresher(published.append, lookup, refresh=0.01, failure_base=0.01, failure_max=0.01)
     loop = asyncio.get_running_loop()
 
     async def settle(condition: object) -> None:

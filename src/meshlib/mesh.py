@@ -37,9 +37,10 @@ from .core.routing_table import RoutingTable
 from .core.server_stack import Answer, Inbound, default_server_stack
 from .core.snapshot import Snapshot, WorkloadSecurity, compile_snapshot, telemetry_for
 from .core.stack import Flow, Stack
-from .dns_refresh import DnsRefresher
+from .dns_refresh import Answers, DnsRefresher, Lookup
+from .dns_resolver import DefaultLookup, DnsResolver
 from .drivers import AuthorizationProvider
-from .errors import ConfigError, ControlPlaneError, MeshError
+from .errors import ConfigError, ConfigIssue, ControlPlaneError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
 from .last_known_good import load_last_known_good, save_last_known_good
 from .peer import PeerIdentity
@@ -97,6 +98,7 @@ class Mesh:
         static_poll_interval: float = 1.0,
         certificate_ttl: float | None = None,
         locality: str = "",
+        dns_servers: str | Sequence[str] | None = None,
         telemetry: TelemetrySettings | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
@@ -113,6 +115,7 @@ class Mesh:
             data_dir=Path(data_dir) if data_dir is not None else None,
             trust_domain=trust_domain,
             locality=locality,
+            dns_servers=tuple(_dns_servers(dns_servers)),
             telemetry=telemetry or TelemetrySettings(),
         )
         self.startup_timeout = startup_timeout
@@ -132,7 +135,7 @@ class Mesh:
         self._authenticate: Callable[[Inbound], str | None] | None = None
         self._rate_limiter: RateLimiter | None = None
         self._grpc_plane: RoutingTable | None = None
-        self.dns = DnsRefresher(self._dns_changed)
+        self.dns = DnsRefresher(self._dns_changed, _dns_lookup(self.settings))
         """Resolves ServiceEntry resolution DNS names in the background (``dns.lookup``: how)."""
         self.clusters = Clusters(
             time.monotonic, locality=Locality.parse(self.settings.locality), labels=self._source_labels
@@ -187,7 +190,8 @@ class Mesh:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Mesh:
         """Build from MESH_SERVICE, MESH_NAMESPACE, MESH_LABELS, MESH_CONTROL_PLANE, MESH_TOKEN,
-        MESH_CONFIG, MESH_DATA_DIR, MESH_TRUST_DOMAIN and MESH_LOCALITY; keyword options win."""
+        MESH_CONFIG, MESH_DATA_DIR, MESH_TRUST_DOMAIN, MESH_LOCALITY and MESH_DNS_SERVERS;
+        keyword options win."""
         s = MeshSettings.from_env(environ)
         values: dict[str, Any] = {
             "namespace": s.namespace,
@@ -198,6 +202,7 @@ class Mesh:
             "data_dir": s.data_dir,
             "trust_domain": s.trust_domain,
             "locality": s.locality,
+            "dns_servers": s.dns_servers,
             "telemetry": s.telemetry,
         }
         values.update(options)
@@ -688,7 +693,7 @@ class Mesh:
             except Exception:
                 log.exception("snapshot listener %r failed", listener)
 
-    def _dns_changed(self, answers: Mapping[str, tuple[str, ...]]) -> None:
+    def _dns_changed(self, answers: Answers) -> None:
         """New DNS answers (on the loop): the same snapshot's tables, with the new addresses."""
         generation = self.dns.current[0]
         with self._changed:
@@ -741,6 +746,24 @@ def _no_terminal(_: Exchange) -> Flow[Reply]:
 def _no_server_terminal(_: Inbound) -> Flow[Answer]:
     raise AssertionError("the handle filter answers every request; nothing reaches past it")
     yield  # pragma: no cover - makes this a generator
+
+
+def _dns_servers(value: str | Sequence[str] | None) -> list[str]:
+    """``Mesh(dns_servers=...)``: a list, or one comma-separated string as in MESH_DNS_SERVERS."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return [item.strip() for item in items if item.strip()]
+
+
+def _dns_lookup(settings: MeshSettings) -> Lookup:
+    """MESH_DNS_SERVERS: dnspython towards them, for every name (TTLs respected). Unset: the
+    system resolver for A/AAAA (/etc/hosts keeps working), dnspython on resolv.conf for SRV."""
+    servers = settings.dns_server_addresses
+    if not servers:
+        return DefaultLookup()
+    try:
+        return DnsResolver(servers)
+    except ImportError as exc:
+        raise ConfigError(ConfigIssue(f"MESH_DNS_SERVERS={','.join(settings.dns_servers)}: {exc}")) from None
 
 
 def _fingerprint(path: Path) -> tuple[tuple[str, str], ...]:

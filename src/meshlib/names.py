@@ -20,12 +20,15 @@ __all__ = [
     "check_host",
     "check_label_key",
     "check_label_value",
+    "is_srv_name",
     "printable",
 ]
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")  # Istio lets hosts be any case
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+# RFC 2782 / RFC 6335: ``_service._proto.name``; the service label may hold letters, digits, '-'.
+_SRV_PREFIX = re.compile(r"_[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?\._[A-Za-z0-9]+\.")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -84,10 +87,26 @@ def check_host(value: str, what: str = "host", *, wildcard: bool = True, ip: boo
     return value
 
 
-def check_address(value: str, what: str = "address") -> str:
+def is_srv_name(value: str) -> bool:
+    """``_service._proto.name`` (RFC 2782): a name looked up as SRV records, not A/AAAA."""
+    prefix = _SRV_PREFIX.match(value)
+    return prefix is not None and _dns_name(value[prefix.end() :])
+
+
+def check_address(value: str, what: str = "address", *, srv: bool = False) -> str:
     """Where an endpoint can be reached: an IP address or a DNS name, never a wildcard, the
-    unspecified address (0.0.0.0, ::), a multicast or a broadcast address."""
+    unspecified address (0.0.0.0, ::), a multicast or a broadcast address. With ``srv``
+    also an SRV name, ``_service._tcp.name`` (whose records give the targets and ports)."""
     address = _ip(value)
+    if srv and address is None and value.startswith("_"):
+        if not is_srv_name(value):
+            raise ValueError(
+                f"invalid {what} {value!r}: an SRV name is _service._proto.name (RFC 2782), "
+                "e.g. _http._tcp.example.com"
+            )
+        if value.split(".")[1].lower() != "_tcp":
+            raise ValueError(f"invalid {what} {value!r}: mesh endpoints are reached over TCP: use _tcp")
+        return value
     if address is None:
         if value.startswith("unix://"):
             raise ValueError(f"invalid {what} {value!r}: Unix domain socket endpoints are not supported")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from .errors import ConfigError, ConfigIssue
 from .names import check_dns_label, check_label_key, check_label_value, check_locality
 from .paths import default_workload_dir
 
-__all__ = ["MeshSettings", "TelemetrySettings", "parse_labels"]
+__all__ = ["MeshSettings", "TelemetrySettings", "parse_dns_server", "parse_labels"]
 
 
 def parse_labels(text: str, variable: str = "MESH_LABELS") -> dict[str, str]:
@@ -30,6 +31,31 @@ def parse_labels(text: str, variable: str = "MESH_LABELS") -> dict[str, str]:
     return labels
 
 
+def parse_dns_server(text: str, variable: str = "MESH_DNS_SERVERS") -> tuple[str, int]:
+    """``10.0.0.2``, ``127.0.0.1:5353``, ``[::1]:5353``, ``fd00::2`` -> (ip, port), port 53
+    when none is given. An IP address: the resolver that finds names cannot need one itself."""
+    host, port_text = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port_text = rest.removeprefix(":") if rest.startswith(":") else "\x00"
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+        port = int(port_text) if port_text.isdigit() else -1
+    except ValueError:
+        address, port = None, -1
+    if address is None or not 0 < port < 65536:
+        raise ConfigError(
+            ConfigIssue(
+                f"{variable}: {text!r} is not a DNS server address: write ip or ip:port "
+                "(e.g. 127.0.0.1:5353 or [::1]:53), comma-separated"
+            )
+        )
+    return str(address), port
+
+
 @dataclass(frozen=True)
 class MeshSettings:
     """Everything a Mesh needs to know about the process it runs in."""
@@ -44,6 +70,7 @@ class MeshSettings:
     data_dir: Path | None = None
     trust_domain: str = CLUSTER_DOMAIN
     locality: str = ""  # region/zone/subzone, for locality load balancing
+    dns_servers: tuple[str, ...] = ()  # ip[:port] of the DNS servers resolution DNS asks; () = the system's
     telemetry: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())
 
     def __post_init__(self) -> None:
@@ -65,6 +92,13 @@ class MeshSettings:
         for url in self.control_plane:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(ConfigIssue(f"MESH_CONTROL_PLANE: {url!r} is not an http(s) URL"))
+        for server in self.dns_servers:
+            parse_dns_server(server)
+
+    @property
+    def dns_server_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``dns_servers`` as (ip, port) pairs."""
+        return tuple(parse_dns_server(server) for server in self.dns_servers)
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -90,6 +124,7 @@ class MeshSettings:
             data_dir=Path(data_dir) if data_dir else None,
             trust_domain=env.get("MESH_TRUST_DOMAIN", "").strip() or CLUSTER_DOMAIN,
             locality=env.get("MESH_LOCALITY", "").strip(),
+            dns_servers=tuple(d.strip() for d in env.get("MESH_DNS_SERVERS", "").split(",") if d.strip()),
             telemetry=TelemetrySettings.from_env(env),
         )
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..names import is_srv_name
 from ..policy.destination_rule import TrafficPolicy
 from ..policy.resources import ResourceKey, VirtualService
 from ..policy.virtual_service import (
@@ -30,6 +31,7 @@ from ..policy.virtual_service import (
 )
 from .call import Call
 from .delegation import merge_delegate_route
+from .dns import Record
 from .hosts import host_matches, normalize_host
 from .matching import Predicate, compile_matches
 from .retry_policy import RetryPolicy, compile_retry_policy
@@ -39,8 +41,8 @@ __all__ = ["Cluster", "HeaderOps", "HostRoutes", "Resolved", "Route", "RoutingTa
 
 NON_IDEMPOTENT_ANNOTATION = "retry.meshlib.io/non-idempotent"
 Family = Literal["http", "grpc"]
-Resolved = Mapping[str, tuple[str, ...]]
-"""DNS name -> the addresses it resolved to, in the resolver's order (no entry: not yet)."""
+Resolved = Mapping[str, tuple[Record, ...]]
+"""DNS name -> the addresses (or SRV targets) it resolved to (no entry: not yet)."""
 _NOTHING_RESOLVED: Resolved = {}
 _MAX_CACHED = 10_000  # hosts come from callers: caches keyed by them stay bounded
 
@@ -335,18 +337,32 @@ class RoutingTable:
 
     def _expand(self, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
         """Resolution DNS (Envoy STRICT_DNS): each name becomes one endpoint per address it
-        resolved to, each with the name's weight and labels. A name not resolved yet stays
-        as it is (connected to by name, through the system resolver); one that resolved to
-        nothing has no endpoints."""
+        resolved to, each with the name's weight and labels; an SRV name one per address of
+        each target, on the target's port, with its weight times the name's. A name not
+        resolved yet stays as it is (connected to by name, through the system resolver; an
+        SRV name has no endpoints until then); one that resolved to nothing has none."""
         if not any(e.dns for e in endpoints):
             return endpoints
         out: list[Endpoint] = []
         for endpoint in endpoints:
-            addresses = self.resolved.get(endpoint.address) if endpoint.dns else None
-            if addresses is None:
-                out.append(endpoint)
-            else:
-                out.extend(dataclasses.replace(endpoint, address=a, dns=False) for a in addresses)
+            records = self.resolved.get(endpoint.address) if endpoint.dns else None
+            if records is None:
+                if not (endpoint.dns and is_srv_name(endpoint.address)):
+                    out.append(endpoint)
+                continue
+            for record in records:
+                if isinstance(record, str):
+                    out.append(dataclasses.replace(endpoint, address=record, dns=False))
+                else:
+                    out.append(
+                        dataclasses.replace(
+                            endpoint,
+                            address=record.address,
+                            port=record.port,
+                            weight=endpoint.weight * record.weight,
+                            dns=False,
+                        )
+                    )
         return tuple(out)
 
 

@@ -30,8 +30,8 @@ FieldPath = tuple[str | int, ...]
 
 Host = Annotated[str, AfterValidator(check_host)]
 """A host in a resource: a DNS name (short or fully qualified), ``*``/``*.suffix``, or an IP."""
-Address = Annotated[str, AfterValidator(check_address)]
-"""Where an endpoint is reached: an IP address or a DNS name."""
+Address = Annotated[str, AfterValidator(lambda value: check_address(value, srv=True))]
+"""Where an endpoint is reached: an IP address, a DNS name, or an SRV name (resolution DNS)."""
 
 
 class MeshModel(BaseModel):

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from ..names import check_dns_label, check_locality
 from .base import Address, FieldPath, Host, MeshModel, check_export_to
+from .srv_endpoints import check_srv_endpoints
 
 __all__ = [
     "HTTP_PROTOCOLS",
@@ -184,6 +185,7 @@ class ServiceEntrySpec(MeshModel):
                         ("endpoints", index, "ports", port_name),
                         (f"no port named {port_name!r} in spec.ports"),
                     )
+        yield from check_srv_endpoints(mode, self.ports, self.endpoints)
         yield from self._check_identity()
         yield from check_export_to(self.export_to)
 
