@@ -109,7 +109,8 @@ def test_keep_leaves_the_mesh_running_and_the_commands_it_prints_work() -> None:
         text = "".join(printed)
         commands = text[text.index("In another terminal:") :].splitlines()[1:]
         shell = "\n".join(line.split("  #")[0] for line in commands if line.startswith("  "))
-        shell = shell.replace("meshctl top", "true").replace("meshctl apply", "true")  # top runs until stopped
+        # top runs until stopped, apply wants an edited file: the rest runs as printed
+        shell = shell.replace("meshctl top", "true").replace("meshctl apply", "true")
         shell = shell.replace("meshctl ", f"{sys.executable} -m meshlib ")
         ran = subprocess.run(["bash", "-euc", shell], capture_output=True, text=True, timeout=60)
         assert ran.returncode == 0, ran.stdout + ran.stderr
