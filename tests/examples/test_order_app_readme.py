@@ -3,17 +3,15 @@ state folder; what it prints is what the README says it prints."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.servers import free_port
+from tests.shell import run_bash
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "examples" / "order-app" / "README.md"
@@ -41,25 +39,9 @@ def test_the_by_hand_block_runs_the_app_and_places_both_orders(tmp_path: Path) -
     }
     # `source .venv/bin/activate` works from a clone; the test runs in whatever venv runs it.
     script = script.replace("source .venv/bin/activate\n", "")
-    process = subprocess.Popen(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        # The block ends with `kill $(jobs -p)`; whatever it missed goes with its group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-    assert process.returncode == 0, out
+    # The block ends with `kill $(jobs -p)`; whatever it missed goes with its group.
+    returncode, out = run_bash(script, cwd=ROOT, env=env, timeout=90)
+    assert returncode == 0, out
     orders = [line for line in out.splitlines() if line.startswith("200 {")]
     assert len(orders) == 2, out
     assert "'version': 'v2'" in orders[1]  # the test user, always on v2
