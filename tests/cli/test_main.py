@@ -107,6 +107,39 @@ def test_get_table_yaml_json_and_by_name(ctl, tmp_path: Path) -> None:  # type: 
     assert "unknown kind 'gateways'" in err
 
 
+def test_get_has_a_table_for_every_kind(ctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from meshlib.policy.resources import KINDS
+
+    limit = {
+        "apiVersion": "policy.meshlib.io/v1",
+        "kind": "RateLimit",
+        "metadata": {"name": "quotes"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "frontend"}},
+            "limits": [{"tokenBucket": {"maxTokens": 5, "tokensPerFill": 5, "fillInterval": "1s"}}],
+        },
+    }
+    telemetry = {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": {"name": "logs"},
+        "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]},
+    }
+    code, _, err = ctl("apply", "-f", write(tmp_path, "more.yaml", yaml.safe_dump_all([limit, telemetry])))
+    assert code == 0, err
+    code, out, _ = ctl("get", "rl")
+    assert code == 0
+    assert out.splitlines()[1].split()[:3] == ["quotes", "app=frontend", "1"]
+    code, out, _ = ctl("get", "telemetry")
+    assert out.splitlines()[1].split()[:3] == ["logs", "(namespace)", "accessLogging"]
+    code, out, err = ctl("get", "all")
+    assert code == 0, err
+    assert "quotes" in out
+    assert "logs" in out
+    for info in KINDS.values():  # every kind the service stores has a table
+        assert ctl("get", info.short[0])[0] == 0
+
+
 def test_reapplying_get_output_is_unchanged(ctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ctl("apply", "-f", write(tmp_path, "canary.yaml", CANARY))
     exported = write(tmp_path, "export.yaml", ctl("get", "vs", "reviews", "-o", "yaml")[1])

@@ -145,7 +145,17 @@ def _columns(info: KindInfo, res: Resource) -> list[str]:
         return [spec.mtls.mode if spec.mtls else "UNSET"]
     if info.kind == "AuthorizationPolicy":
         return [spec.action]
-    return [",".join(r.issuer for r in spec.jwt_rules) or "-"]
+    if info.kind == "RequestAuthentication":
+        return [",".join(r.issuer for r in spec.jwt_rules) or "-"]
+    selector = getattr(spec, "selector", None)
+    selected = ",".join(f"{k}={v}" for k, v in sorted(selector.match_labels.items())) if selector else ""
+    if info.kind == "RateLimit":
+        return [selected or "(namespace)", str(len(spec.limits))]
+    if info.kind == "Telemetry":
+        configured = (("tracing", spec.tracing), ("accessLogging", spec.access_logging))
+        parts = [name for name, value in configured if value]
+        return [selected or "(namespace)", ",".join(parts) or "-"]
+    raise MeshError(f"meshctl get has no table for {info.kind}; use -o yaml")
 
 
 _HEADERS = {
@@ -155,6 +165,8 @@ _HEADERS = {
     "PeerAuthentication": ["MODE"],
     "AuthorizationPolicy": ["ACTION"],
     "RequestAuthentication": ["ISSUERS"],
+    "RateLimit": ["SELECTOR", "LIMITS"],
+    "Telemetry": ["SELECTOR", "CONFIGURES"],
 }
 
 
@@ -510,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("get", cmd_get, "list resources of a kind, or show some by name")
     p.add_argument(
         "kind",
-        help="kind: VirtualService/vs, DestinationRule/dr, ServiceEntry/se, "
-        "PeerAuthentication/pa, AuthorizationPolicy/ap, RequestAuthentication/ra, all",
+        help="kind: VirtualService/vs, DestinationRule/dr, ServiceEntry/se, PeerAuthentication/pa, "
+        "AuthorizationPolicy/ap, RequestAuthentication/ra, RateLimit/rl, Telemetry, all",
     )
     p.add_argument("name", nargs="*")
     namespace(p)
