@@ -16,6 +16,7 @@ from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.etcd_store import EtcdStore, parse_etcd_url
 from meshlib.controlplane.server import ConfigServer
 from meshlib.controlplane.state import ConfigState
+from meshlib.controlplane.store import StoreConflict
 from meshlib.errors import MeshError
 from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
 from tests.conftest import destination_rule, virtual_service
@@ -216,6 +217,9 @@ def test_changes_larger_than_one_etcd_transaction_are_written_whole(etcd: str) -
             store.close()
 
 
+_ENDPOINT = AnnouncedEndpoint(address="127.0.0.1", port=9080)
+
+
 def test_a_large_change_left_half_written_is_finished_by_the_next_reader(
     etcd: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,8 +233,15 @@ def test_a_large_change_left_half_written_is_finished_by_the_next_reader(
             return None
 
         monkeypatch.setattr(stores[0], "_finish", dies)
+        assert a.register(WorkloadRegistration(id="w-1", service="reviews", endpoints=[_ENDPOINT]))
+        b.resync()
         assert a.apply([named(f"vs{i}") for i in range(150)]).results
         version = a.version
+        # A write at the version B holds is refused while the intent is there: B re-reads
+        # (finishing the intent) and writes again, never under a half-written change.
+        b.seen("w-1", acked=version - 1)
+        with pytest.raises(StoreConflict):
+            b._flush_once()
         b.resync()
         assert b.version == version
         assert len(b.resources("VirtualService")) == 150

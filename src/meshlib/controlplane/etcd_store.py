@@ -122,8 +122,9 @@ class EtcdStore:
         try:
             return await op(self._client)
         except self._aetcd.exceptions.ClientError as exc:
-            if isinstance(exc, self._aetcd.exceptions.PreconditionFailedError):
-                raise
+            refused = self._aetcd.exceptions
+            if isinstance(exc, refused.PreconditionFailedError | refused.InvalidArgumentError):
+                raise  # etcd answered and refused the request: another endpoint would too
             log.warning(
                 "etcd %s:%d failed (%s): trying the next endpoint", *self._endpoints[self._current], exc
             )
@@ -165,11 +166,15 @@ class EtcdStore:
             # another replica changed meanwhile is never overwritten with an older copy
             # (the loser re-reads, keeps its own acks and last-seen times, and writes again).
             # In pieces (etcd's --max-txn-ops); a piece already written is simply current.
+            # Never while a large change is half written (the re-read finishes it first).
+            pending = self._key("pending")
             for some_puts, some_deletes in _pieces(puts, deletes):
-                compare = [tx.mod(k) == self._seen.get(k, 0) for k, _ in some_puts]
+                compare = [tx.version(pending) == 0]
+                compare += [tx.mod(k) == self._seen.get(k, 0) for k, _ in some_puts]
                 if not await self._txn(compare, some_puts, some_deletes):
                     raise StoreConflict("another replica changed these entries since they were read")
             return
+        _check_size(puts)
         pending = self._key("pending")
         compare = [tx.value(key) == str(version - 1).encode(), tx.version(pending) == 0]
         if version == 1:  # the first version: over no version key at all, or over "0"
@@ -186,14 +191,16 @@ class EtcdStore:
             # replica moves the version, and any replica that reads it finishes the job.
             written = [[k.decode(), v.decode()] for k, v in puts]
             intent = json.dumps({"puts": written, "deletes": [k.decode() for k in deletes]}).encode()
-            if len(intent) > _INTENT_BYTES:
-                raise ConfigError(  # answered 422 with this message; nothing was written
-                    f"a change of {len(puts) + len(deletes)} resources ({len(intent)} bytes) is larger "
-                    f"than one etcd request may be ({_INTENT_BYTES} bytes): apply it in smaller parts"
-                )
+            _check_size([(pending, intent)])
             if not await self._txn(compare, [(pending, intent), moved], []):
                 raise StoreConflict(f"another replica moved the version past {version - 1}")
-            await self._finish(self._seen[pending], puts, deletes)
+            self._held = version  # committed: whoever reads the intent writes it out
+            try:
+                await self._finish(self._seen[pending], puts, deletes)
+            except self._aetcd.exceptions.ClientError as exc:
+                log.warning(
+                    "writing out version %d failed (%s); the next replica to read finishes it", version, exc
+                )
         self._held = version
 
     async def _finish(self, revision: int, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
@@ -334,6 +341,16 @@ class EtcdStore:
         with contextlib.suppress(Exception):
             self._call(shut())
         self._loop.stop()
+
+
+def _check_size(puts: list[tuple[bytes, bytes]]) -> None:
+    """Refuse (422, nothing written) what etcd would refuse as too large for one request."""
+    size = sum(len(k) + len(v) for k, v in puts)
+    if size > _INTENT_BYTES:
+        raise ConfigError(
+            f"a change of {len(puts)} entries ({size} bytes) is larger than one etcd request may "
+            f"be ({_INTENT_BYTES} bytes): apply it in smaller parts"
+        )
 
 
 def _pieces(
