@@ -155,6 +155,11 @@ def test_settings_read_the_token_from_a_file_and_never_show_it(tmp_path: Any, mo
     for bad in ("127.0.0.1:8500", "http://127.0.0.1:port", "http://consul/v1/"):
         with pytest.raises(MeshError, match="--consul"):
             ConsulSettings.from_options(bad)
+    with pytest.raises(MeshError, match="--consul-token-file") as refused:
+        ConsulSettings.from_options("http://user:hunter2@127.0.0.1:8500")
+    assert "hunter2" not in str(refused.value)  # the URL's secret is never echoed
+    with pytest.raises(MeshError, match="consul-datacenter annotation"):
+        ConsulSettings.from_options("http://127.0.0.1:8500?dc=dc2")
 
 
 def test_a_workload_reading_policy_files_refuses_an_entry_that_names_consul(tmp_path: Any) -> None:

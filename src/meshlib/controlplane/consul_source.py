@@ -84,6 +84,17 @@ class ConsulSettings:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
             raise MeshError(f"--consul {url!r}: expected http://host:port or https://host:port")
+        if parts.username is not None or parts.password is not None:
+            # Never echoed back: the URL may hold a secret.
+            raise MeshError(
+                "--consul: a user or password in the URL is not used by Consul's API; give the ACL "
+                "token with --consul-token-file (or $CONSUL_HTTP_TOKEN_FILE) instead"
+            )
+        if parts.query or parts.fragment:
+            raise MeshError(
+                f"--consul {url!r}: a query or fragment has no effect; name the datacenter per entry "
+                "with the discovery.meshlib.io/consul-datacenter annotation"
+            )
         try:
             parts.port  # noqa: B018 - raises for a port that is not a number
         except ValueError:
@@ -331,7 +342,7 @@ class ConsulDiscovery:
         target = watch.target
         # Backwards (a snapshot restored, a new leader): start over at 0. Never below 1
         # otherwise: a query at index 0 would not block, and the loop would spin.
-        watch.index = 0 if index < watch.index else max(index, 1)
+        next_index = 0 if index < watch.index else max(index, 1)
         watch.answers += 1
         watch.last_answer = time.time()
         if watch.error is not None:
@@ -339,7 +350,10 @@ class ConsulDiscovery:
             watch.error = watch.failing_since = None
         instances = instances_of(entries, target.datacenter)
         watch.instances = len(instances)
-        if self._state.put_discovered(target, instances):
+        changed = self._state.put_discovered(target, instances)
+        # Only once stored: a failed write is asked again at the old index, at once.
+        watch.index = next_index
+        if changed:
             watch.last_change = watch.last_answer
             log.info(
                 "Consul service %s: %d passing instance(s) at index %d: config version %d",
