@@ -66,12 +66,20 @@ def test_meshctl_demo_exits_0_with_plain_output_when_not_on_a_terminal() -> None
     assert "nothing is left running" in result.stdout
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C as at a terminal. A shell's background job inherits SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler: the test must not depend on how
+    pytest itself was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process_the_demo_started() -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "meshlib", "demo", "--quick"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
     try:
         assert demo.stdout is not None
@@ -98,6 +106,7 @@ def test_keep_leaves_the_mesh_running_and_the_commands_it_prints_work() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
     try:
         assert demo.stdout is not None
