@@ -313,14 +313,16 @@ App = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 def _with_tls(app: App, ssl_object: ssl.SSLObject | None) -> App:
-    """The ASGI TLS extension for every request of one connection."""
+    """The ASGI TLS extension for every request of one connection; ``client_cert_chain``
+    holds the verified client certificate (PEM), as the ASGI TLS extension defines it."""
     peer = peer_spiffe_id(ssl_object)
+    der = ssl_object.getpeercert(True) if ssl_object is not None else None
     extension: dict[str, Any] = {
         "tls_version": {"TLSv1.2": 0x303, "TLSv1.3": 0x304}.get(ssl_object.version() or "")
         if ssl_object
         else None,
         "cipher_suite": None,
-        "client_cert_chain": [],
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
         "client_cert_name": None,
         "client_cert_error": None,
         "server_cert": None,
