@@ -64,6 +64,16 @@ class TokenRegistry:
         self._store = store
         self._clock = clock
         self._tokens = {t["id"]: BootstrapToken(**t) for t in store.load_tokens()}
+        self.revocations = 0
+        """How many revocations this registry has seen: a long-held request (a watch) checks
+        its credential again when this moves."""
+        self.on_revoke: list[Callable[[], None]] = []
+        """Called (on the service's loop) after a revocation, here or read from the store."""
+
+    def _revoked(self) -> None:
+        self.revocations += 1
+        for listener in self.on_revoke:
+            listener()
 
     def reload(self) -> None:
         """Read the tokens again (a shared store: another replica created or revoked some).
@@ -72,7 +82,10 @@ class TokenRegistry:
         for token_id, record in self._tokens.items():
             if record.revoked and token_id in loaded and not loaded[token_id].revoked:
                 loaded[token_id] = record
+        newly = any(t.revoked and not getattr(self._tokens.get(i), "revoked", 0) for i, t in loaded.items())
         self._tokens = loaded
+        if newly:  # another replica revoked one
+            self._revoked()
 
     def create(self, service: str, namespace: str, ttl: float) -> tuple[BootstrapToken, str]:
         for label, value in (("service", service), ("namespace", namespace)):
@@ -112,6 +125,7 @@ class TokenRegistry:
         revoked = BootstrapToken(**{**asdict(record), "revoked": 1})
         self._store.put_token(asdict(revoked))
         self._tokens[token_id] = revoked
+        self._revoked()
         return revoked
 
     def issued_for(self, namespace: str, service: str) -> bool:

@@ -273,6 +273,8 @@ def create_app(
             source.reconcile()
 
     gate = WorkloadGate(admin_token, tokens, open_registry=open_registry)
+    if tokens is not None:
+        tokens.on_revoke.append(notifier.notify)  # held watches check their token again
     board = EdgeBoard()
 
     admin = require_admin(admin_token)
@@ -358,11 +360,16 @@ def create_app(
                 if state.seen(workload, acked=body.ack, nacked=nacked):
                     notifier.notify_soon()
                 handle = state.watch_begin(workload)
+        revocations = tokens.revocations if tokens is not None else 0
         try:
             deadline = time.monotonic() + body.wait
             while True:
                 waiter = notifier.arm()  # before the check, so no change can slip in between
+                if tokens is not None and tokens.revocations != revocations:
+                    revocations = tokens.revocations
+                    gate.reader(request)  # 401 now if this watch's own token was revoked
                 if state.version != body.version:
+                    gate.reader(request)  # still valid (not revoked or expired while it waited)
                     break
                 if notifier.closing:
                     return _error(503, "config service is shutting down")
