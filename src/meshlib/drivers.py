@@ -16,9 +16,10 @@ import contextvars
 import inspect
 import logging
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .core.attempt import CertificateState
 from .core.authz import AuthorizationCheck, CheckCustom
@@ -36,6 +37,9 @@ from .telemetry.hub import Telemetry
 from .telemetry.tracing import enter as enter_trace
 from .telemetry.tracing import leave as leave_trace
 
+if TYPE_CHECKING:
+    from .workload_identity import WorkloadIdentity
+
 __all__ = [
     "AsyncClientIO",
     "AsyncInboundRequest",
@@ -47,6 +51,7 @@ __all__ = [
     "drive_client",
     "drive_client_async",
     "outbound",
+    "workload_identity_of",
 ]
 
 
@@ -73,6 +78,16 @@ class ClientMesh(Protocol):
 
     @property
     def workload_identity(self) -> CertificateState | None: ...
+
+
+def workload_identity_of(mesh: ClientMesh) -> WorkloadIdentity | None:
+    """The mesh's X.509-SVID holder, or None. Without one, ``meshlib.workload_identity`` (and
+    cryptography with it) is never imported: no instance can exist before it is."""
+    module = sys.modules.get("meshlib.workload_identity")
+    identity = mesh.workload_identity
+    if module is not None and isinstance(identity, module.WorkloadIdentity):
+        return cast("WorkloadIdentity", identity)
+    return None
 
 
 def outbound(

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -45,20 +45,20 @@ from .http.transport import AsyncMeshTransport, MeshTransport
 from .last_known_good import load_last_known_good, save_last_known_good
 from .peer import PeerIdentity
 from .policy.discovered_endpoints import refuse_in_files
-from .policy.loader import load_paths
 from .protocol import decode_snapshot
 from .registry import AnnouncedEndpoint, WorkloadRegistration
-from .request_authn import JwksCache, compile_authenticator
 from .settings import MeshSettings, TelemetrySettings
 from .telemetry import otel_metrics
 from .telemetry.access_log import open_access_log
 from .telemetry.edges import EdgeTracker
 from .telemetry.hub import Telemetry
-from .telemetry.prometheus import CONTENT_TYPE_LATEST, registry_for, scrape, seconds_until, serve_metrics
 from .telemetry.sdk import install_sdk
 from .telemetry.tracing import Tracing
 from .watcher import Watcher
-from .workload_identity import WorkloadIdentity, keep_renewed
+
+if TYPE_CHECKING:
+    from .request_authn import JwksCache
+    from .workload_identity import WorkloadIdentity
 
 __all__ = ["Mesh", "SnapshotSource"]
 
@@ -130,7 +130,7 @@ class Mesh:
         self._source_labels = {"app": service, **self.settings.labels}  # what sourceLabels see
         self._http_plane = RoutingTable.build(self._snapshot, namespace, self._source_labels)
         self._security = self._snapshot.security_for(namespace, self._source_labels, service)
-        self._jwks = JwksCache()
+        self._jwks: JwksCache | None = None  # made (with PyJWT) once a RequestAuthentication applies
         self._jwks_uris: dict[str, float] = {}
         self._authenticate: Callable[[Inbound], str | None] | None = None
         self._rate_limiter: RateLimiter | None = None
@@ -320,6 +320,8 @@ class Mesh:
     def metrics_registry(self) -> Any:
         """A prometheus_client registry with this workload's metrics (Istio's names)."""
         if self._metrics_registry is None:
+            from .telemetry.prometheus import registry_for  # prometheus_client: once scraped
+
             self._metrics_registry = registry_for(self.metrics, self.metric_gauges)
         return self._metrics_registry
 
@@ -328,6 +330,8 @@ class Mesh:
 
     def metric_gauges(self) -> dict[str, float]:
         """The mesh's own gauges: config version and age, certificate expiry."""
+        from .telemetry.prometheus import seconds_until
+
         identity = self.workload_identity
         return {
             "config_version": float(self.version),
@@ -344,6 +348,8 @@ class Mesh:
                 body=b"metrics are served to scrapers without a mesh identity and to "
                 b"Mesh.metrics_principals only\n",
             )
+        from .telemetry.prometheus import CONTENT_TYPE_LATEST, scrape
+
         return Answer(200, local=True, body=scrape(self.metrics_registry), content_type=CONTENT_TYPE_LATEST)
 
     def serving_ready(self) -> bool:
@@ -469,6 +475,8 @@ class Mesh:
             install_sdk(observe.tracing, s.service, s.namespace)
         otel_metrics.observe(self, self._meter_provider)
         if observe.metrics_port is not None:
+            from .telemetry.prometheus import serve_metrics
+
             self._metrics_server = serve_metrics(
                 self.metrics_registry, observe.metrics_address, observe.metrics_port
             )
@@ -477,7 +485,8 @@ class Mesh:
         elif s.config is not None:
             self._load_static(s.config)  # bad policy at start is the user's to fix: raise
             self._loop = LoopThread(f"meshlib-{s.service}")
-            self._jwks.want(self._jwks_uris, self._loop.loop)  # the first snapshot came before the loop
+            if self._jwks is not None:  # the first snapshot came before the loop
+                self._jwks.want(self._jwks_uris, self._loop.loop)
             self.dns.want(self._snapshot.dns_names, self._loop.loop)
             self._loop.submit(self._poll_static(s.config))
         else:
@@ -595,6 +604,8 @@ class Mesh:
         s = self.settings
         assert s.token is not None
         assert self._loop is not None
+        from .workload_identity import WorkloadIdentity, keep_renewed  # cryptography: with an identity
+
         identity = self.workload_identity = WorkloadIdentity(
             s.resolved_data_dir, self.identity, ttl=self._certificate_ttl
         )
@@ -670,11 +681,12 @@ class Mesh:
             snapshot, self.settings.namespace, self._source_labels, "http", answers, generation
         )
         security = snapshot.security_for(self.settings.namespace, self._source_labels, self.settings.service)
-        authenticate, uris = compile_authenticator(security.request_authentication, self._jwks)
+        authenticate, uris = self._authenticator(security)
         self._jwks_uris = uris
         limiter = compile_rate_limiter(security.rate_limits, self._rate_limiter)
         observe = telemetry_for(snapshot, self.settings.namespace, self._source_labels)
-        self._jwks.want(uris, self._loop.loop if self._loop is not None else None)
+        if self._jwks is not None:
+            self._jwks.want(uris, self._loop.loop if self._loop is not None else None)
         self.dns.want(snapshot.dns_names, self._loop.loop if self._loop is not None else None)
         self.clusters.current_version = snapshot.version
         with self._changed:
@@ -693,6 +705,19 @@ class Mesh:
             except Exception:
                 log.exception("snapshot listener %r failed", listener)
 
+    def _authenticator(
+        self, security: WorkloadSecurity
+    ) -> tuple[Callable[[Inbound], str | None] | None, dict[str, float]]:
+        """The JWT authenticator of the workload's RequestAuthentications (None: none apply)
+        and the jwksUris it fetches. PyJWT and cryptography load with the first one."""
+        if not security.request_authentication and self._jwks is None:
+            return None, {}
+        from .request_authn import JwksCache, compile_authenticator
+
+        if self._jwks is None:
+            self._jwks = JwksCache()
+        return compile_authenticator(security.request_authentication, self._jwks)
+
     def _dns_changed(self, answers: Answers) -> None:
         """New DNS answers (on the loop): the same snapshot's tables, with the new addresses."""
         generation = self.dns.current[0]
@@ -705,6 +730,8 @@ class Mesh:
 
     def _load_static(self, path: Path) -> None:
         self._static_seen = _fingerprint(path)  # before reading: an edit meanwhile is seen next poll
+        from .policy.loader import load_paths  # YAML: only for a workload reading files
+
         loaded = load_paths([path], namespace=self.settings.namespace)
         refuse_in_files(loaded)  # an entry naming Consul: only the config service asks it
         for skipped in loaded.skipped:

@@ -28,9 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from .errors import TlsSettingsError
 from .policy.destination_rule import ClientTLSSettings
 
@@ -93,6 +90,9 @@ def read_material(settings: ClientTLSSettings) -> TlsMaterial:
         except OSError as error:
             raise _error(field, path, f"cannot be read ({error.strerror or error})") from error
     paths = dict(_files(settings))
+    from cryptography import x509  # here, not at import: only TLS origination with files pays for it
+    from cryptography.hazmat.primitives import serialization
+
     if "caCertificates" in found:
         _parse("caCertificates", paths, lambda: x509.load_pem_x509_certificates(found["caCertificates"]))
     if "caCrl" in found:
@@ -184,6 +184,8 @@ def names_mismatch(der: bytes | None, names: tuple[str, ...]) -> str | None:
     (``api.example.com``, not ``a.b.example.com``)."""
     if not der:
         return "the server presented no certificate"
+    from cryptography import x509  # once per connection that checks subjectAltNames
+
     try:
         sans = (
             x509.load_der_x509_certificate(der)

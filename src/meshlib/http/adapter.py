@@ -20,10 +20,9 @@ from ..core.exchange import Attempt, Exchange, Outcome, Reply, Send
 from ..core.retry_policy import Failure
 from ..core.routing_table import HeaderOps, RoutingTable
 from ..core.stack import Flow
-from ..drivers import ClientMesh, outbound
+from ..drivers import ClientMesh, outbound, workload_identity_of
 from ..errors import CertificateUnavailableError
 from ..tls_origination import Origin, TlsOriginations, client_context
-from ..workload_identity import WorkloadIdentity
 from .body import AsyncStreamedBody, StreamedBody
 from .errors import (
     MeshTimeoutError,
@@ -103,8 +102,8 @@ class HttpAdapter:
 
     def ssl_context(self, peer: str | None) -> ssl.SSLContext:
         """The mesh's client context for mTLS pools; plain httpx verification otherwise."""
-        identity = self.mesh.workload_identity
-        if peer is not None and isinstance(identity, WorkloadIdentity):
+        identity = workload_identity_of(self.mesh)
+        if peer is not None and identity is not None:
             return identity.client_context()
         if self._default_ssl is None:
             self._default_ssl = httpx.create_ssl_context()  # costs ~20 ms: made once, on first use
@@ -121,8 +120,8 @@ class HttpAdapter:
     def mtls_context(self) -> ssl.SSLContext:
         """The workload identity's client context as it is now (it is replaced when a root
         leaves the trust bundle); asked at every new mTLS connection."""
-        identity = self.mesh.workload_identity
-        return identity.client_context() if isinstance(identity, WorkloadIdentity) else self.ssl_context(None)
+        identity = workload_identity_of(self.mesh)
+        return identity.client_context() if identity is not None else self.ssl_context(None)
 
     @staticmethod
     def upstream(request: httpx.Request, ex: Exchange, send: Attempt) -> httpcore.Request:

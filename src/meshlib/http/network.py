@@ -23,9 +23,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 
 import httpcore
-from cryptography import x509
 
-from ..ca.svid import spiffe_id_of
 from ..tls_origination import names_mismatch
 
 __all__ = ["AsyncMeshBackend", "Lifetime", "MeshBackend", "attempt_deadline", "peer_spiffe_id"]
@@ -41,6 +39,10 @@ def peer_spiffe_id(ssl_object: typing.Any) -> str | None:
     der = ssl_object.getpeercert(True)  # positional: httpcore hands out _ssl._SSLSocket too
     if not der:
         return None
+    from cryptography import x509  # once per mTLS connection; a plaintext mesh never loads it
+
+    from ..ca.svid import spiffe_id_of
+
     return spiffe_id_of(x509.load_der_x509_certificate(der))
 
 

@@ -44,6 +44,7 @@ class MeshModel(BaseModel):
         validate_by_name=True,
         validate_by_alias=True,
         serialize_by_alias=True,
+        defer_build=True,
         str_strip_whitespace=False,
     )
 

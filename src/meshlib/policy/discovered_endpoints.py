@@ -5,13 +5,15 @@ serves, may not name one."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ConfigIssue
 from .discovery import SOURCE_ANNOTATION, instance_entry
-from .loader import LoadedResource
 from .resources import ServiceEntry
 from .validate import format_path
+
+if TYPE_CHECKING:
+    from .loader import LoadedResource  # YAML: not loaded by a workload that only decodes snapshots
 
 __all__ = ["refuse_in_files", "with_instances"]
 
