@@ -32,6 +32,13 @@ MESHCTL = (
     "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr); "
     "from meshlib.cli.main import main; sys.exit(main(sys.argv[1:]))"
 )
+# meshctl serve runs uvicorn at log_level="warning": this raises uvicorn's own loggers (each
+# connection, each request line) to DEBUG once uvicorn has set them.
+UVICORN_DEBUG = (
+    "import logging, uvicorn; configure = uvicorn.Config.configure_logging; "
+    "uvicorn.Config.configure_logging = lambda self: [configure(self)] and [logging.getLogger(n)"
+    ".setLevel(logging.DEBUG) for n in ('uvicorn.error', 'uvicorn.access')] and None; "
+)
 STRICT = {
     "apiVersion": "security.istio.io/v1",
     "kind": "PeerAuthentication",
@@ -41,11 +48,13 @@ STRICT = {
 
 
 class ConfigProcess:
-    """``meshctl serve`` in its own process (meshlib at DEBUG), on one port across restarts."""
+    """``meshctl serve`` in its own process (meshlib at DEBUG; uvicorn too if ``uvicorn_debug``),
+    on one port across restarts."""
 
-    def __init__(self, data_dir: Path, *options: str) -> None:
+    def __init__(self, data_dir: Path, *options: str, uvicorn_debug: bool = False) -> None:
         self.data_dir = data_dir
         self.options = options
+        self.code = UVICORN_DEBUG + MESHCTL if uvicorn_debug else MESHCTL
         self.port = free_port()
         scheme = "https" if "--tls" in options else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -72,7 +81,7 @@ class ConfigProcess:
 
     def start(self, timeout: float = 30.0) -> ConfigProcess:
         """Start it and wait until it answers."""
-        command = [sys.executable, "-c", MESHCTL, "-v", "serve", "--data-dir", str(self.data_dir)]
+        command = [sys.executable, "-c", self.code, "-v", "serve", "--data-dir", str(self.data_dir)]
         command += ["--port", str(self.port), *self.options]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -83,6 +92,8 @@ class ConfigProcess:
     def _answers(self) -> bool:
         assert self.process is not None
         assert self.process.poll() is None, self.log
+        if self.ca_file is not None and not Path(self.ca_file).exists():
+            return False  # written once the service has made its TLS certificate
         try:
             return httpx.get(f"{self.url}/v1/healthz", timeout=1.0, verify=self.verify).status_code == 200
         except httpx.HTTPError:
