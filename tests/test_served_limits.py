@@ -20,6 +20,7 @@ import pytest
 from meshlib import Mesh
 from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
+from tests.reliability._dataplane import rss
 from tests.servers import free_port, wait_for
 
 SERVER = textwrap.dedent("""\
@@ -148,7 +149,7 @@ def test_header_size_and_count_limits(served: tuple[int, int]) -> None:
 
 def test_a_64_mib_header_is_refused_without_being_read(served: tuple[int, int]) -> None:
     pid, port = served
-    before = _rss(pid)
+    before = rss(pid)
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(5)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: reviews\r\nx-big: ")
@@ -163,7 +164,7 @@ def test_a_64_mib_header_is_refused_without_being_read(served: tuple[int, int]) 
         answer = sock.recv(65536)
     assert status(answer) == 431
     assert sent < 16 * 1024 * 1024, "the server stopped reading long before 64 MiB"
-    assert _rss(pid) - before < 16 * 1024 * 1024
+    assert rss(pid) - before < 16 * 1024 * 1024
 
 
 def test_silent_connections_hold_one_descriptor_no_worker_and_are_closed(served: tuple[int, int]) -> None:
@@ -347,11 +348,3 @@ def test_strict_without_a_certificate_refuses_plaintext(kind: str, tmp_path: Pat
 
 def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status_file:
-        for line in status_file:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0

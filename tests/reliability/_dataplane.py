@@ -289,3 +289,12 @@ class Held:
         me = psutil.Process()
         sockets = [c for c in me.net_connections(kind="tcp") if c.raddr and c.raddr.port in ports]
         return Held(threading.active_count(), me.num_fds(), len(sockets))
+
+
+def rss(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes."""
+    with open(f"/proc/{pid}/status") as status_file:
+        for line in status_file:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -12,7 +12,8 @@ HTTP parser as they are: nothing is peeked, and no connection costs a second des
 The verified peer's SPIFFE ID goes into the ASGI TLS extension of every request on that
 connection (uvicorn does not fill it in), where the middleware turns it into
 ``meshlib.current_peer()``. Request heads are bounded by ``ServerLimits``: size and header
-count (431) and the time they take to arrive (408, or a silent close if nothing came).
+count (431) and the time they take to arrive (408, or a silent close if nothing came); a
+request body that stops arriving for ``idle_timeout`` gets 408 and the connection closed.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
         _fields = 0
         _refused: str | None = None
         _timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None  # while a request body is coming
+        _heard = 0.0  # loop time of the last bytes received
         head_deadline: float | None = None  # set by the connection: the first head's deadline
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -89,7 +92,13 @@ def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._body_done()
             super().connection_lost(exc)
+
+        def _body_done(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
 
         def _busy(self) -> bool:
             """Answering a request: a pipelined head's time counts from the answer's end."""
@@ -113,6 +122,38 @@ def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
+            self._heard = self.loop.time()
+            self._feed(data)
+            # A body that is still coming: watched for a stall (armed only now, so that a
+            # request without a body, complete within one read, never makes a timer).
+            if not self._in_head and self._body_timer is None and self._attached():
+                self._body_timer = self.loop.call_at(self._heard + limits.idle_timeout, self._body_stalled)
+
+        def _attached(self) -> bool:
+            """Still this connection's protocol (not handed to a websocket), and open."""
+            return self.transport.get_protocol() is self and not self.transport.is_closing()
+
+        def _body_stalled(self) -> None:
+            """No body bytes for ``idle_timeout`` (Envoy's stream idle timeout): 408 if no
+            answer has begun, and close. Time the app leaves the body unread (reading paused
+            by flow control, or a 100 Continue it has not asked for by reading) is not the
+            client's stall and does not count."""
+            self._body_timer = None
+            if self._in_head or not self._attached():
+                return
+            now = self.loop.time()
+            cycle = self.cycle
+            if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+                self._heard = now  # the application's wait (a 100 Continue not sent yet too)
+            if self._heard + limits.idle_timeout > now:
+                self._body_timer = self.loop.call_at(self._heard + limits.idle_timeout, self._body_stalled)
+                return
+            log.info("closed a connection from %s: the request body stalled", self.client)
+            if cycle is not None and not cycle.response_started:
+                self.transport.write(_answer(408, "request body not received in time"))
+            self.transport.close()
+
+        def _feed(self, data: bytes) -> None:
             # Count what arrives while a head is being read; never feed the parser more than
             # one byte past the limit of one head (so it never buffers more than that).
             while data:
@@ -175,6 +216,7 @@ def limited_protocol_class(limits: ServerLimits) -> type[HttpToolsProtocol]:
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
+            self._body_done()
             self._in_head = True
             self._head = 0
             super().on_message_complete()
