@@ -302,7 +302,7 @@ class _Builder:
             for index, (key_node, value_node) in enumerate(node.value):
                 if not isinstance(key_node, ScalarNode):
                     raise _Hostile("mapping keys must be scalars", key_node.start_mark.line + 1)
-                key = self._constructor.construct_object(key_node)
+                key = self._scalar(key_node)
                 if index >= merged:  # keys written here may override merged ones, not each other
                     if key in written:
                         raise _Hostile(f"duplicate key {key!r} in one mapping", key_node.start_mark.line + 1)
@@ -313,4 +313,21 @@ class _Builder:
             return out
         if isinstance(node, SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._constructor.construct_object(node)
+        return self._scalar(node)
+
+    def _scalar(self, node: Node) -> Any:
+        """A scalar's value; one its explicit tag cannot hold is refused (``!!int abc``,
+        ``!!timestamp 2020-13-45``, ``!!set abc``), where PyYAML's SafeConstructor would let
+        ValueError, KeyError or AttributeError out, or hand back an empty collection."""
+        try:
+            data = self._constructor.construct_object(node)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise self._invalid(node) from exc
+        if isinstance(data, dict | list | set):
+            raise self._invalid(node)
+        return data
+
+    @staticmethod
+    def _invalid(node: Node) -> _Hostile:
+        tag = str(node.tag).rsplit(":", 1)[-1]
+        return _Hostile(f"{str(node.value)[:80]!r} is not a valid {tag}", node.start_mark.line + 1)
