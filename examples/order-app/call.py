@@ -18,4 +18,9 @@ with meshlib.Mesh.from_env() as mesh, mesh.http_client(timeout=10) as client:
         time.sleep(0.1)  # frontend registers its endpoint once it is up
     for headers in ({}, {"end-user": "tester"}):
         answer = client.get("http://frontend/order/book", headers=headers)
+        # 503 while the app is still starting: frontend is up before the orders version the
+        # canary picked has registered (no healthy upstream). Asked again, for up to 30 s.
+        while answer.status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            answer = client.get("http://frontend/order/book", headers=headers)
         print(answer.status_code, answer.json())
