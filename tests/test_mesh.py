@@ -7,6 +7,7 @@ import stat
 import time
 from pathlib import Path
 
+import certifi
 import pytest
 
 from meshlib import ConfigError, Mesh
@@ -211,6 +212,15 @@ def test_from_env_reads_every_mesh_variable(tmp_path: Path) -> None:
     assert (s.token, s.data_dir, s.trust_domain) == ("t0ken", tmp_path, "example.org")
     assert mesh.identity == "spiffe://example.org/ns/shop/sa/orders"
     assert "t0ken" not in repr(s)
+
+
+def test_from_env_passes_the_control_plane_ca_on(tmp_path: Path) -> None:
+    env = {"MESH_SERVICE": "orders", "MESH_CONTROL_PLANE": "https://10.0.0.1:15010"}
+    mesh = Mesh.from_env({**env, "MESH_CONTROL_PLANE_CA": certifi.where()})
+    assert mesh.settings.control_plane_ca == Path(certifi.where())
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(ConfigError, match=r"MESH_CONTROL_PLANE_CA: .*no-such-ca.pem: not a readable PEM"):
+        Mesh.from_env({**env, "MESH_CONTROL_PLANE_CA": str(missing)})
 
 
 @pytest.mark.parametrize(

@@ -10,16 +10,23 @@ import time
 
 import meshlib
 
-FRONTEND = "frontend.default.svc.cluster.local"
+# Every workload the app needs, by host and DestinationRule subset: each registers its endpoint
+# once it serves.
+NEEDED = [
+    ("frontend.default.svc.cluster.local", None),
+    ("orders.default.svc.cluster.local", "v1"),
+    ("orders.default.svc.cluster.local", "v2"),
+    ("inventory.default.svc.cluster.local", None),
+]
 
 with meshlib.Mesh.from_env() as mesh, mesh.http_client(timeout=10) as client:
-    deadline = time.monotonic() + 30
-    while not mesh.snapshot.endpoints(FRONTEND) and time.monotonic() < deadline:
-        time.sleep(0.1)  # frontend registers its endpoint once it is up
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(mesh.snapshot.endpoints(h, s) for h, s in NEEDED):
+        time.sleep(0.1)
     for headers in ({}, {"end-user": "tester"}):
         answer = client.get("http://frontend/order/book", headers=headers)
-        # 503 while the app is still starting: frontend is up before the orders version the
-        # canary picked has registered (no healthy upstream). Asked again, for up to 30 s.
+        # 503 for a moment after that: this process has seen every endpoint, frontend's or
+        # orders' own copy of the policy may be a few milliseconds behind. Asked again.
         while answer.status_code == 503 and time.monotonic() < deadline:
             time.sleep(0.2)
             answer = client.get("http://frontend/order/book", headers=headers)

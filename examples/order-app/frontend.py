@@ -24,7 +24,10 @@ mesh = instrument(app, meshlib.Mesh.from_env())
 @app.get("/order/{item}")
 async def order(item: str, client: MeshClient, end_user: str | None = Header(default=None)) -> JSONResponse:
     headers = {"end-user": end_user} if end_user else {}
-    answer = await client.get(f"http://orders/orders/{item}", headers=headers)
+    try:
+        answer = await client.get(f"http://orders/orders/{item}", headers=headers)
+    except meshlib.MeshRequestError as exc:  # no healthy upstream, retries exhausted...: as Envoy, a 503
+        return JSONResponse({"frontend": "ok", "orders": {"error": f"{exc.flag} {exc}"}}, status_code=503)
     try:
         body = answer.json()
     except ValueError:  # a mesh answer (503 no healthy upstream, 403 denied...) is plain text

@@ -190,13 +190,14 @@ class Mesh:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Mesh:
         """Build from MESH_SERVICE, MESH_NAMESPACE, MESH_LABELS, MESH_CONTROL_PLANE, MESH_TOKEN,
-        MESH_CONFIG, MESH_DATA_DIR, MESH_TRUST_DOMAIN, MESH_LOCALITY and MESH_DNS_SERVERS;
-        keyword options win."""
+        MESH_CONTROL_PLANE_CA, MESH_CONFIG, MESH_DATA_DIR, MESH_TRUST_DOMAIN, MESH_LOCALITY and
+        MESH_DNS_SERVERS; keyword options win."""
         s = MeshSettings.from_env(environ)
         values: dict[str, Any] = {
             "namespace": s.namespace,
             "labels": s.labels,
             "control_plane": s.control_plane,
+            "control_plane_ca": s.control_plane_ca,
             "token": s.token,
             "config": s.config,
             "data_dir": s.data_dir,

@@ -29,10 +29,6 @@ logging.basicConfig(
 )
 ttl = float(os.environ.get("CERT_TTL", "0"))
 options: dict[str, Any] = {"certificate_ttl": ttl} if ttl else {}
-# Mesh.from_env reads MESH_CONTROL_PLANE_CA into its settings but does not pass it on (as of
-# 75694f2): given here, or a workload of a --tls config service cannot verify it.
-if ca_file := os.environ.get("MESH_CONTROL_PLANE_CA", "").strip():
-    options["control_plane_ca"] = ca_file
 mesh = meshlib.Mesh.from_env(**options)
 
 
