@@ -9,16 +9,19 @@ import json
 import math
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import psutil  # type: ignore[import-untyped]
 
-__all__ = ["Children", "OtherLoad", "Worker", "cpu_seconds", "serve_commands", "wait_until"]
+__all__ = ["Children", "OtherLoad", "PySpy", "Worker", "cpu_seconds", "serve_commands", "wait_until"]
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -160,3 +163,51 @@ class OtherLoad:
         wall, busy, ours = (b - a for a, b in zip(self._start, end, strict=True))
         if wall > 0:
             self.share = max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
+
+
+class PySpy:
+    """py-spy (``pip install py-spy``) samples some processes while the block runs: Python
+    stacks of the threads holding the GIL, idle ones left out, without pausing them. After
+    the block, :meth:`stacks` gives each process's collapsed stacks (stack -> samples)."""
+
+    def __init__(
+        self, children: Children, procs: dict[str, psutil.Process], directory: Path, rate: int = 250
+    ):
+        found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if found is None:
+            raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
+        self.rate = rate
+        self._children = children
+        self._files = {name: directory / f"py-spy-{name.replace(' ', '-')}.txt" for name in procs}
+        options = ["--rate", str(rate), "--format", "raw", "--gil", "--nonblocking", "--duration", "120"]
+        self._argv = {
+            name: [found, "record", "--pid", str(proc.pid), *options, "--output", str(self._files[name])]
+            for name, proc in procs.items()
+        }
+        self._spies: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> PySpy:
+        for name, argv in self._argv.items():
+            self._files[name].unlink(missing_ok=True)
+            self._spies.append(
+                self._children.start(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        time.sleep(1.0)  # attached and sampling (py-spy reads the interpreter's state first)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for spy in self._spies:  # SIGINT: py-spy stops and writes what it sampled
+            with contextlib.suppress(ProcessLookupError):
+                spy.send_signal(signal.SIGINT)
+        for spy in self._spies:
+            spy.wait(30)
+
+    def stacks(self, name: str) -> Counter[str]:
+        """Collapsed stacks (frames joined by ';', outermost first) -> samples."""
+        out: Counter[str] = Counter()
+        with contextlib.suppress(FileNotFoundError):
+            for line in self._files[name].read_text(errors="replace").splitlines():
+                stack, _, count = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[stack] += int(count)
+        return out

