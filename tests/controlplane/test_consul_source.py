@@ -232,6 +232,30 @@ def test_a_consul_outage_keeps_the_last_endpoints_and_says_so(
         assert admin.discovery()["consul"][0]["state"] == "watching"
 
 
+def test_instances_known_by_host_name_are_not_used_by_a_static_entry_and_that_is_said(
+    control: tuple[ConfigServer, ControlPlaneClient],
+    consul: FakeConsul,
+    backends: dict[str, tuple[Backend, int]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, admin = control
+    consul.register("web", "web-a", "127.0.0.1", backends["a"][1])
+    consul.register("web", "web-h", "web-h.node.consul", backends["b"][1])
+    with caplog.at_level(logging.WARNING, logger="meshlib.controlplane.consul"):
+        admin.apply([consul_entry()])
+        with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "wl") as mesh:
+            assert wait_for(lambda: ports(mesh) == {backends["a"][1]}, 5)
+            assert names(mesh) == {"a"}  # STATIC: the IP-addressed instance only, as Istio
+            status = admin.discovery()["consul"][0]
+    assert status["instances"] == 2
+    reason = status["skipped"]["default/web"]
+    assert "web-h.node.consul" in reason and "set resolution DNS" in reason
+    assert any("ServiceEntry default/web: 1 Consul instance" in r.getMessage() for r in caplog.records)
+    admin.apply([consul_entry(resolution="DNS")])  # DNS uses host names: nothing is skipped
+    assert wait_for(lambda: admin.discovery()["consul"][0]["skipped"] == {}, 5)
+
+
 def test_the_acl_token_is_sent_and_never_logged_or_shown(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

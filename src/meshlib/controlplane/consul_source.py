@@ -52,7 +52,8 @@ from ..core.rate_limit import Bucket
 from ..errors import MeshError
 from ..names import check_locality
 from ..policy.discovery import ConsulTarget
-from ..policy.service_entry import TLS_MODE_LABEL
+from ..policy.resources import ServiceEntry
+from ..policy.service_entry import TLS_MODE_LABEL, _is_ip
 from .state import ConfigState
 
 __all__ = ["ConsulDiscovery", "ConsulSettings", "instances_of"]
@@ -140,6 +141,21 @@ def instances_of(entries: Any, datacenter: str) -> list[dict[str, Any]]:
     return [out[key] for key in sorted(out)]
 
 
+def skipped_instances(instances: list[dict[str, Any]], entries: list[ServiceEntry]) -> dict[str, str]:
+    """Entries (``namespace/name``) that cannot use some of the instances, and why: with
+    resolution STATIC an endpoint is an IP address (as in Istio), so instances Consul knows by
+    host name are left out of it; resolution DNS would resolve them."""
+    names = sorted({str(i.get("address")) for i in instances if not _is_ip(str(i.get("address")))})
+    if not names:
+        return {}
+    reason = (
+        f"{len(names)} Consul instance address(es) are host names ({', '.join(names[:3])}"
+        f"{', ...' if len(names) > 3 else ''}), which resolution STATIC does not use (it takes IP "
+        "addresses only): set resolution DNS to resolve them, or register the instances by IP address"
+    )
+    return {f"{e.namespace}/{e.name}": reason for e in entries if e.spec.mode == "STATIC"}
+
+
 def _valid_address(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
@@ -225,10 +241,11 @@ class _Watch:
     last_contact_ms: int | None = None
     instances: int | None = None
 
-    def to_json(self, stored: list[dict[str, Any]] | None, entries: list[str]) -> dict[str, Any]:
+    def to_json(self, stored: list[dict[str, Any]] | None, entries: list[ServiceEntry]) -> dict[str, Any]:
         return {
             **self.target.to_json(),
-            "entries": entries,
+            "entries": [f"{e.namespace}/{e.name}" for e in entries],
+            "skipped": skipped_instances(stored or [], entries),
             "state": "failing" if self.error else ("watching" if self.answers else "starting"),
             "index": self.index,
             "instances": len(stored) if stored is not None else None,
@@ -278,10 +295,7 @@ class ConsulDiscovery:
         """What ``GET /v1/discovery`` shows for each watch."""
         entries = self._state.consul_targets()
         return [
-            watch.to_json(
-                self._state.discovered(target),
-                [f"{e.namespace}/{e.name}" for e in entries.get(target, [])],
-            )
+            watch.to_json(self._state.discovered(target), entries.get(target, []))
             for target, watch in sorted(self._watches.items())
         ]
 
@@ -362,6 +376,10 @@ class ConsulDiscovery:
                 index,
                 self._state.version,
             )
+            for entry, reason in skipped_instances(
+                instances, self._state.consul_targets().get(target, [])
+            ).items():
+                log.warning("ServiceEntry %s: %s", entry, reason)
             self._changed()
 
     def _failed(self, watch: _Watch, exc: Exception) -> None:
