@@ -15,11 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from meshlib import Mesh, NoHealthyUpstreamError
+from meshlib.controlplane.client import ControlPlaneClient
+from meshlib.controlplane.server import ConfigServer
 from meshlib.dns_resolver import DefaultLookup, DnsResolver
 from meshlib.errors import ConfigError
 from meshlib.settings import parse_dns_server
+from tests.conftest import virtual_service
 from tests.dns_server import RunningDns, dns_server
 from tests.http.test_service_entries import entry as service_entry
 from tests.servers import Backend, serve, wait_for
@@ -259,3 +263,37 @@ async def test_unset_a_and_aaaa_go_to_the_system_resolver_and_srv_needs_dnspytho
     monkeypatch.setitem(sys.modules, "dns.asyncresolver", None)
     with pytest.raises(LookupError, match=r"SRV lookups need dnspython .*meshlib\[dns\]"):
         await lookup("_http._tcp.api.example.com")
+
+
+SRV_ENTRY = entry("_http._tcp.api.mesh.test", "{number: 80, name: http}")
+
+
+def test_without_dnspython_a_policy_file_with_an_srv_endpoint_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(SRV_ENTRY)
+    monkeypatch.setitem(sys.modules, "dns.asyncresolver", None)  # dnspython not installed
+    with pytest.raises(ConfigError) as raised:
+        Mesh("frontend", config=path).start()
+    assert str(raised.value).count("ServiceEntry default/api: spec.endpoints[0].address:") == 1
+    assert "'_http._tcp.api.mesh.test' is an SRV name" in str(raised.value)
+    assert "pip install 'meshlib[dns]'" in str(raised.value)
+    monkeypatch.delitem(sys.modules, "dns.asyncresolver")  # installed again: the same file works
+    with Mesh("frontend", config=path) as mesh:
+        assert mesh.version == 1
+
+
+def test_without_dnspython_a_watching_workload_nacks_an_srv_endpoint_and_keeps_its_config(
+    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "dns.asyncresolver", None)
+    admin.apply([virtual_service()])
+    with Mesh("frontend", control_plane=server.url, data_dir=tmp_path / "wl") as mesh:
+        assert mesh.version == 1
+        admin.apply(list(yaml.safe_load_all(SRV_ENTRY)))  # the config service takes it: others can use it
+        assert wait_for(lambda: admin.workloads()["items"][0]["nackVersion"] == 2)
+        reason = admin.workloads()["items"][0]["nackReason"]
+        assert "ServiceEntry default/api: spec.endpoints[0].address" in reason
+        assert "pip install 'meshlib[dns]'" in reason
+        assert mesh.version == 1, "the snapshot it cannot use is not applied"

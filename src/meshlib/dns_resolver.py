@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 from .core.dns import DnsAnswer, NoRecords, SrvRecord, SrvTarget, srv_targets
 from .dns_refresh import system_lookup
 from .names import is_srv_name
+from .policy.srv_endpoints import DNS_EXTRA
 
 if TYPE_CHECKING:
     import dns.message
 
 __all__ = ["DNS_EXTRA", "DefaultLookup", "DnsResolver"]
 
-DNS_EXTRA = "dnspython is not installed: pip install 'meshlib[dns]'"
 _LIFETIME = 3.0  # seconds a lookup may take over every server and retry before it fails
 
 

@@ -45,6 +45,7 @@ from .http.transport import AsyncMeshTransport, MeshTransport
 from .last_known_good import load_last_known_good, save_last_known_good
 from .peer import PeerIdentity
 from .policy.discovered_endpoints import refuse_in_files
+from .policy.srv_endpoints import srv_lookups_missing
 from .protocol import decode_snapshot
 from .registry import AnnouncedEndpoint, WorkloadRegistration
 from .settings import MeshSettings, TelemetrySettings
@@ -735,6 +736,9 @@ class Mesh:
 
         loaded = load_paths([path], namespace=self.settings.namespace)
         refuse_in_files(loaded)  # an entry naming Consul: only the config service asks it
+        missing = srv_lookups_missing(item.resource for item in loaded)
+        if missing:
+            raise ConfigError(missing)
         for skipped in loaded.skipped:
             log.info("skipped: %s", skipped)  # a kind meshlib does not apply (and why)
         version = self._snapshot.version + 1

@@ -14,6 +14,7 @@ from .policy.base import MeshModel
 from .policy.discovered_endpoints import with_instances
 from .policy.discovery import consul_target
 from .policy.resources import Resource, ServiceEntry
+from .policy.srv_endpoints import srv_lookups_missing
 from .policy.validate import format_path, parse_resource, resource_label
 from .registry import WorkloadRegistration
 
@@ -165,6 +166,7 @@ def decode_snapshot(payload: Any) -> Snapshot:
                     f"invalid registry entry: {exc.error_count()} error(s)", resource=f"workloads[{index}]"
                 )
             )
+    issues.extend(srv_lookups_missing(resources))
     if issues:
         raise ConfigError(issues)
     return compile_snapshot(

@@ -9,12 +9,15 @@ per-endpoint ``ports``, and no ``targetPort`` unless other, non-SRV endpoints us
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
+from ..errors import ConfigIssue
 from ..names import is_srv_name
 
-__all__ = ["check_srv_endpoints"]
+__all__ = ["check_srv_endpoints", "srv_lookups_missing"]
+
+DNS_EXTRA = "dnspython is not installed: pip install 'meshlib[dns]'"
 
 FieldPath = tuple[str | int, ...]
 
@@ -66,3 +69,33 @@ def check_srv_endpoints(
             ("ports", 0, "targetPort"),
             ("every endpoint is an SRV name, whose records give the port: remove targetPort"),
         )
+
+
+def srv_lookups_missing(resources: Iterable[Any]) -> list[ConfigIssue]:
+    """In a workload: each SRV endpoint it cannot look up because dnspython (``meshlib[dns]``)
+    is missing. The config service accepts such an entry (a workload with the extra can use
+    it); one without the extra refuses the snapshot (its NACK names the entry) rather than
+    keep an entry it would never find endpoints for."""
+    found = [
+        (resource, index, endpoint.address)
+        for resource in resources
+        if resource.kind == "ServiceEntry" and resource.spec.mode == "DNS"
+        for index, endpoint in enumerate(resource.spec.endpoints)
+        if endpoint.address is not None and is_srv_name(endpoint.address)
+    ]
+    if not found:
+        return []
+    try:
+        import dns.asyncresolver  # noqa: F401  # the check itself: is the extra there?
+    except ImportError:
+        pass
+    else:
+        return []
+    return [
+        ConfigIssue(
+            f"{address!r} is an SRV name and this workload cannot look SRV records up: {DNS_EXTRA}",
+            resource=f"ServiceEntry {resource.namespace}/{resource.name}",
+            path=f"spec.endpoints[{index}].address",
+        )
+        for resource, index, address in found
+    ]
