@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
+import socket
 import ssl
 from pathlib import Path
 
@@ -18,6 +20,18 @@ from meshlib.controlplane.server import ConfigServer, tls_names_for
 from meshlib.errors import ConfigError, ControlPlaneError
 from meshlib.settings import MeshSettings
 from tests.conftest import virtual_service
+from tests.servers import wait_for
+
+
+def tls_workload(server: ConfigServer, token: str, data_dir: Path) -> Mesh:
+    """A workload of ``server`` (started with tls), verifying it by its bundle."""
+    return Mesh(
+        "frontend",
+        control_plane=server.url,
+        control_plane_ca=server.ca_bundle_path,
+        token=token,
+        data_dir=data_dir,
+    )
 
 
 def test_workloads_and_meshctl_reach_a_tls_service_by_its_bundle(
@@ -32,13 +46,7 @@ def test_workloads_and_meshctl_reach_a_tls_service_by_its_bundle(
         with ControlPlaneClient(server.url, server.admin_token, verify=verify) as admin:
             version = admin.apply([virtual_service()])["version"]
             token = admin.create_token("frontend")["token"]
-        with Mesh(
-            "frontend",
-            control_plane=server.url,
-            control_plane_ca=bundle,
-            token=token,
-            data_dir=tmp_path / "f",
-        ) as mesh:
+        with tls_workload(server, token, tmp_path / "f") as mesh:
             assert mesh.wait_for_version(version, 5)
             assert mesh.workload_identity is not None
             assert mesh.workload_identity.valid()
@@ -127,3 +135,46 @@ def test_tokens_sent_in_the_clear_off_this_machine_are_named() -> None:
         "http://cp:15010",
     ]
     assert cleartext_remote(urls) == ["http://cp:15010"]
+
+
+def served_certificate(server: ConfigServer) -> x509.Certificate:
+    """The leaf a new TLS connection to the service gets (verified by the service's bundle)."""
+    context = ssl.create_default_context(cafile=str(server.ca_bundle_path))
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def test_the_certificate_is_renewed_at_half_its_lifetime_and_served_to_new_connections(
+    tmp_path: Path,
+) -> None:
+    ttl = dt.timedelta(seconds=4)
+    with ConfigServer(tmp_path / "cp", tls=True, tls_ttl=ttl) as server:
+        first = served_certificate(server)
+        lifetime = first.not_valid_after_utc - first.not_valid_before_utc
+        assert lifetime <= ttl + dt.timedelta(seconds=1)  # the TTL asked for (less a little skew)
+        bundle = server.ca_bundle_path
+        assert bundle is not None
+        with ControlPlaneClient(server.url, server.admin_token, verify=control_plane_verify(bundle)) as admin:
+            token = admin.create_token("frontend")["token"]
+            with tls_workload(server, token, tmp_path / "f") as mesh:
+                assert wait_for(lambda: served_certificate(server).serial_number != first.serial_number, 5)
+                second = served_certificate(server)
+                assert second.not_valid_after_utc > first.not_valid_after_utc
+                on_disk = x509.load_pem_x509_certificates(
+                    (tmp_path / "cp" / "tls" / "server.pem").read_bytes()
+                )
+                assert on_disk[0].serial_number in {
+                    second.serial_number,
+                    served_certificate(server).serial_number,
+                }
+                assert (tmp_path / "cp" / "tls" / "server-key.pem").stat().st_mode & 0o777 == 0o600
+                # Past the first certificate's end: the service is still reachable and watched.
+                assert wait_for(lambda: dt.datetime.now(dt.UTC) > first.not_valid_after_utc, 6)
+                assert served_certificate(server).not_valid_after_utc > dt.datetime.now(dt.UTC)  # verified
+                version = admin.apply([virtual_service()])["version"]
+                assert mesh.wait_for_version(version, 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import socket
@@ -17,7 +18,7 @@ from starlette.applications import Starlette
 
 from .._files import atomic_write
 from .._net import bind
-from ..ca.authority import CertificateAuthority
+from ..ca.authority import SERVER_TTL, CertificateAuthority
 from ..ca.svid import pem_certificate, pem_key
 from ..ca.tokens import TokenRegistry
 from ..core.hosts import CLUSTER_DOMAIN
@@ -25,6 +26,7 @@ from ..protocol import DEFAULT_PORT
 from .app import VersionNotifier, create_app
 from .auth import ensure_admin_token
 from .ca_routes import ca_routes
+from .service_tls import ServiceCertificate
 from .state import ConfigState
 from .store import SQLiteStore, Store
 
@@ -39,11 +41,20 @@ DB_FILE = "meshlib.db"
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, releasing held watch requests first so that shutdown does not wait on them."""
+    """uvicorn, releasing held watch requests first so that shutdown does not wait on them,
+    and renewing the service's TLS certificate when it is due."""
 
-    def __init__(self, config: uvicorn.Config, notifier: VersionNotifier) -> None:
+    def __init__(
+        self, config: uvicorn.Config, notifier: VersionNotifier, certificate: ServiceCertificate | None
+    ) -> None:
         super().__init__(config)
         self._notifier = notifier
+        self._certificate = certificate
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._certificate is not None and counter % 10 == 0:  # once a second: a clock read
+            self._certificate.renew_if_due(self.config.ssl)
+        return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._notifier.close()
@@ -62,13 +73,15 @@ def build_app(
     open_registry: bool = False,
     store_url: str | None = None,
     tls_names: Sequence[str] | None = None,
+    tls_ttl: dt.timedelta = SERVER_TTL,
     consul: ConsulSettings | None = None,
 ) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``, or over etcd (``store_url``
     ``etcd://host:port[,...]``, shared by replicas): (app, state, token path, token created).
     With ``tls_names`` the service gets a certificate of its CA for those names (written to
-    ``<data-dir>/tls``, with the bundle clients verify it by: ``tls/ca-bundle.pem``); the
-    paths are in ``app.state.tls``. With ``consul`` ServiceEntries may take their endpoints
+    ``<data-dir>/tls``, with the bundle clients verify it by: ``tls/ca-bundle.pem``), valid for
+    ``tls_ttl`` and renewed at half of it while the service runs (service_tls.py); the paths
+    are in ``app.state.tls``. With ``consul`` ServiceEntries may take their endpoints
     from that Consul agent (consul_source.py)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
@@ -114,20 +127,11 @@ def build_app(
         consul=consul,
     )
     app.state.ca_key_id = ca.key_id
-    app.state.tls = _tls_files(ca, data_dir, tls_names) if tls_names is not None else None
+    app.state.tls_certificate = (
+        ServiceCertificate(ca, data_dir, tls_names, tls_ttl) if tls_names is not None else None
+    )
+    app.state.tls = app.state.tls_certificate.paths if tls_names is not None else None
     return app, state, token_path, created
-
-
-def _tls_files(ca: CertificateAuthority, data_dir: Path, names: Sequence[str]) -> tuple[Path, Path, Path]:
-    """(certificate chain, key, CA bundle) of the service's TLS certificate, made now."""
-    folder = data_dir / "tls"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    chain, key = ca.server_certificate(names)
-    paths = folder / "server.pem", folder / "server-key.pem", folder / "ca-bundle.pem"
-    atomic_write(paths[1], key)  # mkstemp: 0600
-    atomic_write(paths[0], chain)
-    atomic_write(paths[2], "".join(ca.trust_bundle()))
-    return paths
 
 
 def tls_names_for(host: str, extra: Sequence[str] = ()) -> list[str]:
@@ -226,7 +230,7 @@ def serve_forever(
         print(f"discovery: Consul at {consul.url} ({acl})", flush=True)
     config = _uvicorn_config(app, 5)
     try:
-        _Server(config, app.state.notifier).run(sockets=[sock])
+        _Server(config, app.state.notifier, app.state.tls_certificate).run(sockets=[sock])
     finally:
         state.store.close()
 
@@ -253,15 +257,17 @@ class ConfigServer:
         insecure_open_registry: bool = False,
         store_url: str | None = None,
         tls: bool = False,
+        tls_ttl: dt.timedelta = SERVER_TTL,
         consul: ConsulSettings | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.tls_ttl = tls_ttl
         self.consul = consul
         self.store_url = store_url
         self.tls = tls
         self.ca_bundle_path: Path | None = None  # with tls: what clients verify the service by
         self.open_registry = insecure_open_registry
-        self._ca = {"ca_cert": ca_cert, "ca_key": ca_key, "ca_bundle": ca_bundle}
+        self._ca = (ca_cert, ca_key, ca_bundle)
         self.host = host
         self.port = port
         self.trust_domain = trust_domain
@@ -290,8 +296,11 @@ class ConfigServer:
             open_registry=self.open_registry,
             store_url=self.store_url,
             tls_names=tls_names_for(self.host) if self.tls else None,
+            tls_ttl=self.tls_ttl,
             consul=self.consul,
-            **self._ca,
+            ca_cert=self._ca[0],
+            ca_key=self._ca[1],
+            ca_bundle=self._ca[2],
         )
         if app.state.tls is not None:
             self.ca_bundle_path = app.state.tls[2]
@@ -301,7 +310,7 @@ class ConfigServer:
         if self.open_registry:
             log.warning(INSECURE_WARNING)
         config = _uvicorn_config(app, 2)
-        self._server = server = _Server(config, app.state.notifier)
+        self._server = server = _Server(config, app.state.notifier, app.state.tls_certificate)
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="meshlib-config-service", daemon=True
         )
