@@ -82,6 +82,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         consul = ConsulSettings.from_options(args.consul, path(args.consul_token_file))
     elif args.consul_token_file:
         raise MeshError("--consul-token-file needs --consul URL")
+    etcd_tls = None
+    if args.etcd_cacert:
+        from ..controlplane.etcd_store import EtcdTls
+
+        etcd_tls = EtcdTls(Path(args.etcd_cacert), path(args.etcd_cert), path(args.etcd_key))
+    elif args.etcd_cert or args.etcd_key:
+        raise MeshError("--etcd-cert and --etcd-key need --etcd-cacert (TLS towards etcd)")
     serve_forever(
         Path(args.data_dir),
         args.host,
@@ -93,6 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ca_bundle=path(args.ca_bundle),
         open_registry=args.insecure_open_registry,
         store_url=args.store,
+        etcd_tls=etcd_tls,
         tls=args.tls,
         tls_names=args.tls_name,
         consul=consul,
@@ -464,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep state in etcd, shared by every replica: etcd://host:port[,host:port...] "
         "(needs meshlib[etcd]; default: SQLite in --data-dir)",
     )
+    p.add_argument(
+        "--etcd-cacert",
+        metavar="FILE",
+        help="talk to etcd over TLS, verifying its certificate by this CA bundle (as etcdctl --cacert)",
+    )
+    p.add_argument("--etcd-cert", metavar="FILE", help="a client certificate for etcd (--client-cert-auth)")
+    p.add_argument("--etcd-key", metavar="FILE", help="the key of --etcd-cert")
     p.add_argument(
         "--tls",
         action="store_true",

@@ -18,12 +18,22 @@ __all__ = ["running_etcd"]
 
 
 @contextmanager
-def running_etcd(data_dir: Path, timeout: float = 20.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start etcd over ``data_dir``; yield its ``etcd://`` URL and process; stop it by pid."""
+def running_etcd(
+    data_dir: Path, timeout: float = 20.0, tls: tuple[Path, Path, Path] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start etcd over ``data_dir``; yield its ``etcd://`` URL and process; stop it by pid.
+    With ``tls`` (certificate, key, client CA bundle) it serves clients over TLS only and lets
+    in only those with a client certificate of that CA (``--client-cert-auth``)."""
     binary = shutil.which("etcd")
     if binary is None:
         raise MeshError("etcd is not installed (Debian: apt-get install etcd-server)")
     client, peer = free_port(), free_port()
+    scheme = "https" if tls is not None else "http"
+    secure = (
+        [f"--cert-file={tls[0]}", f"--key-file={tls[1]}", f"--trusted-ca-file={tls[2]}", "--client-cert-auth"]
+        if tls is not None
+        else []
+    )
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - the etcd found on PATH, fixed arguments
@@ -31,8 +41,9 @@ def running_etcd(data_dir: Path, timeout: float = 20.0) -> Iterator[tuple[str, s
                 binary,
                 "--name=local",
                 f"--data-dir={data_dir}",
-                f"--listen-client-urls=http://127.0.0.1:{client}",
-                f"--advertise-client-urls=http://127.0.0.1:{client}",
+                f"--listen-client-urls={scheme}://127.0.0.1:{client}",
+                f"--advertise-client-urls={scheme}://127.0.0.1:{client}",
+                *secure,
                 f"--listen-peer-urls=http://127.0.0.1:{peer}",
                 f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
                 f"--initial-cluster=local=http://127.0.0.1:{peer}",

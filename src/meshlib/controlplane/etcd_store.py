@@ -17,9 +17,13 @@ The client is aetcd (asyncio, etcd's v3 gRPC API) on a private loop thread, beca
 store interface is synchronous: each call costs one round trip to etcd (about 1 ms here);
 only the config service's write paths make them, never a workload's request.
 
-Not here yet: TLS and authentication towards etcd (run it on 127.0.0.1 or a private network),
-registry entries as etcd leases (a workload's TTL is still judged by each replica from the
-last-seen times in the store).
+TLS towards etcd (``EtcdTls``; ``meshctl serve --etcd-cacert/--etcd-cert/--etcd-key``, as
+etcdctl's ``--cacert/--cert/--key``): the server's certificate is verified by the given CA
+bundle, and with a client certificate etcd's ``--client-cert-auth`` lets only holders of one
+in. Without it the CA's private key, the tokens and the policy cross to etcd in the clear: use
+plain etcd only on 127.0.0.1 or a private network. Still missing: etcd's user/password
+authentication, and registry entries as etcd leases (a workload's TTL is judged by each replica
+from the last-seen times in the store).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -37,7 +43,7 @@ from ..errors import ConfigError, MeshError
 from ..policy.resources import ResourceKey
 from .store import StoreConflict, StoredResource, StoredWorkload, StoreState
 
-__all__ = ["EtcdStore", "parse_etcd_url"]
+__all__ = ["EtcdStore", "EtcdTls", "parse_etcd_url"]
 
 log = logging.getLogger("meshlib.controlplane.etcd")
 T = TypeVar("T")
@@ -62,17 +68,93 @@ def parse_etcd_url(url: str) -> list[tuple[str, int]]:
     return endpoints
 
 
+@dataclass(frozen=True, slots=True)
+class EtcdTls:
+    """TLS towards etcd: the CA bundle its certificate is verified by, and optionally this
+    replica's client certificate (PEM chain) and key. ``credentials()`` reads them, raising
+    ConfigError naming the option of a file it cannot use."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def credentials(self) -> Any:
+        import grpc
+
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("--etcd-cert and --etcd-key go together: give both, or neither")
+        ca = _read(self.ca_file, "--etcd-cacert", b"-----BEGIN CERTIFICATE-----")
+        cert = (
+            _read(self.cert_file, "--etcd-cert", b"-----BEGIN CERTIFICATE-----") if self.cert_file else None
+        )
+        key = _read(self.key_file, "--etcd-key", b"PRIVATE KEY-----") if self.key_file else None
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def _read(path: Path, option: str, marker: bytes) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: {exc.strerror}") from None
+    if marker not in data:
+        raise ConfigError(f"{option} {path}: not a PEM file ({marker.decode().strip('-')} expected)")
+    return data
+
+
+def _tls_client_class(aetcd: Any) -> Any:
+    """aetcd's Client over a TLS channel. aetcd 1.0 opens only plaintext channels, in
+    ``connect``; this does what that method does on ``grpc.aio.secure_channel``."""
+    rpc, watcher = aetcd.rpc, aetcd.watcher
+
+    class TlsClient(aetcd.Client):  # type: ignore[misc]
+        def __init__(self, *args: Any, credentials: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._credentials = credentials
+
+        async def connect(self) -> None:
+            if self._connected.is_set():
+                return
+            channel = rpc.secure_channel(
+                f"{self._host}:{self._port}", self._credentials, options=self._options.items()
+            )
+            try:
+                self.channel = channel
+                self.kvstub = rpc.KVStub(channel)
+                self.clusterstub = rpc.ClusterStub(channel)
+                self.leasestub = rpc.LeaseStub(channel)
+                self.maintenancestub = rpc.MaintenanceStub(channel)
+                self._watcher = watcher.Watcher(
+                    rpc.WatchStub(channel), timeout=self._timeout, metadata=self.metadata
+                )
+                self._connected.set()
+            except BaseException:
+                await channel.close()
+                raise
+
+    return TlsClient
+
+
 class EtcdStore:
     """The Store protocol over etcd v3; see the module docstring."""
 
     def __init__(
-        self, endpoints: Sequence[tuple[str, int]], *, prefix: str = DEFAULT_PREFIX, timeout: float = 5.0
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 5.0,
+        tls: EtcdTls | None = None,
     ) -> None:
         import aetcd  # type: ignore[import-untyped]  # meshlib[etcd]; imported here: SQLite users skip it
 
         if not endpoints:
             raise MeshError("an etcd store needs at least one endpoint")
         self._aetcd = aetcd
+        self._client_class: Any = aetcd.Client
+        self._client_options: dict[str, Any] = {}
+        if tls is not None:
+            self._client_class = _tls_client_class(aetcd)
+            self._client_options["credentials"] = tls.credentials()
         self._endpoints = list(endpoints)
         self._current = 0
         self._prefix = prefix.encode()
@@ -100,12 +182,13 @@ class EtcdStore:
         problems = []
         for attempt in range(len(self._endpoints)):
             host, port = self._endpoints[(self._current + attempt) % len(self._endpoints)]
-            client = self._aetcd.Client(host=host, port=port, timeout=self._timeout)
+            client = self._client_class(host=host, port=port, timeout=self._timeout, **self._client_options)
             try:
                 await client.connect()
                 await client.status()
             except Exception as exc:
-                problems.append(f"{host}:{port}: {exc.__class__.__name__}")
+                detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                problems.append(f"{host}:{port}: {exc.__class__.__name__}{f' ({detail})' if detail else ''}")
                 with contextlib.suppress(Exception):
                     await client.close()
                 continue

@@ -22,6 +22,7 @@ from ..ca.authority import SERVER_TTL, CertificateAuthority
 from ..ca.svid import pem_certificate, pem_key
 from ..ca.tokens import TokenRegistry
 from ..core.hosts import CLUSTER_DOMAIN
+from ..errors import MeshError
 from ..protocol import DEFAULT_PORT
 from .app import VersionNotifier, create_app
 from .auth import ensure_admin_token
@@ -32,7 +33,7 @@ from .store import SQLiteStore, Store
 
 if TYPE_CHECKING:
     from .consul_source import ConsulSettings
-    from .etcd_store import EtcdStore
+    from .etcd_store import EtcdStore, EtcdTls
 
 __all__ = ["INSECURE_WARNING", "ConfigServer", "build_app", "serve_forever"]
 
@@ -72,12 +73,14 @@ def build_app(
     ca_bundle: Path | None = None,
     open_registry: bool = False,
     store_url: str | None = None,
+    etcd_tls: EtcdTls | None = None,
     tls_names: Sequence[str] | None = None,
     tls_ttl: dt.timedelta = SERVER_TTL,
     consul: ConsulSettings | None = None,
 ) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``, or over etcd (``store_url``
-    ``etcd://host:port[,...]``, shared by replicas): (app, state, token path, token created).
+    ``etcd://host:port[,...]``, shared by replicas; over TLS with ``etcd_tls``): (app, state,
+    token path, token created).
     With ``tls_names`` the service gets a certificate of its CA for those names (written to
     ``<data-dir>/tls``, with the bundle clients verify it by: ``tls/ca-bundle.pem``), valid for
     ``tls_ttl`` and renewed at half of it while the service runs (service_tls.py); the paths
@@ -88,11 +91,13 @@ def build_app(
     token, token_path, created = ensure_admin_token(data_dir)
     store: Store
     if store_url is None:
+        if etcd_tls is not None:
+            raise MeshError("--etcd-cacert, --etcd-cert and --etcd-key need --store etcd://...")
         store = SQLiteStore(data_dir / DB_FILE)
     else:
         from .etcd_store import EtcdStore, parse_etcd_url
 
-        store = shared = EtcdStore(parse_etcd_url(store_url))
+        store = shared = EtcdStore(parse_etcd_url(store_url), tls=etcd_tls)
     try:
         ca = CertificateAuthority.load_or_create(
             data_dir, trust_domain, ca_cert=ca_cert, ca_key=ca_key, ca_bundle=ca_bundle
@@ -194,6 +199,7 @@ def serve_forever(
     ca_bundle: Path | None = None,
     open_registry: bool = False,
     store_url: str | None = None,
+    etcd_tls: EtcdTls | None = None,
     tls: bool = False,
     tls_names: Sequence[str] = (),
     consul: ConsulSettings | None = None,
@@ -208,6 +214,7 @@ def serve_forever(
         ca_bundle=ca_bundle,
         open_registry=open_registry,
         store_url=store_url,
+        etcd_tls=etcd_tls,
         tls_names=tls_names_for(host, tls_names) if tls else None,
         consul=consul,
     )
@@ -256,6 +263,7 @@ class ConfigServer:
         ca_bundle: Path | None = None,
         insecure_open_registry: bool = False,
         store_url: str | None = None,
+        etcd_tls: EtcdTls | None = None,
         tls: bool = False,
         tls_ttl: dt.timedelta = SERVER_TTL,
         consul: ConsulSettings | None = None,
@@ -264,6 +272,7 @@ class ConfigServer:
         self.tls_ttl = tls_ttl
         self.consul = consul
         self.store_url = store_url
+        self.etcd_tls = etcd_tls
         self.tls = tls
         self.ca_bundle_path: Path | None = None  # with tls: what clients verify the service by
         self.open_registry = insecure_open_registry
@@ -295,6 +304,7 @@ class ConfigServer:
             reap_interval=self.reap_interval,
             open_registry=self.open_registry,
             store_url=self.store_url,
+            etcd_tls=self.etcd_tls,
             tls_names=tls_names_for(self.host) if self.tls else None,
             tls_ttl=self.tls_ttl,
             consul=self.consul,
