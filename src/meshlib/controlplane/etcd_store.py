@@ -103,7 +103,8 @@ def _read(path: Path, option: str, marker: bytes) -> bytes:
 
 def _tls_client_class(aetcd: Any) -> Any:
     """aetcd's Client over a TLS channel. aetcd 1.0 opens only plaintext channels, in
-    ``connect``; this does what that method does on ``grpc.aio.secure_channel``."""
+    ``connect``; this does what that method does on ``grpc.aio.secure_channel`` (it uses aetcd's
+    attributes, hence the pin to aetcd 1.0.x in pyproject)."""
     rpc, watcher = aetcd.rpc, aetcd.watcher
 
     class TlsClient(aetcd.Client):  # type: ignore[misc]
