@@ -12,6 +12,7 @@ network is removed before the application sees the environ.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -135,14 +136,9 @@ def _respond(start_response: StartResponse, answer: Answer) -> list[bytes]:
     return [answer.body]
 
 
-_REASONS = {
-    200: "OK",
-    403: "Forbidden",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+# Every standard status the stack may answer with (400 bad path, 401 JWT, 403, 413, 429, 431,
+# 503, 504...), built once: the standard phrases.
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 def normalized_environ_path(environ: Environ) -> tuple[str, str | None]:
