@@ -250,7 +250,8 @@ def test_instances_known_by_host_name_are_not_used_by_a_static_entry_and_that_is
             status = admin.discovery()["consul"][0]
     assert status["instances"] == 2
     reason = status["skipped"]["default/web"]
-    assert "web-h.node.consul" in reason and "set resolution DNS" in reason
+    assert "web-h.node.consul" in reason
+    assert "set resolution DNS" in reason
     assert any("ServiceEntry default/web: 1 Consul instance" in r.getMessage() for r in caplog.records)
     admin.apply([consul_entry(resolution="DNS")])  # DNS uses host names: nothing is skipped
     assert wait_for(lambda: admin.discovery()["consul"][0]["skipped"] == {}, 5)
