@@ -44,5 +44,8 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 # Authorization: one decision over 20 AuthorizationPolicies; the ASGI middleware with them.
 "$py" benchmarks/authorization.py --decisions 50000 --requests 20000 --rounds 7
 
+# Footprint: RSS and import time by role (client mesh, watching client, serve_asgi).
+"$py" benchmarks/footprint.py --rounds 5
+
 # Sidecars: meshlib against two real Envoy sidecars (mTLS) and the plain path, HTTP and gRPC.
 "$py" benchmarks/sidecar_compare.py --rounds 7 --profile
