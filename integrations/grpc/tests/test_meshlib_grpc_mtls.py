@@ -115,6 +115,48 @@ def test_grpc_calls_are_mtls_with_the_callers_verified_identity(mesh_ca, tmp_pat
         stop(proc)
 
 
+def test_each_caller_is_told_apart_when_calls_alternate(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The server parses each client certificate once and keeps the identity by the whole
+    certificate: two callers taking turns on one server are each seen as themselves."""
+    import json
+
+    server, admin = mesh_ca
+    proc = start(server, admin, tmp_path)
+    try:
+        meshes = {
+            name: Mesh(
+                name,
+                control_plane=server.url,
+                token=admin.create_token(name)["token"],
+                data_dir=tmp_path / name,
+            ).start()
+            for name in ("frontend", "checkout")
+        }
+        try:
+            for mesh in meshes.values():
+                assert wait_for(lambda mesh=mesh: bool(mesh.grpc_table.snapshot.endpoints(REVIEWS))), stop(
+                    proc
+                )
+            channels = {name: meshlib_grpc.channel(mesh, "reviews") for name, mesh in meshes.items()}
+            seen = [
+                (name, json.loads(channels[name].unary_unary("/test.Echo/Unary")(b"x", timeout=5))["peer"])
+                for _ in range(5)
+                for name in ("frontend", "checkout")
+            ]
+            for channel in channels.values():
+                channel.close()
+        finally:
+            for mesh in meshes.values():
+                mesh.close()
+        assert seen == [
+            (name, f"spiffe://cluster.local/ns/default/sa/{name}")
+            for _ in range(5)
+            for name in ("frontend", "checkout")
+        ]
+    finally:
+        stop(proc)
+
+
 def test_grpc_rotation_under_200_calls_per_second_fails_no_call(mesh_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import json
 
