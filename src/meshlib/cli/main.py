@@ -89,6 +89,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         etcd_tls = EtcdTls(Path(args.etcd_cacert), path(args.etcd_cert), path(args.etcd_key))
     elif args.etcd_cert or args.etcd_key:
         raise MeshError("--etcd-cert and --etcd-key need --etcd-cacert (TLS towards etcd)")
+    etcd_auth = None
+    if args.etcd_user:
+        from ..controlplane.etcd_store import EtcdAuth
+
+        etcd_auth = EtcdAuth.from_options(args.etcd_user, path(args.etcd_password_file))
+    elif args.etcd_password_file:
+        raise MeshError("--etcd-password-file needs --etcd-user NAME")
     serve_forever(
         Path(args.data_dir),
         args.host,
@@ -101,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         open_registry=args.insecure_open_registry,
         store_url=args.store,
         etcd_tls=etcd_tls,
+        etcd_auth=etcd_auth,
         tls=args.tls,
         tls_names=args.tls_name,
         consul=consul,
@@ -479,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--etcd-cert", metavar="FILE", help="a client certificate for etcd (--client-cert-auth)")
     p.add_argument("--etcd-key", metavar="FILE", help="the key of --etcd-cert")
+    p.add_argument(
+        "--etcd-user",
+        metavar="NAME",
+        help="authenticate to etcd as this user (etcd auth enabled); the password is read from "
+        "--etcd-password-file or $ETCDCTL_PASSWORD, never from the command line",
+    )
+    p.add_argument("--etcd-password-file", metavar="FILE", help="the file holding --etcd-user's password")
     p.add_argument(
         "--tls",
         action="store_true",

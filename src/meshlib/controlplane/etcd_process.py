@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,11 +19,15 @@ __all__ = ["running_etcd"]
 
 @contextmanager
 def running_etcd(
-    data_dir: Path, timeout: float = 20.0, tls: tuple[Path, Path, Path] | None = None
+    data_dir: Path,
+    timeout: float = 20.0,
+    tls: tuple[Path, Path, Path] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start etcd over ``data_dir``; yield its ``etcd://`` URL and process; stop it by pid.
     With ``tls`` (certificate, key, client CA bundle) it serves clients over TLS only and lets
-    in only those with a client certificate of that CA (``--client-cert-auth``)."""
+    in only those with a client certificate of that CA (``--client-cert-auth``). ``extra_args``
+    go to etcd as they are (e.g. ``--auth-token-ttl=2``)."""
     binary = shutil.which("etcd")
     if binary is None:
         raise MeshError("etcd is not installed (Debian: apt-get install etcd-server)")
@@ -48,6 +52,7 @@ def running_etcd(
                 f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
                 f"--initial-cluster=local=http://127.0.0.1:{peer}",
                 "--log-level=warn",
+                *extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

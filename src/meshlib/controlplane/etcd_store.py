@@ -21,9 +21,18 @@ TLS towards etcd (``EtcdTls``; ``meshctl serve --etcd-cacert/--etcd-cert/--etcd-
 etcdctl's ``--cacert/--cert/--key``): the server's certificate is verified by the given CA
 bundle, and with a client certificate etcd's ``--client-cert-auth`` lets only holders of one
 in. Without it the CA's private key, the tokens and the policy cross to etcd in the clear: use
-plain etcd only on 127.0.0.1 or a private network. Still missing: etcd's user/password
-authentication, and registry entries as etcd leases (a workload's TTL is judged by each replica
-from the last-seen times in the store).
+plain etcd only on 127.0.0.1 or a private network.
+
+etcd's own authentication (``EtcdAuth``; ``--etcd-user NAME`` with the password from
+``--etcd-password-file`` or ``$ETCDCTL_PASSWORD``): the replica authenticates on every connect
+and sends the token etcd hands out with each request. A token etcd no longer knows (it expires
+after ``--auth-token-ttl`` of disuse, 300 s by default, or the member restarted) is answered
+with UNAUTHENTICATED; the replica then authenticates again and repeats the request once. The
+user needs read and write on the prefix only (a role with ``readwrite /meshlib/ --prefix``).
+The password is read once and never logged or shown.
+
+Still missing: registry entries as etcd leases (a workload's TTL is judged by each replica from
+the last-seen times in the store).
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -43,7 +53,7 @@ from ..errors import ConfigError, MeshError
 from ..policy.resources import ResourceKey
 from .store import StoreConflict, StoredResource, StoredWorkload, StoreState
 
-__all__ = ["EtcdStore", "EtcdTls", "parse_etcd_url"]
+__all__ = ["EtcdAuth", "EtcdStore", "EtcdTls", "parse_etcd_url"]
 
 log = logging.getLogger("meshlib.controlplane.etcd")
 T = TypeVar("T")
@@ -57,6 +67,11 @@ _INTENT_BYTES = 1_400_000  # etcd refuses requests over --max-request-bytes (1.5
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
     """``etcd://host:port[,host:port...]`` as (host, port) pairs, in order of preference."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # never echoed back: it may hold a password
+        raise MeshError(
+            "--store: a user or password in the etcd URL is not used; give --etcd-user and the "
+            "password in --etcd-password-file (or $ETCDCTL_PASSWORD) instead"
+        )
     if parts.scheme != "etcd" or not parts.netloc:
         raise MeshError(f"--store {url!r}: expected etcd://host:port[,host:port...]")
     endpoints = []
@@ -91,6 +106,42 @@ class EtcdTls:
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
+@dataclass(frozen=True, slots=True)
+class EtcdAuth:
+    """etcd's user/password authentication. The password is left out of ``repr``."""
+
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_options(cls, user: str, password_file: Path | None = None) -> EtcdAuth:
+        """``--etcd-user NAME [--etcd-password-file F]``; without the file the password is in
+        ``$ETCDCTL_PASSWORD`` (etcdctl's own variable). Never on the command line, where every
+        user of the machine could read it."""
+        if not user or ":" in user:
+            raise ConfigError(
+                "--etcd-user: give the user name only; the password goes in --etcd-password-file "
+                "(or $ETCDCTL_PASSWORD)"
+            )
+        if password_file is not None:
+            try:
+                password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"--etcd-password-file {password_file}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"--etcd-password-file {password_file}: not UTF-8 text") from None
+            if not password:
+                raise ConfigError(f"--etcd-password-file {password_file}: the file is empty")
+        else:
+            password = os.environ.get("ETCDCTL_PASSWORD", "")
+            if not password:
+                raise ConfigError(
+                    f"--etcd-user {user}: no password: "
+                    "give --etcd-password-file FILE or set $ETCDCTL_PASSWORD"
+                )
+        return cls(user, password)
+
+
 def _read(path: Path, option: str, marker: bytes) -> bytes:
     try:
         data = path.read_bytes()
@@ -120,6 +171,11 @@ def _tls_client_class(aetcd: Any) -> Any:
             )
             try:
                 self.channel = channel
+                if self._username is not None and self._password is not None:  # as aetcd's connect
+                    self.auth_stub = rpc.AuthStub(channel)
+                    request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+                    reply = await self.auth_stub.Authenticate(request, timeout=self._timeout)
+                    self.metadata = (("token", reply.token),)
                 self.kvstub = rpc.KVStub(channel)
                 self.clusterstub = rpc.ClusterStub(channel)
                 self.leasestub = rpc.LeaseStub(channel)
@@ -145,6 +201,7 @@ class EtcdStore:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = 5.0,
         tls: EtcdTls | None = None,
+        auth: EtcdAuth | None = None,
     ) -> None:
         import aetcd  # type: ignore[import-untyped]  # meshlib[etcd]; imported here: SQLite users skip it
 
@@ -156,6 +213,9 @@ class EtcdStore:
         if tls is not None:
             self._client_class = _tls_client_class(aetcd)
             self._client_options["credentials"] = tls.credentials()
+        self._user = auth.user if auth is not None else None
+        if auth is not None:
+            self._client_options.update(username=auth.user, password=auth.password)
         self._endpoints = list(endpoints)
         self._current = 0
         self._prefix = prefix.encode()
@@ -189,6 +249,16 @@ class EtcdStore:
                 await client.status()
             except Exception as exc:
                 detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                if (
+                    isinstance(exc, self._aetcd.exceptions.InvalidArgumentError)
+                    and "authentication" in detail
+                ):
+                    with contextlib.suppress(Exception):
+                        await client.close()
+                    # The members of one cluster share their users: no other endpoint would differ.
+                    raise ConfigError(
+                        f"etcd {host}:{port} refused --etcd-user {self._user}: {detail}"
+                    ) from None
                 problems.append(f"{host}:{port}: {exc.__class__.__name__}{f' ({detail})' if detail else ''}")
                 with contextlib.suppress(Exception):
                     await client.close()
@@ -207,12 +277,30 @@ class EtcdStore:
             return await op(self._client)
         except self._aetcd.exceptions.ClientError as exc:
             refused = self._aetcd.exceptions
+            if isinstance(exc, refused.InvalidArgumentError) and "user name is empty" in str(exc):
+                raise ConfigError(
+                    f"etcd {self._endpoints[self._current][0]}:{self._endpoints[self._current][1]} has "
+                    "authentication on: give --etcd-user NAME and its password in --etcd-password-file "
+                    "(or $ETCDCTL_PASSWORD)"
+                ) from None
             if isinstance(exc, refused.PreconditionFailedError | refused.InvalidArgumentError):
                 raise  # etcd answered and refused the request: another endpoint would too
-            log.warning(
-                "etcd %s:%d failed (%s): trying the next endpoint", *self._endpoints[self._current], exc
-            )
-            self._current = (self._current + 1) % len(self._endpoints)
+            if _code_of(exc) == "PERMISSION_DENIED":
+                who = f"etcd user {self._user}" if self._user else "this replica (no --etcd-user)"
+                raise ConfigError(
+                    f"{who} may not use the keys under {self._prefix.decode()} ({exc}): grant it a role "
+                    f"with readwrite on that prefix (etcdctl role grant-permission ROLE readwrite "
+                    f"{self._prefix.decode()} --prefix)"
+                ) from None
+            if isinstance(exc, refused.UnauthenticatedError):
+                # The token lapsed (unused for --auth-token-ttl, or the member restarted):
+                # authenticate again, on the same endpoint, and repeat the request once.
+                log.info("etcd %s:%d: %s; authenticating again", *self._endpoints[self._current], exc)
+            else:
+                log.warning(
+                    "etcd %s:%d failed (%s): trying the next endpoint", *self._endpoints[self._current], exc
+                )
+                self._current = (self._current + 1) % len(self._endpoints)
             await self._connect()
             return await op(self._client)
 
@@ -425,6 +513,16 @@ class EtcdStore:
         with contextlib.suppress(Exception):
             self._call(shut())
         self._loop.stop()
+
+
+def _code_of(exc: BaseException) -> str | None:
+    """The gRPC status name behind an aetcd error (aetcd maps only some codes to classes)."""
+    cause = exc.__cause__
+    code = getattr(cause, "code", None)
+    if callable(code):
+        with contextlib.suppress(Exception):
+            return str(code().name)
+    return None
 
 
 def _check_size(puts: list[tuple[bytes, bytes]]) -> None:

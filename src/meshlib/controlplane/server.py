@@ -33,7 +33,7 @@ from .store import SQLiteStore, Store
 
 if TYPE_CHECKING:
     from .consul_source import ConsulSettings
-    from .etcd_store import EtcdStore, EtcdTls
+    from .etcd_store import EtcdAuth, EtcdStore, EtcdTls
 
 __all__ = ["INSECURE_WARNING", "ConfigServer", "build_app", "serve_forever"]
 
@@ -74,12 +74,14 @@ def build_app(
     open_registry: bool = False,
     store_url: str | None = None,
     etcd_tls: EtcdTls | None = None,
+    etcd_auth: EtcdAuth | None = None,
     tls_names: Sequence[str] | None = None,
     tls_ttl: dt.timedelta = SERVER_TTL,
     consul: ConsulSettings | None = None,
 ) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``, or over etcd (``store_url``
-    ``etcd://host:port[,...]``, shared by replicas; over TLS with ``etcd_tls``): (app, state,
+    ``etcd://host:port[,...]``, shared by replicas; over TLS with ``etcd_tls``, as an etcd user
+    with ``etcd_auth``): (app, state,
     token path, token created).
     With ``tls_names`` the service gets a certificate of its CA for those names (written to
     ``<data-dir>/tls``, with the bundle clients verify it by: ``tls/ca-bundle.pem``), valid for
@@ -91,13 +93,13 @@ def build_app(
     token, token_path, created = ensure_admin_token(data_dir)
     store: Store
     if store_url is None:
-        if etcd_tls is not None:
-            raise MeshError("--etcd-cacert, --etcd-cert and --etcd-key need --store etcd://...")
+        if etcd_tls is not None or etcd_auth is not None:
+            raise MeshError("--etcd-cacert, --etcd-cert, --etcd-key and --etcd-user need --store etcd://...")
         store = SQLiteStore(data_dir / DB_FILE)
     else:
         from .etcd_store import EtcdStore, parse_etcd_url
 
-        store = shared = EtcdStore(parse_etcd_url(store_url), tls=etcd_tls)
+        store = shared = EtcdStore(parse_etcd_url(store_url), tls=etcd_tls, auth=etcd_auth)
     try:
         ca = CertificateAuthority.load_or_create(
             data_dir, trust_domain, ca_cert=ca_cert, ca_key=ca_key, ca_bundle=ca_bundle
@@ -200,6 +202,7 @@ def serve_forever(
     open_registry: bool = False,
     store_url: str | None = None,
     etcd_tls: EtcdTls | None = None,
+    etcd_auth: EtcdAuth | None = None,
     tls: bool = False,
     tls_names: Sequence[str] = (),
     consul: ConsulSettings | None = None,
@@ -215,6 +218,7 @@ def serve_forever(
         open_registry=open_registry,
         store_url=store_url,
         etcd_tls=etcd_tls,
+        etcd_auth=etcd_auth,
         tls_names=tls_names_for(host, tls_names) if tls else None,
         consul=consul,
     )
@@ -264,6 +268,7 @@ class ConfigServer:
         insecure_open_registry: bool = False,
         store_url: str | None = None,
         etcd_tls: EtcdTls | None = None,
+        etcd_auth: EtcdAuth | None = None,
         tls: bool = False,
         tls_ttl: dt.timedelta = SERVER_TTL,
         consul: ConsulSettings | None = None,
@@ -273,6 +278,7 @@ class ConfigServer:
         self.consul = consul
         self.store_url = store_url
         self.etcd_tls = etcd_tls
+        self.etcd_auth = etcd_auth
         self.tls = tls
         self.ca_bundle_path: Path | None = None  # with tls: what clients verify the service by
         self.open_registry = insecure_open_registry
@@ -305,6 +311,7 @@ class ConfigServer:
             open_registry=self.open_registry,
             store_url=self.store_url,
             etcd_tls=self.etcd_tls,
+            etcd_auth=self.etcd_auth,
             tls_names=tls_names_for(self.host) if self.tls else None,
             tls_ttl=self.tls_ttl,
             consul=self.consul,
