@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from meshlib.controlplane.server import ConfigServer
 from meshlib.errors import ConfigError, UnauthorizedError
 from meshlib.protocol import MAX_BODY_BYTES
 from tests.conftest import destination_rule, virtual_service
+from tests.servers import wait_for
 
 
 def test_writes_without_token_are_refused_and_change_nothing(server: ConfigServer) -> None:
@@ -194,6 +196,29 @@ def test_workloads_endpoint_shows_ack_and_nack(server: ConfigServer) -> None:
         assert (item["nackVersion"], item["nackReason"]) == (2, "bad thing")
         assert http.delete("/v1/workloads/w-1").json()["version"] == 2
         assert http.get("/v1/workloads").json()["items"] == []
+
+
+def test_a_watch_whose_caller_hung_up_is_released(server: ConfigServer) -> None:
+    """A held watch counts its workload as connected; once the caller has gone, the service
+    notices at the end of its current 5 s slice, well before the watch's own wait is up."""
+    registration = {"id": "w-1", "service": "reviews", "endpoints": [{"address": "127.0.0.1", "port": 9080}]}
+
+    def connected(http: httpx.Client) -> bool:
+        (item,) = http.get("/v1/workloads").json()["items"]
+        return bool(item["connected"])
+
+    with httpx.Client(base_url=server.url) as http:
+        version = http.put("/v1/workloads/w-1", json=registration).json()["version"]
+        body = json.dumps({"version": version, "wait": 60, "workload": "w-1"}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as caller:
+            caller.sendall(
+                b"POST /v1/watch HTTP/1.1\r\nhost: cp\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            assert wait_for(lambda: connected(http), timeout=5)
+        hung_up = time.monotonic()
+        assert wait_for(lambda: not connected(http), timeout=15)
+        assert time.monotonic() - hung_up < 12  # not the 60 s the watch asked for
 
 
 def test_listening_sockets_turn_nagle_off() -> None:

@@ -39,6 +39,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..ca.tokens import TokenRegistry
 from ..errors import ConfigError
@@ -363,6 +364,7 @@ def create_app(
         revocations = tokens.revocations if tokens is not None else 0
         try:
             deadline = time.monotonic() + body.wait
+            waited = False
             while True:
                 waiter = notifier.arm()  # before the check, so no change can slip in between
                 if tokens is not None and tokens.revocations != revocations:
@@ -374,10 +376,14 @@ def create_app(
                 if notifier.closing:
                     return _error(503, "config service is shutting down")
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or await request.is_disconnected():
+                # A watch that has just come in is connected; asking costs an anyio cancel
+                # scope per call (15% of the service's CPU in a 5,000-watcher fan-out), so
+                # only a watch that has waited a whole slice asks whether its caller left.
+                if remaining <= 0 or (waited and await request.is_disconnected()):
                     return Response(status_code=204)
                 # asyncio.wait never cancels the shared future when one waiter times out.
                 await asyncio.wait((waiter,), timeout=min(remaining, 5.0))
+                waited = not waiter.done()
             return Response(state.payload(), media_type="application/json")
         finally:
             state.watch_end(handle)
@@ -509,6 +515,29 @@ def create_app(
         Route("/v1/discovery", errors(list_discovery), methods=["GET"]),
         *(extra_routes or []),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = _ConfigApp(routes=routes, lifespan=lifespan)
+    app.direct[("POST", "/v1/watch")] = errors(watch)
     app.state.notifier = notifier
     return app
+
+
+class _ConfigApp(Starlette):
+    """Starlette, with the watch answered directly: every workload sends one per change, and
+    the router, the two exception middlewares and ``request_response`` around it cost about a
+    quarter of the service's CPU in a 5,000-watcher fan-out (each layer is also resumed again
+    whenever a waiting watch wakes). ``json_errors`` already turns every exception into an
+    answer, which is what those layers add."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.direct: dict[tuple[str, str], Handler] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handler = self.direct.get((scope["method"], scope["path"]))
+            if handler is not None:
+                scope["app"] = self
+                response = await handler(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)

@@ -160,6 +160,9 @@ def _uvicorn_config(app: Starlette, graceful: int) -> uvicorn.Config:
         log_level="warning",
         timeout_graceful_shutdown=graceful,
         backlog=4096,
+        # Callers are known by their tokens, never by X-Forwarded-* headers (uvicorn trusts
+        # them from 127.0.0.1 by default); off, which also saves the middleware per request.
+        proxy_headers=False,
         ssl_certfile=str(tls[0]) if tls is not None else None,
         ssl_keyfile=str(tls[1]) if tls is not None else None,
     )

@@ -108,6 +108,7 @@ class WorkloadView:
     """What ``meshctl status`` shows for one workload."""
 
     registration: WorkloadRegistration
+    stored: Mapping[str, Any]  # the registration's JSON form, as stored: read, never changed
     identity: str
     acked_version: int | None
     nack_version: int | None
@@ -119,7 +120,7 @@ class WorkloadView:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "registration": self.registration.model_dump(mode="json"),
+            "registration": self.stored,  # dumping each again cost ~10 µs apiece at 5,000
             "identity": self.identity,
             "ackedVersion": self.acked_version,
             "nackVersion": self.nack_version,
@@ -614,6 +615,7 @@ class ConfigState:
             out.append(
                 WorkloadView(
                     item.registration,
+                    s.registration,
                     item.registration.identity(self.trust_domain),
                     s.acked_version,
                     s.nack_version,
