@@ -81,8 +81,7 @@ def build_app(
 ) -> tuple[Starlette, ConfigState, Path, bool]:
     """The app over the embedded store in ``data_dir``, or over etcd (``store_url``
     ``etcd://host:port[,...]``, shared by replicas; over TLS with ``etcd_tls``, as an etcd user
-    with ``etcd_auth``): (app, state,
-    token path, token created).
+    with ``etcd_auth``): (app, state, token path, token created).
     With ``tls_names`` the service gets a certificate of its CA for those names (written to
     ``<data-dir>/tls``, with the bundle clients verify it by: ``tls/ca-bundle.pem``), valid for
     ``tls_ttl`` and renewed at half of it while the service runs (service_tls.py); the paths
