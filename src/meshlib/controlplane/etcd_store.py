@@ -277,11 +277,11 @@ class EtcdStore:
             return await op(self._client)
         except self._aetcd.exceptions.ClientError as exc:
             refused = self._aetcd.exceptions
+            host, port = self._endpoints[self._current]
             if isinstance(exc, refused.InvalidArgumentError) and "user name is empty" in str(exc):
                 raise ConfigError(
-                    f"etcd {self._endpoints[self._current][0]}:{self._endpoints[self._current][1]} has "
-                    "authentication on: give --etcd-user NAME and its password in --etcd-password-file "
-                    "(or $ETCDCTL_PASSWORD)"
+                    f"etcd {host}:{port} has authentication on: give --etcd-user NAME and its "
+                    "password in --etcd-password-file (or $ETCDCTL_PASSWORD)"
                 ) from None
             if isinstance(exc, refused.PreconditionFailedError | refused.InvalidArgumentError):
                 raise  # etcd answered and refused the request: another endpoint would too
@@ -295,11 +295,9 @@ class EtcdStore:
             if isinstance(exc, refused.UnauthenticatedError):
                 # The token lapsed (unused for --auth-token-ttl, or the member restarted):
                 # authenticate again, on the same endpoint, and repeat the request once.
-                log.info("etcd %s:%d: %s; authenticating again", *self._endpoints[self._current], exc)
+                log.info("etcd %s:%d: %s; authenticating again", host, port, exc)
             else:
-                log.warning(
-                    "etcd %s:%d failed (%s): trying the next endpoint", *self._endpoints[self._current], exc
-                )
+                log.warning("etcd %s:%d failed (%s): trying the next endpoint", host, port, exc)
                 self._current = (self._current + 1) % len(self._endpoints)
             await self._connect()
             return await op(self._client)
