@@ -89,6 +89,8 @@ import psutil  # type: ignore[import-untyped]
 from _results import RESULTS, cpu_model, write_results
 
 from meshlib.controlplane.etcd_process import running_etcd
+from meshlib.protocol import decode_snapshot
+from meshlib.snapshot_delta import HeldSnapshot
 
 HOST = "127.0.0.1"
 SECTION = "## Watch fan-out (config service)"
@@ -129,6 +131,7 @@ class Options:
     clients: list[str]
     nodelay: list[str]
     stores: list[str]
+    snapshots: list[str]
     client_procs: int  # 0: automatic
     decode: str
     endpoints: bool
@@ -164,6 +167,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         default="sqlite",
         help="comma-separated: sqlite (the embedded default) and/or etcd (a local etcd-server "
         "started per case; its CPU and RSS reported apart) (default sqlite)",
+    )
+    p.add_argument(
+        "--snapshots",
+        default="delta",
+        help="comma-separated: delta (workloads ask for what changed since the version they hold, "
+        "as Watcher does) and/or full (the whole snapshot every time) (default delta)",
     )
     p.add_argument("--client-procs", type=int, default=0, help="client processes (default: automatic)")
     p.add_argument(
@@ -210,9 +219,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     stores = [c.strip() for c in a.store.split(",") if c.strip()]
     if not stores or not set(stores) <= {"sqlite", "etcd"}:
         p.error("--store takes sqlite, etcd or both")
+    snapshots = [c.strip() for c in a.snapshots.split(",") if c.strip()]
+    if not snapshots or not set(snapshots) <= {"delta", "full"}:
+        p.error("--snapshots takes delta, full or both")
     return Options(
         workloads=counts,
         stores=stores,
+        snapshots=snapshots,
         rounds=a.rounds,
         clients=clients,
         nodelay=nodelay,
@@ -402,6 +415,7 @@ class ClientPlan:
     decode: str
     endpoints: bool
     wait: float
+    delta: bool
 
 
 class Receipt(NamedTuple):
@@ -411,6 +425,7 @@ class Receipt(NamedTuple):
     version: int
     received: float
     decoded: float
+    size: int  # bytes of the watch answer's body
 
 
 class Recorder:
@@ -424,8 +439,8 @@ class Recorder:
         self.errors: list[str] = []
         self._counts: dict[int, int] = {}
 
-    def received(self, workload_id: str, version: int, received: float, decoded: float) -> None:
-        self.receipts.append(Receipt(workload_id, version, received, decoded))
+    def received(self, workload_id: str, version: int, received: float, decoded: float, size: int) -> None:
+        self.receipts.append(Receipt(workload_id, version, received, decoded, size))
         count = self._counts[version] = self._counts.get(version, 0) + 1
         if count == self.expected:
             self.progress.put((self.index, version))
@@ -450,16 +465,21 @@ def registration(workload_id: str, plan: ClientPlan) -> bytes:
     return json.dumps(body).encode()
 
 
-def decode(data: bytes, mode: str) -> int:
-    """The snapshot's version, after the work ``mode`` asks for."""
+def decode(data: bytes, mode: str, held: HeldSnapshot | None) -> tuple[int, HeldSnapshot | None]:
+    """The snapshot's version, after the work ``mode`` asks for, and the snapshot held after
+    it (a delta applied to ``held``, as Watcher does; none in mode ``none``)."""
     if mode == "none" and data.startswith(VERSION_HEAD):
-        return int(data[len(VERSION_HEAD) : data.index(b",")])
+        return int(data[len(VERSION_HEAD) : data.index(b",")]), None
     payload = json.loads(data)
+    if "base" in payload:
+        if held is None:
+            raise ValueError("a delta came with no snapshot held")
+        payload = held.apply(payload)
+    else:
+        held = HeldSnapshot(payload)
     if mode == "compile":
-        from meshlib.protocol import decode_snapshot
-
         decode_snapshot(payload)
-    return int(payload["version"])
+    return int(payload["version"]), held
 
 
 RETRYABLE = (OSError, httpx.HTTPError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError)
@@ -482,11 +502,13 @@ async def register(workload_id: str, transport: Transport, plan: ClientPlan, rec
 async def run_workload(workload_id: str, transport: Transport, plan: ClientPlan, recorder: Recorder) -> None:
     """Register, then watch forever like Watcher.round: send version, wait and last ACK."""
     await register(workload_id, transport, plan, recorder)
-    version, ack = -1, None
+    version, ack, held = -1, None, None
     while True:
         body: dict[str, Any] = {"version": version, "wait": plan.wait, "workload": workload_id}
         if ack is not None:
             body["ack"] = ack
+        if plan.delta and (held is not None or plan.decode == "none"):
+            body["delta"] = True
         try:
             status, data = await transport.request("POST", "/v1/watch", json.dumps(body).encode())
         except RETRYABLE as exc:
@@ -499,8 +521,9 @@ async def run_workload(workload_id: str, transport: Transport, plan: ClientPlan,
             recorder.error(f"watch {status}: {data[:200]!r}")
             await asyncio.sleep(0.2)
             continue
-        version = ack = decode(data, plan.decode)
-        recorder.received(workload_id, version, received, time.monotonic())
+        version, held = decode(data, plan.decode, held)
+        ack = version
+        recorder.received(workload_id, version, received, time.monotonic(), len(data))
 
 
 def make_transports(plan: ClientPlan) -> list[Transport]:
@@ -556,15 +579,17 @@ def client_main(plan: ClientPlan, stop: MpEvent, progress: mp.Queue[Any], result
 class ClientProcesses:
     """The client processes of one run; stopped through an Event, then by pid if need be."""
 
-    def __init__(self, service: ServiceProcess, n: int, procs: int, client: str, opts: Options) -> None:
+    def __init__(self, service: ServiceProcess, case: Case, procs: int, opts: Options) -> None:
         self._ctx = mp.get_context("spawn")
         self.stop_event = self._ctx.Event()
         self.results: mp.Queue[Any] = self._ctx.Queue()
         self.progress: mp.Queue[Any] = self._ctx.Queue()
-        ids = [f"bench-{i:05d}" for i in range(n)]
+        ids = [f"bench-{i:05d}" for i in range(case.n)]
+        delta = case.snapshots == "delta"
         self.plans = [
             ClientPlan(
-                i, service.url, service.port, ids[i::procs], client, opts.decode, opts.endpoints, opts.wait
+                *(i, service.url, service.port, ids[i::procs], case.client),
+                *(opts.decode, opts.endpoints, opts.wait, delta),
             )
             for i in range(procs)
         ]
@@ -674,9 +699,13 @@ class Case:
     client: str
     nodelay: str
     store: str = "sqlite"
+    snapshots: str = "delta"
 
     def __str__(self) -> str:
-        return f"N={self.n} client={self.client} nodelay={self.nodelay} store={self.store}"
+        return (
+            f"N={self.n} client={self.client} nodelay={self.nodelay} store={self.store} "
+            f"snapshots={self.snapshots}"
+        )
 
 
 @dataclass
@@ -756,7 +785,6 @@ class Driver:
 
 def compile_cost(payload: bytes, repeat: int = 5) -> float:
     """Seconds one workload spends on ``payload``: JSON parsing plus decode_snapshot (median)."""
-    from meshlib.protocol import decode_snapshot
 
     times = []
     for _ in range(repeat):
@@ -898,7 +926,7 @@ def run_case(case: Case, opts: Options) -> RunResult:
         )
         if case.store == "etcd":
             service.etcd = psutil.Process(etcd.pid)
-        clients = ClientProcesses(service, case.n, result.procs, case.client, opts)
+        clients = ClientProcesses(service, case, result.procs, opts)
         try:
             measure(result, service, clients, opts)
         except (TimeoutError, RuntimeError, httpx.HTTPError, psutil.Error) as exc:
@@ -953,6 +981,13 @@ def mid_max(values: Sequence[float]) -> str:
     return f"{ms(statistics.median(values))} / {ms(max(values))}"
 
 
+def change_bytes(run: RunResult) -> str:
+    """What one watcher received per change in the rounds: median / max bytes."""
+    first = min((r.version for r in run.rounds), default=None)
+    sizes = [rec.size for rec in run.receipts if first is not None and rec.version >= first]
+    return f"{statistics.median(sizes):,.0f} / {max(sizes):,}" if sizes else "n/a"
+
+
 def setup_receipts(run: RunResult) -> int:
     """Snapshots delivered before the first round: one each, plus one per registry change seen."""
     first = min((r.version for r in run.rounds), default=None)
@@ -964,11 +999,11 @@ def mib(run: RunResult, key: str) -> str:
 
 
 def case_cells(run: RunResult) -> list[str]:
-    return [str(run.case.n), run.case.client, run.case.nodelay, run.case.store]
+    return [str(run.case.n), run.case.client, run.case.nodelay, run.case.store, run.case.snapshots]
 
 
 # Column titles; a trailing ">" right-aligns the column.
-CASE_COLUMNS = ("N>", "client", "nodelay", "store")
+CASE_COLUMNS = ("N>", "client", "nodelay", "store", "snapshots")
 LATENCY_COLUMNS = (
     *CASE_COLUMNS,
     "client procs>",
@@ -992,6 +1027,7 @@ RESOURCE_COLUMNS = (
     "snapshots sent in setup>",
     "apply ms",
     "snapshot bytes>",
+    "bytes per change p50 / max>",
     "compile ms>",
     "setup s>",
     "errors>",
@@ -1050,6 +1086,7 @@ def resource_cells(run: RunResult) -> list[str]:
         str(setup_receipts(run)),
         mid_max([r.apply_seconds for r in run.rounds]),
         f"{run.payload_bytes:,}",
+        change_bytes(run),
         ms(run.compile_seconds),
         f"{run.setup_seconds:.1f}",
         str(len(run.errors)),
@@ -1111,9 +1148,10 @@ the service and by all client processes together; time of one `GET /v1/workloads
 quiet service (median of 5) and on average while the driver polled it in the rounds;
 snapshots delivered to workloads before the first round (N if registering changes nothing
 workloads see; more if each registration makes a new version);
-`POST /v1/apply` round trip (median / max, ms); snapshot size, and the CPU one workload spends
-parsing and compiling it (`decode_snapshot`, timed in the driver); seconds for N workloads to
-start, register and ACK the first snapshot; client-side errors; the share of all cores that
+`POST /v1/apply` round trip (median / max, ms); snapshot size; what one watch answer carried
+per change in the rounds (a delta with `snapshots` = delta, else the whole snapshot); the CPU
+one workload spends parsing and compiling it (`decode_snapshot`, timed in the driver); seconds
+for N workloads to start, register and ACK the first snapshot; client-side errors; the share of all cores that
 other processes on the machine used during the rounds (the benchmark wants it near 0%)."""
 
 
@@ -1177,7 +1215,8 @@ def on_sigterm(signum: int, frame: object) -> None:
 
 def cases(opts: Options) -> list[Case]:
     return [
-        Case(n, c, d, store)
+        Case(n, c, d, store, snap)
+        for snap in opts.snapshots
         for store in opts.stores
         for c in opts.clients
         for d in opts.nodelay

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import stat
 import time
@@ -146,7 +148,10 @@ def test_a_snapshot_the_workload_cannot_use_is_nacked_and_the_old_one_kept(
         state = server.state
         assert state is not None
         item = state.resources()[0]
-        item.manifest["spec"]["http"][0]["sessionPersistence"] = {"type": "COOKIE"}
+        manifest = copy.deepcopy(item.manifest)
+        manifest["spec"]["http"][0]["sessionPersistence"] = {"type": "COOKIE"}
+        # A stored item is never changed in place: the snapshot encodes each item once.
+        state._resources[item.key] = dataclasses.replace(item, manifest=manifest)
         admin.apply([destination_rule()])  # a real change: version 2 goes out with both
         assert wait_for(lambda: admin.workloads()["items"][0]["nackVersion"] == 2)
         (item_view,) = admin.workloads()["items"]

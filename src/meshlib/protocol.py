@@ -116,6 +116,8 @@ class WatchRequest(MeshModel):
     workload: str | None = Field(default=None, max_length=253)
     ack: int | None = Field(default=None, ge=0, le=2**63 - 1)
     nack: Nack | None = None
+    # Answer with what changed since ``version`` (meshlib.snapshot_delta) when possible.
+    delta: bool = False
 
 
 def _with_discovered(resources: list[Resource], discovered: Any) -> list[Resource]:

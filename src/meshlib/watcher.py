@@ -18,6 +18,7 @@ import tenacity
 from .core.snapshot import Snapshot
 from .errors import ConfigError, ControlPlaneError, UnauthorizedError
 from .protocol import MAX_WATCH_WAIT, EdgeReport, WorkloadRegistration, decode_snapshot
+from .snapshot_delta import HeldSnapshot
 
 __all__ = ["Watcher"]
 
@@ -54,6 +55,7 @@ class Watcher:
         self._registered = False
         self._ack: int | None = None
         self._nack: tuple[int, str] | None = None
+        self._held: HeldSnapshot | None = None  # the last payload, by item: deltas apply to it
         self._failures = 0
         self._retrying = tenacity.AsyncRetrying(
             wait=tenacity.wait_random_exponential(multiplier=backoff_base, max=backoff_max),
@@ -88,6 +90,8 @@ class Watcher:
             body["ack"] = self._ack
         if self._nack is not None:
             body["nack"] = {"version": self._nack[0], "reason": self._nack[1]}
+        if self._held is not None and self._held.version == self.version:
+            body["delta"] = True
         response = await self._client.post(f"{self.url}/v1/watch", json=body)
         self._check(response)
         self._ack = self._nack = None
@@ -95,7 +99,20 @@ class Watcher:
         if response.status_code == 204:
             return
         payload = response.json()
+        if isinstance(payload, dict) and "base" in payload:
+            try:
+                if self._held is None:
+                    raise ConfigError("a snapshot delta came, but no snapshot is held")
+                payload = self._held.apply(payload)
+            except ConfigError as exc:
+                log.warning("%s; asking %s for the whole snapshot", exc, self.url)
+                self._held, self.version = None, -1
+                return
+        else:
+            self._held = None
         version = payload.get("version") if isinstance(payload, dict) else None
+        if self._held is None and isinstance(version, int):
+            self._held = HeldSnapshot(payload)
         try:
             snapshot = decode_snapshot(payload)
         except ConfigError as exc:

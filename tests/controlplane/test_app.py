@@ -19,6 +19,7 @@ from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
 from meshlib.errors import ConfigError, UnauthorizedError
 from meshlib.protocol import MAX_BODY_BYTES
+from meshlib.snapshot_delta import HeldSnapshot
 from tests.conftest import destination_rule, virtual_service
 from tests.servers import wait_for
 
@@ -172,6 +173,30 @@ def test_serve_prints_the_token_path_never_the_token(tmp_path: Path) -> None:
     assert token not in output
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why.
     assert proc.returncode == -signal.SIGTERM
+
+
+def test_a_watch_that_asks_for_a_delta_gets_only_what_changed(
+    server: ConfigServer, admin: ControlPlaneClient
+) -> None:
+    admin.apply([virtual_service(), destination_rule()])
+    registration = {"id": "w-1", "service": "ratings", "endpoints": [{"address": "127.0.0.1", "port": 9081}]}
+    with httpx.Client(base_url=server.url) as http:
+        first = http.post("/v1/watch", json={"version": -1, "wait": 5, "delta": True})
+        assert "base" not in first.json(), "first contact: the whole snapshot"
+        held = HeldSnapshot(first.json())
+        assert http.put("/v1/workloads/w-1", json=registration).status_code == 200
+        answer = http.post("/v1/watch", json={"version": held.version, "wait": 5, "delta": True})
+        delta = answer.json()
+        assert (delta["base"], delta["version"]) == (held.version, held.version + 1)
+        assert delta["changed"]["resources"] == []
+        assert [w["id"] for w in delta["changed"]["workloads"]] == ["w-1"]
+        assert len(answer.content) < len(http.get("/v1/snapshot").content) / 2
+        assert held.apply(delta) == http.get("/v1/snapshot").json()
+        # A version this service never served, or no delta asked for: the whole snapshot.
+        for body in ({"version": 1234, "delta": True}, {"version": held.version - 1}):
+            whole = http.post("/v1/watch", json={**body, "wait": 5}).json()
+            assert "base" not in whole
+            assert whole["version"] == held.version
 
 
 def test_workloads_endpoint_shows_ack_and_nack(server: ConfigServer) -> None:

@@ -384,7 +384,8 @@ def create_app(
                 # asyncio.wait never cancels the shared future when one waiter times out.
                 await asyncio.wait((waiter,), timeout=min(remaining, 5.0))
                 waited = not waiter.done()
-            return Response(state.payload(), media_type="application/json")
+            answer = state.delta(body.version) if body.delta else None
+            return Response(answer or state.payload(), media_type="application/json")
         finally:
             state.watch_end(handle)
 

@@ -16,7 +16,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -31,6 +31,8 @@ from ..policy.resources import Resource, ResourceKey, ServiceEntry
 from ..policy.skipped import SkippedResource
 from ..policy.validate import format_path, parse_document, parse_resource, resource_label
 from ..registry import WorkloadRegistration
+from ..snapshot_delta import SECTIONS, item_key
+from .snapshot_log import Encoded, SnapshotLog
 from .store import Store, StoreConflict, StoredResource, StoredWorkload
 
 __all__ = [
@@ -160,6 +162,8 @@ class ConfigState:
     _own_addresses: set[str] = field(init=False, default_factory=set)
     _entries: dict[str, ServiceEntry] | None = field(init=False, default=None)  # host -> its ServiceEntry
     _discovered: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
+    _encoded: dict[tuple[str, str], tuple[object, bytes]] = field(init=False, default_factory=dict)
+    _log: SnapshotLog = field(init=False, default_factory=SnapshotLog)
 
     def __post_init__(self) -> None:
         if not self.forget_after:
@@ -695,26 +699,64 @@ class ConfigState:
     # --- what workloads receive -------------------------------------------------------
 
     def payload(self) -> bytes:
-        """The snapshot at the current version as JSON, encoded once per version."""
+        """The snapshot at the current version as JSON: encoded once per version, and each item
+        only when it changed. Each version encoded is recorded for deltas (``delta``)."""
         if self._payload is None or self._payload[0] != self.version:
-            body = {
-                "version": self.version,
-                "trustDomain": self.trust_domain,
-                "trustBundle": list(self.trust_bundle),
-                "resources": [item.manifest for _, item in sorted(self._resources.items())],
-                "workloads": [
-                    w.registration.model_dump(mode="json")
-                    for w in self._workloads.values()
-                    if not w.lost and w.registration.endpoints
-                ],
-                "discovered": [
-                    self._discovered[key].manifest
-                    for key in sorted({_discovered_key(t) for t in self.consul_targets()})
-                    if key in self._discovered
-                ],
+            items: Encoded = {
+                ("meta", "trustDomain"): _json(self.trust_domain),
+                ("meta", "trustBundle"): _json(list(self.trust_bundle)),
             }
-            self._payload = (self.version, json.dumps(body, separators=(",", ":")).encode())
+            cache, self._encoded = self._encoded, {}
+            lists: dict[str, list[bytes]] = {}
+            for section, sources in self._sources():
+                encoded = lists[section] = []
+                for key, source in sources:
+                    hit = cache.get((section, key))
+                    data = hit[1] if hit is not None and hit[0] is source else _json(_dump(source))
+                    self._encoded[(section, key)] = (source, data)
+                    items[(section, key)] = data
+                    encoded.append(data)
+            self._log.record(self.version, items)
+            body = b'{"version":%d,"trustDomain":%s,"trustBundle":%s,%s}' % (
+                self.version,
+                items[("meta", "trustDomain")],
+                items[("meta", "trustBundle")],
+                b",".join(b'"%s":[%s]' % (s.encode(), b",".join(lists[s])) for s in SECTIONS),
+            )
+            self._payload = (self.version, body)
         return self._payload[1]
+
+    def delta(self, base: int) -> bytes | None:
+        """What changed from ``base`` to the current version (``meshlib.snapshot_delta``), or
+        None when only the full snapshot will do: ``base`` is current, or was not served here."""
+        self.payload()
+        return self._log.delta(base)
+
+    def _sources(self) -> Iterator[tuple[str, list[tuple[str, StoredResource | WorkloadRegistration]]]]:
+        """Per section, what each item of the snapshot is made from: (key, source)."""
+        resources = (r for _, r in sorted(self._resources.items()))
+        yield "resources", [(item_key("resources", r.manifest), r) for r in resources]
+        yield (
+            "workloads",
+            [
+                (w.registration.id, w.registration)
+                for w in self._workloads.values()
+                if not w.lost and w.registration.endpoints
+            ],
+        )
+        keys = sorted({_discovered_key(t) for t in self.consul_targets()} & self._discovered.keys())
+        found = (self._discovered[key] for key in keys)
+        yield "discovered", [(item_key("discovered", f.manifest), f) for f in found]
+
+
+def _dump(source: StoredResource | WorkloadRegistration) -> Any:
+    if isinstance(source, WorkloadRegistration):
+        return source.model_dump(mode="json")
+    return source.manifest
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _discovered_key(target: ConsulTarget) -> ResourceKey:

@@ -1,0 +1,137 @@
+"""Snapshot deltas on the config service's side: ConfigState.delta on a real SQLite store.
+
+The rule every test here checks: what a workload holds at version B, with the delta from B
+applied, is exactly the full snapshot at the current version.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshlib.controlplane.state import ConfigState
+from meshlib.controlplane.store import SQLiteStore
+from meshlib.policy.resources import ResourceKey
+from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
+from meshlib.snapshot_delta import HeldSnapshot
+from tests.conftest import destination_rule, virtual_service
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> ConfigState:
+    return ConfigState(SQLiteStore(tmp_path / "db"), trust_bundle=("ROOT-A",))
+
+
+def registration(workload: str, port: int = 8080, service: str = "reviews") -> WorkloadRegistration:
+    return WorkloadRegistration(
+        id=workload,
+        service=service,
+        labels={"version": "v1"},
+        endpoints=[AnnouncedEndpoint(address="127.0.0.1", port=port)],
+    )
+
+
+def full(state: ConfigState) -> dict[str, Any]:
+    payload: dict[str, Any] = json.loads(state.payload())
+    return payload
+
+
+def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal snapshots; the registry's order is not part of a snapshot's meaning."""
+
+    def by_id(p: dict[str, Any]) -> dict[str, Any]:
+        return {**p, "workloads": sorted(p["workloads"], key=lambda w: w["id"])}
+
+    return by_id(a) == by_id(b)
+
+
+def test_a_registration_is_sent_as_itself_not_as_the_whole_registry(state: ConfigState) -> None:
+    state.apply([virtual_service(), destination_rule()])
+    for n in range(200):
+        state.register(registration(f"w{n}", 8000 + n))
+    held = HeldSnapshot(full(state))
+    whole = len(state.payload())
+    state.register(registration("newcomer", 9999))
+    delta = state.delta(held.version)
+    assert delta is not None
+    answer = json.loads(delta)
+    assert answer["base"] == held.version
+    assert answer["version"] == state.version
+    assert [w["id"] for w in answer["changed"]["workloads"]] == ["newcomer"]
+    assert answer["changed"]["resources"] == []
+    assert "trustBundle" not in answer
+    assert len(delta) * 50 < whole, (len(delta), whole)
+    assert same(held.apply(answer), full(state))
+
+
+def test_removals_are_named(state: ConfigState) -> None:
+    state.apply([virtual_service(), destination_rule()])
+    state.register(registration("w1"))
+    state.register(registration("w2", 8081))
+    held = HeldSnapshot(full(state))
+    state.delete([ResourceKey("DestinationRule", "default", "reviews")])
+    state.deregister("w1")
+    answer = json.loads(state.delta(held.version) or b"null")
+    assert answer["removed"]["resources"] == ["DestinationRule/default/reviews"]
+    assert answer["removed"]["workloads"] == ["w1"]
+    payload = held.apply(answer)
+    assert same(payload, full(state))
+    assert [r["kind"] for r in payload["resources"]] == ["VirtualService"]
+
+
+def test_only_a_version_this_replica_served_is_a_base(state: ConfigState) -> None:
+    state.apply([virtual_service()])
+    served = state.version
+    state.payload()
+    state.apply([destination_rule()])  # never encoded: no watcher asked for it
+    skipped = state.version
+    state.register(registration("w1"))
+    assert state.delta(skipped) is None, "a version never served here gets the full snapshot"
+    assert state.delta(state.version) is None, "nothing to send to a workload that is current"
+    assert state.delta(12345) is None
+    answer = json.loads(state.delta(served) or b"null")
+    assert {r["kind"] for r in answer["changed"]["resources"]} == {"DestinationRule"}
+
+
+def test_the_trust_bundle_travels_only_when_it_changed(state: ConfigState) -> None:
+    state.apply([virtual_service()])
+    held = HeldSnapshot(full(state))
+    state.trust_bundle = ("ROOT-A", "ROOT-B")  # as a root rotation does, at a new version
+    state.register(registration("w1"))
+    answer = json.loads(state.delta(held.version) or b"null")
+    assert answer["trustBundle"] == ["ROOT-A", "ROOT-B"]
+    assert same(held.apply(answer), full(state))
+
+
+def test_any_served_version_plus_its_delta_is_the_current_snapshot(state: ConfigState) -> None:
+    rng = random.Random(1414)
+    held: dict[int, dict[str, Any]] = {}
+    live: set[str] = set()
+    for step in range(300):
+        roll = rng.random()
+        if roll < 0.45 or not live:
+            name = f"w{rng.randrange(40)}"
+            state.register(registration(name, 8000 + rng.randrange(3), rng.choice(["reviews", "ratings"])))
+            live.add(name)
+        elif roll < 0.8:
+            name = rng.choice(sorted(live))
+            state.deregister(name)
+            live.discard(name)
+        elif roll < 0.9:
+            state.apply([virtual_service(v1=step % 100, v2=100 - step % 100)])
+        else:
+            state.delete([ResourceKey("VirtualService", "default", "reviews")])
+        if rng.random() < 0.5:  # a watcher asked: this version was served
+            held[state.version] = full(state)
+        current = full(state)
+        for base in rng.sample(sorted(held), min(5, len(held))):
+            delta = state.delta(base)
+            if base == state.version:
+                assert delta is None
+                continue
+            assert delta is not None
+            assert same(HeldSnapshot(held[base]).apply(json.loads(delta)), current), (step, base)
