@@ -12,7 +12,7 @@ how many versions the churn made, the service's CPU during the churn and every e
 Bounded in count and time; 127.0.0.1 only; the processes started here are stopped by pid.
 
     .venv/bin/python benchmarks/registry_churn.py [--watchers 200] [--rate 100] [--seconds 10]
-        [--store sqlite,etcd]
+        [--store sqlite,etcd] [--snapshots full,delta,scoped]
 """
 
 from __future__ import annotations
@@ -37,18 +37,46 @@ from _results import machine, write_section
 from watch_fanout import Deadline, RawTransport, ServiceProcess, cpu_seconds
 
 from meshlib.controlplane.etcd_process import running_etcd
+from meshlib.snapshot_delta import HeldSnapshot
+
+REVIEWS = "default/reviews.default.svc.cluster.local"  # the churned service
+RATINGS = "default/ratings.default.svc.cluster.local"  # a quiet one
+MODES = ("full", "delta", "scoped")
 
 
 @dataclass
 class Watch:
+    delta: bool = False
+    hosts: list[str] | None = None  # egress hosts sent with each watch
     version: int = -1
     endpoints: frozenset[int] = frozenset()
+    answers: int = 0  # watch answers with a snapshot or delta, during the churn and after
+    received: int = 0  # their bytes
     errors: list[str] = field(default_factory=list)
+
+    def holds(self, truth: dict[str, Any], wanted: frozenset[int]) -> bool:
+        if self.hosts is not None and REVIEWS not in self.hosts:
+            return not self.endpoints  # scoped to a quiet service: none of the churn
+        return self.version >= truth["version"] and self.endpoints == wanted
+
+
+def watches(mode: str, n: int) -> list[Watch]:
+    """``full``: every watcher gets the whole snapshot; ``delta``: what changed; ``scoped``:
+    deltas, half the watchers calling the churned service and half a quiet one."""
+    if mode == "full":
+        return [Watch() for _ in range(n)]
+    if mode == "delta":
+        return [Watch(delta=True) for _ in range(n)]
+    return [Watch(delta=True, hosts=[REVIEWS if i % 2 == 0 else RATINGS]) for i in range(n)]
 
 
 @dataclass
 class Outcome:
     store: str
+    mode: str = "full"
+    answers: float = 0.0  # per watcher
+    received: float = 0.0  # bytes per watcher
+    quiet_answers: int | None = None  # the most any watcher of the quiet service got
     ops: int = 0
     ops_seconds: float = 0.0
     versions: int = 0
@@ -74,10 +102,15 @@ async def watch(port: int, index: int, state: Watch, stop: asyncio.Event) -> Non
             state.errors.append(f"register: {status}")
             return
         ack: int | None = None
+        held: HeldSnapshot | None = None
         while not stop.is_set():
             body: dict[str, Any] = {"workload": workload, "version": state.version, "wait": 2}
             if ack is not None:
                 body["ack"] = ack
+            if state.delta and held is not None:
+                body["delta"] = True
+            if state.hosts is not None:
+                body["hosts"] = state.hosts
             try:
                 status, content = await transport.request("POST", "/v1/watch", json.dumps(body).encode())
             except (TimeoutError, OSError, ValueError) as exc:
@@ -90,7 +123,13 @@ async def watch(port: int, index: int, state: Watch, stop: asyncio.Event) -> Non
                 state.errors.append(f"watch: {status} {content[:100]!r}")
                 await asyncio.sleep(0.1)
                 continue
+            state.answers += 1
+            state.received += len(content)
             snapshot = json.loads(content)
+            if "base" in snapshot and held is not None:
+                snapshot = held.apply(snapshot)
+            else:
+                held = HeldSnapshot(snapshot)
             state.version, state.endpoints = snapshot["version"], endpoints_of(snapshot)
             ack = state.version
     finally:
@@ -141,7 +180,7 @@ async def drive(url: str, service: psutil.Process, opts: argparse.Namespace, out
     port = int(url.rsplit(":", 1)[1])
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as driver:
         stop = asyncio.Event()
-        states = [Watch() for _ in range(opts.watchers)]
+        states = watches(outcome.mode, opts.watchers)
         tasks = [asyncio.create_task(watch(port, i, s, stop)) for i, s in enumerate(states)]
         start_version = (await driver.get("/v1/snapshot")).json()["version"]
         await asyncio.sleep(1.0)  # every watch registered and holding
@@ -167,7 +206,7 @@ async def drive(url: str, service: psutil.Process, opts: argparse.Namespace, out
         wanted = endpoints_of(truth)
         deadline = ended + 30
         while time.monotonic() < deadline:
-            if all(s.version >= truth["version"] and s.endpoints == wanted for s in states):
+            if all(s.holds(truth, wanted) for s in states):
                 outcome.converged = time.monotonic() - ended
                 break
             await asyncio.sleep(0.005)
@@ -176,10 +215,14 @@ async def drive(url: str, service: psutil.Process, opts: argparse.Namespace, out
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         outcome.errors += [e for s in states for e in s.errors]
+        outcome.answers = sum(s.answers for s in states) / len(states)
+        quiet = [s.answers for s in states if s.hosts is not None and REVIEWS not in s.hosts]
+        outcome.quiet_answers = max(quiet) if quiet else None
+        outcome.received = sum(s.received for s in states) / len(states)
 
 
-def run(store: str, opts: argparse.Namespace) -> Outcome:
-    outcome = Outcome(store)
+def run(store: str, mode: str, opts: argparse.Namespace) -> Outcome:
+    outcome = Outcome(store, mode)
     with tempfile.TemporaryDirectory(prefix="meshlib-churn-") as tmp, contextlib.ExitStack() as stack:
         url = None
         if store == "etcd":
@@ -202,30 +245,43 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--live", type=int, default=50, help="churning workloads registered at a time")
     parser.add_argument("--store", default="sqlite,etcd")
+    parser.add_argument("--snapshots", default=",".join(MODES), help=f"comma-separated of {', '.join(MODES)}")
     opts = parser.parse_args()
-    outcomes = [run(store, opts) for store in opts.store.split(",")]
+    modes = opts.snapshots.split(",")
+    if not set(modes) <= set(MODES):
+        parser.error(f"--snapshots takes a comma-separated subset of {', '.join(MODES)}")
+    outcomes = [run(store, mode, opts) for mode in modes for store in opts.store.split(",")]
     rows = []
     for o in outcomes:
         converged = f"{o.converged * 1000:.0f} ms" if o.converged is not None else "**not within 30 s**"
         rows.append(
-            f"| {o.store} | {o.ops / o.ops_seconds:.0f} | {o.versions} | {converged} | "
+            f"| {o.store} | {o.mode} | {o.ops / o.ops_seconds:.0f} | {o.versions} | {converged} | "
+            f"{o.answers:,.0f}{'' if o.quiet_answers is None else f' (quiet: at most {o.quiet_answers})'} | "
+            f"{o.received / 1024:,.0f} KiB | "
             f"{o.service_cpu / o.ops_seconds * 100:.0f}% | {len(o.errors)} |"
         )
-    errors = [f"- {o.store}: {len(o.errors)} errors, first: `{o.errors[0]}`" for o in outcomes if o.errors]
+    errors = [
+        f"- {o.store}, {o.mode}: {len(o.errors)} errors, first: `{o.errors[0]}`" for o in outcomes if o.errors
+    ]
     body = "\n".join(
         [
             f"Command: `.venv/bin/python benchmarks/registry_churn.py --watchers {opts.watchers} "
-            f"--rate {opts.rate:g} --seconds {opts.seconds:g} --live {opts.live} --store {opts.store}`  ",
+            f"--rate {opts.rate:g} --seconds {opts.seconds:g} --live {opts.live} --store {opts.store} "
+            f"--snapshots {opts.snapshots}`  ",
             f"Machine: {machine()}; the service, etcd and the driver share it  ",
             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
             "",
             f"{opts.watchers} watchers (JSON-parsed snapshots, ACKed) while workloads with one endpoint "
             f"join and leave at {opts.rate:g} operations/s for {opts.seconds:g} s; converged = from the "
-            "last operation until every watcher holds exactly the service's endpoints at its version.",
+            "last operation until every watcher holds exactly the service's endpoints at its version. "
+            "snapshots: `full` = the whole snapshot on every change; `delta` = what changed since the "
+            "version held; `scoped` = deltas, and half the watchers declare the churned service as their "
+            "egress host, half a quiet one (they must hold none of the churn). Answers and bytes: per "
+            "watcher, over the churn and the convergence.",
             "",
-            "| store | operations/s | versions made | converged after the churn "
-            "| service CPU (one core = 100%) | errors |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| store | snapshots | operations/s | versions made | converged after the churn "
+            "| answers per watcher | received per watcher | service CPU (one core = 100%) | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
             *rows,
             *(["", *errors] if errors else []),
         ]

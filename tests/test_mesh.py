@@ -8,6 +8,7 @@ import json
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import certifi
 import pytest
@@ -136,6 +137,42 @@ def test_announced_endpoints_reach_other_workloads(
         )
         assert client.snapshot.endpoints(REVIEWS, "v1") == ()
     assert wait_for(lambda: admin.workloads()["items"] == [])
+
+
+def test_a_workload_with_egress_hosts_receives_only_their_endpoints(
+    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path
+) -> None:
+    ratings_host = "ratings.default.svc.cluster.local"
+    with (
+        Mesh(
+            "frontend", control_plane=server.url, data_dir=tmp_path / "f", egress_hosts=["./reviews"]
+        ) as client,
+        Mesh("reviews", control_plane=server.url, data_dir=tmp_path / "r") as reviews,
+        Mesh("ratings", control_plane=server.url, data_dir=tmp_path / "t") as ratings,
+    ):
+        reviews.announce([AnnouncedEndpoint(address="127.0.0.1", port=9080)])
+        assert wait_for(lambda: len(client.snapshot.endpoints(REVIEWS)) == 1)
+        ratings.announce([AnnouncedEndpoint(address="127.0.0.1", port=9090)])
+        assert wait_for(lambda: len(reviews.snapshot.endpoints(ratings_host)) == 1)
+
+        def frontend() -> dict[str, Any]:
+            listing = admin.workloads()
+            (item,) = [i for i in listing["items"] if i["registration"]["service"] == "frontend"]
+            return {**item, "current": listing["version"]}
+
+        # Not sent, not even woken: it stays at its version and is as current as one that acked.
+        assert wait_for(lambda: frontend()["syncedVersion"] == frontend()["current"])
+        assert frontend()["ackedVersion"] < frontend()["current"]
+        assert client.snapshot.endpoints(ratings_host) == ()
+        reviews.announce(
+            [
+                AnnouncedEndpoint(address="127.0.0.1", port=9080),
+                AnnouncedEndpoint(address="127.0.0.1", port=9081),
+            ]
+        )
+        assert wait_for(lambda: len(client.snapshot.endpoints(REVIEWS)) == 2)
+        assert client.version == admin.workloads()["version"]
+        assert client.snapshot.endpoints(ratings_host) == ()
 
 
 def test_a_snapshot_the_workload_cannot_use_is_nacked_and_the_old_one_kept(

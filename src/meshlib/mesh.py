@@ -100,6 +100,7 @@ class Mesh:
         certificate_ttl: float | None = None,
         locality: str = "",
         dns_servers: str | Sequence[str] | None = None,
+        egress_hosts: Sequence[str] | None = None,
         telemetry: TelemetrySettings | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
@@ -117,6 +118,7 @@ class Mesh:
             trust_domain=trust_domain,
             locality=locality,
             dns_servers=tuple(_dns_servers(dns_servers)),
+            egress_hosts=tuple(egress_hosts or ()),
             telemetry=telemetry or TelemetrySettings(),
         )
         self.startup_timeout = startup_timeout
@@ -192,7 +194,7 @@ class Mesh:
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Mesh:
         """Build from MESH_SERVICE, MESH_NAMESPACE, MESH_LABELS, MESH_CONTROL_PLANE, MESH_TOKEN,
         MESH_CONTROL_PLANE_CA, MESH_CONFIG, MESH_DATA_DIR, MESH_TRUST_DOMAIN, MESH_LOCALITY and
-        MESH_DNS_SERVERS; keyword options win."""
+        MESH_DNS_SERVERS and MESH_EGRESS_HOSTS; keyword options win."""
         s = MeshSettings.from_env(environ)
         values: dict[str, Any] = {
             "namespace": s.namespace,
@@ -205,6 +207,7 @@ class Mesh:
             "trust_domain": s.trust_domain,
             "locality": s.locality,
             "dns_servers": s.dns_servers,
+            "egress_hosts": s.egress_hosts,
             "telemetry": s.telemetry,
         }
         values.update(options)
@@ -548,6 +551,7 @@ class Mesh:
             token=s.token,
             wait=self._watch_wait,
             verify=self._verify,
+            egress_hosts=s.egress_hosts,
         )
         first = loop.submit(watcher.round())
         try:

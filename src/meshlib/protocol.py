@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .core.hosts import CLUSTER_DOMAIN
 from .core.metrics import BUCKETS_MS
 from .core.snapshot import Snapshot, compile_snapshot
+from .egress_scope import MAX_EGRESS_HOSTS, parse_egress_host
 from .errors import ConfigError, ConfigIssue
 from .policy.base import MeshModel
 from .policy.discovered_endpoints import with_instances
@@ -118,6 +119,17 @@ class WatchRequest(MeshModel):
     nack: Nack | None = None
     # Answer with what changed since ``version`` (meshlib.snapshot_delta) when possible.
     delta: bool = False
+    # Egress hosts (meshlib.egress_scope, canonical): only their registry entries, and no
+    # answer for a change to any other's.
+    hosts: list[str] | None = Field(default=None, max_length=MAX_EGRESS_HOSTS)
+
+    @field_validator("hosts")
+    @classmethod
+    def _canonical_hosts(cls, value: list[str] | None) -> list[str] | None:
+        for entry in value or ():
+            if entry.startswith("./") or parse_egress_host(entry, "default") != entry:
+                raise ValueError(f"egress host {entry!r} is not canonical: namespace or '*', '/', FQDN")
+        return value
 
 
 def _with_discovered(resources: list[Resource], discovered: Any) -> list[Resource]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.hosts import CLUSTER_DOMAIN
+from .egress_scope import canonical_hosts
 from .errors import ConfigError, ConfigIssue
 from .names import check_dns_label, check_label_key, check_label_value, check_locality
 from .paths import default_workload_dir
@@ -71,6 +72,8 @@ class MeshSettings:
     trust_domain: str = CLUSTER_DOMAIN
     locality: str = ""  # region/zone/subzone, for locality load balancing
     dns_servers: tuple[str, ...] = ()  # ip[:port] of the DNS servers resolution DNS asks; () = the system's
+    # The hosts this workload calls (Istio Sidecar egress.hosts form); () = the whole registry.
+    egress_hosts: tuple[str, ...] = ()
     telemetry: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())
 
     def __post_init__(self) -> None:
@@ -94,6 +97,10 @@ class MeshSettings:
                 raise ConfigError(ConfigIssue(f"MESH_CONTROL_PLANE: {url!r} is not an http(s) URL"))
         for server in self.dns_servers:
             parse_dns_server(server)
+        try:
+            object.__setattr__(self, "egress_hosts", canonical_hosts(self.egress_hosts, self.namespace))
+        except ValueError as exc:
+            raise ConfigError(ConfigIssue(f"MESH_EGRESS_HOSTS: {exc}")) from None
 
     @property
     def dns_server_addresses(self) -> tuple[tuple[str, int], ...]:
@@ -125,6 +132,7 @@ class MeshSettings:
             trust_domain=env.get("MESH_TRUST_DOMAIN", "").strip() or CLUSTER_DOMAIN,
             locality=env.get("MESH_LOCALITY", "").strip(),
             dns_servers=tuple(d.strip() for d in env.get("MESH_DNS_SERVERS", "").split(",") if d.strip()),
+            egress_hosts=tuple(h.strip() for h in env.get("MESH_EGRESS_HOSTS", "").split(",") if h.strip()),
             telemetry=TelemetrySettings.from_env(env),
         )
 

@@ -39,6 +39,7 @@ class Watcher:
         backoff_base: float = 0.25,
         backoff_max: float = 15.0,
         verify: ssl.SSLContext | bool = True,
+        egress_hosts: Sequence[str] = (),
     ) -> None:
         self.urls = list(urls)
         self._registration = registration
@@ -55,6 +56,7 @@ class Watcher:
         self._registered = False
         self._ack: int | None = None
         self._nack: tuple[int, str] | None = None
+        self._hosts = list(egress_hosts)  # canonical (MeshSettings); [] = the whole registry
         self._held: HeldSnapshot | None = None  # the last payload, by item: deltas apply to it
         self._failures = 0
         self._retrying = tenacity.AsyncRetrying(
@@ -92,6 +94,8 @@ class Watcher:
             body["nack"] = {"version": self._nack[0], "reason": self._nack[1]}
         if self._held is not None and self._held.version == self.version:
             body["delta"] = True
+        if self._hosts:
+            body["hosts"] = self._hosts
         response = await self._client.post(f"{self.url}/v1/watch", json=body)
         self._check(response)
         self._ack = self._nack = None

@@ -13,12 +13,15 @@ from typing import Any
 
 import pytest
 
+from meshlib.controlplane.snapshot_log import NOTHING_NEW
 from meshlib.controlplane.state import ConfigState
 from meshlib.controlplane.store import SQLiteStore
 from meshlib.policy.resources import ResourceKey
 from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
 from meshlib.snapshot_delta import HeldSnapshot
 from tests.conftest import destination_rule, virtual_service
+
+SVC = "svc.cluster.local"
 
 
 @pytest.fixture
@@ -135,3 +138,109 @@ def test_any_served_version_plus_its_delta_is_the_current_snapshot(state: Config
                 continue
             assert delta is not None
             assert same(HeldSnapshot(held[base]).apply(json.loads(delta)), current), (step, base)
+
+
+REVIEWS_ONLY: tuple[str, ...] = (f"default/reviews.default.{SVC}",)
+
+
+def test_a_watch_with_egress_hosts_gets_only_their_registry_entries(state: ConfigState) -> None:
+    state.apply([virtual_service(), destination_rule()])
+    state.register(registration("r1", 8001))
+    state.register(registration("x1", 8002, service="ratings"))
+    scoped = json.loads(state.payload(REVIEWS_ONLY))
+    assert [w["id"] for w in scoped["workloads"]] == ["r1"]
+    assert len(scoped["resources"]) == 2, "policy comes whole"
+    base = state.version
+    state.register(registration("x2", 8003, service="ratings"))
+    assert state.delta(base, REVIEWS_ONLY) == NOTHING_NEW, "another service's endpoints: no answer"
+    assert state.answer(base, REVIEWS_ONLY, delta=False) == NOTHING_NEW
+    assert state.answer(base, None, delta=False) == state.payload(), "no egress hosts: as before"
+    state.register(registration("r2", 8004))
+    answer = json.loads(state.answer(base, REVIEWS_ONLY, delta=True))
+    assert [w["id"] for w in answer["changed"]["workloads"]] == ["r2"]
+    assert same(HeldSnapshot(scoped).apply(answer), json.loads(state.payload(REVIEWS_ONLY)))
+
+
+def test_a_service_entry_that_selects_a_workload_brings_it_into_its_hosts_scope(state: ConfigState) -> None:
+    state.register(registration("db-1", 5432, service="postgres"))
+    hosts = ("*/db.example.com",)
+    held = HeldSnapshot(json.loads(state.payload(hosts)))
+    assert held.payload()["workloads"] == []
+    entry = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {
+            "hosts": ["db.example.com"],
+            "ports": [{"number": 5432, "name": "http", "protocol": "HTTP"}],
+            "location": "MESH_INTERNAL",
+            "resolution": "STATIC",
+            "workloadSelector": {"labels": {"version": "v1"}},
+        },
+    }
+    state.apply([entry])
+    answer = json.loads(state.answer(held.version, hosts, delta=True))
+    assert [w["id"] for w in answer["changed"]["workloads"]] == ["db-1"]
+    held.apply(answer)
+    state.delete([ResourceKey("ServiceEntry", "default", "db")])
+    answer = json.loads(state.answer(held.version, hosts, delta=True))
+    assert answer["removed"]["workloads"] == ["db-1"], "it left the scope: the watch drops it"
+    assert same(held.apply(answer), json.loads(state.payload(hosts)))
+
+
+def test_any_served_version_plus_its_scoped_delta_is_the_current_scoped_snapshot(state: ConfigState) -> None:
+    rng = random.Random(2718)
+    scopes: list[tuple[str, ...]] = [REVIEWS_ONLY, ("*/*",), (f"*/ratings.default.{SVC}", "other/*")]
+    held: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
+    for step in range(300):
+        roll = rng.random()
+        name = f"w{rng.randrange(30)}"
+        if roll < 0.5:
+            service = rng.choice(["reviews", "ratings", "details"])
+            state.register(registration(name, 8000 + rng.randrange(3), service))
+        elif roll < 0.9:
+            state.deregister(name)
+        else:
+            state.apply([virtual_service(v1=step % 100, v2=100 - step % 100)])
+        if rng.random() < 0.5:
+            for hosts in scopes:
+                held[(state.version, hosts)] = json.loads(state.payload(hosts))
+        for (base, hosts), payload in rng.sample(sorted(held.items()), min(6, len(held))):
+            current = json.loads(state.payload(hosts))
+            answer = state.answer(base, hosts, delta=True)
+            if answer == NOTHING_NEW:
+                assert same({**payload, "version": current["version"]}, current), (step, base, hosts)
+            elif base != state.version:
+                assert same(HeldSnapshot(payload).apply(json.loads(answer)), current), (step, base, hosts)
+
+
+def test_a_watch_that_waits_on_gets_each_delta_from_where_nothing_changed(state: ConfigState) -> None:
+    # As the watch handler does: after NOTHING_NEW it asks again from the version it was told
+    # so at (``since``), still naming the version it holds as the base.
+    rng = random.Random(31)
+    watches: dict[tuple[str, ...], list[Any]] = {}
+    for hosts in (REVIEWS_ONLY, (f"*/ratings.default.{SVC}",)):
+        watches[hosts] = [state.version, state.version, HeldSnapshot(json.loads(state.payload(hosts)))]
+    quiet = 0
+    for _ in range(400):
+        name = f"w{rng.randrange(20)}"
+        if rng.random() < 0.6:
+            state.register(registration(name, 8000 + rng.randrange(3), rng.choice(["reviews", "details"])))
+        else:
+            state.deregister(name)
+        for hosts, watch in watches.items():
+            base, since, held = watch
+            if state.version == since:
+                continue  # the handler asks only when the version moved
+            answer = state.answer(base, hosts, delta=True, since=since)
+            current = json.loads(state.payload(hosts))
+            if answer == NOTHING_NEW:
+                quiet += 1
+                watch[1] = state.version
+                assert same({**held.payload(), "version": current["version"]}, current)
+                continue
+            delta = json.loads(answer)
+            assert delta.get("base") == base, (base, since, state.version, delta)
+            assert same(held.apply(delta), current)
+            watch[0] = watch[1] = state.version
+    assert quiet > 200, "the ratings watch never had anything: it was never answered"

@@ -43,7 +43,7 @@ FAMILIES = [
     ("rbac.authorization.k8s.io/v1", "Role", "apply it with kubectl"),
     ("cert-manager.io/v1", "Certificate", "apply it with kubectl"),
     ("networking.istio.io/v1", "Gateway", "meshlib has no ingress gateway; routes for mesh hosts apply"),
-    ("networking.istio.io/v1alpha3", "Sidecar", "egress.hosts scoping is not implemented"),
+    ("networking.istio.io/v1alpha3", "Sidecar", "give its egress.hosts to the workload (MESH_EGRESS_HOSTS"),
     ("networking.istio.io/v1alpha3", "EnvoyFilter", "no Envoy in-process"),
     ("networking.istio.io/v1", "WorkloadEntry", "workloads register themselves with the config service"),
     ("networking.istio.io/v1", "WorkloadGroup", "workloads register themselves with the config service"),

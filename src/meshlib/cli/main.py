@@ -319,8 +319,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if item["nackVersion"] is not None:
             sync = f"NACK v{item['nackVersion']}: {item['nackReason'][:60]}"
-        elif item["ackedVersion"] == data["version"]:
-            sync = f"SYNCED v{item['ackedVersion']}"
+        elif item.get("syncedVersion", item["ackedVersion"]) == data["version"]:
+            sync = f"SYNCED v{data['version']}"
         elif item["ackedVersion"] is None:
             sync = "NOT ACKED"
         else:

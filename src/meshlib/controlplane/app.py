@@ -57,6 +57,7 @@ from ..registry import WorkloadRegistration
 from .auth import check_bearer
 from .edges import EdgeBoard
 from .errors import HTTPError
+from .snapshot_log import NOTHING_NEW
 from .state import ConfigState, RegistryFull
 from .workload_auth import WorkloadGate
 
@@ -362,6 +363,8 @@ def create_app(
                     notifier.notify_soon()
                 handle = state.watch_begin(workload)
         revocations = tokens.revocations if tokens is not None else 0
+        hosts = tuple(body.hosts) if body.hosts is not None else None
+        seen, answer = body.version, NOTHING_NEW
         try:
             deadline = time.monotonic() + body.wait
             waited = False
@@ -370,9 +373,13 @@ def create_app(
                 if tokens is not None and tokens.revocations != revocations:
                     revocations = tokens.revocations
                     gate.reader(request)  # 401 now if this watch's own token was revoked
-                if state.version != body.version:
+                if state.version != seen:
                     gate.reader(request)  # still valid (not revoked or expired while it waited)
-                    break
+                    answer = state.answer(body.version, hosts, delta=body.delta, since=seen)
+                    if answer:
+                        break
+                    seen = state.version  # nothing of its egress hosts changed: wait on
+                    state.current_at(handle, body.version, seen)
                 if notifier.closing:
                     return _error(503, "config service is shutting down")
                 remaining = deadline - time.monotonic()
@@ -384,8 +391,7 @@ def create_app(
                 # asyncio.wait never cancels the shared future when one waiter times out.
                 await asyncio.wait((waiter,), timeout=min(remaining, 5.0))
                 waited = not waiter.done()
-            answer = state.delta(body.version) if body.delta else None
-            return Response(answer or state.payload(), media_type="application/json")
+            return Response(answer, media_type="application/json")
         finally:
             state.watch_end(handle)
 

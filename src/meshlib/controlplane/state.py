@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from ..core.hosts import CLUSTER_DOMAIN, normalize_host
 from ..core.snapshot import entry_selects
+from ..egress_scope import EgressScope, Hosts
 from ..errors import ConfigError, ConfigIssue
 from ..policy.discovery import SOURCE_ANNOTATION, ConsulTarget, consul_target
 from ..policy.resources import Resource, ResourceKey, ServiceEntry
@@ -32,7 +33,7 @@ from ..policy.skipped import SkippedResource
 from ..policy.validate import format_path, parse_document, parse_resource, resource_label
 from ..registry import WorkloadRegistration
 from ..snapshot_delta import SECTIONS, item_key
-from .snapshot_log import Encoded, SnapshotLog
+from .snapshot_log import NOTHING_NEW, Encoded, SnapshotLog
 from .store import Store, StoreConflict, StoredResource, StoredWorkload
 
 __all__ = [
@@ -56,6 +57,7 @@ MAX_REGISTRY_ENDPOINTS = 20_000
 log = logging.getLogger("meshlib.controlplane")
 R = TypeVar("R")
 _RACE_RETRIES = 8
+_MAX_SCOPES = 4096  # distinct egress-host lists remembered (parsed) at once
 
 Action = Literal["created", "configured", "unchanged"]
 
@@ -103,6 +105,9 @@ class _Workload:
     registration: WorkloadRegistration
     watching: int = 0
     lost: bool = False
+    # (acked, through): a watch from version ``acked`` found nothing for its egress hosts up
+    # to ``through``; it is as current as one that acked ``through``.
+    current: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +124,14 @@ class WorkloadView:
     last_seen: float
     connected: bool
     lost: bool
+    synced_version: int | None  # acked, or the later version it is known to be current at
 
     def to_json(self) -> dict[str, Any]:
         return {
             "registration": self.stored,  # dumping each again cost ~10 µs apiece at 5,000
             "identity": self.identity,
             "ackedVersion": self.acked_version,
+            "syncedVersion": self.synced_version,
             "nackVersion": self.nack_version,
             "nackReason": self.nack_reason,
             "firstSeen": self.first_seen,
@@ -164,6 +171,15 @@ class ConfigState:
     _discovered: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
     _encoded: dict[tuple[str, str], tuple[object, bytes]] = field(init=False, default_factory=dict)
     _log: SnapshotLog = field(init=False, default_factory=SnapshotLog)
+    _lists: dict[str, list[bytes]] = field(init=False, default_factory=dict)  # each section's items
+    _registry: list[tuple[bytes, Hosts]] = field(init=False, default_factory=list)  # entries, hosts
+    _scoped: dict[tuple[str, ...], bytes] = field(init=False, default_factory=dict)  # per egress hosts
+    _scopes: dict[tuple[str, ...], EgressScope] = field(init=False, default_factory=dict)
+    _selecting: tuple[ServiceEntry, ...] = field(init=False, default=())  # entries with a workloadSelector
+    # workload id -> (registration, the selecting entries, its hosts): computed when either changes
+    _served: dict[str, tuple[WorkloadRegistration, tuple[ServiceEntry, ...], Hosts]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         if not self.forget_after:
@@ -549,6 +565,23 @@ class ConfigState:
         if handle is not None:
             handle.watching -= 1
 
+    def answer(
+        self, base: int, hosts: tuple[str, ...] | None, *, delta: bool, since: int | None = None
+    ) -> bytes:
+        """What a watch holding ``base`` is sent now: a delta (if it asks and one can be made),
+        the whole snapshot, or NOTHING_NEW (it has egress hosts, and none of theirs changed
+        since ``since``, the version this was last asked at, or ``base``)."""
+        if hosts is not None or delta:
+            found = self.delta(base, hosts, since=since)
+            if found is not None and (delta or found == NOTHING_NEW):
+                return found
+        return self.payload(hosts)
+
+    def current_at(self, handle: _Workload | None, base: int, version: int) -> None:
+        """A watch from ``base`` had nothing to receive up to ``version`` (for the status)."""
+        if handle is not None:
+            handle.current = (base, version)
+
     def seen(
         self, workload_id: str, *, acked: int | None = None, nacked: tuple[int, str] | None = None
     ) -> bool:
@@ -628,6 +661,7 @@ class ConfigState:
                     s.last_seen,
                     item.watching > 0,
                     item.lost,
+                    _synced(item),
                 )
             )
         return out
@@ -698,39 +732,87 @@ class ConfigState:
 
     # --- what workloads receive -------------------------------------------------------
 
-    def payload(self) -> bytes:
+    def payload(self, hosts: tuple[str, ...] | None = None) -> bytes:
         """The snapshot at the current version as JSON: encoded once per version, and each item
-        only when it changed. Each version encoded is recorded for deltas (``delta``)."""
+        only when it changed; for a watch with egress ``hosts``, with only their registry
+        entries. Each version encoded is recorded for deltas (``delta``)."""
         if self._payload is None or self._payload[0] != self.version:
-            items: Encoded = {
-                ("meta", "trustDomain"): _json(self.trust_domain),
-                ("meta", "trustBundle"): _json(list(self.trust_bundle)),
-            }
-            cache, self._encoded = self._encoded, {}
-            lists: dict[str, list[bytes]] = {}
-            for section, sources in self._sources():
-                encoded = lists[section] = []
-                for key, source in sources:
-                    hit = cache.get((section, key))
-                    data = hit[1] if hit is not None and hit[0] is source else _json(_dump(source))
-                    self._encoded[(section, key)] = (source, data)
-                    items[(section, key)] = data
-                    encoded.append(data)
-            self._log.record(self.version, items)
-            body = b'{"version":%d,"trustDomain":%s,"trustBundle":%s,%s}' % (
-                self.version,
-                items[("meta", "trustDomain")],
-                items[("meta", "trustBundle")],
-                b",".join(b'"%s":[%s]' % (s.encode(), b",".join(lists[s])) for s in SECTIONS),
-            )
-            self._payload = (self.version, body)
-        return self._payload[1]
+            self._encode()
+        if hosts is None:
+            return self._payload[1] if self._payload is not None else b""
+        body = self._scoped.get(hosts)
+        if body is None:
+            scope = self._scope(hosts)
+            lists = {**self._lists, "workloads": [d for d, h in self._registry if scope.admits(h)]}
+            body = self._scoped[hosts] = self._assemble(lists)
+        return body
 
-    def delta(self, base: int) -> bytes | None:
-        """What changed from ``base`` to the current version (``meshlib.snapshot_delta``), or
-        None when only the full snapshot will do: ``base`` is current, or was not served here."""
+    def _encode(self) -> None:
+        items: Encoded = {
+            ("meta", "trustDomain"): _json(self.trust_domain),
+            ("meta", "trustBundle"): _json(list(self.trust_bundle)),
+        }
+        hosts: dict[tuple[str, str], Hosts] = {}
+        cache, self._encoded = self._encoded, {}
+        selecting = tuple(
+            r for r in self._parsed.values() if isinstance(r, ServiceEntry) and r.spec.workload_selector
+        )
+        old_selecting = self._selecting
+        if len(selecting) == len(old_selecting) and all(
+            a is b for a, b in zip(selecting, old_selecting, strict=True)
+        ):
+            selecting = old_selecting  # the same entries: each workload's hosts are as before
+        self._selecting = selecting
+        served_cache, self._served = self._served, {}
+        self._lists, self._registry = {}, []
+        for section, sources in self._sources():
+            encoded = self._lists[section] = []
+            for key, source in sources:
+                hit = cache.get((section, key))
+                data = hit[1] if hit is not None and hit[0] is source else _json(_dump(source))
+                self._encoded[(section, key)] = (source, data)
+                items[(section, key)] = data
+                encoded.append(data)
+                if isinstance(source, WorkloadRegistration):
+                    was = served_cache.get(key)
+                    if was is not None and was[0] is source and was[1] is selecting:
+                        served = was[2]
+                    else:
+                        served = _served_hosts(source, selecting)
+                    self._served[key] = (source, selecting, served)
+                    hosts[(section, key)] = served
+                    self._registry.append((data, served))
+        self._log.record(self.version, items, hosts)
+        self._scoped = {}
+        self._payload = (self.version, self._assemble(self._lists))
+
+    def _assemble(self, lists: Mapping[str, list[bytes]]) -> bytes:
+        return b'{"version":%d,"trustDomain":%s,"trustBundle":%s,%s}' % (
+            self.version,
+            _json(self.trust_domain),
+            _json(list(self.trust_bundle)),
+            b",".join(b'"%s":[%s]' % (s.encode(), b",".join(lists[s])) for s in SECTIONS),
+        )
+
+    def _scope(self, hosts: tuple[str, ...]) -> EgressScope:
+        scope = self._scopes.get(hosts)
+        if scope is None:
+            if len(self._scopes) >= _MAX_SCOPES:
+                self._scopes.clear()
+            scope = self._scopes[hosts] = EgressScope(hosts)
+        return scope
+
+    def delta(
+        self, base: int, hosts: tuple[str, ...] | None = None, *, since: int | None = None
+    ) -> bytes | None:
+        """What changed from ``base`` to the current version (``meshlib.snapshot_delta``) for a
+        watch with egress ``hosts`` or without; NOTHING_NEW when that is nothing for it; None
+        when only the full snapshot will do: ``base`` is current, or was not served here.
+        ``since``: a later version at which that watch's snapshot was the same as at ``base``
+        (nothing of its hosts changed in between): the delta is made from there."""
         self.payload()
-        return self._log.delta(base)
+        scope = self._scope(hosts) if hosts is not None else None
+        return self._log.delta(base if since is None else since, scope, hosts, label=base)
 
     def _sources(self) -> Iterator[tuple[str, list[tuple[str, StoredResource | WorkloadRegistration]]]]:
         """Per section, what each item of the snapshot is made from: (key, source)."""
@@ -747,6 +829,23 @@ class ConfigState:
         keys = sorted({_discovered_key(t) for t in self.consul_targets()} & self._discovered.keys())
         found = (self._discovered[key] for key in keys)
         yield "discovered", [(item_key("discovered", f.manifest), f) for f in found]
+
+
+def _synced(item: _Workload) -> int | None:
+    acked = item.stored.acked_version
+    if item.current is not None and acked == item.current[0]:
+        return item.current[1]
+    return acked
+
+
+def _served_hosts(registration: WorkloadRegistration, selecting: Sequence[ServiceEntry]) -> Hosts:
+    """The (namespace, host) pairs a registry entry's endpoints serve: its own service's, and
+    those of each ServiceEntry whose workloadSelector takes it."""
+    served = {(registration.namespace, normalize_host(registration.service, registration.namespace))}
+    for entry in selecting:
+        if entry_selects(entry, registration):
+            served.update((entry.namespace, normalize_host(h, entry.namespace)) for h in entry.spec.hosts)
+    return frozenset(served)
 
 
 def _dump(source: StoredResource | WorkloadRegistration) -> Any:

@@ -32,7 +32,8 @@ _REGISTRY = (
 _REASONS: dict[tuple[str, str], str] = {
     ("networking.istio.io", "Gateway"): _NO_GATEWAY,
     ("networking.istio.io", "Sidecar"): (
-        "egress.hosts scoping is not implemented; every workload sees the whole mesh's policy"
+        "not applied as a resource: give its egress.hosts to the workload (MESH_EGRESS_HOSTS or "
+        "Mesh(egress_hosts=...)), which then receives only their endpoints"
     ),
     ("networking.istio.io", "EnvoyFilter"): "no Envoy in-process: there is no Envoy configuration to patch",
     ("networking.istio.io", "WorkloadEntry"): _REGISTRY,
