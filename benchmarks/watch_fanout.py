@@ -172,7 +172,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--snapshots",
         default="delta",
         help="comma-separated: delta (workloads ask for what changed since the version they hold, "
-        "as Watcher does) and/or full (the whole snapshot every time) (default delta)",
+        "as Watcher does), full (the whole snapshot every time) and/or scoped (deltas, and each "
+        "workload declares one of the 20 services as its egress host) (default delta)",
     )
     p.add_argument("--client-procs", type=int, default=0, help="client processes (default: automatic)")
     p.add_argument(
@@ -220,8 +221,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     if not stores or not set(stores) <= {"sqlite", "etcd"}:
         p.error("--store takes sqlite, etcd or both")
     snapshots = [c.strip() for c in a.snapshots.split(",") if c.strip()]
-    if not snapshots or not set(snapshots) <= {"delta", "full"}:
-        p.error("--snapshots takes delta, full or both")
+    if not snapshots or not set(snapshots) <= {"delta", "full", "scoped"}:
+        p.error("--snapshots takes a comma-separated subset of delta, full, scoped")
     return Options(
         workloads=counts,
         stores=stores,
@@ -416,6 +417,7 @@ class ClientPlan:
     endpoints: bool
     wait: float
     delta: bool
+    scoped: bool = False  # each workload's egress host: one of the 20 services
 
 
 class Receipt(NamedTuple):
@@ -509,6 +511,9 @@ async def run_workload(workload_id: str, transport: Transport, plan: ClientPlan,
             body["ack"] = ack
         if plan.delta and (held is not None or plan.decode == "none"):
             body["delta"] = True
+        if plan.scoped:
+            service = f"bench-svc-{(int(workload_id.rsplit('-', 1)[1]) + 1) % 20}"
+            body["hosts"] = [f"default/{service}.default.svc.cluster.local"]
         try:
             status, data = await transport.request("POST", "/v1/watch", json.dumps(body).encode())
         except RETRYABLE as exc:
@@ -585,11 +590,11 @@ class ClientProcesses:
         self.results: mp.Queue[Any] = self._ctx.Queue()
         self.progress: mp.Queue[Any] = self._ctx.Queue()
         ids = [f"bench-{i:05d}" for i in range(case.n)]
-        delta = case.snapshots == "delta"
+        delta = case.snapshots != "full"
         self.plans = [
             ClientPlan(
                 *(i, service.url, service.port, ids[i::procs], case.client),
-                *(opts.decode, opts.endpoints, opts.wait, delta),
+                *(opts.decode, opts.endpoints, opts.wait, delta, case.snapshots == "scoped"),
             )
             for i in range(procs)
         ]

@@ -110,6 +110,11 @@ class VersionNotifier:
         self.closing = True
         self.notify()
 
+    @property
+    def pending(self) -> bool:
+        """Changes wait to be announced together (``notify_soon``)."""
+        return self._pending is not None
+
     def notify_soon(self) -> None:
         if self._pending is None:
             self._pending = asyncio.get_running_loop().call_later(self._coalesce, self.notify)
@@ -373,7 +378,9 @@ def create_app(
                 if tokens is not None and tokens.revocations != revocations:
                     revocations = tokens.revocations
                     gate.reader(request)  # 401 now if this watch's own token was revoked
-                if state.version != seen:
+                # Behind, but a burst of registry changes is still being gathered: take them
+                # all in one answer when it closes (within the coalescing window).
+                if state.version != seen and (not notifier.pending or time.monotonic() >= deadline):
                     gate.reader(request)  # still valid (not revoked or expired while it waited)
                     answer = state.answer(body.version, hosts, delta=body.delta, since=seen)
                     if answer:
