@@ -53,6 +53,9 @@ def test_settings_refuse_a_bad_entry_naming_the_variable() -> None:
         MeshSettings.from_env({"MESH_SERVICE": "frontend", "MESH_EGRESS_HOSTS": "./ratings,reviews"})
     with pytest.raises(ConfigError, match=f"at most {MAX_EGRESS_HOSTS}"):
         Mesh("frontend", egress_hosts=[f"./s{n}" for n in range(MAX_EGRESS_HOSTS + 1)])
+    long = [f"*/{'a' * 60}.{'b' * 60}.{'c' * 60}.s{n}.example.com" for n in range(200)]
+    with pytest.raises(ConfigError, match="bytes in each watch; at most 32768"):
+        Mesh("frontend", egress_hosts=long)
     settings = MeshSettings.from_env(
         {
             "MESH_SERVICE": "frontend",

@@ -14,6 +14,7 @@ namespace's service (``shop/orders`` is ``orders.shop.svc.cluster.local``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from .core.hosts import normalize_host
 from .names import check_dns_label, check_host
@@ -21,11 +22,13 @@ from .names import check_dns_label, check_host
 __all__ = ["MAX_EGRESS_HOSTS", "EgressScope", "Hosts", "canonical_hosts", "parse_egress_host"]
 
 MAX_EGRESS_HOSTS = 256
+MAX_EGRESS_BYTES = 32 * 1024  # a watch request is at most 64 KiB (protocol.MAX_REGISTRATION_BYTES)
 
 # A registry entry serves these: (namespace, FQDN) pairs.
 Hosts = frozenset[tuple[str, str]]
 
 
+@lru_cache(maxsize=4096)  # the config service checks the entries of every watch request
 def parse_egress_host(text: str, namespace: str) -> str:
     """One egress host in the canonical form the config service matches (``ns/dnsName``,
     ``ns`` a namespace or ``*``). Raises ValueError saying what is wrong."""
@@ -94,4 +97,8 @@ def canonical_hosts(hosts: Sequence[str], namespace: str) -> tuple[str, ...]:
     """Every entry parsed (ValueError on the first bad one), duplicates dropped, in order."""
     if len(hosts) > MAX_EGRESS_HOSTS:
         raise ValueError(f"{len(hosts)} egress hosts; at most {MAX_EGRESS_HOSTS}")
-    return tuple(dict.fromkeys(parse_egress_host(h, namespace) for h in hosts))
+    canonical = tuple(dict.fromkeys(parse_egress_host(h, namespace) for h in hosts))
+    size = sum(len(h) + 3 for h in canonical)  # as JSON in every watch request
+    if size > MAX_EGRESS_BYTES:
+        raise ValueError(f"egress hosts take {size} bytes in each watch; at most {MAX_EGRESS_BYTES}")
+    return canonical
