@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meshlib.core.snapshot import Snapshot
+from meshlib.protocol import EPOCH_HEADER
 from meshlib.registry import WorkloadRegistration
 from meshlib.watcher import Watcher
 from tests.conftest import virtual_service
@@ -40,7 +41,7 @@ def test_a_delta_that_does_not_start_at_the_held_version_is_refused(caplog: pyte
 
     async def watch(request: Request) -> Response:
         bodies.append(json.loads(await request.body()))
-        return JSONResponse(answers[len(bodies) - 1])
+        return JSONResponse(answers[len(bodies) - 1], headers={EPOCH_HEADER: "e1"})
 
     async def register(request: Request) -> Response:
         return JSONResponse({})
@@ -70,7 +71,7 @@ def test_a_delta_that_does_not_start_at_the_held_version_is_refused(caplog: pyte
             asyncio.run(three_rounds())
     assert [s.version for s in received] == [5, 7], "the bad delta was not applied"
     assert len(received[1].resources) == 1
-    assert bodies[1]["delta"] is True
+    assert (bodies[1]["delta"], bodies[1]["epoch"]) == (True, "e1"), "from the epoch that served it"
     assert bodies[1]["version"] == 5
     assert "delta" not in bodies[2], "after a refused delta: the whole snapshot"
     assert bodies[2]["version"] == -1

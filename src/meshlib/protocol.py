@@ -21,6 +21,7 @@ from .registry import WorkloadRegistration
 
 __all__ = [
     "DEFAULT_PORT",
+    "EPOCH_HEADER",
     "MAX_BODY_BYTES",
     "MAX_EDGES",
     "MAX_JSON_DEPTH",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 15010
+EPOCH_HEADER = "meshlib-epoch"
+"""Names the history of the snapshot a watch answer holds (WatchRequest.epoch)."""
 MAX_WATCH_WAIT = 60.0
 """Longest a watch request is held open; clients wait a little longer than they ask for."""
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -119,6 +122,9 @@ class WatchRequest(MeshModel):
     nack: Nack | None = None
     # Answer with what changed since ``version`` (meshlib.snapshot_delta) when possible.
     delta: bool = False
+    # The epoch of the config service that served the snapshot held (its ``meshlib-epoch``
+    # response header): a delta is made only within one epoch.
+    epoch: str | None = Field(default=None, max_length=64)
     # Egress hosts (meshlib.egress_scope, canonical): only their registry entries, and no
     # answer for a change to any other's.
     hosts: list[str] | None = Field(default=None, max_length=MAX_EGRESS_HOSTS)

@@ -17,7 +17,7 @@ import tenacity
 
 from .core.snapshot import Snapshot
 from .errors import ConfigError, ControlPlaneError, UnauthorizedError
-from .protocol import MAX_WATCH_WAIT, EdgeReport, WorkloadRegistration, decode_snapshot
+from .protocol import EPOCH_HEADER, MAX_WATCH_WAIT, EdgeReport, WorkloadRegistration, decode_snapshot
 from .snapshot_delta import HeldSnapshot
 
 __all__ = ["Watcher"]
@@ -58,6 +58,7 @@ class Watcher:
         self._nack: tuple[int, str] | None = None
         self._hosts = list(egress_hosts)  # canonical (MeshSettings); [] = the whole registry
         self._held: HeldSnapshot | None = None  # the last payload, by item: deltas apply to it
+        self._epoch: str | None = None  # of the config service that served it
         self._failures = 0
         self._retrying = tenacity.AsyncRetrying(
             wait=tenacity.wait_random_exponential(multiplier=backoff_base, max=backoff_max),
@@ -92,8 +93,8 @@ class Watcher:
             body["ack"] = self._ack
         if self._nack is not None:
             body["nack"] = {"version": self._nack[0], "reason": self._nack[1]}
-        if self._held is not None and self._held.version == self.version:
-            body["delta"] = True
+        if self._held is not None and self._held.version == self.version and self._epoch is not None:
+            body["delta"], body["epoch"] = True, self._epoch
         if self._hosts:
             body["hosts"] = self._hosts
         response = await self._client.post(f"{self.url}/v1/watch", json=body)
@@ -103,6 +104,7 @@ class Watcher:
         if response.status_code == 204:
             return
         payload = response.json()
+        self._epoch = response.headers.get(EPOCH_HEADER)
         if isinstance(payload, dict) and "base" in payload:
             try:
                 if self._held is None:

@@ -18,7 +18,7 @@ import pytest
 from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
 from meshlib.errors import ConfigError, UnauthorizedError
-from meshlib.protocol import MAX_BODY_BYTES
+from meshlib.protocol import EPOCH_HEADER, MAX_BODY_BYTES
 from meshlib.snapshot_delta import HeldSnapshot
 from tests.conftest import destination_rule, virtual_service
 from tests.servers import wait_for
@@ -183,9 +183,14 @@ def test_a_watch_that_asks_for_a_delta_gets_only_what_changed(
     with httpx.Client(base_url=server.url) as http:
         first = http.post("/v1/watch", json={"version": -1, "wait": 5, "delta": True})
         assert "base" not in first.json(), "first contact: the whole snapshot"
-        held = HeldSnapshot(first.json())
+        held, epoch = HeldSnapshot(first.json()), first.headers[EPOCH_HEADER]
         assert http.put("/v1/workloads/w-1", json=registration).status_code == 200
-        answer = http.post("/v1/watch", json={"version": held.version, "wait": 5, "delta": True})
+        ask = {"version": held.version, "wait": 5, "delta": True}
+        for other in ({}, {"epoch": "another-replica"}):
+            whole = http.post("/v1/watch", json={**ask, **other}).json()
+            assert "base" not in whole, "no epoch, or another one: the whole snapshot"
+        answer = http.post("/v1/watch", json={**ask, "epoch": epoch})
+        assert answer.headers[EPOCH_HEADER] == epoch
         delta = answer.json()
         assert (delta["base"], delta["version"]) == (held.version, held.version + 1)
         assert delta["changed"]["resources"] == []
@@ -193,7 +198,7 @@ def test_a_watch_that_asks_for_a_delta_gets_only_what_changed(
         assert len(answer.content) < len(http.get("/v1/snapshot").content) / 2
         assert held.apply(delta) == http.get("/v1/snapshot").json()
         # A version this service never served, or no delta asked for: the whole snapshot.
-        for body in ({"version": 1234, "delta": True}, {"version": held.version - 1}):
+        for body in ({"version": 1234, "delta": True, "epoch": epoch}, {"version": held.version - 1}):
             whole = http.post("/v1/watch", json={**body, "wait": 5}).json()
             assert "base" not in whole
             assert whole["version"] == held.version

@@ -46,6 +46,7 @@ from ..errors import ConfigError
 from ..policy.resources import ResourceKey, find_kind
 from ..policy.validate import format_path
 from ..protocol import (
+    EPOCH_HEADER,
     MAX_BODY_BYTES,
     MAX_JSON_DEPTH,
     MAX_REGISTRATION_BYTES,
@@ -382,7 +383,7 @@ def create_app(
                 # all in one answer when it closes (within the coalescing window).
                 if state.version != seen and (not notifier.pending or time.monotonic() >= deadline):
                     gate.reader(request)  # still valid (not revoked or expired while it waited)
-                    answer = state.answer(body.version, hosts, delta=body.delta, since=seen)
+                    answer = state.answer(body.version, hosts, delta=body.delta, epoch=body.epoch, since=seen)
                     if answer:
                         break
                     seen = state.version  # nothing of its egress hosts changed: wait on
@@ -398,7 +399,7 @@ def create_app(
                 # asyncio.wait never cancels the shared future when one waiter times out.
                 await asyncio.wait((waiter,), timeout=min(remaining, 5.0))
                 waited = not waiter.done()
-            return Response(answer, media_type="application/json")
+            return Response(answer, media_type="application/json", headers={EPOCH_HEADER: state.epoch})
         finally:
             state.watch_end(handle)
 

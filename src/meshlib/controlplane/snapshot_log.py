@@ -6,12 +6,18 @@ version at which each removed one went. A delta from version B is every item sta
 plus every removal after B. It is offered only from a version this replica encoded itself
 (and still remembers): a version it never saw, say one another replica served while this one
 skipped it, gets the full snapshot, as does a workload on first contact or after a gap.
+
+Versions alone do not name a snapshot: replicas judge lost workloads each for itself, so two
+may serve different contents at one version, and a store restored from a backup numbers its
+versions again. ``epoch`` names this log's history (random, new with each process and each
+restart of the numbering); a watch asks for a delta only from the epoch it was served by.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import secrets
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +50,7 @@ class SnapshotLog:
         self._reset()
 
     def _reset(self) -> None:
+        self.epoch = secrets.token_hex(8)
         self._items: dict[tuple[str, str], _Item] = {}
         self._removed: dict[tuple[str, str], tuple[int, Hosts | None]] = {}  # -> (version, hosts)
         self._stamps: list[int] = []  # ascending: the version of each entry of _changed
@@ -81,6 +88,11 @@ class SnapshotLog:
         if not self._seen or self._seen[-1] != version:
             self._seen.append(version)
             self._bases.add(version)
+        elif changed:
+            # The snapshot changed with no new version (a store re-read; a workload back from
+            # lost): watches holding this version may hold either content, so none gets a
+            # delta from it.
+            self._bases.discard(version)
         while len(self._seen) > self._keep:
             self._bases.discard(self._seen.popleft())
         self._forget_before(self._seen[0])

@@ -565,13 +565,26 @@ class ConfigState:
         if handle is not None:
             handle.watching -= 1
 
+    @property
+    def epoch(self) -> str:
+        """The history the snapshots served here belong to (``SnapshotLog.epoch``)."""
+        self.payload()
+        return self._log.epoch
+
     def answer(
-        self, base: int, hosts: tuple[str, ...] | None, *, delta: bool, since: int | None = None
+        self,
+        base: int,
+        hosts: tuple[str, ...] | None,
+        *,
+        delta: bool,
+        epoch: str | None,
+        since: int | None = None,
     ) -> bytes:
-        """What a watch holding ``base`` is sent now: a delta (if it asks and one can be made),
-        the whole snapshot, or NOTHING_NEW (it has egress hosts, and none of theirs changed
-        since ``since``, the version this was last asked at, or ``base``)."""
-        if hosts is not None or delta:
+        """What a watch holding ``base`` of ``epoch`` is sent now: a delta (if it asks and one
+        can be made), the whole snapshot, or NOTHING_NEW (it has egress hosts, and none of
+        theirs changed since ``since``, the version this was last asked at, or ``base``).
+        A snapshot of another epoch (another replica's, or before a restore) gets it whole."""
+        if (hosts is not None or delta) and epoch == self.epoch:
             found = self.delta(base, hosts, since=since)
             if found is not None and (delta or found == NOTHING_NEW):
                 return found
