@@ -108,7 +108,7 @@ async def watch(port: int, index: int, state: Watch, stop: asyncio.Event) -> Non
             if ack is not None:
                 body["ack"] = ack
             if state.delta and held is not None:
-                body["delta"] = True
+                body["delta"], body["epoch"] = True, transport.epoch
             if state.hosts is not None:
                 body["hosts"] = state.hosts
             try:

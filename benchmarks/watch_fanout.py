@@ -23,11 +23,14 @@ Method
   ``httpx.AsyncClient`` as Watcher does. At N=1000 the httpx clients need about three
   times the service's CPU, so on a small machine they, not the service, set the pace.
 * Each round, the driver changes one VirtualService through ``POST /v1/apply`` (t0 is
-  taken just before the request is sent) and waits until ``GET /v1/workloads`` shows
-  every workload's ``ackedVersion`` at the new version. It starts polling once every
-  client process has reported (over a multiprocessing queue) that all its workloads
-  received the version, so that the listing (about 10 ms of the service's event loop
-  at N=1000) does not compete with the fan-out; ``--eager-poll`` polls from t0 on.
+  taken just before the request is sent) and waits until the registry's summary
+  (``GET /v1/workloads?summary=true``, counts only) shows every workload synced at the new
+  version. It starts polling once every client process has reported (over a
+  multiprocessing queue) that all its workloads received the version, so that polling
+  does not compete with the fan-out; ``--eager-poll`` polls from t0 on. (Up to commit
+  76181fa the driver polled the whole listing, 60-290 ms of the service's event loop at
+  N=5000, held the ACKs behind it and added it to the service's CPU per round.) One whole
+  listing after the round gives each workload's ``lastSeen``, the time its ACK came in.
   Reported per round:
   - apply -> receive: receipt time - t0, for every workload;
   - apply -> decoded: the same once the workload has handled the snapshot;
@@ -89,7 +92,7 @@ import psutil  # type: ignore[import-untyped]
 from _results import RESULTS, cpu_model, write_results
 
 from meshlib.controlplane.etcd_process import running_etcd
-from meshlib.protocol import decode_snapshot
+from meshlib.protocol import EPOCH_HEADER, decode_snapshot
 from meshlib.snapshot_delta import HeldSnapshot
 
 HOST = "127.0.0.1"
@@ -191,11 +194,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     p.add_argument("--wait", type=float, default=30.0, help="long-poll wait sent by workloads (s)")
     p.add_argument("--pause", type=float, default=0.0, help="pause between the last ACK and next apply (s)")
-    p.add_argument("--poll-interval", type=float, default=0.02, help="GET /v1/workloads poll interval (s)")
+    p.add_argument(
+        "--poll-interval", type=float, default=0.02, help="GET /v1/workloads?summary=true poll interval (s)"
+    )
     p.add_argument(
         "--eager-poll",
         action="store_true",
-        help="poll GET /v1/workloads from t0 on, instead of after the clients report receipt",
+        help="poll the registry summary from t0 on, instead of after the clients report receipt",
     )
     p.add_argument("--round-timeout", type=float, default=30.0, help="give up on a round after this (s)")
     p.add_argument("--time-limit", type=float, default=120.0, help="hard limit for one case (s)")
@@ -346,6 +351,8 @@ class ServiceProcess:
 
 
 class Transport(Protocol):
+    epoch: str | None  # the meshlib-epoch header of the last response (sent back with a delta)
+
     async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]: ...
 
     async def aclose(self) -> None: ...
@@ -355,10 +362,12 @@ class HttpxTransport:
     def __init__(self, client: httpx.AsyncClient, owned: bool) -> None:
         self._client = client
         self._owned = owned
+        self.epoch: str | None = None
 
     async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         headers = {"content-type": "application/json"}
         response = await self._client.request(method, path, content=body, headers=headers)
+        self.epoch = response.headers.get(EPOCH_HEADER, self.epoch)
         return response.status_code, response.content
 
     async def aclose(self) -> None:
@@ -372,6 +381,7 @@ class RawTransport:
     def __init__(self, port: int, timeout: float) -> None:
         self._port = port
         self._timeout = timeout
+        self.epoch: str | None = None
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
@@ -394,9 +404,12 @@ class RawTransport:
         length = 0
         while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            name = name.strip().lower()
+            if name == b"content-length":
                 length = int(value)
-            elif name.strip().lower() == b"transfer-encoding":
+            elif name == EPOCH_HEADER.encode():
+                self.epoch = value.strip().decode()
+            elif name == b"transfer-encoding":
                 raise RuntimeError("chunked responses are not supported by the raw client")
         return status, await reader.readexactly(length) if length else b""
 
@@ -510,7 +523,7 @@ async def run_workload(workload_id: str, transport: Transport, plan: ClientPlan,
         if ack is not None:
             body["ack"] = ack
         if plan.delta and (held is not None or plan.decode == "none"):
-            body["delta"] = True
+            body["delta"], body["epoch"] = True, transport.epoch
         if plan.scoped:
             service = f"bench-svc-{(int(workload_id.rsplit('-', 1)[1]) + 1) % 20}"
             body["hosts"] = [f"default/{service}.default.svc.cluster.local"]
@@ -753,25 +766,28 @@ class Driver:
         response.raise_for_status()
         return int(response.json()["version"])
 
-    def wait_acked(
-        self, version: int | None, deadline: Deadline, interval: float
-    ) -> tuple[list[dict[str, Any]], list[float]]:
-        """Poll the registry until all N workloads ACKed ``version`` (None: the service's
-        current version, for setup); return the last listing and the time of each poll."""
+    def wait_acked(self, version: int | None, deadline: Deadline, interval: float) -> list[float]:
+        """Poll the registry's summary (``GET /v1/workloads?summary=true``: counts, no
+        listing) until all N workloads are synced at ``version`` (None: the service's current
+        version, for setup); return the time of each poll."""
         durations: list[float] = []
         while True:
             started = time.monotonic()
-            response = self.http.get("/v1/workloads")
+            response = self.http.get("/v1/workloads", params={"summary": "true"})
             durations.append(time.monotonic() - started)
             response.raise_for_status()
-            listing = response.json()
-            items: list[dict[str, Any]] = listing["items"]
-            target = listing["version"] if version is None else version
-            acked = sum(1 for i in items if i["ackedVersion"] == target)
-            if len(items) >= self.n and acked >= self.n:
-                return items, durations
-            deadline.check(f"waiting for ACKs of version {target} ({acked}/{self.n} so far)")
+            counts = response.json()
+            target = counts["version"] if version is None else version
+            if counts["version"] == target and counts["workloads"] >= self.n and counts["synced"] >= self.n:
+                return durations
+            deadline.check(f"waiting for ACKs of version {target} ({counts['synced']}/{self.n} so far)")
             time.sleep(interval)
+
+    def listing(self) -> list[dict[str, Any]]:
+        response = self.http.get("/v1/workloads")
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
 
     def time_listing(self, repeat: int = 5) -> float:
         """Median duration of ``GET /v1/workloads`` (``meshctl status``) on a quiet service."""
@@ -810,17 +826,19 @@ def run_round(
     applied = time.monotonic()
     if not opts.eager_poll:
         clients.wait_received(version, deadline)
-    items, polls = driver.wait_acked(version, deadline, opts.poll_interval)
+    polls = driver.wait_acked(version, deadline, opts.poll_interval)
     observed = time.monotonic()
-    last_ack = max(float(i["lastSeen"]) for i in items)
+    server_cpu, client_cpu = cpu_seconds(driver.service.ps()) - server_cpu, clients.cpu_seconds() - client_cpu
+    # Once, after the round: each workload's lastSeen is the time its ACK came in.
+    last_ack = max(float(i["lastSeen"]) for i in driver.listing())
     return RoundResult(
         version=version,
         t0=t0,
         apply_seconds=applied - t0,
         last_ack_server=last_ack - t0_wall,
         all_acked_observed=observed - t0,
-        server_cpu=cpu_seconds(driver.service.ps()) - server_cpu,
-        client_cpu=clients.cpu_seconds() - client_cpu,
+        server_cpu=server_cpu,
+        client_cpu=client_cpu,
         polls=len(polls),
         poll_seconds=polls,
     )
@@ -1028,7 +1046,7 @@ RESOURCE_COLUMNS = (
     "service CPU ms/round>",
     "clients CPU ms/round>",
     "etcd CPU ms/round, RSS>",
-    "GET /v1/workloads ms, quiet / in rounds>",
+    "GET /v1/workloads ms, quiet / summary in rounds>",
     "snapshots sent in setup>",
     "apply ms",
     "snapshot bytes>",
@@ -1138,7 +1156,7 @@ Each round applies one changed VirtualService; t0 is taken just before `POST /v1
 Receive = the workload has read the whole watch response; decoded = it has also handled it
 (`compile`: parsed and compiled with `decode_snapshot`). Last ACK (server) = the latest
 `lastSeen` the service recorded with the ACKs of the new version; all ACKed (poller) = the
-first `GET /v1/workloads` showing every ACK. Receive and decoded pool every workload of every
+first `GET /v1/workloads?summary=true` counting every ACK. Receive and decoded pool every workload of every
 round (p50 / p99 / max, ms); the ACK columns are median / max over rounds (ms).
 client: `raw` = minimal asyncio HTTP/1.1 client, `httpx` = one `httpx.AsyncClient` per
 workload, as `Watcher` does."""
@@ -1149,8 +1167,9 @@ accepted sockets."""
 RESOURCE_NOTE = """\
 Config service process: RSS in MiB idle (no workloads), connected (N watches held), peak
 during the rounds (sampled every 10 ms) and after the last fan-out; CPU ms per round used by
-the service and by all client processes together; time of one `GET /v1/workloads` on a
-quiet service (median of 5) and on average while the driver polled it in the rounds;
+the service and by all client processes together (until every ACK is counted); time of one
+`GET /v1/workloads` (the whole listing, `meshctl status`) on a quiet service (median of 5), and
+on average of one `GET /v1/workloads?summary=true` while the driver polled it in the rounds;
 snapshots delivered to workloads before the first round (N if registering changes nothing
 workloads see; more if each registration makes a new version);
 `POST /v1/apply` round trip (median / max, ms); snapshot size; what one watch answer carried
@@ -1173,7 +1192,7 @@ def render(runs: Sequence[RunResult], opts: Options, command: str) -> str:
         f"Date: {when}; {code_under_test()}  ",
         f"Settings: {opts.rounds} rounds per case, snapshot handling `--decode {opts.decode}`, "
         f"workload endpoints {'on' if opts.endpoints else 'off'}, watch wait {opts.wait:g} s, "
-        f"`GET /v1/workloads` polled every {opts.poll_interval * 1000:g} ms {polling}, "
+        f"`GET /v1/workloads?summary=true` polled every {opts.poll_interval * 1000:g} ms {polling}, "
         f"pause between rounds {opts.pause:g} s.",
         "",
         LATENCY_NOTE + ("\n" + NODELAY_NOTE if nodelay else ""),

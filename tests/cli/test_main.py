@@ -284,6 +284,12 @@ def test_status_shows_identity_endpoints_and_sync(ctl, server: ConfigServer, tmp
         ]
         assert "SYNCED v2" in row
         assert json.loads(ctl("status", "-o", "json")[1])["items"][0]["ackedVersion"] == 2
+        summary = ctl("status", "--summary")[1]
+        assert (
+            "version 2: 1 workloads, 1 synced, 0 stale, 0 not acked, 0 NACK, 1 connected, 0 lost" in summary
+        )
+        counts = json.loads(ctl("status", "--summary", "-o", "json")[1])
+        assert (counts["version"], counts["synced"], counts["workloads"]) == (2, 1, 1)
 
 
 def test_status_shows_certificate_expiry_and_issuer(ctl, server: ConfigServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

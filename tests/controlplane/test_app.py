@@ -224,6 +224,19 @@ def test_workloads_endpoint_shows_ack_and_nack(server: ConfigServer) -> None:
         )
         (item,) = http.get("/v1/workloads").json()["items"]
         assert (item["nackVersion"], item["nackReason"]) == (2, "bad thing")
+        summary = http.get("/v1/workloads", params={"summary": "true"}).json()
+        assert summary == {
+            "version": 1,
+            "workloads": 1,
+            "synced": 0,
+            "stale": 0,
+            "notAcked": 0,
+            "nacked": 1,
+            "lost": 0,
+            "connected": 0,
+        }
+        bad = http.get("/v1/workloads", params={"summary": "yes"})
+        assert (bad.status_code, bad.json()["error"]) == (400, "summary must be true or false, not 'yes'")
         assert http.delete("/v1/workloads/w-1").json()["version"] == 2
         assert http.get("/v1/workloads").json()["items"] == []
 
@@ -263,3 +276,17 @@ def test_listening_sockets_turn_nagle_off() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         sock.close()
+
+
+def test_a_kept_alive_connection_outlives_uvicorns_default_idle_timeout(server: ConfigServer) -> None:
+    # A workload comes back on its connection with its next watch, after compiling what the
+    # last one brought; uvicorn's default closes a connection idle for 5 s, and a watch sent
+    # as it closes fails (seen as thousands of errors with 5,000 watchers on two cores).
+    request = b"GET /v1/healthz HTTP/1.1\r\nhost: cp\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.settimeout(5.0)
+        conn.sendall(request)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(5.5)
+        conn.sendall(request)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200"), "the connection is still open"

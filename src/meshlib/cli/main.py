@@ -298,6 +298,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.summary:
+        with _client(args) as client:
+            counts = client.workload_summary()
+        if args.output in ("yaml", "json"):
+            print(dump(counts, args.output))
+        else:
+            print(
+                f"version {counts['version']}: {counts['workloads']} workloads, {counts['synced']} synced, "
+                f"{counts['stale']} stale, {counts['notAcked']} not acked, {counts['nacked']} NACK, "
+                f"{counts['connected']} connected, {counts['lost']} lost"
+            )
+        return 0
     with _client(args) as client:
         data = client.workloads()
     items = data["items"]
@@ -579,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", cmd_status, "every workload: identity, endpoints, acknowledged config, last seen")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    p.add_argument("--summary", action="store_true", help="only how many workloads are in each state")
 
     p = add("top", cmd_top, "who calls whom, live: requests per second, errors, p50/p99 per edge")
     top_arguments(p)

@@ -106,6 +106,11 @@ class ControlPlaneClient:
         result: dict[str, Any] = self._call("GET", "/v1/workloads")
         return result
 
+    def workload_summary(self) -> dict[str, int]:
+        """How many workloads are synced, stale, not acked, NACKing, lost and connected."""
+        result: dict[str, int] = self._call("GET", "/v1/workloads", params={"summary": "true"})
+        return result
+
     def discovery(self) -> dict[str, Any]:
         """Each discovery source's watches (``consul``): state, instances, errors."""
         result: dict[str, Any] = self._call("GET", "/v1/discovery")

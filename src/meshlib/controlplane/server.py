@@ -23,7 +23,7 @@ from ..ca.svid import pem_certificate, pem_key
 from ..ca.tokens import TokenRegistry
 from ..core.hosts import CLUSTER_DOMAIN
 from ..errors import MeshError
-from ..protocol import DEFAULT_PORT
+from ..protocol import DEFAULT_PORT, MAX_WATCH_WAIT
 from .app import VersionNotifier, create_app
 from .auth import ensure_admin_token
 from .ca_routes import ca_routes
@@ -159,6 +159,10 @@ def _uvicorn_config(app: Starlette, graceful: int) -> uvicorn.Config:
         log_level="warning",
         timeout_graceful_shutdown=graceful,
         backlog=4096,
+        # Every workload comes back on its connection with its next watch; uvicorn's 5 s
+        # would close those of a workload busy compiling a big snapshot, or one paused, and
+        # its next watch would race the close. As long-poll services do (nginx: 75 s).
+        timeout_keep_alive=int(MAX_WATCH_WAIT) + 15,
         # Callers are known by their tokens, never by X-Forwarded-* headers (uvicorn trusts
         # them from 127.0.0.1 by default); off, which also saves the middleware per request.
         proxy_headers=False,
