@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -282,11 +283,16 @@ def test_a_kept_alive_connection_outlives_uvicorns_default_idle_timeout(server: 
     # A workload comes back on its connection with its next watch, after compiling what the
     # last one brought; uvicorn's default closes a connection idle for 5 s, and a watch sent
     # as it closes fails (seen as thousands of errors with 5,000 watchers on two cores).
-    request = b"GET /v1/healthz HTTP/1.1\r\nhost: cp\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", server.port)) as conn:
-        conn.settimeout(5.0)
-        conn.sendall(request)
-        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5.0)
+    try:
+        conn.request("GET", "/v1/healthz")
+        first = conn.getresponse()
+        assert (first.status, json.loads(first.read())["status"]) == (200, "ok")
+        sock = conn.sock
         time.sleep(5.5)
-        conn.sendall(request)
-        assert conn.recv(65536).startswith(b"HTTP/1.1 200"), "the connection is still open"
+        conn.request("GET", "/v1/healthz")  # http.client reconnects only if it saw the close
+        again = conn.getresponse()
+        assert (again.status, json.loads(again.read())["status"]) == (200, "ok")
+        assert conn.sock is sock, "the same connection"
+    finally:
+        conn.close()

@@ -16,11 +16,13 @@ import pytest
 
 from meshlib import Mesh
 from meshlib.controlplane.client import ControlPlaneClient
+from meshlib.registry import AnnouncedEndpoint
 from tests.conftest import virtual_service
 from tests.etcd import running_etcd
 from tests.servers import free_port, wait_for
 
 SERVICES = ("frontend", "reviews", "ratings")
+LEASE_TTL = 5  # the replicas' etcd leases (s): a dead replica's workloads go this long after it
 
 
 class Replica:
@@ -35,6 +37,7 @@ class Replica:
     def start(self) -> Replica:
         command = [sys.executable, "-m", "meshlib", "serve", "--store", self.etcd]
         command += ["--port", str(self.port), "--data-dir", str(self.data_dir), "--workload-ttl", "30"]
+        command += ["--etcd-lease-ttl", str(LEASE_TTL)]
         self.log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         return self
@@ -101,8 +104,19 @@ def test_a_killed_replica_loses_no_workload_its_config_or_its_identity(
             )
             for name in SERVICES
         ]
+        # reviews serves (registered through the first replica, whose lease keeps it live);
+        # so does a ghost that dies with that replica: registered there, and never watching.
+        meshes[1].announce([AnnouncedEndpoint(address="127.0.0.1", port=9080)])
+        ghost = {"id": "ghost-1", "service": "ghost", "endpoints": [{"address": "127.0.0.1", "port": 9099}]}
+        put = httpx.put(
+            f"{first.url}/v1/workloads/ghost-1",
+            json=ghost,
+            headers={"authorization": f"Bearer {first.admin_token}"},
+        )
+        assert put.status_code == 200, put.text
         version = admin.apply([virtual_service("reviews", v1=80, v2=20)])["version"]
         assert all(m.wait_for_version(version, 5) for m in meshes)
+        assert {w.service for w in meshes[0].snapshot.workloads} == {"reviews", "ghost"}
         issued = {}
         for mesh in meshes:
             assert mesh.workload_identity is not None
@@ -120,6 +134,17 @@ def test_a_killed_replica_loses_no_workload_its_config_or_its_identity(
         for mesh in meshes:
             routes = [r for r in mesh.snapshot.resources if r.kind == "VirtualService"]
             assert [r.name for r in routes] == ["reviews"]
+
+        # The first replica's lease runs out: the ghost is withdrawn everywhere (a replica left
+        # moves the version); reviews, taken over by the replica it watches now, stays.
+        def registry() -> set[str]:
+            return {w.service for w in meshes[0].snapshot.workloads}
+
+        assert wait_for(lambda: registry() == {"reviews"}, LEASE_TTL + 5), registry()
+        with ControlPlaneClient(third.url, third.admin_token) as other:
+            listed = {i["registration"]["service"]: i["lost"] for i in other.workloads()["items"]}
+        assert (listed["ghost"], listed["reviews"]) == (True, False)
+        version = meshes[0].snapshot.version  # the one that withdrew the ghost
 
         # Certificates keep being issued (a 6 s TTL renews every ~3 s), by the replicas left.
         def renewed() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -252,3 +253,98 @@ def test_a_large_change_left_half_written_is_finished_by_the_next_reader(
     finally:
         for store in stores:
             store.close()
+
+
+def _entry(workload: str, port: int) -> WorkloadRegistration:
+    return WorkloadRegistration(
+        id=workload, service="reviews", endpoints=[AnnouncedEndpoint(address="127.0.0.1", port=port)]
+    )
+
+
+def _listed(state: ConfigState) -> list[str]:
+    return sorted(w["id"] for w in json.loads(state.payload())["workloads"])
+
+
+def test_a_dead_replicas_workloads_are_withdrawn_everywhere_when_its_lease_runs_out(
+    tmp_path: Path, etcd: str
+) -> None:
+    """Registry entries live under the etcd lease of the replica a workload watches. A dies
+    (its store closed without a word: no keep-alive, no revoke): once its lease runs out every
+    other replica sees its workloads lost and one moves the version. w2 had failed over to B
+    and was taken over at B's flush, so it stays; w1 comes back when it calls in again."""
+    stores = [EtcdStore(parse_etcd_url(etcd), lease_ttl=2) for _ in range(3)]
+    try:
+        a, b = ConfigState(stores[0]), ConfigState(stores[1])
+        assert a.register(_entry("w1", 9081))
+        assert a.register(_entry("w2", 9082))
+        b.resync()
+        assert _listed(b) == ["w1", "w2"]
+        assert not b.seen("w2")  # its next watch, on B: live through A until B's flush
+        b.flush()
+        stores[0].close()
+        version = b.version
+
+        def lost() -> dict[str, bool]:
+            b.resync()
+            return {w.registration.id: w.lost for w in b.workloads()}
+
+        assert wait_for(lambda: lost() == {"w1": True, "w2": False}, 10)
+        assert b.version == version, "etcd ended the keys: no version says so yet"
+        assert b.announce()
+        assert b.version == version + 1
+        assert not b.announce(), "announced once"
+        assert _listed(b) == ["w2"]
+        # A third replica agrees, from the store alone.
+        c = ConfigState(stores[2])
+        assert (c.version, _listed(c)) == (b.version, ["w2"])
+        # w1 calls in through B: live again, under B's lease, and a new version for it.
+        assert b.seen("w1")
+        assert (b.version, _listed(b)) == (version + 2, ["w1", "w2"])
+        c.resync()
+        assert _listed(c) == ["w1", "w2"]
+        assert not c.announce(), "B moved the version with it"
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_workload_silent_past_the_ttl_is_released_by_its_holder_alone(etcd: str) -> None:
+    now = [1000.0]
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
+    try:
+        a = ConfigState(stores[0], clock=lambda: now[0])
+        b = ConfigState(stores[1], clock=lambda: now[0])
+        assert a.register(_entry("w1", 9081))
+        b.resync()
+        now[0] += a.workload_ttl + 1
+        assert not b.reap(), "B does not hold w1: A judges it"
+        assert b.version == a.version
+        assert a.reap()
+        b.resync()
+        assert [w.lost for w in b.workloads()] == [True]
+        assert not b.announce(), "A moved the version when it let w1 go"
+        assert (b.version, _listed(b)) == (a.version, [])
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_replica_starting_when_no_replica_holds_any_workload_gives_each_a_ttl(
+    tmp_path: Path, etcd: str
+) -> None:
+    store = EtcdStore(parse_etcd_url(etcd), lease_ttl=2)
+    a = ConfigState(store)
+    assert a.register(_entry("w1", 9081))
+    store.close()
+    probe = EtcdStore(parse_etcd_url(etcd))
+    try:
+        assert wait_for(lambda: probe.load().live == {}, 10), "the whole control plane was down"
+    finally:
+        probe.close()
+    again = EtcdStore(parse_etcd_url(etcd))
+    try:
+        restarted = ConfigState(again)
+        assert _listed(restarted) == ["w1"], "held again: a TTL to call in"
+        assert again.load().live == {"w1": again.holder}
+    finally:
+        again.close()

@@ -225,7 +225,7 @@ def test_a_failed_store_write_changes_nothing_in_memory(state: ConfigState) -> N
     state.register(_workload("reviews-1"))
     version = state.version
 
-    def broken(*args: Any) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
     state.store.save_workloads = broken  # type: ignore[method-assign]
@@ -243,7 +243,7 @@ def test_acks_that_fail_to_flush_are_kept_for_the_next_flush(state: ConfigState,
     state.seen("reviews-1", acked=5)
     save = state.store.save_workloads
 
-    def once_broken(*args: Any) -> None:
+    def once_broken(*args: Any, **kwargs: Any) -> None:
         state.store.save_workloads = save  # type: ignore[method-assign]
         raise OSError("busy")
 

@@ -109,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store_url=args.store,
         etcd_tls=etcd_tls,
         etcd_auth=etcd_auth,
+        etcd_lease_ttl=args.etcd_lease_ttl,
         tls=args.tls,
         tls_names=args.tls_name,
         consul=consul,
@@ -506,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--etcd-password-file or $ETCDCTL_PASSWORD, never from the command line",
     )
     p.add_argument("--etcd-password-file", metavar="FILE", help="the file holding --etcd-user's password")
+    p.add_argument(
+        "--etcd-lease-ttl",
+        type=int,
+        metavar="SECONDS",
+        help="the etcd lease that keeps this replica's workloads live (default 15): when the replica "
+        "dies, its workloads that did not fail over are withdrawn this long after",
+    )
     p.add_argument(
         "--tls",
         action="store_true",

@@ -137,6 +137,7 @@ def _follower(
         pending.clear()
         try:
             state.resync()
+            state.announce()  # with leases: a replica's ran out, and no version says so yet
             if tokens is not None:
                 tokens.reload()
         except Exception:

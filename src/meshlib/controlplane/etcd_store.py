@@ -2,7 +2,8 @@
 
 Layout under one prefix (``/meshlib/``): ``version`` (the global version, decimal),
 ``trust_bundle`` (the digest last served), ``resources/<kind>/<namespace>/<name>``,
-``workloads/<id>``, ``tokens/<id>`` (JSON each), ``claims/<name>`` (what the first
+``workloads/<id>``, ``live/<id>`` (the replica keeping that workload live, under its lease),
+``tokens/<id>`` (JSON each), ``claims/<name>`` (what the first
 replica to start settles for all: the CA, the admin token) and, only while a change too large
 for one etcd transaction is being written out, ``pending`` (that change, whole).
 
@@ -31,8 +32,14 @@ with UNAUTHENTICATED; the replica then authenticates again and repeats the reque
 user needs read and write on the prefix only (a role with ``readwrite /meshlib/ --prefix``).
 The password is read once and never logged or shown.
 
-Still missing: registry entries as etcd leases (a workload's TTL is judged by each replica from
-the last-seen times in the store).
+Registry leases: each replica holds one etcd lease (``LEASE_TTL``, kept alive every third of
+it) and puts ``live/<id>`` under it for each workload that registered or watches through it. A
+registered workload with no live key is lost, for every replica alike. The holder ends the key
+when its workload has been silent for the registry's TTL (and moves the version with it); etcd
+ends all of a replica's keys when the replica dies or loses etcd for ``LEASE_TTL``, and the
+other replicas, told by their watch, move the version so that workloads hear. A workload that
+fails over is taken over by the replica it watches next (its key is put again under that
+replica's lease) within one flush, well before the dead replica's lease runs out.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +70,7 @@ DEFAULT_PREFIX = "/meshlib/"
 _OWN_REVISIONS = 4096  # revisions of this replica's own writes remembered (to skip their events)
 _TXN_OPS = 100  # puts and deletes per transaction: etcd refuses more than --max-txn-ops (128 by default)
 _INTENT_BYTES = 1_400_000  # etcd refuses requests over --max-request-bytes (1.5 MiB by default)
+LEASE_TTL = 15  # seconds: a dead replica's workloads are withdrawn this long after it went
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
@@ -202,6 +211,7 @@ class EtcdStore:
         timeout: float = 5.0,
         tls: EtcdTls | None = None,
         auth: EtcdAuth | None = None,
+        lease_ttl: int = LEASE_TTL,
     ) -> None:
         import aetcd  # type: ignore[import-untyped]  # meshlib[etcd]; imported here: SQLite users skip it
 
@@ -228,7 +238,13 @@ class EtcdStore:
         self._seen: dict[bytes, int] = {}  # key -> the mod revision this replica last read or wrote
         self._follower: asyncio.Task[None] | None = None
         self._closed = False
+        self.holder: str | None = secrets.token_hex(8)  # this replica, as the holder of live keys
+        self._lease_ttl = lease_ttl
+        self._lease = 0
+        self._holding: set[bytes] = set()  # the live keys this replica put (again, under a new lease)
         self._call(self._connect())
+        self._call(self._grant())
+        self._keeper = self._loop.submit(self._keep())
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -302,17 +318,55 @@ class EtcdStore:
             await self._connect()
             return await op(self._client)
 
-    async def _txn(self, compare: list[Any], puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> bool:
-        """One transaction: ``puts`` and ``deletes`` if every comparison holds. Its revision is
-        remembered as this replica's own, so the watch does not report it back."""
+    async def _grant(self) -> None:
+        lease = await self._retrying(lambda c: c.lease(self._lease_ttl))
+        self._lease = int(lease.id)
+
+    async def _keep(self) -> None:
+        """Keep this replica's lease alive; when it ran out (etcd unreachable for its TTL),
+        take a new one and put this replica's live keys again under it."""
+        while not self._closed:
+            await asyncio.sleep(self._lease_ttl / 3)
+            try:
+                reply = await self._retrying(lambda c: c.refresh_lease(self._lease))
+                if reply is not None and int(reply.TTL) > 0:
+                    continue
+                log.warning(
+                    "this replica's etcd lease ran out: its %d workloads are live again", len(self._holding)
+                )
+                await self._grant()
+                held = sorted(self._holding)
+                for i in range(0, len(held), _TXN_OPS):
+                    await self._txn([], [], [], held[i : i + _TXN_OPS])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._closed:
+                    log.warning("keeping this replica's etcd lease alive failed (%s); trying again", exc)
+
+    async def _txn(
+        self,
+        compare: list[Any],
+        puts: list[tuple[bytes, bytes]],
+        deletes: list[bytes],
+        leased: Sequence[bytes] = (),
+    ) -> bool:
+        """One transaction: ``puts`` and ``deletes``, and ``leased`` (live keys put under this
+        replica's lease), if every comparison holds. Its revision is remembered as this
+        replica's own, so the watch does not report it back."""
 
         async def run(client: Any) -> bool:
             tx = client.transactions
-            ops = [tx.put(key, value) for key, value in puts] + [tx.delete(key) for key in deletes]
+            holder = (self.holder or "").encode()
+            ops = [tx.put(key, value) for key, value in puts]
+            ops += [tx.put(key, holder, lease=self._lease) for key in leased]
+            ops += [tx.delete(key) for key in deletes]
             probe = puts[0][0] if puts else self._key("version")
             ops.append(tx.get(probe))  # read back: the response carries the transaction's revision
             succeeded, responses = await client.transaction(compare=compare, success=ops, failure=[])
             if succeeded:
+                self._holding.update(leased)
+                self._holding.difference_update(deletes)
                 revision = _revision_of(responses)
                 if revision is not None:
                     for key, _ in puts:
@@ -326,18 +380,31 @@ class EtcdStore:
 
         return await self._retrying(run)
 
-    async def _write(self, version: int, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+    async def _write(
+        self,
+        version: int,
+        puts: list[tuple[bytes, bytes]],
+        deletes: list[bytes],
+        leased: Sequence[bytes] = (),
+    ) -> None:
         """A change at ``version``. When that is not the version this replica last read or
-        wrote, it moves the global version: written only over the version before it."""
+        wrote, it moves the global version: written only over the version before it.
+        ``leased``: live keys to put under this replica's lease, in the same transaction when
+        it is small, else first (a live key of a workload nobody has registered means nothing)."""
         key = self._key("version")
         tx = self._client.transactions
+        pending = self._key("pending")
+        if leased and (version == self._held or len(puts) + len(deletes) + len(leased) >= _TXN_OPS):
+            for i in range(0, len(leased), _TXN_OPS):
+                if not await self._txn([tx.version(pending) == 0], [], [], leased[i : i + _TXN_OPS]):
+                    raise StoreConflict("a large change is being written out by another replica")
+            leased = ()
         if version == self._held:
             # Only over what this replica last read or wrote of each key: a registration
             # another replica changed meanwhile is never overwritten with an older copy
             # (the loser re-reads, keeps its own acks and last-seen times, and writes again).
             # In pieces (etcd's --max-txn-ops); a piece already written is simply current.
             # Never while a large change is half written (the re-read finishes it first).
-            pending = self._key("pending")
             for some_puts, some_deletes in _pieces(puts, deletes):
                 compare = [tx.version(pending) == 0]
                 compare += [tx.mod(k) == self._seen.get(k, 0) for k, _ in some_puts]
@@ -345,15 +412,14 @@ class EtcdStore:
                     raise StoreConflict("another replica changed these entries since they were read")
             return
         _check_size(puts)
-        pending = self._key("pending")
         compare = [tx.value(key) == str(version - 1).encode(), tx.version(pending) == 0]
         if version == 1:  # the first version: over no version key at all, or over "0"
             current = await self._retrying(lambda c: c.get(key))
             if current is None:
                 compare[0] = tx.version(key) == 0
         moved = (key, str(version).encode())
-        if len(puts) + len(deletes) < _TXN_OPS:
-            if not await self._txn(compare, [*puts, moved], deletes):
+        if len(puts) + len(deletes) + len(leased) < _TXN_OPS:
+            if not await self._txn(compare, [*puts, moved], deletes, leased):
                 raise StoreConflict(f"another replica moved the version past {version - 1}")
         else:
             # Too many for one transaction: the whole change goes in first as one intent,
@@ -397,7 +463,8 @@ class EtcdStore:
                 await self._finish(int(kv.mod_revision), puts, [k.encode() for k in intent["deletes"]])
                 return await self._load()
         self._revision = int(found.header.revision) if found.header is not None else 0
-        state = StoreState()
+        live: dict[str, str] = {}
+        state = StoreState(live=live)
         self._held = 0
         resources: list[StoredResource] = []
         self._seen = {bytes(kv.key): int(kv.mod_revision) for kv in found}
@@ -417,6 +484,10 @@ class EtcdStore:
             elif name.startswith("workloads/"):
                 data = json.loads(kv.value)
                 state.workloads.append(StoredWorkload(**data))
+            elif name.startswith("live/"):
+                live[name[len("live/") :]] = kv.value.decode()
+        # Keys another replica has taken over since are no longer this replica's to put again.
+        self._holding &= {self._key("live", i) for i, holder in live.items() if holder == self.holder}
         state.resources = sorted(resources, key=lambda r: (r.version, *r.key))
         state.workloads.sort(key=lambda w: w.first_seen)
         return state
@@ -431,9 +502,19 @@ class EtcdStore:
         ]
         self._call(self._write(version, puts, [self._key("resources", *key) for key in delete]))
 
-    def save_workloads(self, version: int, put: Sequence[StoredWorkload], delete: Sequence[str]) -> None:
+    def save_workloads(
+        self,
+        version: int,
+        put: Sequence[StoredWorkload],
+        delete: Sequence[str],
+        *,
+        hold: Sequence[str] = (),
+        release: Sequence[str] = (),
+    ) -> None:
         puts = [(self._key("workloads", item.id), _workload_json(item)) for item in put]
-        self._call(self._write(version, puts, [self._key("workloads", i) for i in delete]))
+        deletes = [self._key(section, i) for i in delete for section in ("workloads", "live")]
+        deletes += [self._key("live", i) for i in release]
+        self._call(self._write(version, puts, deletes, [self._key("live", i) for i in hold]))
 
     def save_trust_bundle(self, version: int, digest: str) -> None:
         self._call(self._write(version, [(self._key("trust_bundle"), digest.encode())], []))

@@ -75,6 +75,7 @@ def build_app(
     store_url: str | None = None,
     etcd_tls: EtcdTls | None = None,
     etcd_auth: EtcdAuth | None = None,
+    etcd_lease_ttl: int | None = None,
     tls_names: Sequence[str] | None = None,
     tls_ttl: dt.timedelta = SERVER_TTL,
     consul: ConsulSettings | None = None,
@@ -92,13 +93,25 @@ def build_app(
     token, token_path, created = ensure_admin_token(data_dir)
     store: Store
     if store_url is None:
-        if etcd_tls is not None or etcd_auth is not None:
-            raise MeshError("--etcd-cacert, --etcd-cert, --etcd-key and --etcd-user need --store etcd://...")
+        if etcd_tls is not None or etcd_auth is not None or etcd_lease_ttl is not None:
+            raise MeshError(
+                "--etcd-cacert, --etcd-cert, --etcd-key, --etcd-user and --etcd-lease-ttl need --store etcd://..."
+            )
         store = SQLiteStore(data_dir / DB_FILE)
     else:
-        from .etcd_store import EtcdStore, parse_etcd_url
+        from .etcd_store import LEASE_TTL, EtcdStore, parse_etcd_url
 
-        store = shared = EtcdStore(parse_etcd_url(store_url), tls=etcd_tls, auth=etcd_auth)
+        if etcd_lease_ttl is not None and etcd_lease_ttl < 2:
+            raise MeshError(
+                f"--etcd-lease-ttl must be at least 2 seconds (etcd's shortest lease), not {etcd_lease_ttl}"
+            )
+        lease_ttl = LEASE_TTL if etcd_lease_ttl is None else etcd_lease_ttl
+        # A workload failing over to this replica is taken over (its live key put under this
+        # replica's lease) at the next flush: well before the dead replica's lease runs out.
+        reap_interval = min(reap_interval, lease_ttl / 3)
+        store = shared = EtcdStore(
+            parse_etcd_url(store_url), tls=etcd_tls, auth=etcd_auth, lease_ttl=lease_ttl
+        )
     try:
         ca = CertificateAuthority.load_or_create(
             data_dir, trust_domain, ca_cert=ca_cert, ca_key=ca_key, ca_bundle=ca_bundle
@@ -209,6 +222,7 @@ def serve_forever(
     store_url: str | None = None,
     etcd_tls: EtcdTls | None = None,
     etcd_auth: EtcdAuth | None = None,
+    etcd_lease_ttl: int | None = None,
     tls: bool = False,
     tls_names: Sequence[str] = (),
     consul: ConsulSettings | None = None,
@@ -225,6 +239,7 @@ def serve_forever(
         store_url=store_url,
         etcd_tls=etcd_tls,
         etcd_auth=etcd_auth,
+        etcd_lease_ttl=etcd_lease_ttl,
         tls_names=tls_names_for(host, tls_names) if tls else None,
         consul=consul,
     )

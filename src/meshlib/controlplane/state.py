@@ -171,6 +171,12 @@ class ConfigState:
     _discovered: dict[ResourceKey, StoredResource] = field(init=False, default_factory=dict)
     _encoded: dict[tuple[str, str], tuple[object, bytes]] = field(init=False, default_factory=dict)
     _log: SnapshotLog = field(init=False, default_factory=SnapshotLog)
+    # A store with leases (etcd): workload id -> the replica keeping it live (None: no leases).
+    _live_map: dict[str, str] | None = field(init=False, default=None)
+    _take_over: set[str] = field(
+        init=False, default_factory=set
+    )  # live through another replica, watching here
+    _unannounced: bool = field(init=False, default=False)  # liveness moved with no new version
     _lists: dict[str, list[bytes]] = field(init=False, default_factory=dict)  # each section's items
     _registry: list[tuple[bytes, Hosts]] = field(init=False, default_factory=list)  # entries, hosts
     _scoped: dict[tuple[str, ...], bytes] = field(init=False, default_factory=dict)  # per egress hosts
@@ -196,6 +202,8 @@ class ConfigState:
             stored.last_seen = max(stored.last_seen, now)
             entry = self._workloads[stored.id] = _Workload(stored, registration)
             self._account(entry, 1)
+        if loaded.live is not None:
+            self._start_leases(loaded.live)
         served = loaded.trust_bundle
         for _ in range(_RACE_RETRIES):  # replicas starting together race to record the bundle
             try:
@@ -234,6 +242,10 @@ class ConfigState:
         ours lost a race. What this replica alone knows is kept: watches in progress, which
         workloads it judged lost, acks and last-seen times it has not flushed yet."""
         loaded = self.store.load()
+        version, was_lost = (
+            self.version,
+            {i: w.lost for i, w in self._workloads.items() if w.registration.endpoints},
+        )
         self._take_resources(loaded.resources)
         workloads: dict[str, _Workload] = {}
         for stored in loaded.workloads:
@@ -245,7 +257,8 @@ class ConfigState:
             if registration is None:
                 continue
             if current is None:
-                workloads[stored.id] = _Workload(stored, registration)
+                lost = loaded.live is not None and stored.id not in loaded.live
+                workloads[stored.id] = _Workload(stored, registration, lost=lost)
                 continue
             mine = current.stored
             stored.last_seen = max(stored.last_seen, mine.last_seen)
@@ -253,7 +266,9 @@ class ConfigState:
                 stored.acked_version, stored.nack_version = mine.acked_version, mine.nack_version
                 stored.nack_reason = mine.nack_reason
             current.stored, current.registration = stored, registration
-            if current.lost and self.clock() - stored.last_seen <= self.workload_ttl:
+            if loaded.live is not None:
+                current.lost = stored.id not in loaded.live  # the store's leases decide
+            elif current.lost and self.clock() - stored.last_seen <= self.workload_ttl:
                 current.lost = False  # seen through another replica
             workloads[stored.id] = current
         self._workloads = workloads
@@ -264,6 +279,49 @@ class ConfigState:
             self._account(item, 1)
         self.version = loaded.version
         self._payload = None
+        if loaded.live is not None:
+            self._live_map = dict(loaded.live)
+            self._take_over &= workloads.keys()
+            # A lease ran out (a replica died) or was put again with no new version: what this
+            # replica serves at this version changed, and workloads must hear (``announce``).
+            flipped = any(was_lost.get(i, w.lost) != w.lost for i, w in workloads.items())
+            self._unannounced = loaded.version == version and (self._unannounced or flipped)
+
+    def announce(self) -> bool:
+        """With leases: a new version when the store's live workloads changed without one
+        (another replica's lease ran out); True if clients must hear. The first replica to
+        see it moves the version; the others, re-reading, find it announced."""
+        if not self._unannounced:
+            return False
+        return self._raced(self._announce_once)
+
+    def _announce_once(self) -> bool:
+        if not self._unannounced:
+            return False
+        self._bump_once()
+        self._unannounced = False
+        return True
+
+    def _start_leases(self, live: dict[str, str]) -> None:
+        """A replica starting on a store with leases. When no replica keeps any workload live
+        (the whole control plane was down), it holds them all, giving each a TTL to call in
+        again, as a restarted single replica does; else the store's leases say who is lost."""
+        self._live_map = dict(live)
+        orphans = [] if live else list(self._workloads)
+        if orphans:
+            self._raced(lambda: self._hold(orphans))
+        for item in self._workloads.values():
+            if item.stored.id not in self._live_map and not item.lost:
+                self._account(item, -1)
+                item.lost = True
+
+    def _hold(self, ids: Sequence[str], version: int | None = None) -> None:
+        """Put ``ids`` live under this replica's lease (at ``version``: moving it)."""
+        self.store.save_workloads(self.version if version is None else version, (), (), hold=ids)
+        if self._live_map is not None and self.store.holder is not None:
+            self._live_map.update(dict.fromkeys(ids, self.store.holder))
+        if version is not None:
+            self._moved_to(version)
 
     def _raced(self, action: Callable[[], R]) -> R:
         """Run ``action``; when another replica moved the version first, re-read and run it
@@ -439,7 +497,11 @@ class ConfigState:
             stored = dataclasses.replace(current.stored, registration=data, last_seen=now)
             visible = current.lost or _visible(current.registration) != _visible(registration)
         version = self.version + 1 if visible else self.version
-        self.store.save_workloads(version, [stored], ())
+        hold = [registration.id] if self._live_map is not None else []
+        self.store.save_workloads(version, [stored], (), hold=hold)
+        if self._live_map is not None and self.store.holder is not None:
+            self._live_map[registration.id] = self.store.holder
+            self._take_over.discard(registration.id)
         if current is None:
             item = self._workloads[registration.id] = _Workload(stored, registration)
         else:  # the same entry, changed in place (a watch of it holds it)
@@ -547,6 +609,8 @@ class ConfigState:
         visible = bool(current.registration.endpoints) and not current.lost
         version = self.version + 1 if visible else self.version
         self.store.save_workloads(version, (), [workload_id])
+        if self._live_map is not None:
+            self._live_map.pop(workload_id, None)
         del self._workloads[workload_id]
         self._account(current, -1)
         self._dirty.discard(workload_id)
@@ -609,6 +673,15 @@ class ConfigState:
         if nacked is not None:
             current.stored.nack_version, current.stored.nack_reason = nacked[0], nacked[1][:2000]
         self._dirty.add(workload_id)
+        if self._live_map is not None and self._live_map.get(workload_id) != self.store.holder:
+            if not current.lost:
+                self._take_over.add(workload_id)  # live through another replica: at the next flush
+                return False
+            self._raced(lambda: self._hold([workload_id], self.version + 1))
+            if current.lost:  # (a re-read on the way may have found it live already)
+                current.lost = False
+                self._account(current, 1)
+            return True
         if current.lost:
             self._bump()
             current.lost = False
@@ -622,11 +695,16 @@ class ConfigState:
         now = self.clock()
         changed = False
         forget = []
+        released: list[str] = []
+        mine = self.store.holder
         for item in self._workloads.values():
             silent = now - item.stored.last_seen
             if item.lost and silent > self.forget_after:
                 forget.append(item.stored.id)
+            elif self._live_map is not None and self._live_map.get(item.stored.id) != mine:
+                continue  # with leases, only the replica keeping a workload live judges it
             elif not item.lost and item.watching <= 0 and silent > self.workload_ttl:
+                released.append(item.stored.id)
                 self._account(item, -1)
                 item.lost = True
                 log.warning(
@@ -642,21 +720,38 @@ class ConfigState:
             for workload_id in forget:
                 del self._workloads[workload_id]
                 self._dirty.discard(workload_id)
-        if changed:
+        if self._live_map is not None and released:
+            self._raced(lambda: self._release(released, bump=changed))
+        elif changed:
             self._bump()
         return changed
+
+    def _release(self, ids: list[str], *, bump: bool) -> None:
+        self.store.save_workloads(self.version + 1 if bump else self.version, (), (), release=ids)
+        for workload_id in ids:
+            if self._live_map is not None:
+                self._live_map.pop(workload_id, None)
+            item = self._workloads.get(workload_id)
+            if item is not None and not item.lost:  # a re-read on the way took it as live
+                self._account(item, -1)
+                item.lost = True
+        if bump:
+            self._moved_to(self.version + 1)
 
     def flush(self) -> None:
         """Write acks and last-seen times collected since the last flush (kept for the next
         flush if the store refuses them now)."""
-        if self._dirty:
+        if self._dirty or self._take_over:
             self._raced(self._flush_once)
 
     def _flush_once(self) -> None:
-        dirty = set(self._dirty)
+        dirty, taken = set(self._dirty), sorted(self._take_over & self._workloads.keys())
         items = [self._workloads[i].stored for i in dirty if i in self._workloads]
-        self.store.save_workloads(self.version, items, ())
+        self.store.save_workloads(self.version, items, (), hold=taken)
+        if self._live_map is not None and self.store.holder is not None:
+            self._live_map.update(dict.fromkeys(taken, self.store.holder))
         self._dirty -= dirty
+        self._take_over.difference_update(taken)
 
     def summary(self) -> dict[str, int]:
         """How many workloads are in each state ``meshctl status`` shows, without listing them

@@ -54,6 +54,10 @@ class StoreState:
     resources: list[StoredResource] = field(default_factory=list)
     workloads: list[StoredWorkload] = field(default_factory=list)
     trust_bundle: str = ""  # digest of the trust bundle last served ("" before any)
+    # A store with leases (etcd): workload id -> the replica whose lease keeps it live. A
+    # registered workload not in it is lost, for every replica alike. None: no leases (each
+    # replica judges from the last-seen times; SQLite has one replica).
+    live: dict[str, str] | None = None
 
 
 class Store(Protocol):
@@ -62,7 +66,21 @@ class Store(Protocol):
     def commit(self, version: int, put: Sequence[StoredResource], delete: Sequence[ResourceKey]) -> None:
         """Write a change set and the new version in one transaction, or nothing at all."""
 
-    def save_workloads(self, version: int, put: Sequence[StoredWorkload], delete: Sequence[str]) -> None: ...
+    # The replica's name as the holder of live workloads (a store with leases), else None.
+    holder: str | None
+
+    def save_workloads(
+        self,
+        version: int,
+        put: Sequence[StoredWorkload],
+        delete: Sequence[str],
+        *,
+        hold: Sequence[str] = (),
+        release: Sequence[str] = (),
+    ) -> None:
+        """Write registry entries (``delete``: removed with their live keys); with leases,
+        ``hold`` makes workloads live under this replica's lease and ``release`` ends that
+        (a store without leases ignores both)."""
 
     def save_trust_bundle(self, version: int, digest: str) -> None:
         """Record the digest of the trust bundle served from ``version`` on."""
@@ -140,7 +158,17 @@ class SQLiteStore:
                 self._db.execute("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?", tuple(key))
             self._set_version(version)
 
-    def save_workloads(self, version: int, put: Sequence[StoredWorkload], delete: Sequence[str]) -> None:
+    holder: str | None = None  # one replica: no leases, liveness is judged from last-seen times
+
+    def save_workloads(
+        self,
+        version: int,
+        put: Sequence[StoredWorkload],
+        delete: Sequence[str],
+        *,
+        hold: Sequence[str] = (),
+        release: Sequence[str] = (),
+    ) -> None:
         with self._lock, self._transaction():
             for item in put:
                 self._db.execute(
