@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_secret"]
+__all__ = ["atomic_write", "read_secret_file", "write_secret"]
 
 
 def write_secret(path: Path, text: str) -> None:
@@ -15,6 +15,22 @@ def write_secret(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def read_secret_file(path: Path, option: str) -> str:
+    """A password or passphrase given as a file (``option`` names it in errors): its text
+    without the trailing newline; never empty. The secret itself is in no message."""
+    from .errors import ConfigError
+
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{option} {path}: not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"{option} {path}: the file is empty")
+    return secret
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -362,3 +362,18 @@ def test_token_create_list_revoke_and_the_ca_refuses_a_revoked_token(
     code, _, err = ctl("token", "revoke")
     assert code != 0
     assert "needs the token ID" in err
+
+
+def test_serve_refuses_an_empty_passphrase_file_and_one_without_etcd(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    args = ["serve", "--data-dir", str(tmp_path / "cp"), "--port", "0", "--ca-key-passphrase-file"]
+    assert main([*args, str(empty)]) == 1
+    assert f"--ca-key-passphrase-file {empty}: the file is empty" in capsys.readouterr().err
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-passphrase\n")
+    assert main([*args, str(secret)]) == 1
+    err = capsys.readouterr().err
+    assert "--ca-key-passphrase-file encrypts the CA key kept in etcd: it needs --store etcd://" in err
+    assert "s3cret-passphrase" not in err
+    assert not (tmp_path / "cp" / "meshlib.db").exists(), "nothing was set up"

@@ -46,10 +46,16 @@ def pem_certificate(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def pem_key(key: SigningKey) -> str:
-    """The private key as unencrypted PKCS#8 PEM: for a 0600 file or the shared store only."""
+def pem_key(key: SigningKey, passphrase: bytes | None = None) -> str:
+    """The private key as PKCS#8 PEM: unencrypted for a 0600 file, encrypted with
+    ``passphrase`` (the best scheme ``cryptography`` offers) for a store others can read."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.NoEncryption()
+        if passphrase is None
+        else serialization.BestAvailableEncryption(passphrase)
+    )
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     ).decode()
 
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .._files import write_secret
+from .._files import read_secret_file, write_secret
 from .._version import __version__
 from ..control_plane_tls import control_plane_verify
 from ..controlplane.client import ControlPlaneClient
@@ -110,6 +110,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         etcd_tls=etcd_tls,
         etcd_auth=etcd_auth,
         etcd_lease_ttl=args.etcd_lease_ttl,
+        ca_key_passphrase=(
+            read_secret_file(Path(args.ca_key_passphrase_file), "--ca-key-passphrase-file").encode()
+            if args.ca_key_passphrase_file
+            else None
+        ),
         tls=args.tls,
         tls_names=args.tls_name,
         consul=consul,
@@ -547,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-cert", help="sign with this CA certificate (e.g. an intermediate under your root)")
     p.add_argument("--ca-key", help="the key of --ca-cert")
     p.add_argument("--ca-bundle", help="roots workloads trust (default: --ca-cert itself)")
+    p.add_argument(
+        "--ca-key-passphrase-file",
+        metavar="FILE",
+        help="with --store etcd://...: keep the CA key in etcd encrypted with the passphrase in this "
+        "file (the same file on every replica; never printed or logged)",
+    )
     p.add_argument(
         "--insecure-open-registry",
         action="store_true",

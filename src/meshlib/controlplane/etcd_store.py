@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from .._files import read_secret_file
 from .._loop import LoopThread
 from ..errors import ConfigError, MeshError
 from ..policy.resources import ResourceKey
@@ -133,14 +134,7 @@ class EtcdAuth:
                 "(or $ETCDCTL_PASSWORD)"
             )
         if password_file is not None:
-            try:
-                password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(f"--etcd-password-file {password_file}: {exc.strerror}") from None
-            except UnicodeDecodeError:
-                raise ConfigError(f"--etcd-password-file {password_file}: not UTF-8 text") from None
-            if not password:
-                raise ConfigError(f"--etcd-password-file {password_file}: the file is empty")
+            password = read_secret_file(password_file, "--etcd-password-file")
         else:
             password = os.environ.get("ETCDCTL_PASSWORD", "")
             if not password:

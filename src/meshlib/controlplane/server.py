@@ -14,6 +14,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
 
 from .._files import atomic_write
@@ -76,6 +78,7 @@ def build_app(
     etcd_tls: EtcdTls | None = None,
     etcd_auth: EtcdAuth | None = None,
     etcd_lease_ttl: int | None = None,
+    ca_key_passphrase: bytes | None = None,
     tls_names: Sequence[str] | None = None,
     tls_ttl: dt.timedelta = SERVER_TTL,
     consul: ConsulSettings | None = None,
@@ -96,6 +99,11 @@ def build_app(
         if etcd_tls is not None or etcd_auth is not None or etcd_lease_ttl is not None:
             raise MeshError(
                 "--etcd-cacert, --etcd-cert, --etcd-key, --etcd-user and --etcd-lease-ttl need --store etcd://..."
+            )
+        if ca_key_passphrase is not None:
+            raise MeshError(
+                "--ca-key-passphrase-file encrypts the CA key kept in etcd: it needs --store etcd://... "
+                "(the embedded store keeps the key in <data-dir>/ca/ca-key.pem, 0600)"
             )
         store = SQLiteStore(data_dir / DB_FILE)
     else:
@@ -118,7 +126,7 @@ def build_app(
         )
         if store_url is not None and ca_cert is None:
             # Every replica signs with the CA the first one to start settled in etcd.
-            ca = _shared_ca(shared, ca, data_dir, trust_domain)
+            ca = _shared_ca(shared, ca, data_dir, trust_domain, ca_key_passphrase)
         if store_url is not None:
             held = shared.claim("admin_token", token.encode()).decode()
             if held != token:  # another replica's: the same token works on every replica
@@ -185,17 +193,54 @@ def _uvicorn_config(app: Starlette, graceful: int) -> uvicorn.Config:
 
 
 def _shared_ca(
-    store: EtcdStore, local: CertificateAuthority, data_dir: Path, trust_domain: str
+    store: EtcdStore,
+    local: CertificateAuthority,
+    data_dir: Path,
+    trust_domain: str,
+    passphrase: bytes | None,
 ) -> CertificateAuthority:
     """The CA stored in etcd (this replica's own when it is the first); written to the data
-    dir too, so a restart without etcd at hand still knows its roots."""
+    dir too, so a restart without etcd at hand still knows its roots. With ``passphrase`` its
+    key is stored encrypted, and every replica needs the same passphrase to open it."""
+    from .etcd_store import DEFAULT_PREFIX
+
     material = local.material
-    offer = json.dumps({"cert": pem_certificate(material.certificate), "key": pem_key(material.key)})
+    offer = json.dumps(
+        {"cert": pem_certificate(material.certificate), "key": pem_key(material.key, passphrase)}
+    )
     held = json.loads(store.claim("ca", offer.encode()))
+    stored = str(held["key"])
+    if "ENCRYPTED PRIVATE KEY" not in stored:
+        log.warning(
+            "the CA's private key is kept in etcd unencrypted (%sclaims/ca): whoever can read it can "
+            "sign mesh identities; give every replica --ca-key-passphrase-file%s",
+            DEFAULT_PREFIX,
+            " (it was stored by a replica without one: delete that key with etcdctl and restart the "
+            "replicas to store it encrypted)"
+            if passphrase is not None
+            else "",
+        )
+        key = stored
+    elif passphrase is None:
+        raise MeshError(
+            "the CA key kept in etcd is encrypted: give this replica --ca-key-passphrase-file, "
+            "the passphrase file the other replicas were started with"
+        )
+    else:
+        try:
+            opened = serialization.load_pem_private_key(stored.encode(), password=passphrase)
+        except ValueError:
+            raise MeshError(
+                "--ca-key-passphrase-file does not open the CA key kept in etcd: every replica "
+                "needs the same passphrase"
+            ) from None
+        if not isinstance(opened, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise MeshError("the CA key kept in etcd is neither ECDSA nor RSA")
+        key = pem_key(opened)
     if held["cert"] == pem_certificate(material.certificate):
         return local
     folder = data_dir / "ca"
-    atomic_write(folder / "ca-key.pem", held["key"])  # mkstemp: 0600
+    atomic_write(folder / "ca-key.pem", key)  # mkstemp: 0600
     atomic_write(folder / "ca.pem", held["cert"])
     atomic_write(folder / "roots.pem", held["cert"])
     return CertificateAuthority.load_or_create(data_dir, trust_domain)
@@ -223,6 +268,7 @@ def serve_forever(
     etcd_tls: EtcdTls | None = None,
     etcd_auth: EtcdAuth | None = None,
     etcd_lease_ttl: int | None = None,
+    ca_key_passphrase: bytes | None = None,
     tls: bool = False,
     tls_names: Sequence[str] = (),
     consul: ConsulSettings | None = None,
@@ -240,6 +286,7 @@ def serve_forever(
         etcd_tls=etcd_tls,
         etcd_auth=etcd_auth,
         etcd_lease_ttl=etcd_lease_ttl,
+        ca_key_passphrase=ca_key_passphrase,
         tls_names=tls_names_for(host, tls_names) if tls else None,
         consul=consul,
     )
@@ -290,6 +337,7 @@ class ConfigServer:
         store_url: str | None = None,
         etcd_tls: EtcdTls | None = None,
         etcd_auth: EtcdAuth | None = None,
+        ca_key_passphrase: bytes | None = None,
         tls: bool = False,
         tls_ttl: dt.timedelta = SERVER_TTL,
         consul: ConsulSettings | None = None,
@@ -300,6 +348,7 @@ class ConfigServer:
         self.store_url = store_url
         self.etcd_tls = etcd_tls
         self.etcd_auth = etcd_auth
+        self._ca_key_passphrase = ca_key_passphrase
         self.tls = tls
         self.ca_bundle_path: Path | None = None  # with tls: what clients verify the service by
         self.open_registry = insecure_open_registry
@@ -333,6 +382,7 @@ class ConfigServer:
             store_url=self.store_url,
             etcd_tls=self.etcd_tls,
             etcd_auth=self.etcd_auth,
+            ca_key_passphrase=self._ca_key_passphrase,
             tls_names=tls_names_for(self.host) if self.tls else None,
             tls_ttl=self.tls_ttl,
             consul=self.consul,
