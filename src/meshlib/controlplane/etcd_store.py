@@ -236,6 +236,9 @@ class EtcdStore:
         self._lease_ttl = lease_ttl
         self._lease = 0
         self._holding: set[bytes] = set()  # the live keys this replica put (again, under a new lease)
+        self._in_flight = 0  # transactions sent and not answered yet
+        self._unsure: set[int] = set()  # revisions seen by the watch while some were in flight
+        self._changed: Callable[[], None] | None = None  # what ``follow`` calls
         self._call(self._connect())
         self._call(self._grant())
         self._keeper = self._loop.submit(self._keep())
@@ -355,9 +358,11 @@ class EtcdStore:
             ops = [tx.put(key, value) for key, value in puts]
             ops += [tx.put(key, holder, lease=self._lease) for key in leased]
             ops += [tx.delete(key) for key in deletes]
-            probe = puts[0][0] if puts else self._key("version")
-            ops.append(tx.get(probe))  # read back: the response carries the transaction's revision
-            succeeded, responses = await client.transaction(compare=compare, success=ops, failure=[])
+            self._in_flight += 1
+            try:
+                succeeded, responses = await client.transaction(compare=compare, success=ops, failure=[])
+            finally:
+                self._in_flight -= 1
             if succeeded:
                 self._holding.update(leased)
                 self._holding.difference_update(deletes)
@@ -370,6 +375,7 @@ class EtcdStore:
                     self._own.add(revision)
                     if len(self._own) > _OWN_REVISIONS:
                         self._own = set(sorted(self._own)[-_OWN_REVISIONS // 2 :])
+            self._judge_unsure()
             return bool(succeeded)
 
         return await self._retrying(run)
@@ -543,7 +549,16 @@ class EtcdStore:
         store may have moved meanwhile)."""
         self._follower = self._loop.submit(self._follow(changed))  # type: ignore[assignment]
 
+    def _judge_unsure(self) -> None:
+        if self._in_flight or not self._unsure:
+            return
+        foreign = self._unsure - self._own
+        self._unsure = set()
+        if foreign and self._changed is not None:
+            self._changed()
+
     async def _follow(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
         start = self._revision + 1
         delay = 0.1
         while not self._closed:
@@ -553,8 +568,14 @@ class EtcdStore:
                 async for event in watch:
                     revision = int(event.kv.mod_revision)
                     start = max(start, revision + 1)
-                    if revision not in self._own:
-                        changed()
+                    if revision in self._own:
+                        continue
+                    if self._in_flight:
+                        # The event of a write of ours can come before its answer: judge it
+                        # once the writes in flight have answered (``_judge_unsure``).
+                        self._unsure.add(revision)
+                        continue
+                    changed()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -619,11 +640,16 @@ def _pieces(
 
 
 def _revision_of(responses: list[Any]) -> int | None:
-    """The revision of a transaction, from its trailing range response."""
-    for response in reversed(responses):
-        if isinstance(response, list):
-            for _, got in response:
-                return int(got.header.revision)
+    """The revision of a transaction, from the header of any put or delete in it. (Up to
+    commit bcc9a33 it came from reading a key back, and a transaction whose key was absent,
+    such as the version's before the first version, had none: its events then came back as
+    another replica's, and each made this replica read the whole store again.)"""
+    for response in responses:
+        which = response.WhichOneof("response") if hasattr(response, "WhichOneof") else None
+        if which in ("response_put", "response_delete_range"):
+            revision = int(getattr(response, which).header.revision)
+            if revision:
+                return revision
     return None
 
 
