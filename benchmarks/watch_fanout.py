@@ -78,6 +78,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -954,7 +955,9 @@ def run_case(case: Case, opts: Options) -> RunResult:
             measure(result, service, clients, opts)
         except (TimeoutError, RuntimeError, httpx.HTTPError, psutil.Error) as exc:
             result.failure = f"{type(exc).__name__}: {exc}"
-            print(f"{case}: {result.failure}\n{service.log_tail()}", file=sys.stderr)
+            ours = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == __file__]
+            where = "".join(traceback.format_list(ours[-2:]))  # which step of the benchmark
+            print(f"{case}: {result.failure}\n{where}{service.log_tail()}", file=sys.stderr)
         finally:
             try:
                 if clients.processes:

@@ -389,12 +389,13 @@ class EtcdStore:
     ) -> None:
         """A change at ``version``. When that is not the version this replica last read or
         wrote, it moves the global version: written only over the version before it.
-        ``leased``: live keys to put under this replica's lease, in the same transaction when
-        it is small, else first (a live key of a workload nobody has registered means nothing)."""
+        ``leased``: live keys to put under this replica's lease, in the same transaction (the
+        first piece) when it is small, else first on their own (a live key of a workload nobody
+        has registered means nothing)."""
         key = self._key("version")
         tx = self._client.transactions
         pending = self._key("pending")
-        if leased and (version == self._held or len(puts) + len(deletes) + len(leased) >= _TXN_OPS):
+        if leased and len(puts) + len(deletes) + len(leased) >= _TXN_OPS:
             for i in range(0, len(leased), _TXN_OPS):
                 if not await self._txn([tx.version(pending) == 0], [], [], leased[i : i + _TXN_OPS]):
                     raise StoreConflict("a large change is being written out by another replica")
@@ -405,10 +406,12 @@ class EtcdStore:
             # (the loser re-reads, keeps its own acks and last-seen times, and writes again).
             # In pieces (etcd's --max-txn-ops); a piece already written is simply current.
             # Never while a large change is half written (the re-read finishes it first).
-            for some_puts, some_deletes in _pieces(puts, deletes):
+            for n, (some_puts, some_deletes) in enumerate(
+                _pieces(puts, deletes) or [([], [])] * bool(leased)
+            ):
                 compare = [tx.version(pending) == 0]
                 compare += [tx.mod(k) == self._seen.get(k, 0) for k, _ in some_puts]
-                if not await self._txn(compare, some_puts, some_deletes):
+                if not await self._txn(compare, some_puts, some_deletes, () if n else leased):
                     raise StoreConflict("another replica changed these entries since they were read")
             return
         _check_size(puts)
