@@ -371,3 +371,29 @@ def test_a_replica_is_not_told_of_its_own_writes_however_fast_they_come(etcd: st
     finally:
         for store in stores:
             store.close()
+
+
+def test_another_replicas_change_seen_during_a_failed_write_is_still_told(etcd: str) -> None:
+    """An event that came while a write of ours was in flight waits for that write's answer;
+    when the write fails instead, the event is told then (not at some later write)."""
+    import asyncio
+
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
+    try:
+        told: list[float] = []
+        stores[0].follow(lambda: told.append(time.monotonic()))
+        other = ConfigState(stores[1])
+        client = stores[0]._client
+
+        async def failing(*args: object, **kwargs: object) -> None:
+            await asyncio.to_thread(other.register, _entry("other", 9090))  # another replica writes
+            await asyncio.sleep(0.5)  # its event comes while this write is in flight
+            raise RuntimeError("etcd went away mid-write")
+
+        client.transaction = failing
+        with pytest.raises(RuntimeError, match="mid-write"):
+            stores[0].save_workloads(0, [], ["nobody"])
+        assert wait_for(lambda: len(told) > 0, 5), "the other replica's change was never told"
+    finally:
+        for store in stores:
+            store.close()

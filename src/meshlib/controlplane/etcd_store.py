@@ -361,8 +361,11 @@ class EtcdStore:
             self._in_flight += 1
             try:
                 succeeded, responses = await client.transaction(compare=compare, success=ops, failure=[])
-            finally:
+            except BaseException:
                 self._in_flight -= 1
+                self._judge_unsure()  # it wrote nothing: what the watch brought meanwhile is foreign
+                raise
+            self._in_flight -= 1
             if succeeded:
                 self._holding.update(leased)
                 self._holding.difference_update(deletes)
