@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -397,3 +398,67 @@ def test_another_replicas_change_seen_during_a_failed_write_is_still_told(etcd: 
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_lease_that_ran_out_is_renewed_with_every_live_key_put_again(etcd: str) -> None:
+    store = EtcdStore(parse_etcd_url(etcd), lease_ttl=2)
+    probe = EtcdStore(parse_etcd_url(etcd))
+    try:
+        state = ConfigState(store)
+        assert state.register(_entry("w1", 9081))
+        store._call(store._client.revoke_lease(store._lease))  # as if etcd had been away for its TTL
+        assert probe.load().live == {}
+        store.load()  # a re-read in between (the watch saw the keys go) must not forget them
+        assert wait_for(lambda: probe.load().live == {"w1": store.holder}, 5), "put again under a new lease"
+    finally:
+        store.close()
+        probe.close()
+
+
+def test_a_workload_taken_over_after_its_replicas_lease_ran_out_comes_back_with_a_version(
+    etcd: str,
+) -> None:
+    stores = [EtcdStore(parse_etcd_url(etcd), lease_ttl=2) for _ in range(2)]
+    try:
+        a, b = ConfigState(stores[0]), ConfigState(stores[1])
+        assert a.register(_entry("w1", 9081))
+        b.resync()
+        assert not b.seen("w1")  # it watches B now; taken over at B's next flush
+        stores[0].close()
+
+        def lost() -> bool:
+            b.resync()
+            return b.workloads()[0].lost
+
+        assert wait_for(lost, 10), "A's lease ran out before B's flush"
+        version = b.version
+        assert b.flush(), "clients must hear: w1 is back"
+        assert (b.version, _listed(b)) == (version + 1, ["w1"])
+        assert stores[1].load().live == {"w1": stores[1].holder}
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_workload_is_lost_only_once_the_store_has_let_it_go(etcd: str) -> None:
+    now = [1000.0]
+    store = EtcdStore(parse_etcd_url(etcd))
+    try:
+        state = ConfigState(store, clock=lambda: now[0])
+        assert state.register(_entry("w1", 9081))
+        now[0] += state.workload_ttl + 1
+        save = store.save_workloads
+
+        def broken(*args: Any, **kwargs: Any) -> None:
+            raise OSError("etcd away")
+
+        store.save_workloads = broken  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="etcd away"):
+            state.reap()
+        assert not state.workloads()[0].lost, "still live in the store: still live here"
+        store.save_workloads = save  # type: ignore[method-assign]
+        assert state.reap()
+        assert state.workloads()[0].lost
+        assert store.load().live == {}
+    finally:
+        store.close()

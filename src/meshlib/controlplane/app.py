@@ -493,7 +493,8 @@ def create_app(
                 try:
                     if state.reap():
                         notifier.notify_soon()
-                    state.flush()
+                    if state.flush():
+                        notifier.notify_soon()
                     entries_changed()  # also catches up after a failed reconcile
                 except Exception:
                     log.exception("registry housekeeping failed; will retry")

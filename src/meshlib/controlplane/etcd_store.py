@@ -52,6 +52,7 @@ import os
 import secrets
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -319,25 +320,36 @@ class EtcdStore:
         lease = await self._retrying(lambda c: c.lease(self._lease_ttl))
         self._lease = int(lease.id)
 
+    async def _renew(self, lost: int) -> None:
+        """Lease ``lost`` ran out (etcd unreachable for its TTL): take a new one, put this
+        replica's live keys again under it, and read the store again (the other replicas saw
+        those workloads lost meanwhile, and may have moved on)."""
+        if self._lease != lost:
+            return  # renewed already
+        log.warning("this replica's etcd lease ran out: its %d workloads are live again", len(self._holding))
+        await self._grant()
+        held = sorted(self._holding)
+        for i in range(0, len(held), _TXN_OPS):
+            await self._txn([], [], [], held[i : i + _TXN_OPS])
+        if self._changed is not None:
+            self._changed()
+
     async def _keep(self) -> None:
-        """Keep this replica's lease alive; when it ran out (etcd unreachable for its TTL),
-        take a new one and put this replica's live keys again under it."""
+        """Keep this replica's lease alive (every third of its TTL, and every second after a
+        failure, so that a short outage does not cost it); renew it when it ran out."""
+        delay = self._lease_ttl / 3
         while not self._closed:
-            await asyncio.sleep(self._lease_ttl / 3)
+            await asyncio.sleep(delay)
+            lease = self._lease
             try:
-                reply = await self._retrying(lambda c: c.refresh_lease(self._lease))
-                if reply is not None and int(reply.TTL) > 0:
-                    continue
-                log.warning(
-                    "this replica's etcd lease ran out: its %d workloads are live again", len(self._holding)
-                )
-                await self._grant()
-                held = sorted(self._holding)
-                for i in range(0, len(held), _TXN_OPS):
-                    await self._txn([], [], [], held[i : i + _TXN_OPS])
+                reply = await self._retrying(partial(_refresh, lease=lease))
+                if reply is None or int(reply.TTL) <= 0:
+                    await self._renew(lease)
+                delay = self._lease_ttl / 3
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = min(1.0, self._lease_ttl / 3)
                 if not self._closed:
                     log.warning("keeping this replica's etcd lease alive failed (%s); trying again", exc)
 
@@ -381,7 +393,13 @@ class EtcdStore:
             self._judge_unsure()
             return bool(succeeded)
 
-        return await self._retrying(run)
+        try:
+            return await self._retrying(run)
+        except self._aetcd.exceptions.ClientError as exc:
+            if not leased or "lease not found" not in str(exc):
+                raise
+            await self._renew(self._lease)  # it ran out before the keep-alive noticed
+            return await self._retrying(run)
 
     async def _write(
         self,
@@ -492,8 +510,9 @@ class EtcdStore:
                 state.workloads.append(StoredWorkload(**data))
             elif name.startswith("live/"):
                 live[name[len("live/") :]] = kv.value.decode()
-        # Keys another replica has taken over since are no longer this replica's to put again.
-        self._holding &= {self._key("live", i) for i, holder in live.items() if holder == self.holder}
+        # Keys another replica has taken over since are no longer this replica's to put again
+        # (those gone with a lease that ran out still are: ``_renew`` puts them back).
+        self._holding -= {self._key("live", i) for i, holder in live.items() if holder != self.holder}
         state.resources = sorted(resources, key=lambda r: (r.version, *r.key))
         state.workloads.sort(key=lambda w: w.first_seen)
         return state
@@ -615,6 +634,10 @@ class EtcdStore:
         self._loop.stop()
 
 
+async def _refresh(client: Any, *, lease: int) -> Any:
+    return await client.refresh_lease(lease)
+
+
 def _code_of(exc: BaseException) -> str | None:
     """The gRPC status name behind an aetcd error (aetcd maps only some codes to classes)."""
     cause = exc.__cause__
@@ -652,6 +675,8 @@ def _revision_of(responses: list[Any]) -> int | None:
     another replica's, and each made this replica read the whole store again.)"""
     for response in responses:
         which = response.WhichOneof("response") if hasattr(response, "WhichOneof") else None
+        if which == "response_delete_range" and not response.response_delete_range.deleted:
+            continue  # deleted nothing: its header has the store's revision, maybe another's write
         if which in ("response_put", "response_delete_range"):
             revision = int(getattr(response, which).header.revision)
             if revision:

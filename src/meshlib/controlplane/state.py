@@ -527,6 +527,7 @@ class ConfigState:
         if version != self.version:
             self.version = version
             self._payload = None
+            self._unannounced = False  # what this replica serves now has its own version
 
     def _admit(self, registration: WorkloadRegistration) -> None:
         """The registry's rules for one registration, checked before anything changes."""
@@ -704,9 +705,6 @@ class ConfigState:
             elif self._live_map is not None and self._live_map.get(item.stored.id) != mine:
                 continue  # with leases, only the replica keeping a workload live judges it
             elif not item.lost and item.watching <= 0 and silent > self.workload_ttl:
-                released.append(item.stored.id)
-                self._account(item, -1)
-                item.lost = True
                 log.warning(
                     "workload %s (%s.%s) not seen for %.0fs: its endpoints are withdrawn",
                     item.stored.id,
@@ -714,35 +712,62 @@ class ConfigState:
                     item.registration.namespace,
                     silent,
                 )
+                if self._live_map is not None:
+                    released.append(item.stored.id)  # lost once the store has let it go
+                    continue
+                self._account(item, -1)
+                item.lost = True
                 changed = changed or bool(item.registration.endpoints)
         if forget:
             self.store.save_workloads(self.version, (), forget)
             for workload_id in forget:
                 del self._workloads[workload_id]
                 self._dirty.discard(workload_id)
-        if self._live_map is not None and released:
-            self._raced(lambda: self._release(released, bump=changed))
-        elif changed:
+        if released:
+            return self._raced(lambda: self._release(released))
+        if changed:
             self._bump()
         return changed
 
-    def _release(self, ids: list[str], *, bump: bool) -> None:
+    def _release(self, candidates: list[str]) -> bool:
+        """Let go of the workloads of ``candidates`` this replica still holds (a re-read on
+        the way may show another replica took one over); True if the version moved."""
+        mine = self.store.holder
+        ids = [i for i in candidates if self._live_map is not None and self._live_map.get(i) == mine]
+        items = [self._workloads[i] for i in ids if i in self._workloads]
+        bump = any(not w.lost and w.registration.endpoints for w in items)
+        if not ids:
+            return False
         self.store.save_workloads(self.version + 1 if bump else self.version, (), (), release=ids)
         for workload_id in ids:
             if self._live_map is not None:
                 self._live_map.pop(workload_id, None)
-            item = self._workloads.get(workload_id)
-            if item is not None and not item.lost:  # a re-read on the way took it as live
+        for item in items:
+            if not item.lost:
                 self._account(item, -1)
                 item.lost = True
         if bump:
             self._moved_to(self.version + 1)
+        return bump
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Write acks and last-seen times collected since the last flush (kept for the next
-        flush if the store refuses them now)."""
+        flush if the store refuses them now), and take over the workloads that came here from
+        another replica; True if clients must hear (one of those was lost meanwhile)."""
+        revived = False
+        lost = sorted(i for i in self._take_over if i in self._workloads and self._workloads[i].lost)
+        if lost:  # its replica's lease ran out before this flush: back, with a new version
+            self._raced(lambda: self._hold(lost, self.version + 1))
+            for workload_id in lost:
+                item = self._workloads.get(workload_id)
+                if item is not None and item.lost:
+                    item.lost = False
+                    self._account(item, 1)
+            self._take_over.difference_update(lost)
+            revived = True
         if self._dirty or self._take_over:
             self._raced(self._flush_once)
+        return revived
 
     def _flush_once(self) -> None:
         dirty, taken = set(self._dirty), sorted(self._take_over & self._workloads.keys())
