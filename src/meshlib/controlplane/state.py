@@ -173,9 +173,8 @@ class ConfigState:
     _log: SnapshotLog = field(init=False, default_factory=SnapshotLog)
     # A store with leases (etcd): workload id -> the replica keeping it live (None: no leases).
     _live_map: dict[str, str] | None = field(init=False, default=None)
-    _take_over: set[str] = field(
-        init=False, default_factory=set
-    )  # live through another replica, watching here
+    # Workloads watching here whose live key another replica holds: taken over at the next flush.
+    _take_over: set[str] = field(init=False, default_factory=set)
     _unannounced: bool = field(init=False, default=False)  # liveness moved with no new version
     _lists: dict[str, list[bytes]] = field(init=False, default_factory=dict)  # each section's items
     _registry: list[tuple[bytes, Hosts]] = field(init=False, default_factory=list)  # entries, hosts
