@@ -462,3 +462,26 @@ def test_a_workload_is_lost_only_once_the_store_has_let_it_go(etcd: str) -> None
         assert store.load().live == {}
     finally:
         store.close()
+
+
+def test_a_replica_never_lets_go_of_a_workload_another_replica_has_taken_over(etcd: str) -> None:
+    """A holds w1, which fails over to B; A reaps it before it has read B's take-over. Its
+    release is refused (the live key is B's now), and after a re-read A leaves w1 alone."""
+    now = [1000.0]
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
+    try:
+        a = ConfigState(stores[0], clock=lambda: now[0])
+        b = ConfigState(stores[1], clock=lambda: now[0])
+        assert a.register(_entry("w1", 9081))
+        b.resync()
+        now[0] += a.workload_ttl + 1
+        assert not b.seen("w1")
+        b.flush()  # B holds w1 now; A has not read it
+        version = a.version
+        assert not a.reap(), "not A's to let go any more"
+        assert stores[0].load().live == {"w1": stores[1].holder}
+        assert [w.lost for w in a.workloads()] == [False]
+        assert a.version == version
+    finally:
+        for store in stores:
+            store.close()

@@ -407,15 +407,21 @@ class EtcdStore:
         puts: list[tuple[bytes, bytes]],
         deletes: list[bytes],
         leased: Sequence[bytes] = (),
+        owned: Sequence[bytes] = (),
     ) -> None:
         """A change at ``version``. When that is not the version this replica last read or
         wrote, it moves the global version: written only over the version before it.
         ``leased``: live keys to put under this replica's lease, in the same transaction (the
         first piece) when it is small, else first on their own (a live key of a workload nobody
-        has registered means nothing)."""
+        has registered means nothing). ``owned``: live keys deleted only while this replica
+        still holds them (another replica may have taken a workload over since it last read)."""
         key = self._key("version")
         tx = self._client.transactions
         pending = self._key("pending")
+        # (etcd takes at most --max-txn-ops comparisons too: a larger release goes unchecked)
+        held_here = (
+            [tx.value(k) == (self.holder or "").encode() for k in owned] if len(owned) < _TXN_OPS else []
+        )
         if leased and len(puts) + len(deletes) + len(leased) >= _TXN_OPS:
             for i in range(0, len(leased), _TXN_OPS):
                 if not await self._txn([tx.version(pending) == 0], [], [], leased[i : i + _TXN_OPS]):
@@ -430,13 +436,13 @@ class EtcdStore:
             for n, (some_puts, some_deletes) in enumerate(
                 _pieces(puts, deletes) or [([], [])] * bool(leased)
             ):
-                compare = [tx.version(pending) == 0]
+                compare = [tx.version(pending) == 0, *([] if n else held_here)]
                 compare += [tx.mod(k) == self._seen.get(k, 0) for k, _ in some_puts]
                 if not await self._txn(compare, some_puts, some_deletes, () if n else leased):
                     raise StoreConflict("another replica changed these entries since they were read")
             return
         _check_size(puts)
-        compare = [tx.value(key) == str(version - 1).encode(), tx.version(pending) == 0]
+        compare = [tx.value(key) == str(version - 1).encode(), tx.version(pending) == 0, *held_here]
         if version == 1:  # the first version: over no version key at all, or over "0"
             current = await self._retrying(lambda c: c.get(key))
             if current is None:
@@ -538,8 +544,9 @@ class EtcdStore:
     ) -> None:
         puts = [(self._key("workloads", item.id), _workload_json(item)) for item in put]
         deletes = [self._key(section, i) for i in delete for section in ("workloads", "live")]
-        deletes += [self._key("live", i) for i in release]
-        self._call(self._write(version, puts, deletes, [self._key("live", i) for i in hold]))
+        released = [self._key("live", i) for i in release]
+        leased = [self._key("live", i) for i in hold]
+        self._call(self._write(version, puts, deletes + released, leased, released))
 
     def save_trust_bundle(self, version: int, digest: str) -> None:
         self._call(self._write(version, [(self._key("trust_bundle"), digest.encode())], []))
