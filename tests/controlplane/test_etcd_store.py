@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -309,7 +309,10 @@ def test_a_dead_replicas_workloads_are_withdrawn_everywhere_when_its_lease_runs_
             store.close()
 
 
-def test_a_workload_silent_past_the_ttl_is_released_by_its_holder_alone(etcd: str) -> None:
+@contextmanager
+def _w1_on_a_silent_past_the_ttl(etcd: str) -> Iterator[tuple[ConfigState, ConfigState, list[EtcdStore]]]:
+    """Replicas A and B; w1 registered through A (A holds it), B has read it; then w1's
+    registry TTL passes without a word from it."""
     now = [1000.0]
     stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
     try:
@@ -318,6 +321,14 @@ def test_a_workload_silent_past_the_ttl_is_released_by_its_holder_alone(etcd: st
         assert a.register(_entry("w1", 9081))
         b.resync()
         now[0] += a.workload_ttl + 1
+        yield a, b, stores
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_workload_silent_past_the_ttl_is_released_by_its_holder_alone(etcd: str) -> None:
+    with _w1_on_a_silent_past_the_ttl(etcd) as (a, b, _):
         assert not b.reap(), "B does not hold w1: A judges it"
         assert b.version == a.version
         assert a.reap()
@@ -325,9 +336,6 @@ def test_a_workload_silent_past_the_ttl_is_released_by_its_holder_alone(etcd: st
         assert [w.lost for w in b.workloads()] == [True]
         assert not b.announce(), "A moved the version when it let w1 go"
         assert (b.version, _listed(b)) == (a.version, [])
-    finally:
-        for store in stores:
-            store.close()
 
 
 def test_a_replica_starting_when_no_replica_holds_any_workload_gives_each_a_ttl(
@@ -467,14 +475,7 @@ def test_a_workload_is_lost_only_once_the_store_has_let_it_go(etcd: str) -> None
 def test_a_replica_never_lets_go_of_a_workload_another_replica_has_taken_over(etcd: str) -> None:
     """A holds w1, which fails over to B; A reaps it before it has read B's take-over. Its
     release is refused (the live key is B's now), and after a re-read A leaves w1 alone."""
-    now = [1000.0]
-    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
-    try:
-        a = ConfigState(stores[0], clock=lambda: now[0])
-        b = ConfigState(stores[1], clock=lambda: now[0])
-        assert a.register(_entry("w1", 9081))
-        b.resync()
-        now[0] += a.workload_ttl + 1
+    with _w1_on_a_silent_past_the_ttl(etcd) as (a, b, stores):
         assert not b.seen("w1")
         b.flush()  # B holds w1 now; A has not read it
         version = a.version
@@ -482,6 +483,3 @@ def test_a_replica_never_lets_go_of_a_workload_another_replica_has_taken_over(et
         assert stores[0].load().live == {"w1": stores[1].holder}
         assert [w.lost for w in a.workloads()] == [False]
         assert a.version == version
-    finally:
-        for store in stores:
-            store.close()
