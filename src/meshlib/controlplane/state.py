@@ -314,6 +314,15 @@ class ConfigState:
                 self._account(item, -1)
                 item.lost = True
 
+    def _revive(self, ids: Sequence[str]) -> None:
+        """Lost workloads calling in here: live under this replica's lease, with a new version."""
+        self._raced(lambda: self._hold(ids, self.version + 1))
+        for workload_id in ids:
+            item = self._workloads.get(workload_id)
+            if item is not None and item.lost:  # (a re-read on the way may have found it live)
+                item.lost = False
+                self._account(item, 1)
+
     def _hold(self, ids: Sequence[str], version: int | None = None) -> None:
         """Put ``ids`` live under this replica's lease (at ``version``: moving it)."""
         self.store.save_workloads(self.version if version is None else version, (), (), hold=ids)
@@ -677,10 +686,7 @@ class ConfigState:
             if not current.lost:
                 self._take_over.add(workload_id)  # live through another replica: at the next flush
                 return False
-            self._raced(lambda: self._hold([workload_id], self.version + 1))
-            if current.lost:  # (a re-read on the way may have found it live already)
-                current.lost = False
-                self._account(current, 1)
+            self._revive([workload_id])
             return True
         if current.lost:
             self._bump()
@@ -756,12 +762,7 @@ class ConfigState:
         revived = False
         lost = sorted(i for i in self._take_over if i in self._workloads and self._workloads[i].lost)
         if lost:  # its replica's lease ran out before this flush: back, with a new version
-            self._raced(lambda: self._hold(lost, self.version + 1))
-            for workload_id in lost:
-                item = self._workloads.get(workload_id)
-                if item is not None and item.lost:
-                    item.lost = False
-                    self._account(item, 1)
+            self._revive(lost)
             self._take_over.difference_update(lost)
             revived = True
         if self._dirty or self._take_over:
