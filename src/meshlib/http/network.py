@@ -16,6 +16,7 @@ TLS peers that must prove the identity the registry gave them.
 
 from __future__ import annotations
 
+import select
 import ssl
 import time
 import typing
@@ -72,6 +73,18 @@ def _check(stream: typing.Any, expected: str | None, names: tuple[str, ...] = ()
     got = peer_spiffe_id(stream.get_extra_info("ssl_object"))
     if got != expected:
         raise httpcore.ConnectError(f"mTLS peer is {got or 'without a SPIFFE ID'}, expected {expected}")
+
+
+def _readable(sock: typing.Any) -> bool:
+    """Bytes to read on an idle connection's socket, or its end: the server closed it (or
+    broke HTTP), and it must not carry another request. A socket that cannot be polled
+    counts as closed, as in httpcore."""
+    fd = sock.fileno() if sock is not None else -1
+    if fd == -1:
+        return True
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 class Lifetime:
@@ -241,9 +254,15 @@ class _AsyncStream(httpcore.AsyncNetworkStream, Lifetime):
             raise
         return _AsyncStream(stream, None)
 
+    _socket: typing.Any = None
+
     def get_extra_info(self, info: str) -> typing.Any:
-        if info == "is_readable" and self.expired():
-            return True
+        if info == "is_readable":  # asked of each idle connection taken from the pool
+            if self.expired():
+                return True
+            if self._socket is None:  # anyio builds a dict of attributes for each lookup: once
+                self._socket = self._inner.get_extra_info("socket")
+            return _readable(self._socket)
         return self._inner.get_extra_info(info)
 
 
