@@ -286,3 +286,46 @@ def test_aio_served_grpc_calls_count_their_messages_bytes(tmp_path: Path) -> Non
     with Mesh("reviews", data_dir=tmp_path / "reviews") as mesh:
         asyncio.run(main(mesh))
         assert _inbound_bytes(mesh) == (5 + 3 + 5 + 0 + (5 + 2) + (5 + 1), 5 + 7 + 2 * (5 + 2) + (5 + 1))
+
+
+def test_one_wrapped_handler_serves_every_call_with_that_calls_own_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshlib.grpc.server as server_module
+
+    made: list[str] = []
+    wrap = server_module._wrapped_handler
+
+    def counted(*args: Any) -> Any:
+        made.append(args[2])
+        return wrap(*args)
+
+    monkeypatch.setattr(server_module, "_wrapped_handler", counted)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(grpc_service_entry("other", {"v1": 9}))
+    with Mesh("reviews", config=policy) as mesh:
+        seen: list[float | None] = []
+
+        def call(request: bytes, context: grpc.ServicerContext) -> bytes:
+            deadline = meshlib.current_deadline()
+            seen.append(None if deadline is None else deadline - time.monotonic())
+            return b"ok"
+
+        handler = grpc.method_handlers_generic_handler(
+            "test.Once", {"Call": grpc.unary_unary_rpc_method_handler(call)}
+        )
+        interceptors = [meshlib_grpc.MeshServerInterceptor(mesh)]
+        with (
+            grpc_server(handler, interceptors=interceptors) as port,
+            grpc.insecure_channel(f"127.0.0.1:{port}") as plain,
+        ):
+            stub = plain.unary_unary("/test.Once/Call")
+            assert stub(b"x", metadata=(("x-envoy-expected-rq-timeout-ms", "400"),)) == b"ok"
+            assert stub(b"x") == b"ok"
+            assert stub(b"x", metadata=(("x-envoy-expected-rq-timeout-ms", "2000"),)) == b"ok"
+    assert made == ["/test.Once/Call"], "wrapped once, on the first call"
+    assert seen[0] is not None
+    assert 0.2 < seen[0] <= 0.4
+    assert seen[1] is None, "the second call's own metadata: no deadline"
+    assert seen[2] is not None
+    assert 1.5 < seen[2] <= 2.0
