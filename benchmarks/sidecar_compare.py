@@ -443,7 +443,9 @@ def goal(run: Run, protocol: str, c: int) -> tuple[list[str], bool]:
             added(run, protocol, c, "meshlib", metric) * scale,
             added(run, protocol, c, "envoy", metric) * scale,
         )
-        ok = envoy > 0 and mesh <= share * envoy
+        # The Envoys adding nothing measurable (<= 0: queueing noise at high concurrency): met
+        # only when meshlib does at least as well.
+        ok = mesh <= share * envoy if envoy > 0 else mesh <= envoy
         met = met and ok
         ratio = f"{mesh / envoy:.0%}" if envoy > 0 else "n/a"
         cells.append(f"{mesh:+.0f} vs {envoy:+.0f} µs ({ratio}) {'met' if ok else '**missed**'}")
