@@ -296,3 +296,38 @@ def test_a_kept_alive_connection_outlives_uvicorns_default_idle_timeout(server: 
         assert conn.sock is sock, "the same connection"
     finally:
         conn.close()
+
+
+def test_a_watch_behind_during_a_registration_burst_takes_the_whole_burst_in_one_answer(
+    server: ConfigServer,
+) -> None:
+    """A watch that is behind while registrations are still being gathered (the coalescing
+    window is open) is answered when the window closes, with all of them, not with the first."""
+    assert server._server is not None
+    server._server._notifier._coalesce = 1.0  # a window wide enough to land a burst in, on any machine
+
+    def registration(n: int) -> dict[str, object]:
+        endpoint = {"address": "127.0.0.1", "port": 9000 + n}
+        return {"id": f"w-{n}", "service": "reviews", "endpoints": [endpoint]}
+
+    answers: list[tuple[float, int]] = []
+    with httpx.Client(base_url=server.url, timeout=15) as http:
+        version = http.post("/v1/watch", json={"version": -1, "wait": 0}).json()["version"]
+        started = time.monotonic()
+        http.put("/v1/workloads/w-1", json=registration(1))  # opens the window
+
+        def watch() -> None:
+            with httpx.Client(base_url=server.url, timeout=15) as own:
+                response = own.post("/v1/watch", json={"version": version, "wait": 10})
+                answers.append((time.monotonic() - started, response.json()["version"]))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(0.2)
+        http.put("/v1/workloads/w-2", json=registration(2))  # within the window
+        watcher.join(15)
+        last = http.get("/v1/workloads", params={"summary": "true"}).json()["version"]
+    assert len(answers) == 1
+    took, answered = answers[0]
+    assert answered == last, "one answer carried both registrations"
+    assert took >= 0.9, "held until the window closed (1 s after the first registration)"
