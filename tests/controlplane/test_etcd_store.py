@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -483,3 +484,22 @@ def test_a_replica_never_lets_go_of_a_workload_another_replica_has_taken_over(et
         assert stores[0].load().live == {"w1": stores[1].holder}
         assert [w.lost for w in a.workloads()] == [False]
         assert a.version == version
+
+
+def test_a_call_given_up_on_is_cancelled_not_left_to_finish_later(etcd: str) -> None:
+    store = EtcdStore(parse_etcd_url(etcd))
+    store._timeout = 0.2  # connected: from now on each call is given 0.4 s
+    landed = threading.Event()
+
+    async def slow_write() -> None:
+        await asyncio.sleep(1.0)  # as a write stuck on its way to etcd
+        landed.set()
+
+    try:
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            store._call(slow_write())
+        assert time.monotonic() - began < 0.9
+        assert not landed.wait(1.5), "the abandoned write was cancelled, it never ran to its end"
+    finally:
+        store.close()

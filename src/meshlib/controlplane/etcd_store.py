@@ -250,7 +250,15 @@ class EtcdStore:
         return self._prefix + "/".join(parts).encode()
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.submit(coro).result(self._timeout * 2)
+        future = self._loop.submit(coro)
+        try:
+            return future.result(self._timeout * 2)
+        except TimeoutError:
+            # Given up on: cancelled, so that a write still waiting for etcd never lands
+            # after its caller was told it failed. (One that reached etcd may have committed:
+            # its event is then judged as any write of unknown outcome is.)
+            future.cancel()
+            raise
 
     async def _connect(self) -> None:
         """Connect to the first endpoint that answers, starting with the current one."""
