@@ -311,15 +311,18 @@ def test_a_dead_replicas_workloads_are_withdrawn_everywhere_when_its_lease_runs_
 
 
 @contextmanager
-def _w1_on_a_silent_past_the_ttl(etcd: str) -> Iterator[tuple[ConfigState, ConfigState, list[EtcdStore]]]:
+def _w1_on_a_silent_past_the_ttl(
+    etcd: str, others: int = 0
+) -> Iterator[tuple[ConfigState, ConfigState, list[EtcdStore]]]:
     """Replicas A and B; w1 registered through A (A holds it), B has read it; then w1's
-    registry TTL passes without a word from it."""
+    registry TTL passes without a word from it (and from ``others`` more, w2...)."""
     now = [1000.0]
     stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
     try:
         a = ConfigState(stores[0], clock=lambda: now[0])
         b = ConfigState(stores[1], clock=lambda: now[0])
-        assert a.register(_entry("w1", 9081))
+        for n in range(1, others + 2):
+            assert a.register(_entry(f"w{n}", 9080 + n))
         b.resync()
         now[0] += a.workload_ttl + 1
         yield a, b, stores
@@ -484,6 +487,20 @@ def test_a_replica_never_lets_go_of_a_workload_another_replica_has_taken_over(et
         assert stores[0].load().live == {"w1": stores[1].holder}
         assert [w.lost for w in a.workloads()] == [False]
         assert a.version == version
+
+
+def test_a_release_too_large_for_one_transactions_compares_is_refused_all_the_same(etcd: str) -> None:
+    """As above with 120 more silent workloads: more live keys than etcd takes comparisons in
+    one transaction. The release is checked by a read first and refused; after the re-read A
+    lets go of its own 120 and leaves w1 alone."""
+    with _w1_on_a_silent_past_the_ttl(etcd, others=120) as (a, b, stores):
+        assert not b.seen("w1")
+        b.flush()
+        assert a.reap(), "A's own 120 are let go"
+        assert stores[0].load().live == {"w1": stores[1].holder}, "w1's live key is still B's"
+        lost = {w.registration.id for w in a.workloads() if w.lost}
+        assert len(lost) == 120
+        assert "w1" not in lost
 
 
 def test_a_call_given_up_on_is_cancelled_not_left_to_finish_later(etcd: str) -> None:

@@ -409,6 +409,14 @@ class EtcdStore:
             await self._renew(self._lease)  # it ran out before the keep-alive noticed
             return await self._retrying(run)
 
+    async def _still_held(self, owned: Sequence[bytes]) -> None:
+        """Refuse a release when another replica holds any of ``owned`` now (it took the
+        workload over since this replica last read), as the compare in a smaller one does."""
+        found = await self._retrying(lambda c: c.get_prefix(self._key("live/")))
+        mine, wanted = (self.holder or "").encode(), set(owned)
+        if any(bytes(kv.key) in wanted and bytes(kv.value) != mine for kv in found):
+            raise StoreConflict("another replica holds some of these workloads now")
+
     async def _write(
         self,
         version: int,
@@ -426,10 +434,10 @@ class EtcdStore:
         key = self._key("version")
         tx = self._client.transactions
         pending = self._key("pending")
-        # (etcd takes at most --max-txn-ops comparisons too: a larger release goes unchecked)
-        held_here = (
-            [tx.value(k) == (self.holder or "").encode() for k in owned] if len(owned) < _TXN_OPS else []
-        )
+        held_here = [tx.value(k) == (self.holder or "").encode() for k in owned]
+        if len(held_here) >= _TXN_OPS:  # etcd takes at most --max-txn-ops comparisons too
+            await self._still_held(owned)  # checked by a read just before, instead
+            held_here = []
         if leased and len(puts) + len(deletes) + len(leased) >= _TXN_OPS:
             for i in range(0, len(leased), _TXN_OPS):
                 if not await self._txn([tx.version(pending) == 0], [], [], leased[i : i + _TXN_OPS]):
