@@ -233,6 +233,38 @@ def test_the_head_deadline_runs_from_the_connection(served: tuple[int, int]) -> 
     assert took < 3.0, f"408 after {took:.1f}s"
 
 
+def test_each_head_on_a_kept_alive_connection_gets_its_own_deadline(served: tuple[int, int]) -> None:
+    """The next head's deadline counts from its first byte, not from the first head's: a head
+    begun 1.2 s after the first request is cut at 2 s from then (3.2 s from the start), and a
+    complete one sent in between those times is answered."""
+    _, port = served
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+        answer = b""
+        while b"ok" not in answer:
+            answer += sock.recv(65536)
+        time.sleep(1.2)
+        begun = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: reviews\r\n")  # ...and the rest of it 1.3 s later
+        time.sleep(1.3)  # past the first head's 2 s: the second one's deadline still holds
+        sock.sendall(b"\r\n")
+        answer = b""
+        while b"ok" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, "closed at the first head's deadline"
+            answer += chunk
+        assert status(answer) == 200
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: reviews\r\n")  # a third head, never ended
+        third = time.monotonic()
+        answer = sock.recv(65536)
+        took = time.monotonic() - third
+    assert status(answer) == 408
+    assert 1.7 < took < 3.0, f"408 {took:.1f}s after the third head began"
+    assert begun - started > 2.0 - 1.2, "the second head began before the first head's deadline passed"
+
+
 def test_crlf_between_requests_does_not_keep_a_connection(served: tuple[int, int]) -> None:
     _, port = served
     with socket.create_connection(("127.0.0.1", port)) as sock:
