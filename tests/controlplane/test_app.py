@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import signal
@@ -12,14 +13,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from meshlib.controlplane.app import RegistrationBatches
 from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
+from meshlib.controlplane.state import ConfigState
+from meshlib.controlplane.store import SQLiteStore
 from meshlib.errors import ConfigError, UnauthorizedError
 from meshlib.protocol import EPOCH_HEADER, MAX_BODY_BYTES
+from meshlib.registry import WorkloadRegistration
 from meshlib.snapshot_delta import HeldSnapshot
 from tests.conftest import destination_rule, virtual_service
 from tests.servers import wait_for
@@ -331,3 +337,72 @@ def test_a_watch_behind_during_a_registration_burst_takes_the_whole_burst_in_one
     took, answered = answers[0]
     assert answered == last, "one answer carried both registrations"
     assert took >= 0.9, "held until the window closed (1 s after the first registration)"
+
+
+def test_registrations_arriving_together_are_written_together(server: ConfigServer) -> None:
+    """While one store write holds the event loop, the registrations that arrive meanwhile
+    are gathered and written in a few writes, not one each; every caller gets its answer."""
+    assert server.state is not None
+    assert server._server is not None
+    batches = server._server.config.app.state.registrations
+    save = server.state.store.save_workloads
+
+    def slow(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.1)  # as an etcd round trip under load
+        save(*args, **kwargs)
+
+    server.state.store.save_workloads = slow  # type: ignore[method-assign]
+
+    def endpoint(n: int) -> dict[str, object]:
+        return {"address": "127.0.0.1", "port": 9000 + n}
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            answers = await asyncio.gather(
+                *(
+                    http.put(
+                        f"/v1/workloads/w-{n}",
+                        json={"id": f"w-{n}", "service": "reviews", "endpoints": [endpoint(n)]},
+                    )
+                    for n in range(40)
+                )
+            )
+        return [answer.status_code for answer in answers]
+
+    before = batches.writes
+    assert asyncio.run(burst()) == [200] * 40
+    writes = batches.writes - before
+    assert writes <= 8, f"{writes} store writes for 40 registrations"
+    with httpx.Client(base_url=server.url) as http:
+        assert http.get("/v1/workloads", params={"summary": "true"}).json()["workloads"] == 40
+
+
+def test_a_registration_is_checked_again_when_its_batch_is_written(tmp_path: Path) -> None:
+    """Two callers register the same id in one turn of the loop; the second may replace the
+    first's only if it speaks for the first's service, and that is checked when its batch is
+    built (the registry then holds the first), not only when its request came in."""
+    state = ConfigState(SQLiteStore(tmp_path / "db"))
+    batches = RegistrationBatches(state)
+    first = WorkloadRegistration(id="w", service="ratings")
+    second = WorkloadRegistration(id="w", service="reviews")
+
+    def second_may_replace() -> None:
+        previous = state.registration("w")
+        if previous is not None and previous.service != "reviews":
+            raise PermissionError(f"may not replace {previous.service}")
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            batches.register(first, lambda: None),
+            batches.register(second, second_may_replace),
+            return_exceptions=True,
+        )
+
+    outcome = asyncio.run(both())
+    assert outcome[0] is False  # registered (no endpoints: nothing clients see)
+    assert isinstance(outcome[1], PermissionError)
+    assert str(outcome[1]) == "may not replace ratings"
+    registered = state.registration("w")
+    assert registered is not None
+    assert registered.service == "ratings"
+    state.store.close()

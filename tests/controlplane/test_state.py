@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from meshlib.controlplane.state import ApplyOutcome, ConfigState
+from meshlib.controlplane.state import ApplyOutcome, ConfigState, RegistryFull
 from meshlib.controlplane.store import SQLiteStore
 from meshlib.errors import ConfigError
 from meshlib.registry import AnnouncedEndpoint, WorkloadRegistration
@@ -290,3 +290,55 @@ def test_no_spelling_of_the_config_services_address_is_an_endpoint(state: Config
     )
     with pytest.raises(RegistryFull, match="where the config service listens"):
         state.register(registration)
+
+
+def _counting_writes(state: ConfigState) -> list[int]:
+    """The number of workloads in each registry write the store is asked for."""
+    writes: list[int] = []
+    save = state.store.save_workloads
+
+    def counted(version: int, put: Any, delete: Any, **kwargs: Any) -> None:
+        writes.append(len(put))
+        save(version, put, delete, **kwargs)
+
+    state.store.save_workloads = counted  # type: ignore[method-assign]
+    return writes
+
+
+def test_registrations_of_one_burst_are_one_store_write_and_one_version(
+    state: ConfigState, tmp_path: Path
+) -> None:
+    writes = _counting_writes(state)
+    results = state.register_many([registration(f"w{n}", port=8080 + n) for n in range(3)])
+    assert results == [True, True, True]
+    assert writes == [3]
+    assert state.version == 1, "one new version for the whole burst"
+    assert sorted(w.registration.id for w in state.workloads()) == ["w0", "w1", "w2"]
+    assert sorted(w.registration.id for w in reopen(state, tmp_path).workloads()) == ["w0", "w1", "w2"]
+
+
+def test_each_registration_of_a_burst_is_admitted_after_the_ones_before_it(state: ConfigState) -> None:
+    state.max_workloads = 2
+    assert state.register(registration("w0", port=8080))
+    writes = _counting_writes(state)
+    results = state.register_many([registration("w1", port=8081), registration("w2", port=8082)])
+    assert results[0] is True
+    assert isinstance(results[1], RegistryFull)
+    assert str(results[1]) == "the registry is full: 2 workloads"
+    assert writes == [1], "the refused one was never written"
+    assert sorted(w.registration.id for w in state.workloads()) == ["w0", "w1"]
+    state.max_endpoints_per_service = 3
+    state.max_workloads = 10
+    burst = [registration("w3", port=8083), registration("w4", port=8084)]
+    outcome = state.register_many(burst)
+    assert outcome[0] is True
+    assert isinstance(outcome[1], RegistryFull), "w3's endpoint counted against w4's"
+
+
+def test_a_workload_named_twice_in_a_burst_is_written_twice_in_order(state: ConfigState) -> None:
+    writes = _counting_writes(state)
+    first, second = registration("w1", port=8081), registration("w1", port=9091)
+    assert state.register_many([first, registration("w2"), second]) == [True, True, True]
+    assert writes == [2, 1]
+    (w1,) = [w for w in state.workloads() if w.registration.id == "w1"]
+    assert w1.registration.endpoints[0].port == 9091, "the later one wins"

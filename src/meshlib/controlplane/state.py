@@ -9,6 +9,7 @@ changes nothing anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -87,6 +88,15 @@ class ApplyOutcome:
 
     results: list[ApplyResult]
     skipped: list[SkippedResource]
+
+
+@dataclass
+class _Admitted:
+    """What the registrations admitted so far into one store write add to the registry."""
+
+    live: int = 0
+    endpoints: Counter[tuple[str, str]] = field(default_factory=Counter)
+    total: int = 0
 
 
 class RegistryFull(Exception):
@@ -491,35 +501,73 @@ class ConfigState:
         """Record a workload; True when what clients see (its endpoints, labels) changed.
         Raises RegistryFull for a registration the registry may not take; the store is
         written first, so a refusal or a failed write changes nothing."""
-        return self._raced(lambda: self._register(registration))
+        (result,) = self.register_many([registration])
+        if isinstance(result, RegistryFull):
+            raise result
+        return result
 
-    def _register(self, registration: WorkloadRegistration) -> bool:
-        self._admit(registration)
+    def register_many(self, registrations: Sequence[WorkloadRegistration]) -> list[bool | RegistryFull]:
+        """Several registrations in one store write (a burst of them, gathered by the API):
+        for each, what ``register`` returns, or the RegistryFull it would raise. Each is
+        admitted against the registry as the ones before it in the list leave it; a workload
+        named twice is written twice, in order. A failed write changes nothing."""
+        results: list[bool | RegistryFull] = []
+        start = 0
+        while start < len(registrations):
+            seen: set[str] = set()
+            end = start
+            while end < len(registrations) and registrations[end].id not in seen:
+                seen.add(registrations[end].id)
+                end += 1
+            part = registrations[start:end]
+            results.extend(self._raced(functools.partial(self._register_part, part)))
+            start = end
+        return results
+
+    def _register_part(self, registrations: Sequence[WorkloadRegistration]) -> list[bool | RegistryFull]:
+        """``register_many`` for registrations of distinct workloads: one store write."""
+        batch = _Admitted()
+        results: list[bool | RegistryFull] = []
+        admitted: list[tuple[WorkloadRegistration, StoredWorkload, _Workload | None]] = []
         now = self.clock()
-        current = self._workloads.get(registration.id)
-        data = registration.model_dump(mode="json")
-        if current is None:
-            stored = StoredWorkload(data, first_seen=now, last_seen=now)
-            visible = bool(registration.endpoints)
-        else:
-            stored = dataclasses.replace(current.stored, registration=data, last_seen=now)
-            visible = current.lost or _visible(current.registration) != _visible(registration)
-        version = self.version + 1 if visible else self.version
-        hold = [registration.id] if self._live_map is not None else []
-        self.store.save_workloads(version, [stored], (), hold=hold)
-        if self._live_map is not None and self.store.holder is not None:
-            self._live_map[registration.id] = self.store.holder
-            self._take_over.discard(registration.id)
-        if current is None:
-            item = self._workloads[registration.id] = _Workload(stored, registration)
-        else:  # the same entry, changed in place (a watch of it holds it)
-            self._account(current, -1)
-            current.stored, current.registration, current.lost = stored, registration, False
-            item = current
-        self._account(item, 1)
-        self._dirty.discard(registration.id)  # the store has it as it is now
+        bump = False
+        for registration in registrations:
+            try:
+                self._admit(registration, batch)
+            except RegistryFull as refused:
+                results.append(refused)
+                continue
+            current = self._workloads.get(registration.id)
+            data = registration.model_dump(mode="json")
+            if current is None:
+                stored = StoredWorkload(data, first_seen=now, last_seen=now)
+                visible = bool(registration.endpoints)
+            else:
+                stored = dataclasses.replace(current.stored, registration=data, last_seen=now)
+                visible = current.lost or _visible(current.registration) != _visible(registration)
+            bump = bump or visible
+            results.append(visible)
+            admitted.append((registration, stored, current))
+        if not admitted:
+            return results
+        version = self.version + 1 if bump else self.version
+        ids = [registration.id for registration, _, _ in admitted]
+        hold = ids if self._live_map is not None else []
+        self.store.save_workloads(version, [stored for _, stored, _ in admitted], (), hold=hold)
+        for registration, stored, current in admitted:
+            if self._live_map is not None and self.store.holder is not None:
+                self._live_map[registration.id] = self.store.holder
+                self._take_over.discard(registration.id)
+            if current is None:
+                item = self._workloads[registration.id] = _Workload(stored, registration)
+            else:  # the same entry, changed in place (a watch of it holds it)
+                self._account(current, -1)
+                current.stored, current.registration, current.lost = stored, registration, False
+                item = current
+            self._account(item, 1)
+            self._dirty.discard(registration.id)  # the store has it as it is now
         self._moved_to(version)
-        return visible
+        return results
 
     def _account(self, item: _Workload, sign: int) -> None:
         """Limits count what clients can be sent: live workloads and their endpoints."""
@@ -537,24 +585,26 @@ class ConfigState:
             self._payload = None
             self._unannounced = False  # what this replica serves now has its own version
 
-    def _admit(self, registration: WorkloadRegistration) -> None:
-        """The registry's rules for one registration, checked before anything changes."""
+    def _admit(self, registration: WorkloadRegistration, batch: _Admitted) -> None:
+        """The registry's rules for one registration, checked before anything changes (with
+        ``batch``: what the registrations admitted before it in the same write add)."""
         current = self._workloads.get(registration.id)
         live = current is not None and not current.lost
-        if not live and self._live >= self.max_workloads:
+        if not live and self._live + batch.live >= self.max_workloads:
             raise RegistryFull(507, f"the registry is full: {self.max_workloads} workloads")
         service = (registration.namespace, registration.service)
         old = current.registration if live and current is not None else None
         before = len(old.endpoints) if old is not None else 0
         same = old is not None and (old.namespace, old.service) == service
         count = len(registration.endpoints)
-        if self._per_service[service] - (before if same else 0) + count > self.max_endpoints_per_service:
+        in_service = self._per_service[service] + batch.endpoints[service]
+        if in_service - (before if same else 0) + count > self.max_endpoints_per_service:
             raise RegistryFull(
                 507,
                 f"{registration.namespace}/{registration.service} would have more than "
                 f"{self.max_endpoints_per_service} endpoints",
             )
-        if sum(self._per_service.values()) - before + count > self.max_registry_endpoints:
+        if sum(self._per_service.values()) + batch.total - before + count > self.max_registry_endpoints:
             raise RegistryFull(507, f"the registry is full: {self.max_registry_endpoints} endpoints")
         for endpoint in registration.endpoints:
             if self._is_self(endpoint.address, endpoint.port):
@@ -569,6 +619,11 @@ class ConfigState:
                 f"{fqdn} is declared by ServiceEntry {entry.namespace}/{entry.name}: its endpoints come "
                 "from there (registered workloads join it only through its workloadSelector)",
             )
+        batch.live += 0 if live else 1
+        batch.endpoints[service] += count
+        batch.total += count - before
+        if old is not None:
+            batch.endpoints[(old.namespace, old.service)] -= before
 
     def reserve(self, host: str, port: int) -> None:
         """Where the config service listens (no workload may announce an endpoint there)."""
