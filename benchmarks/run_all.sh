@@ -25,6 +25,9 @@ py=.venv/bin/python
 "$py" benchmarks/watch_fanout.py --workloads 100,1000 --rounds 10 --client raw --endpoints --decode none \
     --title-suffix "every workload registers an endpoint"
 
+# Registration burst: 4,000 workloads registering at once, SQLite and etcd, batched and not.
+"$py" benchmarks/registration_burst.py --registrations 4000 --processes 4 --rounds 2
+
 # HTTP client data plane: meshlib's transport against plain httpx, sync and async.
 "$py" benchmarks/http_client.py --requests 2000 --rounds 9
 
