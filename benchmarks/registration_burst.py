@@ -31,6 +31,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._bench import Children
 from benchmarks._results import machine, pct, write_section
 from tests.etcd import running_etcd
 from tests.servers import free_port
@@ -77,14 +78,14 @@ def service(batch: int, store_url: str | None) -> Iterator[tuple[str, psutil.Pro
     if store_url is not None:
         argv += ["--store", store_url]
     env = dict(os.environ, MESH_CONFIG="", MESH_CONTROL_PLANE="")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVICE, str(batch), *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with Children() as children:
+        proc = children.start(
+            [sys.executable, "-c", SERVICE, str(batch), *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -95,53 +96,38 @@ def service(batch: int, store_url: str | None) -> Iterator[tuple[str, psutil.Pro
                     raise RuntimeError("the config service did not start") from None
                 time.sleep(0.05)
         yield url, psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def burst(batch: int, store_url: str | None, registrations: int, processes: int) -> dict[str, float]:
     each = registrations // processes
-    with service(batch, store_url) as (url, proc):
+    with service(batch, store_url) as (url, proc), Children() as children:
         loaders = [
-            subprocess.Popen(
-                [sys.executable, "-c", LOADER, url, f"p{k}", str(each), "32"],
-                stdin=subprocess.PIPE,
-                text=True,
+            children.start(
+                [sys.executable, "-c", LOADER, url, f"p{k}", str(each), "32"], stdin=subprocess.PIPE
             )
             for k in range(processes)
         ]
-        try:
-            time.sleep(1.5)  # the loaders are up and connected
-            before = proc.cpu_times()
-            probes: list[float] = []
-            started = time.perf_counter()
-            for loader in loaders:
-                assert loader.stdin is not None
-                loader.stdin.write("go\n")
-                loader.stdin.flush()
-            deadline = time.monotonic() + 120
-            with httpx.Client(base_url=url, timeout=30) as http:
-                while any(loader.poll() is None for loader in loaders):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the burst did not end within 120 s")
-                    asked = time.perf_counter()
-                    http.get("/v1/healthz").raise_for_status()
-                    probes.append(time.perf_counter() - asked)
-                    time.sleep(0.01)
-            wall = time.perf_counter() - started
-            after = proc.cpu_times()
-            if any(loader.returncode != 0 for loader in loaders):
-                raise RuntimeError("a load process failed")
-        finally:
-            for loader in loaders:
-                if loader.poll() is None:
-                    loader.kill()
-                    loader.wait(5)
+        time.sleep(1.5)  # the loaders are up and connected
+        before = proc.cpu_times()
+        probes: list[float] = []
+        started = time.perf_counter()
+        for loader in loaders:
+            assert loader.stdin is not None
+            loader.stdin.write(b"go\n")
+            loader.stdin.flush()
+        deadline = time.monotonic() + 120
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while any(loader.poll() is None for loader in loaders):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the burst did not end within 120 s")
+                asked = time.perf_counter()
+                http.get("/v1/healthz").raise_for_status()
+                probes.append(time.perf_counter() - asked)
+                time.sleep(0.01)
+        wall = time.perf_counter() - started
+        after = proc.cpu_times()
+        if any(loader.returncode != 0 for loader in loaders):
+            raise RuntimeError("a load process failed")
     cpu = (after.user + after.system) - (before.user + before.system)
     return {
         "wall": wall,
