@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from meshlib.controlplane.app import RegistrationBatches
+from meshlib.controlplane.app import RegistrationBatches, VersionNotifier
 from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
 from meshlib.controlplane.state import ConfigState
@@ -382,7 +382,7 @@ def test_a_registration_is_checked_again_when_its_batch_is_written(tmp_path: Pat
     first's only if it speaks for the first's service, and that is checked when its batch is
     built (the registry then holds the first), not only when its request came in."""
     state = ConfigState(SQLiteStore(tmp_path / "db"))
-    batches = RegistrationBatches(state)
+    batches = RegistrationBatches(state, VersionNotifier())
     first = WorkloadRegistration(id="w", service="ratings")
     second = WorkloadRegistration(id="w", service="reviews")
 

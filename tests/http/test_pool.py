@@ -132,6 +132,34 @@ def test_waiting_past_the_pool_timeout_fails_and_the_pool_recovers(backend: tupl
     asyncio.run(main())
 
 
+def test_a_waiting_request_is_not_starved_by_a_busy_task(backend: tuple[Backend, int]) -> None:
+    """First come, first served: a task that sends request after request on the only
+    connection does not take it back ahead of a request already waiting for it."""
+    _, port = backend
+
+    async def main() -> None:
+        pool = async_pool(max_connections=1)
+        stop = time.monotonic() + 1.5
+        served = 0
+
+        async def busy() -> None:
+            nonlocal served
+            while time.monotonic() < stop:
+                await get(pool, port)
+                served += 1
+
+        task = asyncio.create_task(busy())
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        assert b'"v1"' in await get(pool, port, pool_timeout=1.0)
+        assert time.monotonic() - began < 0.5
+        await task
+        assert served > 10
+        await pool.aclose()
+
+    asyncio.run(main())
+
+
 def test_a_cancelled_waiter_passes_its_turn_on(backend: tuple[Backend, int]) -> None:
     app, port = backend
     app.gate = threading.Event()

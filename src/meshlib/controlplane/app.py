@@ -135,8 +135,9 @@ class RegistrationBatches:
     that id?), run again just before its batch is built, against the registry as it is then:
     a registration of the same id earlier in the same turn is written first."""
 
-    def __init__(self, state: ConfigState) -> None:
+    def __init__(self, state: ConfigState, notifier: VersionNotifier) -> None:
         self._state = state
+        self._notifier = notifier
         self._pending: list[tuple[WorkloadRegistration, Callable[[], None], asyncio.Future[bool]]] = []
         self.writes = 0  # store writes made (for tests and benchmarks)
 
@@ -177,6 +178,8 @@ class RegistrationBatches:
                 if not future.done():
                     future.set_exception(exc)
             return
+        if any(result is True for result in results):
+            self._notifier.notify_soon()  # here, not in the handlers: one may have been cancelled
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # its caller left; the registration is written all the same
                 continue
@@ -345,7 +348,7 @@ def create_app(
     use the CA; identities with tokens stay protected in that mode too. With ``consul`` the
     service watches Consul for the ServiceEntries that name it (consul_source.py)."""
     notifier = VersionNotifier()
-    registrations = RegistrationBatches(state)
+    registrations = RegistrationBatches(state, notifier)
     discovery: list[ConsulDiscovery] = []  # started with the app (it needs the loop)
 
     def entries_changed() -> None:
@@ -492,11 +495,9 @@ def create_app(
 
         may_replace()  # a refusal at once, without waiting for the batch
         try:
-            changed = await registrations.register(registration, may_replace)
+            await registrations.register(registration, may_replace)
         except RegistryFull as exc:
             raise HTTPError(exc.status, str(exc)) from None
-        if changed:
-            notifier.notify_soon()
         return JSONResponse({"version": state.version, "identity": registration.identity(state.trust_domain)})
 
     async def delete_workload(request: Request) -> Response:

@@ -250,15 +250,11 @@ class EtcdStore:
         return self._prefix + "/".join(parts).encode()
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = self._loop.submit(coro)
-        try:
-            return future.result(self._timeout * 2)
-        except TimeoutError:
-            # Given up on: cancelled, so that a write still waiting for etcd never lands
-            # after its caller was told it failed. (One that reached etcd may have committed:
-            # its event is then judged as any write of unknown outcome is.)
-            future.cancel()
-            raise
+        # Not cancelled when given up on: a cancel could land inside a failover's connect or a
+        # lease renewal and leave a client open or live keys not put again (a call that runs
+        # on after its caller was told it failed may still commit: its event is then judged
+        # as any write of unknown outcome is).
+        return self._loop.submit(coro).result(self._timeout * 2)
 
     async def _connect(self) -> None:
         """Connect to the first endpoint that answers, starting with the current one."""
@@ -411,7 +407,9 @@ class EtcdStore:
 
     async def _still_held(self, owned: Sequence[bytes]) -> None:
         """Refuse a release when another replica holds any of ``owned`` now (it took the
-        workload over since this replica last read), as the compare in a smaller one does."""
+        workload over since this replica last read), as the compare in a smaller one does.
+        A read just before the write, not a compare in it: a take-over in between (a few
+        milliseconds) is not seen."""
         found = await self._retrying(lambda c: c.get_prefix(self._key("live/")))
         mine, wanted = (self.holder or "").encode(), set(owned)
         if any(bytes(kv.key) in wanted and bytes(kv.value) != mine for kv in found):

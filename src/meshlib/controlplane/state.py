@@ -510,7 +510,8 @@ class ConfigState:
         """Several registrations in one store write (a burst of them, gathered by the API):
         for each, what ``register`` returns, or the RegistryFull it would raise. Each is
         admitted against the registry as the ones before it in the list leave it; a workload
-        named twice is written twice, in order. A failed write changes nothing."""
+        named twice is written twice, in order (two writes: a failed second one leaves the
+        first written, and raises). A failed write changes nothing of its own part."""
         results: list[bool | RegistryFull] = []
         start = 0
         while start < len(registrations):

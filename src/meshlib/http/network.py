@@ -82,6 +82,8 @@ def _readable(sock: typing.Any) -> bool:
     fd = sock.fileno() if sock is not None else -1
     if fd == -1:
         return True
+    if not hasattr(select, "poll"):  # Windows, or eventlet's select: as httpcore does there
+        return bool(select.select([fd], [], [], 0)[0])
     poll = select.poll()
     poll.register(fd, select.POLLIN)
     return bool(poll.poll(0))

@@ -204,7 +204,12 @@ class Pool(_Endpoint[httpcore.NetworkBackend, httpcore.HTTP11Connection]):
                 while (taken := self._slots.take(closing)) is False:
                     patience = patience or _Patience(request)
                     if not self._freed.wait(patience.left()):
-                        raise patience.lost()
+                        # Timed out: one more look (a notify may have picked this waiter just
+                        # as its time ran out, and would otherwise be lost).
+                        taken = self._slots.take(closing)
+                        if taken is False:
+                            raise patience.lost()
+                        break
         finally:
             _close(closing)
         if not isinstance(taken, bool):
@@ -291,6 +296,7 @@ class AsyncPool(_Endpoint[httpcore.AsyncNetworkBackend, httpcore.AsyncHTTP11Conn
 
     def _ready(self) -> None:
         self._waiters: collections.deque[anyio.Event] = collections.deque()
+        self._woken = 0  # waiters woken that have not run yet
 
     @property
     def connections(self) -> list[httpcore.AsyncHTTP11Connection]:
@@ -313,14 +319,21 @@ class AsyncPool(_Endpoint[httpcore.AsyncNetworkBackend, httpcore.AsyncHTTP11Conn
     async def _connection(self, request: httpcore.Request) -> httpcore.AsyncHTTP11Connection:
         closing: list[httpcore.AsyncHTTP11Connection] = []
         patience: _Patience | None = None
+        # First come, first served: a new request waits behind those already waiting (and
+        # those woken and about to run), or a task that sends request after request would
+        # take back each connection it returns before the woken waiter runs.
+        queued = bool(self._waiters or self._woken)
         try:
-            while (taken := self._slots.take(closing)) is False:
+            while True:
+                if not queued and (taken := self._slots.take(closing)) is not False:
+                    break
                 patience = patience or _Patience(request)
                 try:
                     with anyio.fail_after(patience.left()):
-                        await self._wait()
+                        await self._wait(front=not queued)  # woken and beaten to it: first again
                 except TimeoutError:
                     raise patience.lost() from None
+                queued = False
         finally:
             if closing:
                 await _aclose(closing)
@@ -351,10 +364,13 @@ class AsyncPool(_Endpoint[httpcore.AsyncNetworkBackend, httpcore.AsyncHTTP11Conn
                 await stream.aclose()
             raise
 
-    async def _wait(self) -> None:
+    async def _wait(self, front: bool) -> None:
         """Until a connection comes back or a slot frees (a pool of 1,000 is rarely full)."""
         event = anyio.Event()
-        self._waiters.append(event)
+        if front:
+            self._waiters.appendleft(event)
+        else:
+            self._waiters.append(event)
         woken = False
         try:
             await event.wait()
@@ -362,12 +378,15 @@ class AsyncPool(_Endpoint[httpcore.AsyncNetworkBackend, httpcore.AsyncHTTP11Conn
         finally:
             if not event.is_set():
                 self._waiters.remove(event)
-            elif not woken:
-                self._wake()  # woken, then cancelled: the freed slot is the next waiter's
+            else:
+                self._woken -= 1
+                if not woken:
+                    self._wake()  # woken, then cancelled: the freed slot is the next waiter's
 
     def _wake(self) -> None:
         if self._waiters:
             self._waiters.popleft().set()
+            self._woken += 1
 
     async def _back(self, connection: httpcore.AsyncHTTP11Connection) -> None:
         closing: list[httpcore.AsyncHTTP11Connection] = []
