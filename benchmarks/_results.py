@@ -6,7 +6,7 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -57,6 +57,38 @@ def measure(call: Callable[[], object], n: int) -> tuple[float, list[float]]:
         call()
         latencies.append(time.perf_counter() - start)
     return (time.process_time() - cpu) / n * 1e6, latencies
+
+
+def turns(names: list[str], n: int, block: int) -> Iterator[tuple[str, int]]:
+    """(name, how many calls) in the order ``interleaved`` runs them: blocks of ``block``
+    taken in turn, the order rotating from block to block, until each name has had n."""
+    for turn in range((n + block - 1) // block):
+        count = min(block, n - turn * block)
+        shift = turn % len(names)
+        for name in names[shift:] + names[:shift]:
+            yield name, count
+
+
+def interleaved(
+    calls: dict[str, Callable[[], object]], n: int, block: int = 50
+) -> dict[str, tuple[float, list[float]]]:
+    """Run each of ``calls`` n times, in blocks of ``block`` taken in turn (see ``turns``):
+    (CPU µs per call, wall latencies in seconds) by name.
+
+    On a shared machine the speed drifts from one second to the next; blocks of a few dozen
+    milliseconds give every call the same drift, so a difference of a few percent between
+    two of them is measurable, where whole rounds taken one after the other are not."""
+    cpu = dict.fromkeys(calls, 0.0)
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    for name, count in turns(list(calls), n, block):
+        call, times = calls[name], latencies[name]
+        start_cpu = time.process_time()
+        for _ in range(count):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        cpu[name] += time.process_time() - start_cpu
+    return {name: (cpu[name] / n * 1e6, latencies[name]) for name in calls}
 
 
 def pct(values: list[float], q: float) -> float:

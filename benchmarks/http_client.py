@@ -7,8 +7,10 @@ calling ``http://reviews/`` with routing (a header rule, then an 80/20 split ove
 subsets of the same backend), LEAST_REQUEST balancing, outlier detection, retries,
 Istio-labelled metrics and tracing (an OpenTelemetry SDK, Istio's 1% sampling) all armed,
 and the same mesh with its telemetry off (no metrics, no trace context), so that the
-telemetry's own cost is the paired difference. Per round: client CPU µs per request
-(``time.process_time``) and latency percentiles. The figures are medians over rounds;
+telemetry's own cost is the paired difference. Per round each client sends the
+same number of requests, the three taking turns by blocks of 50 (the order rotating), so that
+all see the same machine; per round: client CPU µs per request (``time.process_time``) and
+latency percentiles. The figures are medians over rounds;
 the machine is shared, so compare within a run, never across runs.
 
     .venv/bin/python benchmarks/http_client.py [--requests 2000] [--rounds 5]
@@ -31,7 +33,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, measure, pct, write_section
+from _results import interleaved, machine, pct, turns, write_section
 
 import meshlib
 
@@ -104,14 +106,25 @@ def free_port() -> int:
     return port
 
 
-async def measure_async(client: httpx.AsyncClient, url: str, n: int) -> tuple[float, list[float]]:
-    latencies = []
-    cpu = time.process_time()
-    for _ in range(n):
-        start = time.perf_counter()
-        await client.get(url)
-        latencies.append(time.perf_counter() - start)
-    return (time.process_time() - cpu) / n * 1e6, latencies
+BLOCK = 50
+"""Requests per block: the clients take turns by blocks (see _results.interleaved)."""
+
+
+async def interleaved_async(
+    clients: dict[str, tuple[httpx.AsyncClient, str]], n: int
+) -> dict[str, tuple[float, list[float]]]:
+    """_results.interleaved for async clients: each sends n GETs, in turns of BLOCK."""
+    cpu = dict.fromkeys(clients, 0.0)
+    latencies: dict[str, list[float]] = {name: [] for name in clients}
+    for name, count in turns(list(clients), n, BLOCK):
+        (client, url), times = clients[name], latencies[name]
+        start_cpu = time.process_time()
+        for _ in range(count):
+            start = time.perf_counter()
+            await client.get(url)
+            times.append(time.perf_counter() - start)
+        cpu[name] += time.process_time() - start_cpu
+    return {name: (cpu[name] / n * 1e6, latencies[name]) for name in clients}
 
 
 def run(requests: int, rounds: int) -> str:
@@ -164,8 +177,9 @@ def compare(mesh: meshlib.Mesh, quiet: meshlib.Mesh, port: int, requests: int, r
             for _ in range(200):
                 client.get(url)  # warm up: connections, caches
         for _ in range(rounds):
-            for kind, (client, url) in clients.items():
-                results[f"sync {kind}"].append(measure(lambda c=client, u=url: c.get(u), requests))
+            calls = {kind: (lambda c=client, u=url: c.get(u)) for kind, (client, url) in clients.items()}
+            for kind, figures in interleaved(calls, requests, BLOCK).items():
+                results[f"sync {kind}"].append(figures)
 
     async def async_rounds() -> None:
         async with (
@@ -182,8 +196,8 @@ def compare(mesh: meshlib.Mesh, quiet: meshlib.Mesh, port: int, requests: int, r
                 for _ in range(200):
                     await client.get(url)
             for _ in range(rounds):
-                for kind, (client, url) in clients_a.items():
-                    results[f"async {kind}"].append(await measure_async(client, url, requests))
+                for kind, figures in (await interleaved_async(clients_a, requests)).items():
+                    results[f"async {kind}"].append(figures)
 
     asyncio.run(async_rounds())
     rows = []
@@ -195,9 +209,9 @@ def compare(mesh: meshlib.Mesh, quiet: meshlib.Mesh, port: int, requests: int, r
         summary[name] = cpu
         rows.append(f"| {name} | {cpu:.0f} | {p50:.3f} | {p99:.3f} |")
 
-    # Rounds alternate plain/mesh, so each mesh round has a plain round measured just before it
-    # under the same machine load: the median of those paired differences is the figure
-    # (a difference of medians would mix rounds taken under different load).
+    # Within a round the clients took turns by blocks, so each round's mesh figure and its plain
+    # one were measured under the same machine load: the median of those paired differences is
+    # the figure (a difference of medians would mix rounds taken under different load).
     def paired(mode: str, base: str = "plain", kind: str = "mesh") -> float:
         plain, meshed = results[f"{mode} {base}"], results[f"{mode} {kind}"]
         return statistics.median(m[0] - p[0] for p, m in zip(plain, meshed, strict=True))
@@ -217,14 +231,14 @@ def compare(mesh: meshlib.Mesh, quiet: meshlib.Mesh, port: int, requests: int, r
             "|---|---|---|---|",
             *rows,
             "",
-            "Added by the mesh (median over rounds of mesh minus the plain round just before it): "
+            "Added by the mesh (median over rounds of mesh minus plain in the same round): "
             f"**{added_sync:.0f} µs CPU per request sync** "
             f"(ratio {summary['sync mesh'] / summary['sync plain']:.2f}), "
             f"**{added_async:.0f} µs async** (ratio {summary['async mesh'] / summary['async plain']:.2f}). "
             "Target: under 50 µs.",
             "",
             "Of that, telemetry (Istio-labelled metrics, trace context, 1% of requests with SDK "
-            "spans; median over rounds of mesh minus the telemetry-off mesh just before it): "
+            "spans; median over rounds of mesh minus the telemetry-off mesh in the same round): "
             f"**{telemetry_sync:.1f} µs sync**, **{telemetry_async:.1f} µs async** (target: under 15).",
         ]
     )
