@@ -50,13 +50,7 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
 
 def measure(call: Callable[[], object], n: int) -> tuple[float, list[float]]:
     """Run ``call`` n times: (CPU µs per call, wall latencies in seconds)."""
-    latencies = []
-    cpu = time.process_time()
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - start)
-    return (time.process_time() - cpu) / n * 1e6, latencies
+    return interleaved({"call": call}, n, max(n, 1))["call"]
 
 
 def turns(names: list[str], n: int, block: int) -> Iterator[tuple[str, int]]:
