@@ -39,6 +39,7 @@ EXPECTED = [
     "TlsMaterial",
     "TlsOriginations",
     "TlsSettingsError",
+    "Waiting",
     "advertise_address",
     "apply_header_ops",
     "current_deadline",
@@ -54,6 +55,8 @@ EXPECTED = [
     "shadow_authority",
     "spiffe_id_of",
     "system_root_certificates",
+    "wait_learned",
+    "wait_learned_async",
 ]
 
 

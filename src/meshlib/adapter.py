@@ -6,7 +6,9 @@ An outbound adapter turns its request into a ``Call``, makes the ``Exchange`` wi
 object that performs the decided ``Send`` and ``Mirror`` actions, then turns the ``Reply``
 into its own answer or error. An inbound adapter makes an ``InboundRequest`` (or
 ``AsyncInboundRequest``) per request: ``admit()`` (a local ``Answer``, or None: run the
-application inside ``scope()``), then ``end(status)``.
+application inside ``scope()``), then ``end(status)``. A workload that learns its egress
+hosts (``ClientMesh.learned_egress``) asks ``wanted()`` before routing a request and, when it
+gets a ``Waiting``, waits for it with ``wait_learned`` / ``wait_learned_async``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .drivers import (
     outbound,
 )
 from .errors import CertificateUnavailableError, MeshError, TlsSettingsError
+from .learned_egress import Waiting, wait_learned, wait_learned_async
 from .peer import PeerIdentity
 from .registry import AnnouncedEndpoint
 from .server.limits import ServerLimits, grpc_server_options
@@ -82,6 +85,7 @@ __all__ = [
     "TlsMaterial",
     "TlsOriginations",
     "TlsSettingsError",
+    "Waiting",
     "advertise_address",
     "apply_header_ops",
     "current_deadline",
@@ -97,4 +101,6 @@ __all__ = [
     "shadow_authority",
     "spiffe_id_of",
     "system_root_certificates",
+    "wait_learned",
+    "wait_learned_async",
 ]

@@ -38,6 +38,7 @@ from .telemetry.tracing import enter as enter_trace
 from .telemetry.tracing import leave as leave_trace
 
 if TYPE_CHECKING:
+    from .learned_egress import LearnedEgress
     from .workload_identity import WorkloadIdentity
 
 __all__ = [
@@ -78,6 +79,9 @@ class ClientMesh(Protocol):
 
     @property
     def workload_identity(self) -> CertificateState | None: ...
+
+    # Egress hosts learned from traffic (None: declared, or the whole registry)
+    learned_egress: LearnedEgress | None
 
 
 def workload_identity_of(mesh: ClientMesh) -> WorkloadIdentity | None:

@@ -43,6 +43,7 @@ from .drivers import AuthorizationProvider
 from .errors import ConfigError, ConfigIssue, ControlPlaneError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
 from .last_known_good import load_last_known_good, save_last_known_good
+from .learned_egress import LearnedEgress
 from .peer import PeerIdentity
 from .policy.discovered_endpoints import refuse_in_files
 from .policy.srv_endpoints import srv_lookups_missing
@@ -101,6 +102,7 @@ class Mesh:
         locality: str = "",
         dns_servers: str | Sequence[str] | None = None,
         egress_hosts: Sequence[str] | None = None,
+        learn_egress: bool = False,
         telemetry: TelemetrySettings | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
@@ -119,6 +121,7 @@ class Mesh:
             locality=locality,
             dns_servers=tuple(_dns_servers(dns_servers)),
             egress_hosts=tuple(egress_hosts or ()),
+            learn_egress=learn_egress,
             telemetry=telemetry or TelemetrySettings(),
         )
         self.startup_timeout = startup_timeout
@@ -138,6 +141,12 @@ class Mesh:
         self._authenticate: Callable[[Inbound], str | None] | None = None
         self._rate_limiter: RateLimiter | None = None
         self._grpc_plane: RoutingTable | None = None
+        # Egress hosts learned from traffic: only with a config service to ask
+        self.learned_egress: LearnedEgress | None = (
+            LearnedEgress(self.settings.egress_hosts, namespace)
+            if learn_egress and self.settings.control_plane
+            else None
+        )
         self.dns = DnsRefresher(self._dns_changed, _dns_lookup(self.settings))
         """Resolves ServiceEntry resolution DNS names in the background (``dns.lookup``: how)."""
         self.clusters = Clusters(
@@ -194,7 +203,7 @@ class Mesh:
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Mesh:
         """Build from MESH_SERVICE, MESH_NAMESPACE, MESH_LABELS, MESH_CONTROL_PLANE, MESH_TOKEN,
         MESH_CONTROL_PLANE_CA, MESH_CONFIG, MESH_DATA_DIR, MESH_TRUST_DOMAIN, MESH_LOCALITY and
-        MESH_DNS_SERVERS and MESH_EGRESS_HOSTS; keyword options win."""
+        MESH_DNS_SERVERS, MESH_EGRESS_HOSTS and MESH_EGRESS_LEARN; keyword options win."""
         s = MeshSettings.from_env(environ)
         values: dict[str, Any] = {
             "namespace": s.namespace,
@@ -208,6 +217,7 @@ class Mesh:
             "locality": s.locality,
             "dns_servers": s.dns_servers,
             "egress_hosts": s.egress_hosts,
+            "learn_egress": s.learn_egress,
             "telemetry": s.telemetry,
         }
         values.update(options)
@@ -508,6 +518,8 @@ class Mesh:
             server.shutdown()
             server.server_close()
         loop, watcher = self._loop, self._watcher
+        if self.learned_egress is not None:
+            self.learned_egress.covered(None)  # nothing comes any more: no request waits for it
         if loop is not None:
             if watcher is not None:
                 with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError, MeshError):
@@ -552,6 +564,7 @@ class Mesh:
             wait=self._watch_wait,
             verify=self._verify,
             egress_hosts=s.egress_hosts,
+            learned=self.learned_egress,
         )
         first = loop.submit(watcher.round())
         try:

@@ -74,6 +74,9 @@ class MeshSettings:
     dns_servers: tuple[str, ...] = ()  # ip[:port] of the DNS servers resolution DNS asks; () = the system's
     # The hosts this workload calls (Istio Sidecar egress.hosts form); () = the whole registry.
     egress_hosts: tuple[str, ...] = ()
+    # Learn egress hosts from traffic (meshlib.learned_egress): the registry entries of the
+    # services this workload calls, added to the declared ones as it first calls them.
+    learn_egress: bool = False
     telemetry: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())
 
     def __post_init__(self) -> None:
@@ -133,6 +136,7 @@ class MeshSettings:
             locality=env.get("MESH_LOCALITY", "").strip(),
             dns_servers=tuple(d.strip() for d in env.get("MESH_DNS_SERVERS", "").split(",") if d.strip()),
             egress_hosts=tuple(h.strip() for h in env.get("MESH_EGRESS_HOSTS", "").split(",") if h.strip()),
+            learn_egress=_flag(env, "MESH_EGRESS_LEARN"),
             telemetry=TelemetrySettings.from_env(env),
         )
 

@@ -7,6 +7,8 @@ service URL; the data plane keeps its current snapshot meanwhile.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ import tenacity
 
 from .core.snapshot import Snapshot
 from .errors import ConfigError, ControlPlaneError, UnauthorizedError
+from .learned_egress import LearnedEgress
 from .protocol import EPOCH_HEADER, MAX_WATCH_WAIT, EdgeReport, WorkloadRegistration, decode_snapshot
 from .snapshot_delta import HeldSnapshot
 
@@ -40,6 +43,7 @@ class Watcher:
         backoff_max: float = 15.0,
         verify: ssl.SSLContext | bool = True,
         egress_hosts: Sequence[str] = (),
+        learned: LearnedEgress | None = None,
     ) -> None:
         self.urls = list(urls)
         self._registration = registration
@@ -57,6 +61,11 @@ class Watcher:
         self._ack: int | None = None
         self._nack: tuple[int, str] | None = None
         self._hosts = list(egress_hosts)  # canonical (MeshSettings); [] = the whole registry
+        # Hosts learned from traffic (they include the declared ones): a watch names them all
+        # even when there are none yet, and a newly learned one ends the long poll.
+        self._learned = learned
+        self._scope: list[str] | None = None  # the hosts the snapshot held was asked with
+        self._rescoped: asyncio.Event | None = None
         self._held: HeldSnapshot | None = None  # the last payload, by item: deltas apply to it
         self._epoch: str | None = None  # of the config service that served it
         self._failures = 0
@@ -93,16 +102,71 @@ class Watcher:
             body["ack"] = self._ack
         if self._nack is not None:
             body["nack"] = {"version": self._nack[0], "reason": self._nack[1]}
-        if self._held is not None and self._held.version == self.version and self._epoch is not None:
+        hosts: list[str] | None = self._hosts or None
+        learned = self._learned
+        if learned is not None:
+            hosts = learned.hosts()
+            if hosts != self._scope:  # a wider scope: the whole snapshot of it, now
+                body["version"] = -1
+        if (
+            body["version"] == self.version
+            and self._held is not None
+            and self._held.version == self.version
+            and self._epoch is not None
+        ):
             body["delta"], body["epoch"] = True, self._epoch
-        if self._hosts:
-            body["hosts"] = self._hosts
-        response = await self._client.post(f"{self.url}/v1/watch", json=body)
+        if hosts is not None:
+            body["hosts"] = hosts
+        response = await self._post_watch(body)
+        if response is None:
+            return  # a host was learned while it waited: ask again with it
         self._check(response)
         self._ack = self._nack = None
         self._recovered()
         if response.status_code == 204:
+            if learned is not None:
+                learned.covered(hosts)
             return
+        try:
+            self._apply(response)
+        finally:
+            if learned is not None:
+                self._scope = hosts
+                learned.covered(hosts)  # installed, refused or unreadable: its waiters go on
+
+    async def _post_watch(self, body: dict[str, Any]) -> httpx.Response | None:
+        """The long poll; None when a newly learned host ended it."""
+        learned = self._learned
+        if learned is None:
+            return await self._client.post(f"{self.url}/v1/watch", json=body)
+        if self._rescoped is None:
+            self._rescoped = asyncio.Event()
+            loop, event = asyncio.get_running_loop(), self._rescoped
+
+            def wake() -> None:
+                with contextlib.suppress(RuntimeError):  # the Mesh has closed its loop
+                    loop.call_soon_threadsafe(event.set)
+
+            learned.wake = wake
+        self._rescoped.clear()
+        if learned.hosts() != body.get("hosts"):
+            return None  # learned since the body was made
+        poll = asyncio.ensure_future(self._client.post(f"{self.url}/v1/watch", json=body))
+        rescoped = asyncio.ensure_future(self._rescoped.wait())
+        try:
+            await asyncio.wait((poll, rescoped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            rescoped.cancel()
+            if not poll.done():
+                poll.cancel()  # the watch's connection is closed; the ACK it carried goes again
+        if not poll.cancelled() and poll.done():
+            return poll.result()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await poll
+        return None
+
+    def _apply(self, response: httpx.Response) -> None:
+        """A new snapshot (or a delta to the one held): decode, install, and ACK or NACK it."""
         payload = response.json()
         self._epoch = response.headers.get(EPOCH_HEADER)
         if isinstance(payload, dict) and "base" in payload:

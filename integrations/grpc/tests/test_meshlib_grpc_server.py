@@ -52,7 +52,11 @@ def test_the_inbound_deadline_bounds_the_handlers_outbound_calls(tmp_path: Path)
                 assert plain.unary_unary("/test.Front/Call")(b"x") == b"reviews"
             channel.close()
             assert seen[0] is not None
-            assert 0.3 < seen[0] <= 0.6
+            # gRPC core keeps deadlines in whole milliseconds, rounded up on the client and
+            # counted from a millisecond clock on the server: its time_remaining() exceeds the
+            # caller's timeout in most calls (measured: 370 of 500 calls with timeout=0.6, by
+            # up to 0.84 ms). Two milliseconds is that rounding, on both sides.
+            assert 0.3 < seen[0] <= 0.6 + 0.002
             assert seen[1] is None
             assert reviews.remaining[0] is not None
             assert reviews.remaining[0] <= 0.65, (

@@ -30,6 +30,7 @@ from ..adapter import (
     TlsMaterial,
     TlsOriginations,
     TlsSettingsError,
+    Waiting,
     apply_header_ops,
     current_deadline,
     http_status_for_grpc,
@@ -170,6 +171,15 @@ class GrpcAdapter:
         self.host = host
         self.port = int(port) if port.isdigit() else None
         self._credentials: tuple[int, Any] | None = None  # (identity generation, channel credentials)
+
+    def waiting(self) -> Waiting | None:
+        """The first call to this host of a workload that learns its egress hosts: what to
+        wait for before routing it (None: nothing, the common case)."""
+        learned = self.mesh.learned_egress
+        if learned is None:
+            return None
+        table = self.mesh.grpc_table
+        return learned.wanted(table, self.host, table.resolve(self.host, self.port))
 
     def exchange(self, spec: Spec, timeout: float | None) -> Exchange | None:
         """The call as the client stack sees it; None when the target is not a mesh service

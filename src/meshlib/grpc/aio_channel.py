@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from ..adapter import Exchange, Mirror, Outcome, Send, drive_client_async
+from ..adapter import Exchange, Mirror, Outcome, Send, drive_client_async, wait_learned_async
 from .adapter import (
     MAX_MIRRORS_IN_FLIGHT,
     RETIRE_AFTER,
@@ -78,6 +78,9 @@ class AioMeshChannel(Arities, grpc.aio.Channel):
 
     async def run(self, spec: Spec, timeout: float | None) -> Any:  # noqa: ASYNC109 - grpc API
         adapter = self.adapter
+        waiting = adapter.waiting()
+        if waiting is not None:
+            await wait_learned_async(waiting)
         ex = adapter.exchange(spec, timeout)
         if ex is None:  # not a mesh service: straight through
             call = self.channels.stub(self.channels.direct(), spec)(

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from ..adapter import Exchange, Mirror, Outcome, Send, drive_client
+from ..adapter import Exchange, Mirror, Outcome, Send, drive_client, wait_learned
 from .adapter import (
     MAX_MIRRORS_IN_FLIGHT,
     RETIRE_AFTER,
@@ -96,6 +96,9 @@ class MeshChannel(Arities, grpc.Channel):  # type: ignore[misc]
 
     def run(self, spec: Spec, timeout: float | None) -> Any:
         adapter = self.adapter
+        waiting = adapter.waiting()
+        if waiting is not None:
+            wait_learned(waiting)
         ex = adapter.exchange(spec, timeout)
         if ex is None:  # not a mesh service: straight through
             stub = self.channels.stub(self.channels.direct(), spec)

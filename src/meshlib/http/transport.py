@@ -27,6 +27,7 @@ from ..core.exchange import Attempt, Exchange, Mirror, Outcome, Send
 from ..core.routing_table import RoutingTable
 from ..drivers import drive_client, drive_client_async
 from ..errors import CertificateUnavailableError
+from ..learned_egress import Waiting, wait_learned, wait_learned_async
 from ..tls_origination import Origin
 from .adapter import HttpAdapter, HttpMesh
 from .body import AsyncStreamedBody, StreamedBody
@@ -148,14 +149,24 @@ class _Core(Generic[P]):
         self._metrics = mesh.metrics
         self._pools: _Pools[P] = _Pools(lambda peer, origin: make(adapter, peer, origin))
 
-    def _route(self, request: httpx.Request) -> tuple[Exchange | None, list[P]]:
-        """The exchange of a mesh request (None: not a mesh host), and pools to close now."""
+    def _route(
+        self, request: httpx.Request, learn: bool = True
+    ) -> tuple[Exchange | None, list[P], Waiting | None]:
+        """The exchange of a mesh request (None: not a mesh host) and pools to close now; or,
+        the first time this workload calls the host (it learns its egress hosts), what to
+        wait for before routing it."""
         adapter = self._adapter
-        table = adapter.mesh.http_table
+        mesh = adapter.mesh
+        table = mesh.http_table
         url = request.url
         fqdn = table.resolve(url.host, url.port or (443 if url.scheme == "https" else 80))
+        learned = mesh.learned_egress
+        if learned is not None and learn:
+            waiting = learned.wanted(table, url.host, fqdn)
+            if waiting is not None:
+                return None, [], waiting
         retired = self._pools.retire(table) if table.version != self._pools.version else []
-        return (adapter.exchange(request, table, fqdn) if fqdn is not None else None), retired
+        return (adapter.exchange(request, table, fqdn) if fqdn is not None else None), retired, None
 
 
 class _Attempt(Generic[P]):
@@ -234,7 +245,10 @@ class MeshTransport(_Core[Pool], httpx.BaseTransport):
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        ex, retired = self._route(request)
+        ex, retired, waiting = self._route(request)
+        if waiting is not None:
+            wait_learned(waiting)
+            ex, retired, _ = self._route(request, learn=False)
         for pool in retired:
             pool.close()
         if ex is None:
@@ -314,7 +328,13 @@ class AsyncMeshTransport(_Core[AsyncPool], httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._asyncio is None:
             self._asyncio = _under_asyncio()
-        ex, retired = self._route(request)
+        ex, retired, waiting = self._route(request)
+        if waiting is not None:
+            if self._asyncio:
+                await wait_learned_async(waiting)
+            else:  # trio: no asyncio future to await; a worker thread waits
+                await anyio.to_thread.run_sync(wait_learned, waiting)
+            ex, retired, _ = self._route(request, learn=False)
         for pool in retired:
             await pool.aclose()
         if ex is None:
