@@ -16,6 +16,7 @@ from meshlib.core.routing_table import RoutingTable
 from meshlib.core.snapshot import Snapshot
 from meshlib.learned_egress import LearnedEgress
 from meshlib.registry import AnnouncedEndpoint
+from tests.conftest import virtual_service
 from tests.servers import Backend, serve, wait_for
 
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -193,3 +194,19 @@ def test_concurrent_first_calls_wait_for_the_same_answer() -> None:
     assert first.done()
     assert again.done()
     assert learned.wanted(table, "1.2.3.4", None) is None, "an address is no name the registry serves"
+
+
+def test_a_call_from_a_snapshot_listener_does_not_hold_the_watcher(
+    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "meshlib")
+    outside = Backend("outside")
+    with serve(outside) as port, learner(server, tmp_path) as mesh, mesh.http_client() as client:
+        answers: list[int] = []
+        mesh.add_listener(lambda _: answers.append(client.get(f"http://localhost:{port}/").status_code))
+        version = admin.apply([virtual_service()])["version"]
+        assert mesh.wait_for_version(version, timeout=5.0)
+        assert wait_for(lambda: answers[:1] == [200])
+        assert mesh.learned_egress is not None
+        assert mesh.learned_egress.hosts() == ["*/localhost.default.svc.cluster.local"]
+    assert [m for m in caplog.messages if NO_WAIT in m] == []

@@ -58,6 +58,7 @@ class LearnedEgress:
         self._waiting: dict[str, Waiting] = {}  # entry -> resolved once a snapshot covers it
         self._lock = threading.Lock()
         self.wake: Callable[[], None] | None = None  # the watcher's: ask again, now
+        self.watcher_thread: int | None = None  # a request made there must not wait for it
 
     @property
     def whole_registry(self) -> bool:
@@ -108,8 +109,8 @@ class LearnedEgress:
             wake = self.wake
             if wake is not None:
                 wake()
-        if not pending:
-            return None
+        if not pending or threading.get_ident() == self.watcher_thread:
+            return None  # (a snapshot listener calling out: waiting would hold the watcher)
         if len(pending) == 1:
             return pending[0]
         return _all_of(pending)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -148,6 +149,7 @@ class Watcher:
                     loop.call_soon_threadsafe(event.set)
 
             learned.wake = wake
+            learned.watcher_thread = threading.get_ident()
         self._rescoped.clear()
         if learned.hosts() != body.get("hosts"):
             return None  # learned since the body was made

@@ -5,6 +5,8 @@ says why and changes nothing."""
 from __future__ import annotations
 
 import json
+import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -428,3 +430,16 @@ def test_numbers_that_resolve_to_an_ip_are_refused(server: ConfigServer, address
     body = registration("reviews-1", "reviews")
     body["endpoints"] = [{"address": address, "port": 9080}]
     assert put(server, body).status_code == 400
+
+
+def test_a_client_that_leaves_mid_request_is_no_service_error(
+    server: ConfigServer, admin: ControlPlaneClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A half-sent body (a workload ending its watch to ask again, or one that died) is not
+    logged as the service's own failure, and the service goes on answering."""
+    caplog.set_level(logging.DEBUG, "meshlib.controlplane")
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(b'POST /v1/watch HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"version": ')
+    assert wait_for(lambda: any("disconnected before its request was read" in m for m in caplog.messages))
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert admin.workloads()["items"] == []

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -321,6 +321,13 @@ def json_errors(handler: Handler) -> Handler:
             return _error(exc.status, str(exc))
         except ConfigError as exc:
             return _error(422, "invalid resources", issues=[i.to_json() for i in exc.issues])
+        except ClientDisconnect:
+            # The caller left before its request was read (a workload that ended a watch to
+            # ask again with more hosts, one that stopped): nobody to answer, nothing changed.
+            log.debug(
+                "%s %s: the client disconnected before its request was read", request.method, request.url.path
+            )
+            return Response(status_code=499)
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
             return _error(500, "internal error in the config service; nothing was changed")
