@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 
 from meshlib import Mesh, learned_egress
@@ -16,7 +20,7 @@ from meshlib.core.routing_table import RoutingTable
 from meshlib.core.snapshot import Snapshot
 from meshlib.learned_egress import LearnedEgress
 from meshlib.registry import AnnouncedEndpoint
-from tests.conftest import virtual_service
+from tests.conftest import destination_rule
 from tests.servers import Backend, serve, wait_for
 
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -103,39 +107,80 @@ def test_a_learned_host_keeps_its_endpoints_current_and_others_stay_out(
         assert mesh.snapshot.endpoints(RATINGS) == ()
 
 
-def test_a_host_outside_the_mesh_is_asked_for_once_then_passes_through(
+def test_a_host_outside_the_mesh_goes_out_at_once_and_is_never_asked_for(
     server: ConfigServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, "meshlib")
     outside = Backend("outside")
     with serve(outside) as port, learner(server, tmp_path) as mesh, mesh.http_client() as client:
-        assert client.get(f"http://localhost:{port}/").headers["x-backend"] == "outside"
-        assert mesh.learned_egress is not None
-        hosts = mesh.learned_egress.hosts()
-        assert hosts == ["*/localhost.default.svc.cluster.local"]
-        learned = [m for m in caplog.messages if m.startswith("learned egress hosts")]
-        assert len(learned) == 1
+        version = mesh.version
         for _ in range(3):
-            assert client.get(f"http://localhost:{port}/").status_code == 200
-        assert mesh.learned_egress.hosts() == hosts
-        assert [m for m in caplog.messages if m.startswith("learned egress hosts")] == learned
-        assert [m for m in caplog.messages if NO_WAIT in m] == []
-        assert outside.hits == 4
+            assert client.get(f"http://localhost:{port}/").headers["x-backend"] == "outside"
+        assert mesh.learned_egress is not None
+        assert mesh.learned_egress.hosts() == []
+        assert [m for m in caplog.messages if m.startswith("learned egress hosts")] == []
+        assert mesh.version == version
+        assert outside.hits == 3
 
 
-def test_with_the_config_service_gone_a_first_call_waits_a_bounded_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_concurrent_first_calls_all_wait_and_are_served(
+    server: ConfigServer, registered: dict[str, Backend], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "meshlib")
+    with learner(server, tmp_path) as mesh, mesh.http_client() as client:
+        start = threading.Barrier(8)
+
+        def call(name: str) -> str:
+            start.wait(5)
+            try:
+                return client.get(f"http://{name}/").headers["x-backend"]
+            except httpx.HTTPError as exc:
+                return repr(exc)
+
+        # Two hosts learned within moments of each other: each new one ends the watch again.
+        names = ["reviews", "ratings"] * 4
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(call, names))
+        assert answers == names
+    assert [m for m in caplog.messages if NO_WAIT in m] == []
+
+
+async def test_concurrent_async_first_calls_all_wait_and_are_served(
+    server: ConfigServer, registered: dict[str, Backend], tmp_path: Path
+) -> None:
+    async with learner(server, tmp_path) as mesh, mesh.async_http_client() as client:
+        answers = await asyncio.gather(*(client.get("http://reviews/") for _ in range(8)))
+        assert [a.headers["x-backend"] for a in answers] == ["reviews"] * 8
+
+
+def test_with_the_config_service_gone_a_first_call_does_not_wait(
+    tmp_path: Path, registered: dict[str, Backend], server: ConfigServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "meshlib")
+    with learner(server, tmp_path) as mesh, mesh.http_client() as client:
+        server.stop()
+        assert wait_for(lambda: mesh.health()["connected"] is False)
+        with pytest.raises(httpx.ConnectError):  # no endpoints: as if there were no mesh
+            client.get("http://reviews/")
+        assert mesh.learned_egress is not None
+        assert mesh.learned_egress.hosts() == [f"*/{REVIEWS}"], "the next watch asks for it"
+    assert [m for m in caplog.messages if NO_WAIT in m] == []
+
+
+def test_an_answer_that_does_not_come_is_waited_for_a_bounded_time(
+    server: ConfigServer,
+    registered: dict[str, Backend],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(learned_egress, "LEARN_TIMEOUT", 0.3)
     caplog.set_level(logging.WARNING, "meshlib")
-    outside = Backend("outside")
-    with ExitStack() as stack:
-        port = stack.enter_context(serve(outside))
-        server = stack.enter_context(ConfigServer(tmp_path / "cp", insecure_open_registry=True))
-        mesh = stack.enter_context(learner(server, tmp_path))
-        server.stop()
-        with mesh.http_client() as client:
-            assert client.get(f"http://localhost:{port}/").headers["x-backend"] == "outside"
+    with learner(server, tmp_path) as mesh, mesh.http_client() as client:
+        assert mesh.learned_egress is not None
+        mesh.learned_egress.wake = lambda: None  # the watcher never hears of the new host
+        with pytest.raises(httpx.ConnectError):
+            client.get("http://reviews/")
     assert [m for m in caplog.messages if NO_WAIT in m] == [
         "no snapshot with a newly called host came within 0.3s; going on without"
     ]
@@ -151,62 +196,99 @@ def test_env_turns_learning_on_and_only_with_a_config_service() -> None:
         Mesh.from_env({**env, "MESH_EGRESS_LEARN": "maybe"})
 
 
+def _learner(declared: list[str] | None = None) -> tuple[LearnedEgress, RoutingTable]:
+    learned = LearnedEgress(declared or [], "default")
+    learned.connected = True
+    return learned, RoutingTable.build(Snapshot.empty("cluster.local"), "default", {"app": "frontend"})
+
+
 def test_more_hosts_than_a_watch_names_switch_to_the_whole_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(learned_egress, "MAX_EGRESS_HOSTS", 3)
-    learned = LearnedEgress([f"*/{RATINGS}"], "default")
+    learned, table = _learner([f"*/{RATINGS}"])
     woken: list[int] = []
     learned.wake = lambda: woken.append(1)
-    table = RoutingTable.build(Snapshot.empty("cluster.local"), "default", {"app": "frontend"})
-    first = learned.wanted(table, "a.example.com", None)
-    second = learned.wanted(table, "b.example.com", None)
+    first = learned.wanted(table, "a.shop", None)
+    second = learned.wanted(table, "b.shop", None)
     assert first is not None
     assert second is not None
     assert first is not second
-    assert learned.wanted(table, "a.example.com", None) is None, "looked at once per version"
-    assert learned.hosts() == [f"*/{RATINGS}", "*/a.example.com", "*/b.example.com"]
-    learned.covered(["*/a.example.com"])
+    assert learned.hosts() == [f"*/{RATINGS}", "*/a.shop.svc.cluster.local", "*/b.shop.svc.cluster.local"]
+    learned.covered(["*/a.shop.svc.cluster.local"])
     assert first.done()
     assert not second.done()
+    assert learned.wanted(table, "a.shop", None) is None, "covered: nothing to wait for"
     assert not learned.whole_registry
-    third = learned.wanted(table, "c.example.com", None)
+    third = learned.wanted(table, "c.shop", None)
     assert learned.whole_registry
     assert learned.hosts() is None
     assert third is not None
     assert not third.done()
-    assert learned.wanted(table, "d.example.com", None) is None, "the whole registry: nothing to ask"
+    assert learned.wanted(table, "d.shop", None) is None, "the whole registry: nothing to ask"
     learned.covered(None)
     assert second.done()
     assert third.done()
     assert woken == [1, 1, 1]
 
 
-def test_concurrent_first_calls_wait_for_the_same_answer() -> None:
-    learned = LearnedEgress([], "default")
-    table = RoutingTable.build(Snapshot.empty("cluster.local"), "default", {"app": "frontend"})
+def test_a_call_before_the_answer_waits_for_the_same_one() -> None:
+    learned, table = _learner()
     first = learned.wanted(table, "reviews", None)
-    # Another request to the same host (or another name of it) before the answer came.
-    learned._seen.clear()
-    again = learned.wanted(table, "reviews.default", None)
     assert first is not None
-    assert again is not None
-    assert learned.hosts() == [f"*/{REVIEWS}", "*/reviews.default"]
-    learned.covered([f"*/{REVIEWS}", "*/reviews.default"])
+    assert learned.wanted(table, "reviews", None) is first, "not seen until covered"
+    again = learned.wanted(table, "reviews.default", None)  # another name of the same service
+    assert again is first
+    assert learned.hosts() == [f"*/{REVIEWS}"]
+    learned.covered([f"*/{REVIEWS}"])
     assert first.done()
-    assert again.done()
-    assert learned.wanted(table, "1.2.3.4", None) is None, "an address is no name the registry serves"
+    assert learned.wanted(table, "reviews", None) is None
+    assert learned.wanted(table, "1.2.3.4", None) is None, "an address is no service name"
+    assert learned.wanted(table, "api.example.com", None) is None, "outside the mesh"
+    assert learned.hosts() == [f"*/{REVIEWS}"]
+
+
+def test_declared_wildcards_cover_what_they_name() -> None:
+    learned, table = _learner(["payments/*", "*/*.example.com"])
+    assert learned.wanted(table, "reviews.payments", None) is None
+    assert learned.hosts() == ["payments/*", "*/*.example.com"]
+    assert learned.wanted(table, "ratings.shop", None) is not None
+    assert learned.hosts() == ["payments/*", "*/*.example.com", "*/ratings.shop.svc.cluster.local"]
+
+
+def test_nothing_waits_while_disconnected_or_after_close() -> None:
+    learned, table = _learner()
+    learned.connected = False
+    assert learned.wanted(table, "reviews", None) is None
+    assert learned.hosts() == [f"*/{REVIEWS}"], "learned: the next watch asks for it"
+    learned.connected = True
+    pending = learned.wanted(table, "ratings", None)
+    assert pending is not None
+    learned.close()
+    assert pending.done()
+    assert learned.wanted(table, "details", None) is None
 
 
 def test_a_call_from_a_snapshot_listener_does_not_hold_the_watcher(
-    server: ConfigServer, admin: ControlPlaneClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: ConfigServer,
+    admin: ControlPlaneClient,
+    registered: dict[str, Backend],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "meshlib")
-    outside = Backend("outside")
-    with serve(outside) as port, learner(server, tmp_path) as mesh, mesh.http_client() as client:
-        answers: list[int] = []
-        mesh.add_listener(lambda _: answers.append(client.get(f"http://localhost:{port}/").status_code))
-        version = admin.apply([virtual_service()])["version"]
+    with learner(server, tmp_path) as mesh, mesh.http_client() as client:
+        answers: list[str] = []
+
+        def listener(_: object) -> None:
+            try:
+                answers.append(client.get("http://reviews/").headers["x-backend"])
+            except httpx.HTTPError as exc:
+                answers.append(type(exc).__name__)
+
+        mesh.add_listener(listener)
+        version = admin.apply([destination_rule("details", "details")])["version"]
         assert mesh.wait_for_version(version, timeout=5.0)
-        assert wait_for(lambda: answers[:1] == [200])
-        assert mesh.learned_egress is not None
-        assert mesh.learned_egress.hosts() == ["*/localhost.default.svc.cluster.local"]
+        # On the watcher's thread the first call cannot wait for the watcher: it goes on
+        # without endpoints; the watcher then fetches them, and the next swap's call is served.
+        assert wait_for(lambda: "reviews" in answers)
+        assert answers[0] == "ConnectError"
     assert [m for m in caplog.messages if NO_WAIT in m] == []

@@ -519,7 +519,7 @@ class Mesh:
             server.server_close()
         loop, watcher = self._loop, self._watcher
         if self.learned_egress is not None:
-            self.learned_egress.covered(None)  # nothing comes any more: no request waits for it
+            self.learned_egress.close()  # nothing comes any more: no request waits for it
         if loop is not None:
             if watcher is not None:
                 with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError, MeshError):

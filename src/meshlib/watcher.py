@@ -125,24 +125,25 @@ class Watcher:
         self._ack = self._nack = None
         self._recovered()
         if response.status_code == 204:
-            if learned is not None:
+            if learned is not None and hosts == self._scope:  # nothing new for what it holds
                 learned.covered(hosts)
             return
-        try:
-            self._apply(response)
-        finally:
-            if learned is not None:
-                self._scope = hosts
-                learned.covered(hosts)  # installed, refused or unreadable: its waiters go on
+        self._apply(response)
+        if learned is not None:  # installed or refused: its waiters go on with what there is
+            self._scope = hosts
+            learned.covered(hosts)
 
     async def _post_watch(self, body: dict[str, Any]) -> httpx.Response | None:
         """The long poll; None when a newly learned host ended it."""
         learned = self._learned
-        if learned is None:
+        if learned is None or body["version"] == -1:
+            # Answered at once (nothing to wait for): a host learned meanwhile goes in the next
+            # round; ending this one would only ask for the same whole snapshot again.
             return await self._client.post(f"{self.url}/v1/watch", json=body)
-        if self._rescoped is None:
-            self._rescoped = asyncio.Event()
-            loop, event = asyncio.get_running_loop(), self._rescoped
+        event = self._rescoped
+        if event is None:
+            event = self._rescoped = asyncio.Event()
+            loop = asyncio.get_running_loop()
 
             def wake() -> None:
                 with contextlib.suppress(RuntimeError):  # the Mesh has closed its loop
@@ -150,19 +151,22 @@ class Watcher:
 
             learned.wake = wake
             learned.watcher_thread = threading.get_ident()
-        self._rescoped.clear()
-        if learned.hosts() != body.get("hosts"):
-            return None  # learned since the body was made
         poll = asyncio.ensure_future(self._client.post(f"{self.url}/v1/watch", json=body))
-        rescoped = asyncio.ensure_future(self._rescoped.wait())
         try:
-            await asyncio.wait((poll, rescoped), return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                event.clear()  # before the check: a host learned after it sets it again
+                if learned.hosts() != body.get("hosts"):
+                    break  # learned since the body was made: ask again with it
+                rescoped = asyncio.ensure_future(event.wait())
+                try:
+                    await asyncio.wait((poll, rescoped), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    rescoped.cancel()
+                if poll.done():
+                    return poll.result()
         finally:
-            rescoped.cancel()
             if not poll.done():
                 poll.cancel()  # the watch's connection is closed; the ACK it carried goes again
-        if not poll.cancelled() and poll.done():
-            return poll.result()
         with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
             await poll
         return None
@@ -245,6 +249,8 @@ class Watcher:
     def _failed(self, state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         self.connected = False
+        if self._learned is not None:
+            self._learned.connected = False  # nothing waits for an answer until one comes
         self._registered = False  # the config service may have lost us (restart, failover)
         self.last_error = f"{self.url}: {error}"
         self._failures += 1
@@ -258,4 +264,6 @@ class Watcher:
             log.info("config service %s reachable again after %d failed attempt(s)", self.url, self._failures)
         self._failures = 0
         self.connected = True
+        if self._learned is not None:
+            self._learned.connected = True
         self.last_error = None

@@ -59,6 +59,9 @@ log = logging.getLogger("meshlib.controlplane")
 R = TypeVar("R")
 _RACE_RETRIES = 8
 _MAX_SCOPES = 4096  # distinct egress-host lists remembered (parsed) at once
+# Scoped snapshots kept per version. Workloads that learn their egress hosts each ask with
+# their own list, and one that just learned a host asks again at the same version.
+_MAX_SCOPED = 256
 
 Action = Literal["created", "configured", "unchanged"]
 
@@ -954,6 +957,8 @@ class ConfigState:
         if body is None:
             scope = self._scope(hosts)
             lists = {**self._lists, "workloads": [d for d, h in self._registry if scope.admits(h)]}
+            if len(self._scoped) >= _MAX_SCOPED:
+                self._scoped.clear()  # each holds the whole policy: bounded, not kept per list
             body = self._scoped[hosts] = self._assemble(lists)
         return body
 

@@ -181,6 +181,20 @@ class GrpcAdapter:
         table = self.mesh.grpc_table
         return learned.wanted(table, self.host, table.resolve(self.host, self.port))
 
+    def after_waiting(self, timeout: float | None, started: float) -> float | None:
+        """The call's timeout once the wait for its host (``waiting``) that began at
+        ``started`` is taken off; DEADLINE_EXCEEDED when nothing is left of it."""
+        if timeout is None:
+            return None
+        left = timeout - (time.monotonic() - started)
+        if left <= 0:
+            raise MeshRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"deadline exceeded while waiting for the endpoints of {self.host}",
+                "UT",
+            )
+        return left
+
     def exchange(self, spec: Spec, timeout: float | None) -> Exchange | None:
         """The call as the client stack sees it; None when the target is not a mesh service
         (the call then goes straight through)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
 from typing import Any
 
@@ -79,8 +80,10 @@ class AioMeshChannel(Arities, grpc.aio.Channel):
     async def run(self, spec: Spec, timeout: float | None) -> Any:  # noqa: ASYNC109 - grpc API
         adapter = self.adapter
         waiting = adapter.waiting()
-        if waiting is not None:
-            await wait_learned_async(waiting)
+        if waiting is not None:  # the first call to this host: its endpoints come first
+            started = time.monotonic()
+            await wait_learned_async(waiting, timeout)
+            timeout = adapter.after_waiting(timeout, started)  # the wait is part of the call
         ex = adapter.exchange(spec, timeout)
         if ex is None:  # not a mesh service: straight through
             call = self.channels.stub(self.channels.direct(), spec)(

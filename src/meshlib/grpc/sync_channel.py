@@ -97,8 +97,10 @@ class MeshChannel(Arities, grpc.Channel):  # type: ignore[misc]
     def run(self, spec: Spec, timeout: float | None) -> Any:
         adapter = self.adapter
         waiting = adapter.waiting()
-        if waiting is not None:
-            wait_learned(waiting)
+        if waiting is not None:  # the first call to this host: its endpoints come first
+            started = time.monotonic()
+            wait_learned(waiting, timeout)
+            timeout = adapter.after_waiting(timeout, started)  # the wait is part of the call
         ex = adapter.exchange(spec, timeout)
         if ex is None:  # not a mesh service: straight through
             stub = self.channels.stub(self.channels.direct(), spec)

@@ -222,6 +222,14 @@ class _Attempt(Generic[P]):
         return True
 
 
+def _connect_timeout(request: httpx.Request) -> float | None:
+    """The request's connect timeout: waiting for a newly called host's endpoints is part of
+    getting connected, and never takes longer."""
+    timeout = request.extensions.get("timeout")
+    value = timeout.get("connect") if isinstance(timeout, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _read(response: httpcore.Response) -> bytes:
     with contextlib.closing(response):
         return response.read()
@@ -247,7 +255,7 @@ class MeshTransport(_Core[Pool], httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         ex, retired, waiting = self._route(request)
         if waiting is not None:
-            wait_learned(waiting)
+            wait_learned(waiting, _connect_timeout(request))
             ex, retired, _ = self._route(request, learn=False)
         for pool in retired:
             pool.close()
@@ -331,9 +339,9 @@ class AsyncMeshTransport(_Core[AsyncPool], httpx.AsyncBaseTransport):
         ex, retired, waiting = self._route(request)
         if waiting is not None:
             if self._asyncio:
-                await wait_learned_async(waiting)
+                await wait_learned_async(waiting, _connect_timeout(request))
             else:  # trio: no asyncio future to await; a worker thread waits
-                await anyio.to_thread.run_sync(wait_learned, waiting)
+                await anyio.to_thread.run_sync(wait_learned, waiting, _connect_timeout(request))
             ex, retired, _ = self._route(request, learn=False)
         for pool in retired:
             await pool.aclose()
