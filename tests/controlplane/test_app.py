@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import json
 import signal
@@ -20,7 +21,7 @@ import pytest
 
 from meshlib.controlplane.app import RegistrationBatches, VersionNotifier
 from meshlib.controlplane.client import ControlPlaneClient
-from meshlib.controlplane.server import ConfigServer
+from meshlib.controlplane.server import GC_THRESHOLDS, ConfigServer
 from meshlib.controlplane.state import ConfigState
 from meshlib.controlplane.store import SQLiteStore
 from meshlib.errors import ConfigError, UnauthorizedError
@@ -406,3 +407,20 @@ def test_a_registration_is_checked_again_when_its_batch_is_written(tmp_path: Pat
     assert registered is not None
     assert registered.service == "ratings"
     state.store.close()
+
+
+def test_the_dedicated_service_collects_garbage_less_often_an_embedded_one_leaves_it(tmp_path: Path) -> None:
+    code = (
+        "import gc, sys\n"
+        "from pathlib import Path\n"
+        "from meshlib.controlplane import server\n"
+        "server._Server.run = lambda self, sockets: print('thresholds', gc.get_threshold())\n"
+        "server.serve_forever(Path(sys.argv[1]), port=0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "served")], capture_output=True, text=True, timeout=60
+    )
+    assert f"thresholds {GC_THRESHOLDS}" in done.stdout, done.stdout + done.stderr
+    before = gc.get_threshold()
+    with ConfigServer(tmp_path / "embedded"):
+        assert gc.get_threshold() == before
