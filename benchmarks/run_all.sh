@@ -28,6 +28,9 @@ py=.venv/bin/python
 # Registration burst: 4,000 workloads registering at once, SQLite and etcd, batched and not.
 "$py" benchmarks/registration_burst.py --registrations 4000 --processes 4 --rounds 2
 
+# Learned egress hosts: the first request to a newly called service, against declared hosts.
+"$py" benchmarks/learned_egress.py --services 20 --registry 2000 --rounds 5
+
 # HTTP client data plane: meshlib's transport against plain httpx, sync and async.
 "$py" benchmarks/http_client.py --requests 2000 --rounds 9
 
