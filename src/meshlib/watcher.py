@@ -106,6 +106,7 @@ class Watcher:
         hosts: list[str] | None = self._hosts or None
         learned = self._learned
         if learned is not None:
+            self._arm(learned)
             hosts = learned.hosts()
             if hosts != self._scope:  # a wider scope: the whole snapshot of it, now
                 body["version"] = -1
@@ -133,6 +134,21 @@ class Watcher:
             self._scope = hosts
             learned.covered(hosts)
 
+    def _arm(self, learned: LearnedEgress) -> None:
+        """Once, on the watcher's loop: a newly learned host wakes the long poll, and a
+        request made on this thread (a snapshot listener) never waits for the watcher."""
+        if self._rescoped is not None:
+            return
+        event = self._rescoped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the Mesh has closed its loop
+                loop.call_soon_threadsafe(event.set)
+
+        learned.wake = wake
+        learned.watcher_thread = threading.get_ident()
+
     async def _post_watch(self, body: dict[str, Any]) -> httpx.Response | None:
         """The long poll; None when a newly learned host ended it."""
         learned = self._learned
@@ -141,16 +157,7 @@ class Watcher:
             # round; ending this one would only ask for the same whole snapshot again.
             return await self._client.post(f"{self.url}/v1/watch", json=body)
         event = self._rescoped
-        if event is None:
-            event = self._rescoped = asyncio.Event()
-            loop = asyncio.get_running_loop()
-
-            def wake() -> None:
-                with contextlib.suppress(RuntimeError):  # the Mesh has closed its loop
-                    loop.call_soon_threadsafe(event.set)
-
-            learned.wake = wake
-            learned.watcher_thread = threading.get_ident()
+        assert event is not None  # armed by round()
         poll = asyncio.ensure_future(self._client.post(f"{self.url}/v1/watch", json=body))
         try:
             while True:
