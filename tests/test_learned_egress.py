@@ -292,3 +292,60 @@ def test_a_call_from_a_snapshot_listener_does_not_hold_the_watcher(
         assert wait_for(lambda: "reviews" in answers)
         assert answers[0] == "ConnectError"
     assert [m for m in caplog.messages if NO_WAIT in m] == []
+
+
+def test_a_cluster_made_before_its_host_was_learned_takes_the_endpoints_of_the_rescoped_snapshot(
+    server: ConfigServer,
+    admin: ControlPlaneClient,
+    registered: dict[str, Backend],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rescope installs another snapshot at the same version: the clusters made on the first
+    (with no endpoints, the call having gone on without them) must take the new one's endpoints
+    into outlier detection, not wait for the next version."""
+    admin.apply(
+        [
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": "reviews"},
+                "spec": {
+                    "host": "reviews",
+                    "trafficPolicy": {
+                        "outlierDetection": {
+                            "consecutive5xxErrors": 2,
+                            "interval": "1s",
+                            "baseEjectionTime": "30s",
+                            "maxEjectionPercent": 100,
+                        }
+                    },
+                },
+            }
+        ]
+    )
+    monkeypatch.setattr(learned_egress, "LEARN_TIMEOUT", 0.2)
+    with learner(server, tmp_path) as mesh, mesh.http_client() as client:
+        learned = mesh.learned_egress
+        assert learned is not None
+        assert learned.wake is not None
+        wake, learned.wake = learned.wake, lambda: None  # the first call goes on without endpoints
+        with pytest.raises(httpx.ConnectError):
+            client.get("http://reviews/")
+        version = mesh.version
+        learned.wake = wake
+        wake()
+        assert wait_for(lambda: len(mesh.snapshot.endpoints(REVIEWS)) == 1)
+        assert mesh.version == version, "a rescope: the same version, another snapshot"
+        reviews = registered["reviews"]
+        reviews.status = 503
+        outcomes = []
+        for _ in range(4):
+            try:
+                outcomes.append(str(client.get("http://reviews/").status_code))
+            except httpx.ConnectError as exc:
+                outcomes.append(type(exc).__name__)
+        assert reviews.hits == 2, "ejected at its second 503 (a retry): then no healthy upstream"
+        assert outcomes == ["NoHealthyUpstreamError"] * 4, "the first: after its retry found none"
+        ejections = {s: n for (k, s), n in mesh.metrics.counters().items() if k == "outlier_ejections"}
+        assert list(ejections.values()) == [1]

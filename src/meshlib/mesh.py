@@ -198,6 +198,7 @@ class Mesh:
         self._watcher: Watcher | None = None
         self._started = False
         self._static_seen: tuple[tuple[str, str], ...] = ()
+        self._reinstalls = 0  # snapshots installed at the version already held
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Mesh:
@@ -263,7 +264,7 @@ class Mesh:
         """The same for gRPC clients (endpoints that serve gRPC); built on first use per snapshot."""
         plane = self._grpc_plane
         snapshot = self._snapshot
-        generation, answers = self.dns.current
+        generation, answers = self._resolved()
         if plane is None or plane.snapshot is not snapshot or plane.generation != generation:
             plane = RoutingTable.build(
                 snapshot, self.settings.namespace, self._source_labels, "grpc", answers, generation
@@ -694,8 +695,18 @@ class Mesh:
         except OSError as exc:
             log.warning("could not save last-known-good config: %s", exc)
 
-    def _install(self, snapshot: Snapshot, source: SnapshotSource) -> None:
+    def _resolved(self) -> tuple[int, Answers]:
+        """The DNS answers to build tables with, and the tables' generation. It rises with new
+        answers and with every other snapshot installed at the version held (a rescope: more
+        registry entries under the same number), so that the cluster states made on the tables
+        before take the endpoints of the new ones (``ClusterState.refresh``)."""
         generation, answers = self.dns.current
+        return generation + self._reinstalls, answers
+
+    def _install(self, snapshot: Snapshot, source: SnapshotSource) -> None:
+        if snapshot.version == self._snapshot.version and snapshot is not self._snapshot:
+            self._reinstalls += 1
+        generation, answers = self._resolved()
         plane = RoutingTable.build(
             snapshot, self.settings.namespace, self._source_labels, "http", answers, generation
         )
@@ -739,7 +750,7 @@ class Mesh:
 
     def _dns_changed(self, answers: Answers) -> None:
         """New DNS answers (on the loop): the same snapshot's tables, with the new addresses."""
-        generation = self.dns.current[0]
+        generation = self._resolved()[0]
         with self._changed:
             snapshot = self._snapshot
             self._http_plane = RoutingTable.build(
