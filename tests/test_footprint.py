@@ -73,6 +73,10 @@ def test_a_client_mesh_reading_files_loads_no_server_side_and_no_cryptography(tm
     modules = _loaded(CHILD, json.dumps(options))
     assert "meshlib.core.client_stack" in modules  # the check below is of a working client
     assert _heavy(modules, (*SERVER_SIDE, "cryptography", "meshlib.workload_identity")) == []
+    # Nor what only a workload watching a config service uses: the watcher, its retry library,
+    # the watch protocol's models and the last-known-good copy.
+    watching = ("tenacity", "meshlib.watcher", "meshlib.protocol", "meshlib.last_known_good")
+    assert _heavy(modules, watching) == []
 
 
 def test_a_watching_client_with_an_identity_loads_no_server_side(tmp_path: Path) -> None:

@@ -42,24 +42,21 @@ from .dns_resolver import DefaultLookup, DnsResolver
 from .drivers import AuthorizationProvider
 from .errors import ConfigError, ConfigIssue, ControlPlaneError, MeshError
 from .http.transport import AsyncMeshTransport, MeshTransport
-from .last_known_good import load_last_known_good, save_last_known_good
 from .learned_egress import LearnedEgress
 from .peer import PeerIdentity
 from .policy.discovered_endpoints import refuse_in_files
 from .policy.srv_endpoints import srv_lookups_missing
-from .protocol import decode_snapshot
 from .registry import AnnouncedEndpoint, WorkloadRegistration
 from .settings import MeshSettings, TelemetrySettings
 from .telemetry import otel_metrics
 from .telemetry.access_log import open_access_log
-from .telemetry.edges import EdgeTracker
 from .telemetry.hub import Telemetry
 from .telemetry.sdk import install_sdk
 from .telemetry.tracing import Tracing
-from .watcher import Watcher
 
 if TYPE_CHECKING:
     from .request_authn import JwksCache
+    from .watcher import Watcher
     from .workload_identity import WorkloadIdentity
 
 __all__ = ["Mesh", "SnapshotSource"]
@@ -547,6 +544,8 @@ class Mesh:
     # --- internals ----------------------------------------------------------------------
 
     def _start_watching(self) -> None:
+        from .watcher import Watcher  # tenacity and the watch protocol: only with a config service
+
         s = self.settings
         self._loop = loop = LoopThread(f"meshlib-{s.service}")
         if s.token:
@@ -583,6 +582,8 @@ class Mesh:
     async def _report_edges(self, watcher: Watcher, interval: float) -> None:
         """Every ``interval``: what this workload sent (and received from outside the mesh)
         since the last delivered report, per edge (``meshctl top``). Never on the request path."""
+        from .telemetry.edges import EdgeTracker
+
         tracker = EdgeTracker(self.metrics)
         while True:
             await asyncio.sleep(interval)
@@ -598,6 +599,9 @@ class Mesh:
                 commit()
 
     def _fallback(self, why: str) -> None:
+        from .last_known_good import load_last_known_good
+        from .protocol import decode_snapshot
+
         s = self.settings
         data_dir = s.resolved_data_dir
         payload = load_last_known_good(data_dir)
@@ -687,6 +691,8 @@ class Mesh:
         roots = payload.get("trustBundle")
         if self.workload_identity is not None and isinstance(roots, list) and roots:
             self.workload_identity.update_roots([str(r) for r in roots])
+        from .last_known_good import save_last_known_good
+
         self._install(snapshot, "control-plane")
         try:
             save_last_known_good(
