@@ -64,6 +64,8 @@ from .workload_auth import WorkloadGate
 
 if TYPE_CHECKING:
     from .consul_source import ConsulDiscovery, ConsulSettings
+    from .etcd_store import StoreEvent
+    from .store import StoreChanges
 
 __all__ = [
     "HTTPError",  # re-exported: the CA routes raise it too
@@ -191,35 +193,54 @@ class RegistrationBatches:
 
 def _follower(
     state: ConfigState,
+    changes_of: Callable[[list[StoreEvent]], StoreChanges | None],
     notifier: VersionNotifier,
     tokens: TokenRegistry | None,
     delay: float = 0.01,
     after: Callable[[], None] = lambda: None,
-) -> Callable[[], None]:
-    """What a shared store calls (from its own thread) when another replica changed it: the
-    state is read again on this loop, once per burst of changes, and every watch woken."""
+) -> Callable[[list[StoreEvent] | None], None]:
+    """What a shared store calls (from its own thread) when another replica changed it: once
+    per burst of changes, on this loop, the state takes what the store's watch told (or reads
+    everything again when that is not known), and the watches are woken if what they serve
+    changed. A replica used to read the whole store for every change another one made: with
+    5,000 workloads registered, 130 ms of its loop each, a whole core at ten a second."""
     loop = asyncio.get_running_loop()
     pending: list[asyncio.TimerHandle] = []
+    told: list[StoreEvent] = []
+    unknown = [False]  # a change nobody told: read it all
 
     def resync() -> None:
         pending.clear()
+        events, whole = told[:], unknown[0]
+        told.clear()
+        unknown[0] = False
         try:
-            state.resync()
-            state.announce()  # with leases: a replica's ran out, and no version says so yet
-            if tokens is not None:
+            changes = None if whole else changes_of(events)
+            served = state.resync(changes)
+            announced = state.announce()  # with leases: a replica's ran out, and no version says so yet
+            if tokens is not None and (changes is None or changes.tokens):
                 tokens.reload()
         except Exception:
-            log.exception("reading the shared store again failed; the next change retries")
+            log.exception("reading the shared store again failed; reading it all again in 1 s")
+            unknown[0] = True  # what was told is taken in part at most
+            if not pending:
+                pending.append(loop.call_later(1.0, resync))
             return
-        notifier.notify()
-        after()
+        if served or announced:
+            notifier.notify()
+        if changes is None or changes.resources:
+            after()
 
-    def schedule() -> None:
+    def schedule(events: list[StoreEvent] | None) -> None:
+        if events is None:
+            unknown[0] = True
+        else:
+            told.extend(events)
         if not pending:
             pending.append(loop.call_later(delay, resync))
 
-    def changed() -> None:
-        loop.call_soon_threadsafe(schedule)
+    def changed(events: list[StoreEvent] | None) -> None:
+        loop.call_soon_threadsafe(schedule, events)
 
     return changed
 
@@ -593,7 +614,7 @@ def create_app(
         task = asyncio.create_task(housekeeping())
         follow = getattr(state.store, "follow", None)
         if follow is not None:  # a shared store: other replicas change it too
-            follow(_follower(state, notifier, tokens, after=entries_changed))
+            follow(_follower(state, state.store.changes, notifier, tokens, after=entries_changed))  # type: ignore[attr-defined]
         try:
             yield
         finally:

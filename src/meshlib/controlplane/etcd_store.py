@@ -61,9 +61,9 @@ from .._files import read_secret_file
 from .._loop import LoopThread
 from ..errors import ConfigError, MeshError
 from ..policy.resources import ResourceKey
-from .store import StoreConflict, StoredResource, StoredWorkload, StoreState
+from .store import StoreChanges, StoreConflict, StoredResource, StoredWorkload, StoreState
 
-__all__ = ["EtcdAuth", "EtcdStore", "EtcdTls", "parse_etcd_url"]
+__all__ = ["EtcdAuth", "EtcdStore", "EtcdTls", "StoreEvent", "parse_etcd_url"]
 
 log = logging.getLogger("meshlib.controlplane.etcd")
 T = TypeVar("T")
@@ -73,6 +73,9 @@ _OWN_REVISIONS = 4096  # revisions of this replica's own writes remembered (to s
 _TXN_OPS = 100  # puts and deletes per transaction: etcd refuses more than --max-txn-ops (128 by default)
 _INTENT_BYTES = 1_400_000  # etcd refuses requests over --max-request-bytes (1.5 MiB by default)
 LEASE_TTL = 15  # seconds: a dead replica's workloads are withdrawn this long after it went
+
+StoreEvent = tuple[bytes, bytes | None, int]
+"""One change the watch saw another replica make: key, value (None: deleted), mod revision."""
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
@@ -231,6 +234,9 @@ class EtcdStore:
         self._revision = 0  # the revision this replica's view was last loaded at
         self._held = 0  # the version this replica last loaded or wrote
         self._seen: dict[bytes, int] = {}  # key -> the mod revision this replica last read or wrote
+        # key -> the revision it was deleted at, by this replica or as told since the last load:
+        # an older event of that key, told later, must not bring it back.
+        self._gone: dict[bytes, int] = {}
         self._follower: asyncio.Task[None] | None = None
         self._closed = False
         self.holder: str | None = secrets.token_hex(8)  # this replica, as the holder of live keys
@@ -238,8 +244,9 @@ class EtcdStore:
         self._lease = 0
         self._holding: set[bytes] = set()  # the live keys this replica put (again, under a new lease)
         self._in_flight = 0  # transactions sent and not answered yet
-        self._unsure: set[int] = set()  # revisions seen by the watch while some were in flight
-        self._changed: Callable[[], None] | None = None  # what ``follow`` calls
+        self._unsure: list[StoreEvent] = []  # events seen by the watch while some were in flight
+        self._told: list[StoreEvent] = []  # events to tell, once the watch has handed over all it has
+        self._changed: Callable[[list[StoreEvent] | None], None] | None = None  # what ``follow`` calls
         self._call(self._connect())
         self._call(self._grant())
         self._keeper = self._loop.submit(self._keep())
@@ -336,7 +343,7 @@ class EtcdStore:
         for i in range(0, len(held), _TXN_OPS):
             await self._txn([], [], [], held[i : i + _TXN_OPS])
         if self._changed is not None:
-            self._changed()
+            self._changed(None)
 
     async def _keep(self) -> None:
         """Keep this replica's lease alive (every third of its TTL, and every second after a
@@ -391,6 +398,7 @@ class EtcdStore:
                         self._seen[key] = revision
                     for key in deletes:
                         self._seen.pop(key, None)
+                        self._gone[key] = revision
                     self._own.add(revision)
                     if len(self._own) > _OWN_REVISIONS:
                         self._own = set(sorted(self._own)[-_OWN_REVISIONS // 2 :])
@@ -512,6 +520,7 @@ class EtcdStore:
         self._held = 0
         resources: list[StoredResource] = []
         self._seen = {bytes(kv.key): int(kv.mod_revision) for kv in found}
+        self._gone = {}
         for kv in found:
             name = kv.key[len(self._prefix) :].decode()
             if name == "version":
@@ -589,21 +598,28 @@ class EtcdStore:
 
     # --- following the other replicas -----------------------------------------------------
 
-    def follow(self, changed: Callable[[], None]) -> None:
-        """Call ``changed()`` (on the store's thread) after every change another replica
-        makes, from the revision of the last ``load`` on; also after losing the watch (the
-        store may have moved meanwhile)."""
+    def follow(self, changed: Callable[[list[StoreEvent] | None], None]) -> None:
+        """Call ``changed(events)`` (on the store's thread) after every change another replica
+        makes, from the revision of the last ``load`` on, with the events of whole etcd
+        revisions (``changes`` reads them); ``changed(None)`` when what happened meanwhile is
+        not known (the watch was lost, or this replica's lease ran out): read everything again."""
         self._follower = self._loop.submit(self._follow(changed))  # type: ignore[assignment]
 
     def _judge_unsure(self) -> None:
         if self._in_flight or not self._unsure:
             return
-        foreign = self._unsure - self._own
-        self._unsure = set()
-        if foreign and self._changed is not None:
-            self._changed()
+        foreign = [event for event in self._unsure if event[2] not in self._own]
+        self._unsure = []
+        if foreign:
+            self._told += foreign  # after any still to tell: in revision order
+            self._tell()
 
-    async def _follow(self, changed: Callable[[], None]) -> None:
+    def _tell(self) -> None:
+        batch, self._told = self._told, []
+        if batch and self._changed is not None:
+            self._changed(batch)
+
+    async def _follow(self, changed: Callable[[list[StoreEvent] | None], None]) -> None:
         self._changed = changed
         start = self._revision + 1
         delay = 0.1
@@ -616,12 +632,19 @@ class EtcdStore:
                     start = max(start, revision + 1)
                     if revision in self._own:
                         continue
+                    value = None if event.kind == "DELETE" else bytes(event.kv.value)
+                    item = (bytes(event.kv.key), value, revision)
                     if self._in_flight:
                         # The event of a write of ours can come before its answer: judge it
                         # once the writes in flight have answered (``_judge_unsure``).
-                        self._unsure.add(revision)
+                        self._unsure.append(item)
                         continue
-                    changed()
+                    if not self._told:
+                        # Told once the watch has handed over every event it holds: aetcd
+                        # queues a response's events together, so a batch never ends
+                        # inside one revision.
+                        asyncio.get_running_loop().call_soon(self._tell)
+                    self._told.append(item)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -632,9 +655,60 @@ class EtcdStore:
                 delay = min(delay * 2, 2.0)
                 with contextlib.suppress(Exception):
                     await self._connect()
-                changed()  # whatever happened meanwhile: re-read
+                self._told = []
+                changed(None)  # whatever happened meanwhile: re-read
                 with contextlib.suppress(Exception):
                     start = max(start, await self._head())
+
+    def changes(self, events: Sequence[StoreEvent]) -> StoreChanges | None:
+        """What ``events`` (told by ``follow``, in order) change for this replica, taking them
+        as read: each entry as it is now, leaving out what the last load or a write of this
+        replica already holds. None when only a whole read will do (a large change half
+        written, a key this meshlib does not know)."""
+        return self._call(self._changes(events))
+
+    async def _changes(self, events: Sequence[StoreEvent]) -> StoreChanges | None:
+        out = StoreChanges()
+        latest = 0
+        for key, value, revision in events:
+            if revision <= self._revision or revision <= max(self._seen.get(key, 0), self._gone.get(key, 0)):
+                continue  # read or written here since: what this replica holds is newer
+            latest = max(latest, revision)
+            if value is None:
+                self._seen.pop(key, None)
+                self._gone[key] = revision
+            else:
+                self._seen[key] = revision
+                self._gone.pop(key, None)
+            name = key[len(self._prefix) :].decode()
+            section, _, rest = name.partition("/")
+            if name == "version" and value is not None:
+                out.version = self._held = int(value)
+            elif section == "resources" and rest.count("/") >= 2:
+                kind, namespace, resource = rest.split("/", 2)
+                rkey = ResourceKey(kind, namespace, resource)
+                if value is None:
+                    out.resources[rkey] = None
+                else:
+                    data = json.loads(value)
+                    out.resources[rkey] = StoredResource(rkey, data["manifest"], data["version"])
+            elif section == "workloads" and rest:
+                out.workloads[rest] = None if value is None else StoredWorkload(**json.loads(value))
+            elif section == "live" and rest:
+                holder = None if value is None else value.decode()
+                out.live[rest] = holder
+                if holder is not None and holder != self.holder:
+                    self._holding.discard(key)  # taken over: no longer this replica's to put again
+            elif section == "tokens":
+                out.tokens = True
+            elif name == "trust_bundle" or section == "claims":
+                continue  # read at start only
+            else:
+                return None  # ``pending`` (a large change being written out) or unknown: read it all
+        if latest:
+            # Events come in revision order: none older than ``latest`` is still to be told.
+            self._gone = {k: r for k, r in self._gone.items() if r > latest}
+        return out
 
     async def _head(self) -> int:
         found = await self._retrying(lambda c: c.get(self._key("version")))

@@ -35,7 +35,7 @@ from ..policy.validate import format_path, parse_document, parse_resource, resou
 from ..registry import WorkloadRegistration
 from ..snapshot_delta import SECTIONS, item_key
 from .snapshot_log import NOTHING_NEW, Encoded, SnapshotLog
-from .store import Store, StoreConflict, StoredResource, StoredWorkload
+from .store import Store, StoreChanges, StoreConflict, StoredResource, StoredWorkload
 
 __all__ = [
     "DISCOVERED_KIND",
@@ -249,10 +249,16 @@ class ConfigState:
         self._resources, self._parsed = resources, parsed
         self._payload = self._entries = None
 
-    def resync(self) -> None:
+    def resync(self, changes: StoreChanges | None = None) -> bool:
         """Read the store again: another replica changed it (a shared store), or a write of
         ours lost a race. What this replica alone knows is kept: watches in progress, which
-        workloads it judged lost, acks and last-seen times it has not flushed yet."""
+        workloads it judged lost, acks and last-seen times it has not flushed yet.
+
+        ``changes``: only what changed, as the store's watch told it (``EtcdStore.changes``),
+        at the cost of those entries rather than of everything stored. True when what
+        workloads receive may have changed (a version, a resource, a registry entry)."""
+        if changes is not None:
+            return self._take_changes(changes)
         loaded = self.store.load()
         version, was_lost = (
             self.version,
@@ -261,28 +267,9 @@ class ConfigState:
         self._take_resources(loaded.resources)
         workloads: dict[str, _Workload] = {}
         for stored in loaded.workloads:
-            current = self._workloads.get(stored.id)
-            if current is not None and current.stored.registration == stored.registration:
-                registration: WorkloadRegistration | None = current.registration
-            else:
-                registration = _registration_of(stored)
-            if registration is None:
-                continue
-            if current is None:
-                lost = loaded.live is not None and stored.id not in loaded.live
-                workloads[stored.id] = _Workload(stored, registration, lost=lost)
-                continue
-            mine = current.stored
-            stored.last_seen = max(stored.last_seen, mine.last_seen)
-            if stored.id in self._dirty:  # our acks are newer than the store's
-                stored.acked_version, stored.nack_version = mine.acked_version, mine.nack_version
-                stored.nack_reason = mine.nack_reason
-            current.stored, current.registration = stored, registration
-            if loaded.live is not None:
-                current.lost = stored.id not in loaded.live  # the store's leases decide
-            elif current.lost and self.clock() - stored.last_seen <= self.workload_ttl:
-                current.lost = False  # seen through another replica
-            workloads[stored.id] = current
+            taken = self._take_workload(self._workloads.get(stored.id), stored, loaded.live)
+            if taken is not None:
+                workloads[stored.id] = taken
         self._workloads = workloads
         self._dirty &= workloads.keys()
         self._per_service.clear()
@@ -298,6 +285,87 @@ class ConfigState:
             # replica serves at this version changed, and workloads must hear (``announce``).
             flipped = any(was_lost.get(i, w.lost) != w.lost for i, w in workloads.items())
             self._unannounced = loaded.version == version and (self._unannounced or flipped)
+        return True
+
+    def _take_workload(
+        self, current: _Workload | None, stored: StoredWorkload, live: Mapping[str, str] | None
+    ) -> _Workload | None:
+        """A registry entry as the store has it now, merged with what this replica knows of it
+        (``current``); None when it is no longer valid."""
+        if current is not None and current.stored.registration == stored.registration:
+            registration: WorkloadRegistration | None = current.registration
+        else:
+            registration = _registration_of(stored)
+        if registration is None:
+            return None
+        if current is None:
+            return _Workload(stored, registration, lost=live is not None and stored.id not in live)
+        mine = current.stored
+        stored.last_seen = max(stored.last_seen, mine.last_seen)
+        if stored.id in self._dirty:  # our acks are newer than the store's
+            stored.acked_version, stored.nack_version = mine.acked_version, mine.nack_version
+            stored.nack_reason = mine.nack_reason
+        current.stored, current.registration = stored, registration
+        if live is not None:
+            current.lost = stored.id not in live  # the store's leases decide
+        elif current.lost and self.clock() - stored.last_seen <= self.workload_ttl:
+            current.lost = False  # seen through another replica
+        return current
+
+    def _take_changes(self, changes: StoreChanges) -> bool:
+        """``resync`` of only the entries in ``changes``, to the same result as reading all."""
+        version, served = self.version, False
+        if changes.resources:
+            stored = {**self._resources, **self._discovered}
+            for key, item in changes.resources.items():
+                if item is None:
+                    stored.pop(key, None)
+                else:
+                    stored[key] = item
+            self._take_resources(sorted(stored.values(), key=lambda r: (r.version, *r.key)))
+            served = True
+        live = self._live_map
+        if live is not None:
+            for workload_id, holder in changes.live.items():
+                if holder is None:
+                    live.pop(workload_id, None)
+                else:
+                    live[workload_id] = holder
+        flipped = False
+        for workload_id in dict.fromkeys([*changes.workloads, *changes.live]):
+            current = self._workloads.get(workload_id)
+            before = None if current is None else (current.registration, current.lost)
+            if current is not None:
+                self._account(current, -1)
+            if workload_id in changes.workloads:
+                entry = changes.workloads[workload_id]
+                taken = None if entry is None else self._take_workload(current, entry, live)
+            elif current is not None and live is not None:
+                current.lost = workload_id not in live
+                taken = current
+            else:
+                taken = current  # a live key of a workload this replica has not read yet
+            if taken is None:
+                self._workloads.pop(workload_id, None)
+                self._dirty.discard(workload_id)
+                self._take_over.discard(workload_id)
+                served = served or before is not None
+                continue
+            self._workloads[workload_id] = taken
+            self._account(taken, 1)
+            if before != (taken.registration, taken.lost):
+                served = True
+                flipped = flipped or (
+                    before is not None and before[1] != taken.lost and bool(taken.registration.endpoints)
+                )
+        if changes.version is not None and changes.version != self.version:
+            self.version = changes.version
+            served = True
+        if served:
+            self._payload = None
+        if live is not None:
+            self._unannounced = self.version == version and (self._unannounced or flipped)
+        return served
 
     def announce(self) -> bool:
         """With leases: a new version when the store's live workloads changed without one
@@ -1033,11 +1101,13 @@ class ConfigState:
         """Per section, what each item of the snapshot is made from: (key, source)."""
         resources = (r for _, r in sorted(self._resources.items()))
         yield "resources", [(item_key("resources", r.manifest), r) for r in resources]
+        # By id: every replica sends the same bytes for a version, however it came to hold them.
+        workloads = (w for _, w in sorted(self._workloads.items()))
         yield (
             "workloads",
             [
                 (w.registration.id, w.registration)
-                for w in self._workloads.values()
+                for w in workloads
                 if not w.lost and w.registration.endpoints
             ],
         )

@@ -17,7 +17,15 @@ from typing import Any, Protocol
 
 from ..policy.resources import ResourceKey
 
-__all__ = ["SQLiteStore", "Store", "StoreConflict", "StoreState", "StoredResource", "StoredWorkload"]
+__all__ = [
+    "SQLiteStore",
+    "Store",
+    "StoreChanges",
+    "StoreConflict",
+    "StoreState",
+    "StoredResource",
+    "StoredWorkload",
+]
 
 
 class StoreConflict(Exception):
@@ -58,6 +66,20 @@ class StoreState:
     # registered workload not in it is lost, for every replica alike. None: no leases (each
     # replica judges from the last-seen times; SQLite has one replica).
     live: dict[str, str] | None = None
+
+
+@dataclass(slots=True)
+class StoreChanges:
+    """What other replicas changed in a shared store since this replica last read it or was
+    told (``EtcdStore.changes``): each changed entry as it is now, None where it was deleted.
+    Read from the events of the store's watch, so that a replica follows the others at the
+    cost of what changed, not of everything stored."""
+
+    version: int | None = None  # the global version, when it moved
+    resources: dict[ResourceKey, StoredResource | None] = field(default_factory=dict)
+    workloads: dict[str, StoredWorkload | None] = field(default_factory=dict)
+    live: dict[str, str | None] = field(default_factory=dict)  # workload id -> its holder now
+    tokens: bool = False  # a bootstrap token was created or revoked
 
 
 class Store(Protocol):
