@@ -9,10 +9,15 @@ for its answer): a new workload with one endpoint joins, or the oldest leaves, k
 ``--live`` registered. When the churn stops, the service's own snapshot is the truth; the
 figure is how long every watcher takes to hold exactly its endpoints at its version, plus
 how many versions the churn made, the service's CPU during the churn and every error.
-Bounded in count and time; 127.0.0.1 only; the processes started here are stopped by pid.
+``--store etcd-replicas``: two replicas on one etcd, the churn sent to A and every watcher on
+B, so that B serves what it learns from A (its CPU is the service's; A's is given too).
+``--registered N``: N quiet workloads (one endpoint each, in 50 other services) registered
+before the churn, so that what a replica does per change can be told from what it does per
+registry entry. Bounded in count and time; 127.0.0.1 only; the processes started here are
+stopped by pid.
 
     .venv/bin/python benchmarks/registry_churn.py [--watchers 200] [--rate 100] [--seconds 10]
-        [--store sqlite,etcd] [--snapshots full,delta,scoped]
+        [--store sqlite,etcd,etcd-replicas] [--snapshots full,delta,scoped] [--registered 0]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from meshlib.snapshot_delta import HeldSnapshot
 REVIEWS = "default/reviews.default.svc.cluster.local"  # the churned service
 RATINGS = "default/ratings.default.svc.cluster.local"  # a quiet one
 MODES = ("full", "delta", "scoped")
+STORES = ("sqlite", "etcd", "etcd-replicas")
 
 
 @dataclass
@@ -82,11 +88,31 @@ class Outcome:
     versions: int = 0
     converged: float | None = None
     service_cpu: float = 0.0
+    churned_cpu: float | None = None  # etcd-replicas: replica A's, where the churn goes
     errors: list[str] = field(default_factory=list)
 
 
 def endpoints_of(snapshot: dict[str, Any]) -> frozenset[int]:
-    return frozenset(e["port"] for w in snapshot["workloads"] for e in w["endpoints"])
+    """The churned service's endpoints (not the quiet ``--registered`` ones)."""
+    churned = (w for w in snapshot["workloads"] if w["service"] == "reviews")
+    return frozenset(e["port"] for w in churned for e in w["endpoints"])
+
+
+async def register_quiet(url: str, count: int) -> None:
+    """``count`` workloads that never change, 32 registrations in flight."""
+    async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
+        gate = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with gate:
+                body = {
+                    "id": f"quiet-{i}",
+                    "service": f"idle{i % 50}",
+                    "endpoints": [{"address": "127.0.0.2", "port": 1000 + i}],
+                }
+                (await client.put(f"/v1/workloads/quiet-{i}", json=body)).raise_for_status()
+
+        await asyncio.gather(*(one(i) for i in range(count)))
 
 
 async def watch(port: int, index: int, state: Watch, stop: asyncio.Event) -> None:
@@ -176,19 +202,35 @@ async def churn(client: httpx.AsyncClient, rate: float, seconds: float, live: in
     outcome.ops_seconds = elapsed
 
 
-async def drive(url: str, service: psutil.Process, opts: argparse.Namespace, outcome: Outcome) -> None:
+async def drive(
+    url: str,
+    service: psutil.Process,
+    opts: argparse.Namespace,
+    outcome: Outcome,
+    churned: tuple[str, psutil.Process] | None = None,
+) -> None:
+    """Watchers on ``url``; the churn there too, or on ``churned`` (another replica)."""
     port = int(url.rsplit(":", 1)[1])
+    churn_url = churned[0] if churned is not None else url
+    if opts.registered:
+        await register_quiet(churn_url, opts.registered)
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as driver:
         stop = asyncio.Event()
         states = watches(outcome.mode, opts.watchers)
         tasks = [asyncio.create_task(watch(port, i, s, stop)) for i, s in enumerate(states)]
         start_version = (await driver.get("/v1/snapshot")).json()["version"]
         await asyncio.sleep(1.0)  # every watch registered and holding
+        settled = time.monotonic() + 60  # with --registered, each first snapshot is large
+        while time.monotonic() < settled:
+            if all(s.answers or s.errors for s in states):
+                break
+            await asyncio.sleep(0.05)
         cpu = cpu_seconds(service)
+        churned_cpu = cpu_seconds(churned[1]) if churned is not None else 0.0
         context = mp.get_context("spawn")
         results = context.Queue()
         worker = context.Process(
-            target=churn_process, args=(url, opts.rate, opts.seconds, opts.live, results), daemon=True
+            target=churn_process, args=(churn_url, opts.rate, opts.seconds, opts.live, results), daemon=True
         )
         worker.start()
         try:
@@ -200,8 +242,12 @@ async def drive(url: str, service: psutil.Process, opts: argparse.Namespace, out
             if worker.is_alive():
                 worker.kill()
         outcome.service_cpu = cpu_seconds(service) - cpu
+        if churned is not None:
+            outcome.churned_cpu = cpu_seconds(churned[1]) - churned_cpu
         ended = time.monotonic()
-        truth = (await driver.get("/v1/snapshot")).json()
+        # The truth is the churned replica's: the watchers' must come to serve the same.
+        async with httpx.AsyncClient(base_url=churn_url, timeout=10.0) as source:
+            truth = (await source.get("/v1/snapshot")).json()
         outcome.versions = truth["version"] - start_version
         wanted = endpoints_of(truth)
         deadline = ended + 30
@@ -225,16 +271,25 @@ def run(store: str, mode: str, opts: argparse.Namespace) -> Outcome:
     outcome = Outcome(store, mode)
     with tempfile.TemporaryDirectory(prefix="meshlib-churn-") as tmp, contextlib.ExitStack() as stack:
         url = None
-        if store == "etcd":
+        if store != "sqlite":
             url, _ = stack.enter_context(running_etcd(Path(tmp) / "etcd"))
         service = ServiceProcess(Path(tmp) / "data", store_url=url)
+        other = ServiceProcess(Path(tmp) / "data-a", store_url=url) if store == "etcd-replicas" else None
         try:
             service.start(Deadline(60))
-            asyncio.run(asyncio.wait_for(drive(service.url, service.ps(), opts, outcome), opts.seconds + 90))
+            churned = None
+            if other is not None:
+                other.start(Deadline(60))
+                churned = (other.url, other.ps())
+            budget = opts.seconds + 90 + opts.registered / 100
+            asyncio.run(asyncio.wait_for(drive(service.url, service.ps(), opts, outcome, churned), budget))
         finally:
-            service.stop()
-            if outcome.errors:
-                print(f"{store}: the service's log ends with:\n{service.log_tail(4000)}", file=sys.stderr)
+            for process in (service, other):
+                if process is None:
+                    continue
+                process.stop()
+                if outcome.errors:
+                    print(f"{store}: the service's log ends with:\n{process.log_tail(4000)}", file=sys.stderr)
     return outcome
 
 
@@ -244,12 +299,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="registry operations per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--live", type=int, default=50, help="churning workloads registered at a time")
-    parser.add_argument("--store", default="sqlite,etcd")
+    parser.add_argument("--store", default="sqlite,etcd", help=f"comma-separated of {', '.join(STORES)}")
+    parser.add_argument(
+        "--registered", type=int, default=0, help="quiet workloads registered before the churn"
+    )
     parser.add_argument("--snapshots", default=",".join(MODES), help=f"comma-separated of {', '.join(MODES)}")
     opts = parser.parse_args()
     modes = opts.snapshots.split(",")
     if not set(modes) <= set(MODES):
         parser.error(f"--snapshots takes a comma-separated subset of {', '.join(MODES)}")
+    if not set(opts.store.split(",")) <= set(STORES):
+        parser.error(f"--store takes a comma-separated subset of {', '.join(STORES)}")
     outcomes = [run(store, mode, opts) for mode in modes for store in opts.store.split(",")]
     rows = []
     for o in outcomes:
@@ -258,7 +318,9 @@ def main() -> None:
             f"| {o.store} | {o.mode} | {o.ops / o.ops_seconds:.0f} | {o.versions} | {converged} | "
             f"{o.answers:,.0f}{'' if o.quiet_answers is None else f' (quiet: at most {o.quiet_answers})'} | "
             f"{o.received / 1024:,.0f} KiB | "
-            f"{o.service_cpu / o.ops_seconds * 100:.0f}% | {len(o.errors)} |"
+            f"{o.service_cpu / o.ops_seconds * 100:.0f}%"
+            f"{'' if o.churned_cpu is None else f' (A: {o.churned_cpu / o.ops_seconds * 100:.0f}%)'} | "
+            f"{len(o.errors)} |"
         )
     errors = [
         f"- {o.store}, {o.mode}: {len(o.errors)} errors, first: `{o.errors[0]}`" for o in outcomes if o.errors
@@ -267,7 +329,7 @@ def main() -> None:
         [
             f"Command: `.venv/bin/python benchmarks/registry_churn.py --watchers {opts.watchers} "
             f"--rate {opts.rate:g} --seconds {opts.seconds:g} --live {opts.live} --store {opts.store} "
-            f"--snapshots {opts.snapshots}`  ",
+            f"--snapshots {opts.snapshots}{f' --registered {opts.registered}' if opts.registered else ''}`  ",
             f"Machine: {machine()}; the service, etcd and the driver share it  ",
             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
             "",
@@ -277,7 +339,18 @@ def main() -> None:
             "snapshots: `full` = the whole snapshot on every change; `delta` = what changed since the "
             "version held; `scoped` = deltas, and half the watchers declare the churned service as their "
             "egress host, half a quiet one (they must hold none of the churn). Answers and bytes: per "
-            "watcher, over the churn and the convergence.",
+            "watcher, over the churn and the convergence."
+            + (
+                f" {opts.registered:,} quiet workloads (50 other services) were registered before the churn."
+                if opts.registered
+                else ""
+            )
+            + (
+                " `etcd-replicas`: two replicas on one etcd, the churn sent to A, every watcher on B;"
+                " the CPU is B's, A's in brackets."
+                if "etcd-replicas" in opts.store
+                else ""
+            ),
             "",
             "| store | snapshots | operations/s | versions made | converged after the churn "
             "| answers per watcher | received per watcher | service CPU (one core = 100%) | errors |",

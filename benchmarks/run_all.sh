@@ -28,6 +28,9 @@ py=.venv/bin/python
 # Registration burst: 4,000 workloads registering at once, SQLite and etcd, batched and not.
 "$py" benchmarks/registration_burst.py --registrations 4000 --processes 4 --rounds 2
 
+# Registry churn: 100 joins and leaves a second under 200 watchers; SQLite, etcd, two replicas.
+"$py" benchmarks/registry_churn.py --watchers 200 --rate 100 --seconds 10 --store sqlite,etcd,etcd-replicas
+
 # Learned egress hosts: the first request to a newly called service, against declared hosts.
 "$py" benchmarks/learned_egress.py --services 20 --registry 2000 --rounds 5
 

@@ -226,10 +226,12 @@ def _follower(
             if not pending:
                 pending.append(loop.call_later(1.0, resync))
             return
-        if served or announced:
+        policy = changes is None or bool(changes.resources)
+        if policy:
             notifier.notify()
-        if changes is None or changes.resources:
             after()
+        elif served or announced:
+            notifier.notify_soon()  # registry changes: coalesced, as this replica's own are
 
     def schedule(events: list[StoreEvent] | None) -> None:
         if events is None:
