@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -593,6 +594,115 @@ def test_a_replica_follows_the_others_by_what_changed_to_what_a_whole_read_gives
         assert loads == [1]
         assert _as_read(b) == _as_read(ConfigState(stores[2]))
         assert len(b.workloads()) == 122
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _stored_registration(store: EtcdStore, workload: str) -> dict[str, Any]:
+    found = store._call(store._retrying(lambda c: c.get(store._key("workloads", workload))))
+    assert found is not None
+    registration: dict[str, Any] = json.loads(found.value)["registration"]
+    return registration
+
+
+def test_what_is_told_moves_nothing_until_the_state_has_taken_it(etcd: str) -> None:
+    """Events up to an intent (``pending``) come to nothing (a whole read instead). Until that
+    read, B's writes compare against what B holds: its ack flush of w1 must not write its old
+    copy over A's re-registration, nor its next version skip moving etcd's."""
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(3)]
+    try:
+        a, b = ConfigState(stores[0]), ConfigState(stores[1])
+        told = _Told(stores[1])
+        assert a.register(_entry("w1", 9081))
+        b.resync(stores[1].changes(told.take()))
+        version = b.version
+        # w1 restarted and registered again on A (new pid: no new version), then A's large change
+        a.register(_entry("w1", 9081).model_copy(update={"pid": 4242}))  # nothing served changes
+        a.register_many([_entry(f"m{n}", 10000 + n) for n in range(120)])
+        assert stores[1].changes(told.take()) is None
+        # Say the whole read fails now. w1 acks on B, B flushes; B registers w3.
+        b.seen("w1", acked=b.version)
+        b.flush()
+        assert _stored_registration(stores[2], "w1")["pid"] == 4242, "B wrote its old copy over A's"
+        assert b.register(_entry("w3", 9083))
+        assert b.version > version + 1, "B took A's versions before moving past them"
+        assert _as_read(b) == _as_read(ConfigState(stores[2]))
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_after_a_failed_take_every_write_reads_everything_first(etcd: str) -> None:
+    """``forget`` (the follower's answer to a failure halfway): B's next same-version write
+    conflicts, B reads the store, and A's newer registration survives."""
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(3)]
+    try:
+        a, b = ConfigState(stores[0]), ConfigState(stores[1])
+        assert a.register(_entry("w1", 9081))
+        b.resync()
+        a.register(_entry("w1", 9081).model_copy(update={"pid": 4242}))
+        # B's store took A's event, and then B's state failed to: the baseline says B holds
+        # A's copy, which it does not.
+        key = stores[1]._key("workloads", "w1")
+        found = stores[1]._call(stores[1]._retrying(lambda c: c.get(key)))
+        stores[1]._seen[key] = int(found.mod_revision)
+        stores[1].forget()
+        b.seen("w1", acked=b.version)
+        b.flush()
+        assert _stored_registration(stores[2], "w1")["pid"] == 4242
+        assert _as_read(b) == _as_read(ConfigState(stores[2]))
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_an_older_live_key_told_late_does_not_undo_a_take_over(etcd: str) -> None:
+    """A puts w1's live key again (as after its lease ran out); before B is told, w1 calls in
+    on B and B's flush takes it over. A's older put, told then, must not make B think A
+    holds w1 (neither would reap it) nor drop it from what B puts again after a lease lapse."""
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(3)]
+    try:
+        a, b = ConfigState(stores[0]), ConfigState(stores[1])
+        told = _Told(stores[1])
+        assert a.register(_entry("w1", 9081))
+        b.resync(stores[1].changes(told.take()))
+        key = stores[0]._key("live", "w1")
+        stores[0]._call(stores[0]._txn([], [], [], [key]))  # EtcdStore._renew's put
+        b.seen("w1")
+        b.flush()
+        assert key in stores[1]._holding
+        b.resync(stores[1].changes(told.take()))
+        assert b._live_map == ConfigState(stores[2])._live_map == {"w1": stores[1].holder}
+        assert key in stores[1]._holding
+    finally:
+        for store in stores:
+            store.close()
+
+
+async def test_a_revocation_taken_by_another_read_first_is_still_reloaded(etcd: str) -> None:
+    """A revokes a token. Before B's follower takes the event, a write of B's lost a race and
+    B read the store (``ConfigState._raced``): the event is then old news for the registry,
+    but the tokens must be read again all the same, and B refuse the token."""
+    from meshlib.ca.tokens import TokenError, TokenRegistry
+    from meshlib.controlplane.app import VersionNotifier, _follower
+
+    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(2)]
+    try:
+        b = ConfigState(stores[1])
+        tokens_a, tokens_b = TokenRegistry(stores[0]), TokenRegistry(stores[1])
+        record, secret = tokens_a.create("reviews", "default", 3600)
+        tokens_b.reload()
+        tokens_b.verify(secret)
+        # A follower whose burst timer fires late (a busy loop), so the read comes first.
+        stores[1].follow(_follower(b, stores[1], VersionNotifier(), tokens_b, delay=0.3))
+        await asyncio.sleep(0.1)
+        tokens_a.revoke(record.id)
+        await asyncio.sleep(0.05)
+        b.resync()
+        await asyncio.sleep(0.6)
+        with pytest.raises(TokenError):
+            tokens_b.verify(secret)
     finally:
         for store in stores:
             store.close()

@@ -64,8 +64,7 @@ from .workload_auth import WorkloadGate
 
 if TYPE_CHECKING:
     from .consul_source import ConsulDiscovery, ConsulSettings
-    from .etcd_store import StoreEvent
-    from .store import StoreChanges
+    from .etcd_store import EtcdStore, StoreEvent
 
 __all__ = [
     "HTTPError",  # re-exported: the CA routes raise it too
@@ -193,7 +192,7 @@ class RegistrationBatches:
 
 def _follower(
     state: ConfigState,
-    changes_of: Callable[[list[StoreEvent]], StoreChanges | None],
+    store: EtcdStore,
     notifier: VersionNotifier,
     tokens: TokenRegistry | None,
     delay: float = 0.01,
@@ -208,6 +207,7 @@ def _follower(
     pending: list[asyncio.TimerHandle] = []
     told: list[StoreEvent] = []
     unknown = [False]  # a change nobody told: read it all
+    woken = [state.version]  # the version the watches were last woken for
 
     def resync() -> None:
         pending.clear()
@@ -215,7 +215,7 @@ def _follower(
         told.clear()
         unknown[0] = False
         try:
-            changes = None if whole else changes_of(events)
+            changes = None if whole else store.changes(events)
             served = state.resync(changes)
             announced = state.announce()  # with leases: a replica's ran out, and no version says so yet
             if tokens is not None and (changes is None or changes.tokens):
@@ -223,14 +223,19 @@ def _follower(
         except Exception:
             log.exception("reading the shared store again failed; reading it all again in 1 s")
             unknown[0] = True  # what was told is taken in part at most
+            with contextlib.suppress(Exception):
+                store.forget()  # meanwhile every write of this replica's conflicts, and reads all
             if not pending:
                 pending.append(loop.call_later(1.0, resync))
             return
-        policy = changes is None or bool(changes.resources)
-        if policy:
+        # A read since (a write of this replica's that lost a race) may have taken the new
+        # version already: the watches are woken for it here all the same.
+        moved = state.version != woken[0]
+        woken[0] = state.version
+        if changes is None or changes.policy:
             notifier.notify()
             after()
-        elif served or announced:
+        elif served or announced or moved:
             notifier.notify_soon()  # registry changes: coalesced, as this replica's own are
 
     def schedule(events: list[StoreEvent] | None) -> None:
@@ -616,7 +621,7 @@ def create_app(
         task = asyncio.create_task(housekeeping())
         follow = getattr(state.store, "follow", None)
         if follow is not None:  # a shared store: other replicas change it too
-            follow(_follower(state, state.store.changes, notifier, tokens, after=entries_changed))  # type: ignore[attr-defined]
+            follow(_follower(state, state.store, notifier, tokens, after=entries_changed))  # type: ignore[arg-type]
         try:
             yield
         finally:

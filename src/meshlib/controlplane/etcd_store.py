@@ -394,8 +394,9 @@ class EtcdStore:
                 self._holding.difference_update(deletes)
                 revision = _revision_of(responses)
                 if revision is not None:
-                    for key, _ in puts:
+                    for key in [*(k for k, _ in puts), *leased]:
                         self._seen[key] = revision
+                        self._gone.pop(key, None)
                     for key in deletes:
                         self._seen.pop(key, None)
                         self._gone[key] = revision
@@ -656,9 +657,9 @@ class EtcdStore:
                 with contextlib.suppress(Exception):
                     await self._connect()
                 self._told = []
-                changed(None)  # whatever happened meanwhile: re-read
                 with contextlib.suppress(Exception):
                     start = max(start, await self._head())
+                changed(None)  # whatever happened meanwhile (from before ``start`` on): read it all
 
     def changes(self, events: Sequence[StoreEvent]) -> StoreChanges | None:
         """What ``events`` (told by ``follow``, in order) change for this replica, taking them
@@ -669,21 +670,30 @@ class EtcdStore:
 
     async def _changes(self, events: Sequence[StoreEvent]) -> StoreChanges | None:
         out = StoreChanges()
+        # What this replica will hold once the state has taken ``out``: committed only when
+        # ``out`` is returned. On None the state reads everything instead, and until it has,
+        # the compares of this replica's writes must stay those of what it holds.
+        seen: dict[bytes, int] = {}
+        gone: dict[bytes, int] = {}
+        let_go: set[bytes] = set()
+        held: int | None = None
         latest = 0
         for key, value, revision in events:
-            if revision <= self._revision or revision <= max(self._seen.get(key, 0), self._gone.get(key, 0)):
+            name = key[len(self._prefix) :].decode()
+            section, _, rest = name.partition("/")
+            # Whatever read took it first, the state has not reloaded tokens or policy for it.
+            out.tokens = out.tokens or section == "tokens"
+            out.policy = out.policy or section == "resources"
+            newest = max(seen.get(key, self._seen.get(key, 0)), gone.get(key, self._gone.get(key, 0)))
+            if revision <= self._revision or revision <= newest:
                 continue  # read or written here since: what this replica holds is newer
             latest = max(latest, revision)
             if value is None:
-                self._seen.pop(key, None)
-                self._gone[key] = revision
+                seen[key], gone[key] = 0, revision
             else:
-                self._seen[key] = revision
-                self._gone.pop(key, None)
-            name = key[len(self._prefix) :].decode()
-            section, _, rest = name.partition("/")
+                seen[key], gone[key] = revision, 0
             if name == "version" and value is not None:
-                out.version = self._held = int(value)
+                out.version = held = int(value)
             elif section == "resources" and rest.count("/") >= 2:
                 kind, namespace, resource = rest.split("/", 2)
                 rkey = ResourceKey(kind, namespace, resource)
@@ -698,17 +708,34 @@ class EtcdStore:
                 holder = None if value is None else value.decode()
                 out.live[rest] = holder
                 if holder is not None and holder != self.holder:
-                    self._holding.discard(key)  # taken over: no longer this replica's to put again
-            elif section == "tokens":
-                out.tokens = True
-            elif name == "trust_bundle" or section == "claims":
-                continue  # read at start only
+                    let_go.add(key)  # taken over: no longer this replica's to put again
+            elif section == "tokens" or name == "trust_bundle" or section == "claims":
+                continue  # tokens: the registry reads them all again; the others at start only
             else:
                 return None  # ``pending`` (a large change being written out) or unknown: read it all
+        for key, revision in seen.items():
+            if revision:
+                self._seen[key] = revision
+                self._gone.pop(key, None)
+            else:
+                self._seen.pop(key, None)
+                self._gone[key] = gone[key]
+        self._holding -= let_go
+        if held is not None:
+            self._held = held
         if latest:
             # Events come in revision order: none older than ``latest`` is still to be told.
             self._gone = {k: r for k, r in self._gone.items() if r > latest}
         return out
+
+    def forget(self) -> None:
+        """What this replica holds is not what it last read or wrote (taking changes failed):
+        every write conflicts, and so reads everything again, until the next ``load``."""
+        self._call(self._forget())
+
+    async def _forget(self) -> None:
+        self._held = -1
+        self._seen = {}
 
     async def _head(self) -> int:
         found = await self._retrying(lambda c: c.get(self._key("version")))

@@ -79,7 +79,8 @@ class StoreChanges:
     resources: dict[ResourceKey, StoredResource | None] = field(default_factory=dict)
     workloads: dict[str, StoredWorkload | None] = field(default_factory=dict)
     live: dict[str, str | None] = field(default_factory=dict)  # workload id -> its holder now
-    tokens: bool = False  # a bootstrap token was created or revoked
+    tokens: bool = False  # a bootstrap token was created or revoked (read again: all of them)
+    policy: bool = False  # a resource changed (even one a read since has taken already)
 
 
 class Store(Protocol):
