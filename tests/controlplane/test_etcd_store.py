@@ -606,16 +606,27 @@ def _stored_registration(store: EtcdStore, workload: str) -> dict[str, Any]:
     return registration
 
 
-def test_what_is_told_moves_nothing_until_the_state_has_taken_it(etcd: str) -> None:
-    """Events up to an intent (``pending``) come to nothing (a whole read instead). Until that
-    read, B's writes compare against what B holds: its ack flush of w1 must not write its old
-    copy over A's re-registration, nor its next version skip moving etcd's."""
+@contextmanager
+def _w1_on_a_followed_by_b(etcd: str) -> Iterator[tuple[list[EtcdStore], ConfigState, ConfigState, _Told]]:
+    """Replicas A and B and a third store to read with; w1 registered on A, and B following
+    A by what it is told (the test hands the told events over itself)."""
     stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(3)]
     try:
         a, b = ConfigState(stores[0]), ConfigState(stores[1])
         told = _Told(stores[1])
         assert a.register(_entry("w1", 9081))
         b.resync(stores[1].changes(told.take()))
+        yield stores, a, b, told
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_what_is_told_moves_nothing_until_the_state_has_taken_it(etcd: str) -> None:
+    """Events up to an intent (``pending``) come to nothing (a whole read instead). Until that
+    read, B's writes compare against what B holds: its ack flush of w1 must not write its old
+    copy over A's re-registration, nor its next version skip moving etcd's."""
+    with _w1_on_a_followed_by_b(etcd) as (stores, a, b, told):
         version = b.version
         # w1 restarted and registered again on A (new pid: no new version), then A's large change
         a.register(_entry("w1", 9081).model_copy(update={"pid": 4242}))  # nothing served changes
@@ -628,9 +639,6 @@ def test_what_is_told_moves_nothing_until_the_state_has_taken_it(etcd: str) -> N
         assert b.register(_entry("w3", 9083))
         assert b.version > version + 1, "B took A's versions before moving past them"
         assert _as_read(b) == _as_read(ConfigState(stores[2]))
-    finally:
-        for store in stores:
-            store.close()
 
 
 def test_after_a_failed_take_every_write_reads_everything_first(etcd: str) -> None:
@@ -661,12 +669,7 @@ def test_an_older_live_key_told_late_does_not_undo_a_take_over(etcd: str) -> Non
     """A puts w1's live key again (as after its lease ran out); before B is told, w1 calls in
     on B and B's flush takes it over. A's older put, told then, must not make B think A
     holds w1 (neither would reap it) nor drop it from what B puts again after a lease lapse."""
-    stores = [EtcdStore(parse_etcd_url(etcd)) for _ in range(3)]
-    try:
-        a, b = ConfigState(stores[0]), ConfigState(stores[1])
-        told = _Told(stores[1])
-        assert a.register(_entry("w1", 9081))
-        b.resync(stores[1].changes(told.take()))
+    with _w1_on_a_followed_by_b(etcd) as (stores, _, b, told):
         key = stores[0]._key("live", "w1")
         stores[0]._call(stores[0]._txn([], [], [], [key]))  # EtcdStore._renew's put
         b.seen("w1")
@@ -675,9 +678,6 @@ def test_an_older_live_key_told_late_does_not_undo_a_take_over(etcd: str) -> Non
         b.resync(stores[1].changes(told.take()))
         assert b._live_map == ConfigState(stores[2])._live_map == {"w1": stores[1].holder}
         assert key in stores[1]._holding
-    finally:
-        for store in stores:
-            store.close()
 
 
 async def test_a_revocation_taken_by_another_read_first_is_still_reloaded(etcd: str) -> None:
