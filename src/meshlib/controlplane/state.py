@@ -1101,7 +1101,7 @@ class ConfigState:
         """Per section, what each item of the snapshot is made from: (key, source)."""
         resources = (r for _, r in sorted(self._resources.items()))
         yield "resources", [(item_key("resources", r.manifest), r) for r in resources]
-        # By id: every replica sends the same bytes for a version, however it came to hold them.
+        # By id: every replica lists them in one order, however it came to hold them.
         workloads = (w for _, w in sorted(self._workloads.items()))
         yield (
             "workloads",
