@@ -43,8 +43,13 @@ def check_dns_label(value: str, what: str = "name") -> str:
 
 
 def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    literal = value.removeprefix("[").removesuffix("]")
+    # An IPv6 address has a ':', an IPv4 one only digits and dots: anything else (every host
+    # name) is no IP, known without the two parse attempts and exceptions of ip_address.
+    if ":" not in literal and not literal.replace(".", "").isdigit():
+        return None
     try:
-        return ipaddress.ip_address(value.removeprefix("[").removesuffix("]"))
+        return ipaddress.ip_address(literal)
     except ValueError:
         return None
 

@@ -115,6 +115,9 @@ class Resource(MeshModel):
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         """A targetRef names a Service of the policy's own namespace (Istio refuses others)."""
         spec = self.spec
+        fields = type(spec).model_fields
+        if "target_ref" not in fields and "target_refs" not in fields:
+            return  # (a missing attribute of a model costs pydantic's __getattr__ and an exception)
         refs: list[tuple[FieldPath, Any]] = [(("targetRef",), getattr(spec, "target_ref", None))]
         refs += [(("targetRefs", i), ref) for i, ref in enumerate(getattr(spec, "target_refs", ()))]
         for path, ref in refs:
