@@ -424,3 +424,37 @@ def test_the_dedicated_service_collects_garbage_less_often_an_embedded_one_leave
     before = gc.get_threshold()
     with ConfigServer(tmp_path / "embedded"):
         assert gc.get_threshold() == before
+
+
+def test_the_notifier_wakes_each_watch_by_change_or_by_its_clock_and_holds_nothing_after() -> None:
+    """Watches waiting on their own futures: a change wakes them all (False); otherwise each
+    is woken by the clock (True) no earlier than it asked and within one tick; a cancelled
+    watch cancels nothing the others wait on; woken or fired, nothing stays armed."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        notifier = VersionNotifier()
+        start = loop.time()
+        soon, later, cancelled = (
+            notifier.arm(start + 0.2),
+            notifier.arm(start + 0.6),
+            notifier.arm(start + 0.2),
+        )
+        cancelled.cancel()
+        # The clock wakes a watch on the first tick at or after the time it asked for.
+        whens = sorted(timer.when() for timer, _ in notifier._ticks.values())
+        assert len(whens) == 2
+        assert start + 0.2 <= whens[0] < start + 0.2 + VersionNotifier.TICK
+        assert await soon is True
+        assert loop.time() - start >= 0.2 - 0.001  # (asyncio may run a timer a clock resolution early)
+        assert not later.done()
+        notifier.notify()
+        assert await later is False
+        assert notifier._ticks == {}  # the notify took every armed future and its timer
+        at = loop.time() + 0.05
+        after = [notifier.arm(at) for _ in range(100)]
+        assert len(notifier._ticks) == 1  # futures due together share one timer
+        assert all(await asyncio.gather(*after))
+        assert notifier._ticks == {}  # fired: nothing held
+
+    asyncio.run(run())

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -84,28 +84,51 @@ MAX_EDGE_REPORT_BYTES = 512 * 1024  # MAX_EDGES edges of ~600 bytes each
 
 
 class VersionNotifier:
-    """Wakes every waiting watch at once; bursts of registry changes are coalesced."""
+    """Wakes every waiting watch at once; bursts of registry changes are coalesced.
+
+    Each watch waits on a future of its own (cancelling one watch cancels nothing shared),
+    woken by the next change or by the clock: the futures due within the same tenth of a
+    second share one timer. ``asyncio.wait`` with a timeout, a timer and two callbacks per
+    watch per wait, was a tenth of the service's CPU in a 5,000-watcher fan-out."""
+
+    TICK = 0.1  # the clock wakes a watch at most this much after the time it asked for
 
     def __init__(self, coalesce: float = 0.05) -> None:
-        self._future: asyncio.Future[None] | None = None
+        # Every armed future, by the tick of the clock that wakes it if no change does first.
+        self._ticks: dict[int, tuple[asyncio.TimerHandle, list[asyncio.Future[bool]]]] = {}
         self._pending: asyncio.TimerHandle | None = None
         self._coalesce = coalesce
         self.closing = False
 
-    def arm(self) -> asyncio.Future[None]:
-        """The future the next change resolves. Take it *before* checking the version: a
+    def arm(self, until: float) -> asyncio.Future[bool]:
+        """A future the next change resolves (with False), or the loop's clock reaching
+        ``until``, a ``loop.time()`` (with True). Take it *before* checking the version: a
         change landing between the check and the wait then still wakes the waiter."""
-        if self._future is None or self._future.done():
-            self._future = asyncio.get_running_loop().create_future()
-        return self._future
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        tick = math.ceil(until / self.TICK)
+        armed = self._ticks.get(tick)
+        if armed is None:
+            armed = self._ticks[tick] = (loop.call_at(tick * self.TICK, self._tick, tick), [])
+        armed[1].append(future)
+        return future
+
+    def _tick(self, tick: int) -> None:
+        _, due = self._ticks.pop(tick)
+        for future in due:
+            if not future.done():  # (a watch cancelled while it waited has cancelled its own)
+                future.set_result(True)
 
     def notify(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-        future, self._future = self._future, None
-        if future is not None and not future.done():
-            future.set_result(None)
+        armed, self._ticks = self._ticks, {}
+        for timer, futures in armed.values():
+            timer.cancel()
+            for future in futures:
+                if not future.done():
+                    future.set_result(False)
 
     def close(self) -> None:
         """Shutting down: release every waiting watch now instead of at its timeout."""
@@ -481,17 +504,19 @@ def create_app(
         revocations = tokens.revocations if tokens is not None else 0
         hosts = tuple(body.hosts) if body.hosts is not None else None
         seen, answer = body.version, NOTHING_NEW
+        loop = asyncio.get_running_loop()
         try:
-            deadline = time.monotonic() + body.wait
+            deadline = loop.time() + body.wait
             waited = False
             while True:
-                waiter = notifier.arm()  # before the check, so no change can slip in between
+                # Before the check, so no change can slip in between; a slice of 5 s at most.
+                waiter = notifier.arm(min(deadline, loop.time() + 5.0))
                 if tokens is not None and tokens.revocations != revocations:
                     revocations = tokens.revocations
                     gate.reader(request)  # 401 now if this watch's own token was revoked
                 # Behind, but a burst of registry changes is still being gathered: take them
                 # all in one answer when it closes (within the coalescing window).
-                if state.version != seen and (not notifier.pending or time.monotonic() >= deadline):
+                if state.version != seen and (not notifier.pending or loop.time() >= deadline):
                     gate.reader(request)  # still valid (not revoked or expired while it waited)
                     answer = state.answer(body.version, hosts, delta=body.delta, epoch=body.epoch, since=seen)
                     if answer:
@@ -500,15 +525,13 @@ def create_app(
                     state.current_at(handle, body.version, seen)
                 if notifier.closing:
                     return _error(503, "config service is shutting down")
-                remaining = deadline - time.monotonic()
+                remaining = deadline - loop.time()
                 # A watch that has just come in is connected; asking costs an anyio cancel
                 # scope per call (15% of the service's CPU in a 5,000-watcher fan-out), so
                 # only a watch that has waited a whole slice asks whether its caller left.
                 if remaining <= 0 or (waited and await request.is_disconnected()):
                     return Response(status_code=204)
-                # asyncio.wait never cancels the shared future when one waiter times out.
-                await asyncio.wait((waiter,), timeout=min(remaining, 5.0))
-                waited = not waiter.done()
+                waited = await waiter  # True: woken by the clock, not by a change
             return Response(answer, media_type="application/json", headers={EPOCH_HEADER: state.epoch})
         finally:
             state.watch_end(handle)
