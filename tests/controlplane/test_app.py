@@ -458,3 +458,16 @@ def test_the_notifier_wakes_each_watch_by_change_or_by_its_clock_and_holds_nothi
         assert notifier._ticks == {}  # fired: nothing held
 
     asyncio.run(run())
+
+
+def test_a_notifier_served_again_on_another_loop_still_wakes_its_watches_by_the_clock() -> None:
+    notifier = VersionNotifier()
+
+    async def arm_and_leave() -> None:
+        notifier.arm(asyncio.get_running_loop().time() + 0.1)
+
+    async def arm_and_wait() -> bool:
+        return await asyncio.wait_for(notifier.arm(asyncio.get_running_loop().time() + 0.1), 5.0)
+
+    asyncio.run(arm_and_leave())
+    assert asyncio.run(arm_and_wait()) is True

@@ -96,6 +96,7 @@ class VersionNotifier:
     def __init__(self, coalesce: float = 0.05) -> None:
         # Every armed future, by the tick of the clock that wakes it if no change does first.
         self._ticks: dict[int, tuple[asyncio.TimerHandle, list[asyncio.Future[bool]]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop those timers run on
         self._pending: asyncio.TimerHandle | None = None
         self._coalesce = coalesce
         self.closing = False
@@ -105,6 +106,8 @@ class VersionNotifier:
         ``until``, a ``loop.time()`` (with True). Take it *before* checking the version: a
         change landing between the check and the wait then still wakes the waiter."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # served again on another loop: the old one's timers never fire
+            self._loop, self._ticks = loop, {}
         future: asyncio.Future[bool] = loop.create_future()
         tick = math.ceil(until / self.TICK)
         armed = self._ticks.get(tick)

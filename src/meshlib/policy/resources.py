@@ -115,7 +115,7 @@ class Resource(MeshModel):
     def _check(self) -> Iterator[tuple[FieldPath, str]]:
         """A targetRef names a Service of the policy's own namespace (Istio refuses others)."""
         spec = self.spec
-        fields = type(spec).model_fields
+        fields = getattr(type(spec), "model_fields", {})  # (a base Resource: spec is any data)
         if "target_ref" not in fields and "target_refs" not in fields:
             return  # (a missing attribute of a model costs pydantic's __getattr__ and an exception)
         refs: list[tuple[FieldPath, Any]] = [(("targetRef",), getattr(spec, "target_ref", None))]
