@@ -260,7 +260,10 @@ class InboundRequest:
         ex.destination_ip = destination_ip
         ex.sni = sni
         ex.path_error = path_error
-        self._flow = mesh.server_stack_runner(ex)
+        try:
+            self._flow = mesh.server_stack_runner(ex)
+        except Exception as exc:  # a plain filter failed making the flow: fail as the flow would
+            self._flow = _failing(exc)
         self._ended = False
         self.answer: Answer | None = None  # how the request ended, once it has
 
@@ -411,6 +414,11 @@ class AsyncInboundRequest(InboundRequest):
             action = self._step(verdict is True)
         answer: Answer | None = action
         return answer
+
+
+def _failing(exc: Exception) -> Flow[Answer]:
+    raise exc
+    yield  # a generator: raises where the flow is first run, inside the driver's accounting
 
 
 def _deny(_: AuthorizationCheck) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..peer import PeerIdentity
-from .authz import AuthorizationCheck, CheckCustom, RequestAuth
+from .authz import AuthorizationCheck, Authorizer, CheckCustom, RequestAuth
 from .call import Call
 from .deadline import DEADLINE_HEADER, parse_timeout_ms
 from .flags import RBAC, RL, UAEX, UT
@@ -104,20 +104,44 @@ def edited_headers(
     return kept
 
 
+# The filters below are plain functions (see core/stack.py): one that lets a request through
+# returns ``next(ex)`` itself, one that answers returns ``_answered(...)``, so an admitted
+# request's flow is the ``handle`` generator alone rather than one generator frame per filter
+# for every send through it. Their code runs when the flow is made and must not raise.
+
+
+def _answered(answer: Answer) -> ServerFlow:
+    """The flow of a request the mesh answers itself: it ends at once with ``answer``."""
+    return answer
+    yield  # a generator
+
+
+def _answered_by(make: Callable[[], Answer]) -> ServerFlow:
+    """The same, with the answer made when the flow runs (a page that is built, and may fail,
+    inside the driver's accounting, as any filter's work)."""
+    return make()
+    yield  # a generator
+
+
 def health(ex: Inbound, next: ServerNext) -> ServerFlow:
     """Readiness and liveness on reserved paths, answered before anything else runs."""
     path = ex.call.path
     if path == READY_PATH:
-        ok = ex.ready()
-        status = 200 if ok else 503
-        if ex.report is not None:
-            return Answer(status, local=True, body=ex.report(ok), content_type="application/json")
-        return Answer(status, local=True, body=b"ready\n" if ok else b"not ready\n")
+        return _answered_by(lambda: _readiness(ex))
     if path == LIVE_PATH:
-        return Answer(200, local=True, body=b"live\n")
-    if path == METRICS_PATH and ex.metrics_page is not None:
-        return ex.metrics_page(ex)
-    return (yield from next(ex))
+        return _answered(Answer(200, local=True, body=b"live\n"))
+    page = ex.metrics_page
+    if path == METRICS_PATH and page is not None:
+        return _answered_by(lambda: page(ex))
+    return next(ex)
+
+
+def _readiness(ex: Inbound) -> Answer:
+    ok = ex.ready()
+    status = 200 if ok else 503
+    if ex.report is not None:
+        return Answer(status, local=True, body=ex.report(ok), content_type="application/json")
+    return Answer(status, local=True, body=b"ready\n" if ok else b"not ready\n")
 
 
 def trace(ex: Inbound, next: ServerNext) -> ServerFlow:
@@ -132,10 +156,22 @@ def trace(ex: Inbound, next: ServerNext) -> ServerFlow:
 def path(ex: Inbound, next: ServerNext) -> ServerFlow:
     """A path that cannot be normalized (NUL, broken escapes) is refused before any policy."""
     if ex.path_error is not None:
-        return Answer(
-            400, local=True, body=f"bad request path: {ex.path_error}\n".encode(), grpc_status="INTERNAL"
+        return _answered(
+            Answer(
+                400,
+                local=True,
+                body=f"bad request path: {ex.path_error}\n".encode(),
+                grpc_status="INTERNAL",
+            )
         )
-    return (yield from next(ex))
+    return next(ex)
+
+
+_STRICT_REFUSAL = (
+    b"mutual TLS required: this workload's PeerAuthentication is STRICT and the request "
+    b"has no verified peer certificate; serve it with meshlib.serve_asgi, "
+    b"meshlib.serve_wsgi or meshlib_grpc.serve, which terminate mTLS with the mesh identity\n"
+)
 
 
 def mutual_tls(ex: Inbound, next: ServerNext) -> ServerFlow:
@@ -143,17 +179,8 @@ def mutual_tls(ex: Inbound, next: ServerNext) -> ServerFlow:
     not start (which cannot have checked one): refused with how to serve mTLS."""
     security = ex.security
     if ex.peer is None and security is not None and security.mode_for_port(ex.call.port) == "STRICT":
-        return Answer(
-            403,
-            local=True,
-            body=(
-                b"mutual TLS required: this workload's PeerAuthentication is STRICT and the request "
-                b"has no verified peer certificate; serve it with meshlib.serve_asgi, "
-                b"meshlib.serve_wsgi or meshlib_grpc.serve, which terminate mTLS with the mesh identity\n"
-            ),
-            grpc_status="UNAUTHENTICATED",
-        )
-    return (yield from next(ex))
+        return _answered(Answer(403, local=True, body=_STRICT_REFUSAL, grpc_status="UNAUTHENTICATED"))
+    return next(ex)
 
 
 def authenticate(ex: Inbound, next: ServerNext) -> ServerFlow:
@@ -162,14 +189,16 @@ def authenticate(ex: Inbound, next: ServerNext) -> ServerFlow:
     if check is not None:
         failure = check(ex)
         if failure is not None:
-            return Answer(
-                401,
-                local=True,
-                body=f"{failure}\n".encode(),
-                headers=(("www-authenticate", 'Bearer realm="meshlib", error="invalid_token"'),),
-                grpc_status="UNAUTHENTICATED",
+            return _answered(
+                Answer(
+                    401,
+                    local=True,
+                    body=f"{failure}\n".encode(),
+                    headers=(("www-authenticate", 'Bearer realm="meshlib", error="invalid_token"'),),
+                    grpc_status="UNAUTHENTICATED",
+                )
             )
-    return (yield from next(ex))
+    return next(ex)
 
 
 def authorize(ex: Inbound, next: ServerNext) -> ServerFlow:
@@ -177,7 +206,14 @@ def authorize(ex: Inbound, next: ServerNext) -> ServerFlow:
     security = ex.security
     authorizer = security.authorizer if security is not None else None
     if authorizer is None:
-        return (yield from next(ex))
+        return next(ex)
+    if authorizer.custom:
+        return _authorize_custom(ex, next, authorizer)
+    return _authorize_local(ex, next, authorizer)
+
+
+def _authorize_custom(ex: Inbound, next: ServerNext, authorizer: Authorizer) -> ServerFlow:
+    """CUSTOM policies first: the driver asks each matching one's provider (``CheckCustom``)."""
     for policy in authorizer.custom:
         if policy.matches(ex):
             assert policy.provider is not None
@@ -187,12 +223,17 @@ def authorize(ex: Inbound, next: ServerNext) -> ServerFlow:
             allowed = yield CheckCustom(check)
             if allowed is not True:
                 return _denied(ex, policy.name, UAEX)
+    return (yield from _authorize_local(ex, next, authorizer))
+
+
+def _authorize_local(ex: Inbound, next: ServerNext, authorizer: Authorizer) -> ServerFlow:
+    """DENY, then ALLOW, then the AUDIT marks."""
     denied_by = authorizer.denied_by(ex)
     if denied_by is not None:
-        return _denied(ex, denied_by, RBAC)
+        return _answered(_denied(ex, denied_by, RBAC))
     if authorizer.audit:
         ex.audit = authorizer.audited_by(ex)
-    return (yield from next(ex))
+    return next(ex)
 
 
 def _denied(ex: Inbound, policy: str, flag: str) -> Answer:
@@ -213,14 +254,16 @@ def rate_limit(ex: Inbound, next: ServerNext) -> ServerFlow:
         if refused is not None:
             ex.limited_by, wait = refused
             ex.flags.append(RL)
-            return Answer(
-                429,
-                local=True,
-                body=b"local_rate_limited\n",  # Envoy's body
-                headers=(("retry-after", str(max(1, math.ceil(wait)))), ("x-envoy-ratelimited", "true")),
-                grpc_status="RESOURCE_EXHAUSTED",
+            return _answered(
+                Answer(
+                    429,
+                    local=True,
+                    body=b"local_rate_limited\n",  # Envoy's body
+                    headers=(("retry-after", str(max(1, math.ceil(wait)))), ("x-envoy-ratelimited", "true")),
+                    grpc_status="RESOURCE_EXHAUSTED",
+                )
             )
-    return (yield from next(ex))
+    return next(ex)
 
 
 def deadline(ex: Inbound, next: ServerNext) -> ServerFlow:
@@ -232,14 +275,16 @@ def deadline(ex: Inbound, next: ServerNext) -> ServerFlow:
     if remaining is not None:
         if remaining <= 0:
             ex.flags.append(UT)
-            return Answer(
-                504,
-                local=True,
-                body=b"deadline exceeded before the request was handled\n",
-                grpc_status="DEADLINE_EXCEEDED",
+            return _answered(
+                Answer(
+                    504,
+                    local=True,
+                    body=b"deadline exceeded before the request was handled\n",
+                    grpc_status="DEADLINE_EXCEEDED",
+                )
             )
         ex.deadline = ex.started + remaining
-    return (yield from next(ex))
+    return next(ex)
 
 
 def handle(ex: Inbound, next: ServerNext) -> ServerFlow:
