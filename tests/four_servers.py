@@ -124,14 +124,19 @@ def grpc_handler(handled: list[str], kind: str) -> grpc.GenericRpcHandler:
     return _AnyMethod(grpc.unary_unary_rpc_method_handler(call))
 
 
+NOT_SERVED = "/Nothing"
+"""gRPC methods whose names end so are not served (grpc's UNIMPLEMENTED); every other one is."""
+
+
 class _AnyMethod(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """Serves every method name with one handler (authorization tests call many)."""
+    """Serves every method name with one handler (authorization tests call many), except those
+    ending in ``NOT_SERVED``."""
 
     def __init__(self, handler: grpc.RpcMethodHandler) -> None:
         self.handler = handler
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        return self.handler
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return None if details.method.endswith(NOT_SERVED) else self.handler
 
 
 def serve_grpc(reviews: Mesh, handled: list[str]) -> Iterator[int]:

@@ -21,7 +21,7 @@ from meshlib.controlplane.client import ControlPlaneClient
 from meshlib.controlplane.server import ConfigServer
 from meshlib.core.authz import AuthorizationCheck
 from meshlib.policy.resources import ResourceKey
-from tests.four_servers import SERVERS, grpc_channel
+from tests.four_servers import NOT_SERVED, SERVERS, grpc_channel
 
 FRONTEND = "cluster.local/ns/default/sa/frontend"
 RATINGS = "cluster.local/ns/default/sa/ratings"
@@ -561,3 +561,22 @@ def test_a_policy_change_applies_to_the_next_request(world: World) -> None:
     world.policies(policy("deny-all", "action: DENY\nrules: [{}]"))
     assert world.verdict("aio", "frontend", GRPC) == "deny"
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("kind", ["grpc", "aio"])
+def test_a_grpc_method_nothing_serves_is_refused_by_policy_before_unimplemented(
+    world: World, kind: str
+) -> None:
+    # Behind Envoy's RBAC a refused caller is denied whatever the method: it cannot learn which
+    # methods the server has. Allowed, the call gets grpc's own UNIMPLEMENTED; both are counted.
+    missing = f"/test.Probe{NOT_SERVED}"
+    fqdn = "reviews.default.svc.cluster.local"
+    world.policies(policy("frontend-only", f"rules: [{{from: [{{source: {{principals: [{FRONTEND}]}}}}]}}]"))
+    before = world.reviews.metrics.requests_total(fqdn, 403, flags="RBAC", direction="inbound")
+    assert world.grpc(kind, "ratings", missing) == "PERMISSION_DENIED"
+    assert world.grpc(kind, "ratings", GRPC) == "PERMISSION_DENIED"
+    assert world.reviews.metrics.requests_total(fqdn, 403, flags="RBAC", direction="inbound") == before + 2
+    unimplemented = world.reviews.metrics.requests_total(fqdn, direction="inbound")
+    assert world.grpc(kind, "frontend", missing) == "UNIMPLEMENTED"
+    assert world.reviews.metrics.requests_total(fqdn, direction="inbound") == unimplemented + 1
+    assert world.grpc(kind, "frontend", GRPC) == "OK"  # the method that exists is served as before

@@ -327,6 +327,33 @@ class _Interception:
     def port(self, port: int | None) -> None:  # known once the server listens: wrap afresh
         self._wrapped = _Wrapped(self.mesh, port)
 
+    def not_found(self, handler: Any, method: str) -> Any:
+        """A method nothing serves: the stack runs first, then grpc's own UNIMPLEMENTED. So a
+        caller the policy refuses is refused whatever the method, and cannot tell which methods
+        exist (Envoy's RBAC, in front of the server, answers such calls the same way); the call
+        is counted and traced as any other. Not kept among the wrapped handlers: any method
+        name may come."""
+        return _wrapped_handler(self.mesh, handler, method, self.port)
+
+
+def _method_not_found(requests: Any, context: Any) -> Iterator[Any]:
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details("Method not found!")  # grpc core's words for an unknown method
+    return iter(())
+
+
+async def _method_not_found_async(requests: Any, context: Any) -> AsyncIterator[Any]:
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details("Method not found!")
+    return
+    yield  # an async generator
+
+
+# Raw bytes in and out, streaming both ways: whatever kind of call the client made, its frames
+# are the same on the wire, and nothing of them is read.
+_NOT_FOUND: Any = grpc.stream_stream_rpc_method_handler(_method_not_found)
+_NOT_FOUND_ASYNC: Any = grpc.stream_stream_rpc_method_handler(_method_not_found_async)
+
 
 class MeshServerInterceptor(_Interception, grpc.ServerInterceptor):  # type: ignore[misc]
     """For ``grpc.server``: every call through the mesh's server stack. ``port``: the port it
@@ -335,7 +362,9 @@ class MeshServerInterceptor(_Interception, grpc.ServerInterceptor):  # type: ign
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
-        return None if handler is None else self._wrapped(handler, details.method)
+        if handler is None:
+            return self.not_found(_NOT_FOUND, details.method)
+        return self._wrapped(handler, details.method)
 
 
 class AioMeshServerInterceptor(_Interception, grpc.aio.ServerInterceptor):
@@ -343,7 +372,9 @@ class AioMeshServerInterceptor(_Interception, grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = await continuation(details)
-        return None if handler is None else self._wrapped(handler, details.method)
+        if handler is None:
+            return self.not_found(_NOT_FOUND_ASYNC, details.method)
+        return self._wrapped(handler, details.method)
 
 
 def peer_of(context: Any) -> PeerIdentity | None:
