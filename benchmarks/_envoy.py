@@ -8,7 +8,8 @@
   manager, Istio's default retry policy, LEAST_REQUEST, Istio's unlimited circuit breakers,
   keep-alive pooled connections, mTLS upstream that checks the server's SPIFFE ID) and an
   inbound sidecar (mTLS listener requiring a client SVID of the trust domain, HTTP connection
-  manager, XFCC as Istio sets it, plaintext to the app on 127.0.0.1).
+  manager, XFCC as Istio sets it, the RBAC filter Istio makes of an ALLOW AuthorizationPolicy,
+  plaintext to the app on 127.0.0.1).
 
 Not configured, unlike a real Istio sidecar: istio's stats and metadata-exchange filters
 (Wasm/native extensions upstream Envoy does not ship), tracing to a collector (Istio samples
@@ -30,7 +31,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-__all__ = ["Svid", "envoy_binary", "envoy_version", "inbound_bootstrap", "issue_svid", "outbound_bootstrap"]
+__all__ = [
+    "Svid",
+    "envoy_binary",
+    "envoy_version",
+    "inbound_bootstrap",
+    "issue_svid",
+    "outbound_bootstrap",
+    "rbac_filter",
+]
 
 # Istio's default retry policy for a route without `retries` (pilot's DefaultRetryPolicy).
 ISTIO_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -164,7 +173,33 @@ def _cluster(name: str, port: int, http2: bool, transport_socket: dict[str, Any]
     return cluster
 
 
-def _http_connection_manager(prefix: str, route: dict[str, Any], inbound: bool) -> dict[str, Any]:
+def rbac_filter(name: str, principal: str, method: str, path: str) -> dict[str, Any]:
+    """Envoy's RBAC filter as Istio writes it for an ALLOW AuthorizationPolicy with one rule:
+    from ``principal`` (a SPIFFE ID: the verified client certificate's URI SAN), to ``method``
+    on ``path`` (the path without its query, as Istio's ``paths``). Anything else: 403."""
+    permission = {
+        "and_rules": {
+            "rules": [
+                {"or_rules": {"rules": [{"header": {"name": ":method", "string_match": {"exact": method}}}]}},
+                {"or_rules": {"rules": [{"url_path": {"path": {"exact": path}}}]}},
+            ]
+        }
+    }
+    source = {
+        "and_ids": {
+            "ids": [{"or_ids": {"ids": [{"authenticated": {"principal_name": {"exact": principal}}}]}}]
+        }
+    }
+    rules = {"action": "ALLOW", "policies": {name: {"permissions": [permission], "principals": [source]}}}
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": _typed("envoy.extensions.filters.http.rbac.v3.RBAC", rules=rules),
+    }
+
+
+def _http_connection_manager(
+    prefix: str, route: dict[str, Any], inbound: bool, filters: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     manager = _typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix=prefix,
@@ -180,10 +215,11 @@ def _http_connection_manager(prefix: str, route: dict[str, Any], inbound: bool) 
             ],
         },
         http_filters=[
+            *(filters or []),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
-            }
+            },
         ],
     )
     if inbound:  # what Istio's inbound listener tells the app about the caller
@@ -236,10 +272,18 @@ def outbound_bootstrap(
 
 
 def inbound_bootstrap(
-    *, admin_port: int, listen_port: int, app_port: int, svid: Svid, trust_domain: str, http2: bool
+    *,
+    admin_port: int,
+    listen_port: int,
+    app_port: int,
+    svid: Svid,
+    trust_domain: str,
+    http2: bool,
+    rbac: dict[str, Any] | None = None,
 ) -> str:
     """The server pod's sidecar: mTLS only (a client SVID of the trust domain is required, as
-    STRICT PeerAuthentication), then plaintext to the app on 127.0.0.1."""
+    STRICT PeerAuthentication), ``rbac`` (``rbac_filter``: an AuthorizationPolicy) if given,
+    then plaintext to the app on 127.0.0.1."""
     tls = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": _typed(
@@ -255,7 +299,12 @@ def inbound_bootstrap(
         "name": "inbound",
         "address": _address(listen_port),
         "filter_chains": [
-            {"transport_socket": tls, "filters": [_http_connection_manager("inbound", route, inbound=True)]}
+            {
+                "transport_socket": tls,
+                "filters": [
+                    _http_connection_manager("inbound", route, inbound=True, filters=[rbac] if rbac else None)
+                ],
+            }
         ],
     }
     return _bootstrap(admin_port, listener, _cluster("inbound", app_port, http2, None))

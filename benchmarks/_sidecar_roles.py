@@ -11,7 +11,8 @@ or as a mesh workload (``meshlib.serve_asgi``; ``meshlib.grpc.serve``, 16 thread
 PeerAuthentication, the server stack, metrics, tracing). A load generator answers commands
 from the driver (``_bench.serve_commands``): ``run`` sends ``requests`` requests to ``target``
 from ``concurrency`` callers (1: a sync client in a loop; more: that many asyncio tasks on one
-async client), stopping early at ``seconds``, and replies with what it measured.
+async client), stopping early at ``seconds``, and replies with what it measured; ``probe``
+sends one request to another ``path`` and replies with its status (the authorization check).
 """
 
 from __future__ import annotations
@@ -176,6 +177,34 @@ class Load:
         self.sync[target], self.aio[target] = call, acall
         self.closers += [channel.close, lambda: self.loop.run_until_complete(achannel.close())]
 
+    def probe(self, target: str, path: str) -> dict[str, Any]:
+        """One request to ``path`` of the target's service (not the one the load sends): its
+        HTTP status, or its gRPC status name."""
+        if self.protocol == "http":
+            import httpx
+
+            url = target.rstrip("/") + path
+            if self.mesh is not None:
+                with self.mesh.http_client() as client:
+                    return {"answer": str(client.get(url).status_code)}
+            with httpx.Client(timeout=TIMEOUT) as client:
+                return {"answer": str(client.get(url).status_code)}
+        import grpc
+
+        if self.mesh is not None:
+            import meshlib.grpc
+
+            channel = meshlib.grpc.channel(self.mesh, target)
+        else:
+            channel = grpc.insecure_channel(target)
+        try:
+            channel.unary_unary(path)(b"x", timeout=TIMEOUT)
+            return {"answer": "OK"}
+        except grpc.RpcError as exc:
+            return {"answer": exc.code().name}
+        finally:
+            channel.close()
+
     @staticmethod
     async def _made(factory: Callable[[], Any]) -> Any:
         return factory()  # made inside the running loop, which it then belongs to
@@ -257,10 +286,13 @@ def main() -> None:
         return
     load = Load(protocol, mode, args)
     try:
-        serve_commands(
-            lambda c: load.run(c["target"], int(c["concurrency"]), int(c["requests"]), float(c["seconds"])),
-            load.hello(),
-        )
+
+        def handle(c: dict[str, Any]) -> dict[str, Any]:
+            if c.get("op") == "probe":
+                return load.probe(c["target"], c["path"])
+            return load.run(c["target"], int(c["concurrency"]), int(c["requests"]), float(c["seconds"]))
+
+        serve_commands(handle, load.hello())
     finally:
         load.close()
 

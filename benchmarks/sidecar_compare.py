@@ -14,6 +14,12 @@ Paths, for HTTP (GET, a 22-byte JSON answer, keep-alive) and for gRPC unary (raw
   VirtualService with the same retries, Istio-labelled metrics and tracing (an OpenTelemetry
   SDK, the default 1% sampling) armed.
 
+Authorization is on in both: an ALLOW AuthorizationPolicy per service (from the frontend's
+principal, to the one method and path the load sends) that meshlib's server enforces, and the
+RBAC filter Istio makes of it in the server sidecar. Before the rounds each path is sent one
+request to another path, which must come back denied (403, gRPC PERMISSION_DENIED): a policy
+that either side ignored stops the run.
+
 Every path is loaded at concurrency 1 (a sync client in a loop), 16 and 64 (asyncio tasks on
 one async httpx client / grpc.aio channel; the mesh client is the async one there too). Each
 load generator, app and sidecar is its own process; CPU per request is the sum over EVERY
@@ -79,12 +85,16 @@ LABELS = {
 SERVICES = {"http": "reviews", "grpc": "ratings"}
 RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503"
 GOAL_LATENCY, GOAL_CPU = 0.25, 1 / 3
+# What the AuthorizationPolicy allows (the load's requests) and a request it does not
+ALLOWED = {"http": ("GET", "/"), "grpc": ("POST", "/bench.Ratings/Get")}
+DENIED_PATH = {"http": "/denied", "grpc": "/bench.Ratings/Denied"}
+DENIED = {"http": "403", "grpc": "PERMISSION_DENIED"}
 PYSPY_RATE = 250  # samples/s per process when profiling
 
 
-def policy() -> list[dict[str, Any]]:
-    """STRICT mTLS for the mesh; per service a DestinationRule and a VirtualService with
-    Istio's default retry conditions, spelled out."""
+def policy(trust_domain: str) -> list[dict[str, Any]]:
+    """STRICT mTLS for the mesh; per service a DestinationRule, a VirtualService with Istio's
+    default retry conditions, spelled out, and an ALLOW AuthorizationPolicy for the frontend."""
     docs: list[dict[str, Any]] = [
         {
             "apiVersion": "security.istio.io/v1",
@@ -93,7 +103,25 @@ def policy() -> list[dict[str, Any]]:
             "spec": {"mtls": {"mode": "STRICT"}},
         }
     ]
-    for service in SERVICES.values():
+    for protocol, service in SERVICES.items():
+        method, path = ALLOWED[protocol]
+        docs.append(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": service, "namespace": "default"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": service}},
+                    "action": "ALLOW",
+                    "rules": [
+                        {
+                            "from": [{"source": {"principals": [f"{trust_domain}/ns/default/sa/frontend"]}}],
+                            "to": [{"operation": {"methods": [method], "paths": [path]}}],
+                        }
+                    ],
+                },
+            }
+        )
         docs.append(
             {
                 "apiVersion": "networking.istio.io/v1",
@@ -179,6 +207,7 @@ class Setup:
         self.binary = _envoy.envoy_binary()
         self.envoy_admin: dict[tuple[str, str], int] = {}
         self.routes: dict[str, dict[str, Route]] = {}
+        self.denied: dict[tuple[str, str], str] = {}  # the probe's answer, by protocol and path
         self._log = open(tmp / "processes.log", "ab")  # noqa: SIM115 - closed in close()
 
     def close(self) -> None:
@@ -207,7 +236,7 @@ class Setup:
     def start(self) -> dict[str, dict[str, Route]]:
         url = self.server.url
         with ControlPlaneClient(url, self.server.admin_token) as admin:
-            admin.apply(policy())
+            admin.apply(policy(self.server.trust_domain))
 
             def token(service: str) -> str:
                 return str(admin.create_token(service)["token"])
@@ -247,6 +276,11 @@ class Setup:
                         svid=server_svid,
                         trust_domain=self.server.trust_domain,
                         http2=http2,
+                        rbac=_envoy.rbac_filter(
+                            f"ns[default]-policy[{service}]-rule[0]",
+                            f"spiffe://{self.server.trust_domain}/ns/default/sa/frontend",
+                            *ALLOWED[protocol],
+                        ),
                     ),
                 )
                 client_envoy = self._envoy(
@@ -296,6 +330,16 @@ class Setup:
                 wait_until(lambda p=port: _envoy.ready(p), 60, f"the {protocol} {side} Envoy")
         for _, worker in pending:  # each load generator says hello once its clients can start
             worker.read(90)
+        for protocol in self.protocols:
+            for path in ("envoy", "meshlib"):
+                route = self.routes[protocol][path]
+                got = route.load.call(30, op="probe", target=route.target, path=DENIED_PATH[protocol])
+                if got.get("answer") != DENIED[protocol]:
+                    raise RuntimeError(
+                        f"{protocol} {path}: {DENIED_PATH[protocol]} answered {got}, not {DENIED[protocol]}:"
+                        " the AuthorizationPolicy is not enforced on that path"
+                    )
+                self.denied[(protocol, path)] = str(got["answer"])
         return self.routes
 
 
@@ -604,6 +648,12 @@ def profile(
 
 def envoy_notes(setup: Setup, run: Run) -> None:
     for protocol in setup.protocols:
+        method, path = ALLOWED[protocol]
+        run.notes.append(
+            f"Authorization {protocol}: {method} {path} from the frontend's principal allowed; "
+            f"{DENIED_PATH[protocol]} answered {setup.denied[(protocol, 'envoy')]} through the Envoys "
+            f"and {setup.denied[(protocol, 'meshlib')]} from meshlib before the rounds."
+        )
         counted = [
             got.mesh_counted or 0
             for (p, _, path), pairs in run.samples.items()
