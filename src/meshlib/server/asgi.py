@@ -21,7 +21,7 @@ from ..core.call import Call, RawHeaders
 from ..core.paths import PathError, normalize_path, requote, split_target
 from ..core.server_stack import Answer, edited_headers
 from ..drivers import AsyncInboundRequest, ServingMesh
-from ..peer import PeerIdentity, reset_peer, set_peer
+from ..peer import PeerIdentity, peer_identity, reset_peer, set_peer
 
 __all__ = ["MeshMiddleware"]
 
@@ -152,4 +152,4 @@ def peer_from_scope(scope: Scope) -> PeerIdentity | None:
     if not tls:
         return None
     spiffe = tls.get("meshlib.peer_spiffe_id")
-    return PeerIdentity.parse(spiffe) if isinstance(spiffe, str) else None
+    return peer_identity(spiffe) if isinstance(spiffe, str) else None

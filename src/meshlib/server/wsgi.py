@@ -20,7 +20,7 @@ from ..core.call import Call
 from ..core.paths import PathError, normalize_path, requote, split_target
 from ..core.server_stack import Answer, Inbound
 from ..drivers import InboundRequest, ServingMesh
-from ..peer import PeerIdentity
+from ..peer import PeerIdentity, peer_identity
 
 __all__ = ["MeshMiddleware"]
 
@@ -167,4 +167,4 @@ def normalized_environ_path(environ: Environ) -> tuple[str, str | None]:
 def peer_from_environ(environ: Environ) -> PeerIdentity | None:
     """The caller's identity from the verified client certificate (issue #6 fills it in)."""
     spiffe = environ.get("meshlib.peer_spiffe_id")
-    return PeerIdentity.parse(spiffe) if isinstance(spiffe, str) else None
+    return peer_identity(spiffe) if isinstance(spiffe, str) else None
