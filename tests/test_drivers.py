@@ -122,3 +122,32 @@ def test_an_inbound_request_is_counted_once_however_it_ends() -> None:
         assert (answer.status, answer.grpc_status, expired.ex.flags) == (504, "DEADLINE_EXCEEDED", ["UT"])
     finally:
         mesh.close()
+
+
+def test_the_stack_runs_at_admit_with_what_the_adapter_set_and_a_failing_filter_counts_a_500() -> None:
+    mesh = Mesh("reviews")
+    mesh.start()
+    fqdn = "reviews.default.svc.cluster.local"
+
+    def broken(ex: Any, next: Any) -> Any:  # a plain filter (no generator frame) that fails
+        raise ValueError("broken filter")
+
+    try:
+        late = InboundRequest(mesh, Call("GET", "http", "", None, "/x", "", lambda name: None))
+        late.ex.timeout = 0.0  # set after construction, before admit: the deadline filter sees it
+        answer = late.admit()
+        assert answer is not None
+        assert answer.status == 504
+        mesh.server_stack = mesh.server_stack.insert_before("handle", "broken", broken)
+        failing = InboundRequest(mesh, Call("GET", "http", "", None, "/x", "", lambda name: None))
+        with pytest.raises(ValueError, match="broken filter"):
+            failing.admit()
+        assert failing.answer is not None
+        assert failing.answer.status == 500
+        assert mesh.metrics.requests_total(fqdn, 500, direction="inbound") == 1
+        never = InboundRequest(mesh, Call("GET", "http", "", None, "/x", "", lambda name: None))
+        with pytest.raises(RuntimeError, match="before admit"):
+            never.end(200)
+        assert mesh.metrics.requests_total(fqdn, 500, direction="inbound") == 2
+    finally:
+        mesh.close()

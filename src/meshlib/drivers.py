@@ -260,10 +260,9 @@ class InboundRequest:
         ex.destination_ip = destination_ip
         ex.sni = sni
         ex.path_error = path_error
-        try:
-            self._flow = mesh.server_stack_runner(ex)
-        except Exception as exc:  # a plain filter failed making the flow: fail as the flow would
-            self._flow = _failing(exc)
+        # Made at admit(), inside the accounting: the built-in filters are plain functions that
+        # run when the flow is made, and read what the adapter has set on ``ex`` by then.
+        self._flow: Flow[Answer] | None = None
         self._ended = False
         self.answer: Answer | None = None  # how the request ended, once it has
 
@@ -303,7 +302,10 @@ class InboundRequest:
         """The stack's next action: an Answer (it ended), None (run the application) or a
         CheckCustom for the driver to perform."""
         try:
-            action = self._flow.send(value)
+            flow = self._flow
+            if flow is None:
+                flow = self._flow = self._mesh.server_stack_runner(self.ex)
+            action = flow.send(value)
         except StopIteration as done:
             answer: Answer = done.value
             self.answer = answer
@@ -325,6 +327,9 @@ class InboundRequest:
         second call (the adapter saw the end twice) returns the same answer."""
         if self.answer is not None:
             return self.answer
+        if self._flow is None:
+            self.fail()
+            raise RuntimeError("end() before admit(): the server stack never ran")
         try:
             self._flow.send(status)
         except StopIteration as done:
@@ -340,7 +345,8 @@ class InboundRequest:
 
     def fail(self) -> None:
         """The stack itself failed: close the flow, count a 500."""
-        self._flow.close()
+        if self._flow is not None:
+            self._flow.close()
         if self.answer is None:
             self.answer = Answer(500)
         self._count(500)
@@ -414,11 +420,6 @@ class AsyncInboundRequest(InboundRequest):
             action = self._step(verdict is True)
         answer: Answer | None = action
         return answer
-
-
-def _failing(exc: Exception) -> Flow[Answer]:
-    raise exc
-    yield  # a generator: raises where the flow is first run, inside the driver's accounting
 
 
 def _deny(_: AuthorizationCheck) -> bool:

@@ -107,7 +107,8 @@ def edited_headers(
 # The filters below are plain functions (see core/stack.py): one that lets a request through
 # returns ``next(ex)`` itself, one that answers returns ``_answered(...)``, so an admitted
 # request's flow is the ``handle`` generator alone rather than one generator frame per filter
-# for every send through it. Their code runs when the flow is made and must not raise.
+# for every send through it. Their code runs when the driver makes the flow, at admit() and
+# inside its accounting: an exception there fails the request as a generator filter's would.
 
 
 def _answered(answer: Answer) -> ServerFlow:
