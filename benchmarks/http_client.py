@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import interleaved, machine, pct, turns, write_section
 
 import meshlib
+from meshlib._net import free_port  # outside the ephemeral range (see there)
 
 BACKEND = """\
 import sys, uvicorn
@@ -95,15 +96,6 @@ def policy(port: int, second: int) -> str:
 
 
 MESH_URL = "http://reviews/"
-
-
-def free_port() -> int:
-    from meshlib._net import bind
-
-    sock = bind("127.0.0.1", 0)
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
 
 
 BLOCK = 50

@@ -31,6 +31,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section
 
+from meshlib._net import free_port  # outside the ephemeral range (see there)
+
 SERVER = """\
 import os, sys, time
 BODY = b'{"id": 42, "stars": 5}'
@@ -74,15 +76,6 @@ WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 WRK_TOTAL = re.compile(r"(\d+) requests in")
 WRK_PCT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def free_port() -> int:
-    from meshlib._net import bind
-
-    sock = bind("127.0.0.1", 0)
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
 
 
 def cpu_seconds(pid: int) -> float:

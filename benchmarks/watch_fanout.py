@@ -92,6 +92,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil  # type: ignore[import-untyped]
 from _results import RESULTS, cpu_model, write_results
 
+from meshlib._net import free_port as _free_port
 from meshlib.controlplane.etcd_process import running_etcd
 from meshlib.protocol import EPOCH_HEADER, decode_snapshot
 from meshlib.snapshot_delta import HeldSnapshot
@@ -273,9 +274,7 @@ class Deadline:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return _free_port(HOST)  # outside the ephemeral range (see meshlib._net)
 
 
 def raise_fd_limit() -> None:

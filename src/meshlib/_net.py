@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
+import threading
 
 __all__ = ["advertise_address", "bind", "free_port"]
 
@@ -37,39 +39,47 @@ def advertise_address(host: str) -> str:
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now, for a server another process will bind.
 
-    Chosen below the kernel's ephemeral range: a port from ``bind(host, 0)`` is one the kernel
-    also hands out as the source port of outgoing connections, and one of those taking it
-    between this call and the other process's bind made etcd fail with "address already in
-    use". Below that range only an explicit bind can collide, which the test bind here rules
+    Chosen outside the kernel's ephemeral range: a port from ``bind(host, 0)`` is one the
+    kernel also hands out as the source port of outgoing connections, and one of those taking
+    it between this call and the other process's bind made etcd fail with "address already in
+    use". Outside that range only an explicit bind can collide, which the test bind here rules
     out for now; a port is never handed out twice by one process."""
-    low, high = _unassigned_range()
-    for _ in range(200 if high > low else 0):
-        port = _random.randrange(low, high)
-        if port in _handed_out:
-            continue
-        try:
-            bind(host, port).close()
-        except OSError:
-            continue
-        _handed_out.add(port)
-        return port
-    sock = bind(host, 0)  # nothing free below the ephemeral range: let the kernel choose
+    ranges = _unassigned_ranges()
+    if ranges:
+        weights = [high - low for low, high in ranges]
+        for _ in range(200):
+            low, high = _random.choices(ranges, weights)[0]
+            port = _random.randrange(low, high)
+            with _lock:
+                if port in _handed_out:
+                    continue
+                try:
+                    bind(host, port).close()
+                except OSError as exc:
+                    if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                        continue
+                    raise  # not this port's fault (a bad host): no other port would do
+                _handed_out.add(port)
+                return port
+    sock = bind(host, 0)  # nothing free outside the ephemeral range: let the kernel choose
     try:
         return int(sock.getsockname()[1])
     finally:
         sock.close()
 
 
-_random = random.Random()  # picks a port, not a secret
+_random = random.SystemRandom()  # picks a port, not a secret; also right after a fork
+_lock = threading.Lock()
 _handed_out: set[int] = set()
 
 
-def _unassigned_range() -> tuple[int, int]:
-    """Ports the kernel never picks by itself: those between 10000 and its ephemeral range
-    (Linux's ``ip_local_port_range``; 32768–60999 by default, where the file is absent)."""
+def _unassigned_ranges() -> list[tuple[int, int]]:
+    """Ports the kernel never picks by itself: from 10000 up to its ephemeral range (Linux's
+    ``ip_local_port_range``; 32768–60999 by default, where the file is absent) and above it."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
-            ephemeral_low = int(ranges.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    return 10000, ephemeral_low
+            low, high = (int(part) for part in ranges.read().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    below, above = (10000, low), (high + 1, 65536)
+    return [(start, end) for start, end in (below, above) if end - start >= 100]
