@@ -579,4 +579,9 @@ def test_a_grpc_method_nothing_serves_is_refused_by_policy_before_unimplemented(
     unimplemented = world.reviews.metrics.requests_total(fqdn, direction="inbound")
     assert world.grpc(kind, "frontend", missing) == "UNIMPLEMENTED"
     assert world.reviews.metrics.requests_total(fqdn, direction="inbound") == unimplemented + 1
+    streaming = world._channels[(kind, "frontend")].stream_stream(missing)
+    with pytest.raises(grpc.RpcError) as raised:  # a streaming call: the same answer
+        list(streaming(iter([b"a", b"b"]), timeout=10))
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert raised.value.details() == "Method not found!"
     assert world.grpc(kind, "frontend", GRPC) == "OK"  # the method that exists is served as before
